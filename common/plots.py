@@ -1,0 +1,76 @@
+"""PNG plots for both tasks (matplotlib, Agg backend: no display needed)."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    """Losses (left) and accuracies (right) per epoch."""
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    a.plot(ep, [r["val_loss"] for r in history], "o-", label="validation")
+    a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    if "train_accuracy" in history[0]:
+        b.plot(ep, [r["train_accuracy"] for r in history], "o-", label="train")
+    b.plot(ep, [r["val_accuracy"] for r in history], "o-", label="validation")
+    b.plot(ep, [r["test_accuracy"] for r in history], "o--", label="test (reported only)")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (a, b):
+        ax.legend()
+        ax.grid(alpha=0.3)
+        ax.set_xticks(ep)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    """Counts in each cell; colour by the row-normalised rate so classes of any size compare."""
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.0 * len(names) + 2))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_histograms(series: dict, path: Path, xlabel: str, title: str, marks: dict | None = None) -> None:
+    """One histogram per named series, side by side; `marks` draws labelled vertical lines."""
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.8), squeeze=False)
+    for ax, (name, values) in zip(axes[0], series.items()):
+        ax.hist(values, bins=min(50, max(5, len(set(values)))), color="tab:blue", alpha=0.8)
+        for label, x in (marks or {}).items():
+            ax.axvline(x, color="tab:red", ls="--", label=label)
+        if marks:
+            ax.legend()
+        ax.set(xlabel=xlabel, ylabel="count", title=f"{name} (max {max(values):g}, mean {np.mean(values):.1f})")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_class_counts(before: dict, after: dict, path: Path, title: str) -> None:
+    names = list(before)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 4))
+    ax.bar(x - 0.2, [before[n] for n in names], 0.4, label="before balancing")
+    ax.bar(x + 0.2, [after[n] for n in names], 0.4, label="after balancing")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set(ylabel="training clips", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

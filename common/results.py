@@ -1,0 +1,55 @@
+"""Result files with one schema for both tasks: config.json, history.csv, metrics.json and the
+per-epoch table of report.txt (DESIGN.md, "Command line and outputs")."""
+import csv
+import math
+from pathlib import Path
+
+from common.run import write_json
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
+                  "seconds", "items_per_s"]
+
+
+def write_config(out: Path, args, derived: dict, info: dict) -> None:
+    """Arguments as given, settings derived from them, and versions / git commit."""
+    write_json(out / "config.json", {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                                     "derived": derived, "run_info": info})
+
+
+def write_history(out: Path, rows: list[dict], extra_fields=()) -> None:
+    fields = HISTORY_FIELDS[:2] + list(extra_fields) + HISTORY_FIELDS[2:]
+    with open(out / "history.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def metrics_record(*, task: str, experiment: str, seed: int, protocol: str, epochs: int, history: list[dict],
+                   evals: list[dict], params: dict, train: dict, **extras) -> dict:
+    """metrics.json. `evals[i]` holds epoch i+1's {"val": summary, "test": summary}; `train`, `val`
+    and `test` describe the final model (as the study reported), `best` the epoch with the highest
+    validation accuracy (the first such epoch on a tie)."""
+    best_i = max(range(len(evals)), key=lambda i: (evals[i]["val"]["accuracy"], -i))
+    seconds = sum(r["seconds"] for r in history)
+    items = sum(r["seconds"] * r["items_per_s"] for r in history)
+    rec = {"task": task, "experiment": experiment, "seed": seed, "protocol": protocol, "epochs": epochs,
+           "best_epoch": best_i + 1, "params": params,
+           "speed": {"train_seconds": round(seconds, 2), "items_per_s": round(items / seconds, 2) if seconds else None},
+           "train": train, "val": evals[-1]["val"], "test": evals[-1]["test"],
+           "best": {"val": evals[best_i]["val"], "test": evals[best_i]["test"]}}
+    rec.update(extras)
+    return rec
+
+
+def epoch_table(history: list[dict], columns: list[str]) -> str:
+    """The per-epoch table of report.txt, one row per epoch, in fixed-width columns."""
+    def fmt(v):
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+    cells = [columns] + [[fmt(r[c]) for c in columns] for r in history]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Small stand-ins for the real inputs, for the tests and `run_all.sh --smoke`: FarsTail-shaped
+files of generated Persian sentences, and a tiny randomly initialised BERT with a WordPiece
+vocabulary, saved with save_pretrained so it loads through `--model DIR` like a real model.
+
+    python -m nli.synthetic --data DIR --model DIR [--rows 120 60 60] [--layers 12]
+
+The labels follow a rule a model can learn: an entailed hypothesis repeats words of the premise,
+a contradiction adds a negation, a neutral hypothesis is drawn from other words.
+"""
+import argparse
+import csv
+import random
+from pathlib import Path
+
+WORDS = ("کتاب دانشجو دانشگاه شهر تهران ایران فرهنگ تاریخ علم هنر زبان فارسی شعر کار خانه مدرسه معلم "
+         "درس آب باران کوه دریا جنگل درخت گل باغ روز شب سال ماه خورشید ستاره مردم کشور دولت اقتصاد "
+         "بازار پول خبر روزنامه رادیو فیلم سینما موسیقی ورزش فوتبال تیم بازی پزشک بیمار دارو").split()
+VERBS = "است بود شد کرد دارد رفت آمد".split()
+NEGATION = "نیست"
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[MASK]", "[SEP]"]  # ParsBERT's ids 0..4
+
+
+def sentence(rng: random.Random, n: int) -> list[str]:
+    return rng.sample(WORDS, n) + [rng.choice(VERBS)]
+
+
+def pair(rng: random.Random, label: str) -> tuple[str, str]:
+    premise = sentence(rng, rng.randint(4, 30))
+    if label == "e":
+        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [premise[-1]]
+    elif label == "c":
+        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [NEGATION]
+    else:
+        hyp = sentence(rng, rng.randint(3, 8))
+    return " ".join(premise) + ".", " ".join(hyp) + "."
+
+
+def write_farstail(folder: Path, rows=(120, 60, 60), seed: int = 0) -> None:
+    """Train/Val/Test-word.csv as FarsTail lays them out: tab-separated, CSV quoting, test with
+    the hard(hypothesis) and hard(overlap) columns. A few fields hold quotes and a tab, so a
+    reader that splits lines on tabs would break them."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in zip(("Train", "Val", "Test"), rows):
+        with open(folder / f"{name}-word.csv", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["premise", "hypothesis", "label"] + (["hard(hypothesis)", "hard(overlap)"] if name == "Test" else []))
+            for i in range(n):
+                label = "ecn"[i % 3]
+                p, h = pair(rng, label)
+                if i % 17 == 5:
+                    p = f'«{p}» "نقل\tقول"'
+                extra = [rng.randint(0, 1), rng.randint(0, 1)] if name == "Test" else []
+                w.writerow([p, h, label] + extra)
+
+
+def write_tiny_bert(folder: Path, layers: int = 12, hidden: int = 32, heads: int = 4, seed: int = 0) -> None:
+    """A BERT of the given depth with tiny widths and a WordPiece vocabulary of WORDS."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL + WORDS + VERBS + [NEGATION, ".", "«", "»", '"', "نقل", "قول"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=2 * hidden, max_position_embeddings=256, num_labels=3)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nli.synthetic", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="folder for the three FarsTail-shaped files")
+    p.add_argument("--model", type=Path, required=True, help="folder for the tiny BERT")
+    p.add_argument("--rows", type=int, nargs=3, default=(120, 60, 60), help="train, val, test rows")
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    write_farstail(a.data, a.rows, a.seed)
+    write_tiny_bert(a.model, a.layers, seed=a.seed)
+
+
+if __name__ == "__main__":
+    main()
