@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny models built from configs and generated data; nothing is downloaded."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a test must never reach a hub
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def farstail_dir(tmp_path_factory):
+    from nli.synthetic import write_farstail
+    path = tmp_path_factory.mktemp("farstail")
+    write_farstail(path, rows=(48, 24, 24))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A 4-layer BERT, 4 heads of width 8, with a WordPiece vocabulary of the generated words."""
+    from nli.synthetic import write_tiny_bert
+    path = tmp_path_factory.mktemp("tiny-bert")
+    write_tiny_bert(path, layers=4)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout(tmp_path_factory, tiny_bert):
+    """The same model with every dropout off, for exact comparisons of training runs."""
+    import json
+    import shutil
+    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    shutil.copytree(tiny_bert, path, dirs_exist_ok=True)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path

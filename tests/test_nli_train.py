@@ -1,0 +1,170 @@
+"""The NLI command line end to end, in-process (`main(argv)`), on a tiny BERT and generated data."""
+import csv
+import json
+
+import matplotlib.image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nli.train
+from nli import predict
+from nli.data import encode, read_split
+from nli.model import load_classifier
+from nli.train import main
+
+
+def run(model, data, out, *extra):
+    main(["--model", str(model), "--data-dir", str(data), "--out", str(out), "--epochs", "1", *map(str, extra)])
+    return out
+
+
+def weights(out):
+    return load_file(out / "model" / "model.safetensors")
+
+
+def test_end_to_end_writes_every_output(tiny_bert, farstail_dir, tmp_path, capsys):
+    out = run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2, "--prune-heads", 0.5, "--freeze", 1,
+              "--keep-layers", 3)
+    for name in ("config.json", "train.log", "history.csv", "metrics.json", "report.txt", "curves.png",
+                 "confusion_matrix.png", "token_lengths.png", "model/config.json", "model/model.safetensors",
+                 "model/tokenizer.json"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint.pt").exists()
+    for png in ("curves.png", "confusion_matrix.png", "token_lengths.png"):
+        assert matplotlib.image.imread(out / png).shape[0] > 100
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
+                            "seconds", "items_per_s"}
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "nli" and m["experiment"] == "keep3-prune0.5-freeze1" and m["epochs"] == 2
+    assert set(m["test"]["per_class"]) == {"entailment", "contradiction", "neutral"}
+    assert m["test"]["per_class"]["neutral"]["support"] == 8
+    assert set(m["test_subsets"]) == {"hard_hypothesis", "easy_hypothesis", "hard_overlap", "easy_overlap"}
+    assert set(m["token_stats"]) == {"max_premise_tokens", "max_hypothesis_tokens", "truncated_pairs"}
+    assert m["params"]["trainable"] < m["params"]["total"] and m["best_epoch"] in (1, 2)
+    assert m["val"]["accuracy"] == pytest.approx(float(rows[-1]["val_accuracy"]), abs=1e-6)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["derived"]["precision"] == "fp32" and "git_commit" in cfg["run_info"]
+    assert sum(map(len, cfg["derived"]["pruned_heads"].values())) == 6  # half of 3 layers x 4 heads
+    report = (out / "report.txt").read_text()
+    assert "contradiction" in report and "confusion matrix" in report and "masked 50%" in report
+    assert "epoch 2:" in (out / "train.log").read_text()
+
+    # predict loads the shortened, pruned model and agrees with it
+    capsys.readouterr()
+    predict.main(["--model", str(out / "model"), "کتاب دانشجو است.", "کتاب نیست."])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] in ("entailment", "contradiction", "neutral") and len(lines) == 4
+    predict.main(["--model", str(out / "model"), "--tsv", str(farstail_dir / "Val-word.csv"),
+                  "--output", str(tmp_path / "pred.tsv")])
+    preds = list(csv.DictReader(open(tmp_path / "pred.tsv", encoding="utf-8"), delimiter="\t"))
+    assert len(preds) == 24 and all(abs(sum(float(r[f"p_{n}"]) for n in
+                                            ("entailment", "contradiction", "neutral")) - 1) < 1e-3 for r in preds)
+
+
+def test_frozen_layers_do_not_change(tiny_bert, farstail_dir, tmp_path):
+    before = load_file(tiny_bert / "model.safetensors")
+    after = weights(run(tiny_bert, farstail_dir, tmp_path / "run", "--freeze", 2, "--lr", 1e-3))
+    for name, value in after.items():
+        if ".encoder.layer.0." in name or ".encoder.layer.1." in name:
+            assert torch.equal(value, before[name]), name
+    for layer in (2, 3):
+        assert not torch.equal(after[f"bert.encoder.layer.{layer}.attention.self.query.weight"],
+                               before[f"bert.encoder.layer.{layer}.attention.self.query.weight"])
+    assert not torch.equal(after["bert.embeddings.word_embeddings.weight"], before["bert.embeddings.word_embeddings.weight"])
+
+
+def test_grad_accum_equals_larger_batch(tiny_bert_no_dropout, farstail_dir, tmp_path):
+    a = weights(run(tiny_bert_no_dropout, farstail_dir, tmp_path / "a", "--batch-size", 8, "--lr", 1e-3, "--amp", "off"))
+    b = weights(run(tiny_bert_no_dropout, farstail_dir, tmp_path / "b", "--batch-size", 4, "--grad-accum", 2,
+                    "--lr", 1e-3, "--amp", "off"))
+    c = weights(run(tiny_bert_no_dropout, farstail_dir, tmp_path / "c", "--batch-size", 4, "--lr", 1e-3, "--amp", "off"))
+    name = "bert.encoder.layer.1.output.dense.weight"
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not torch.allclose(a[name], c[name], atol=1e-6)  # and batch 4 alone is a different run
+
+
+def interrupt_in_epoch(monkeypatch, epoch):
+    """Make training raise KeyboardInterrupt when `epoch` starts, as if the process were killed."""
+    real = nli.train.train_epoch
+
+    def interrupted(*a, **kw):
+        if a[-1].startswith(f"epoch {epoch}/"):
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(nli.train, "train_epoch", interrupted)
+    return real
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_bert, farstail_dir, tmp_path, monkeypatch):
+    args = ("--epochs", 3, "--lr", 1e-3, "--seed", 5)
+    whole = weights(run(tiny_bert, farstail_dir, tmp_path / "whole", *args))
+    real = interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_bert, farstail_dir, tmp_path / "cut", *args)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "metrics.json").exists()
+    monkeypatch.setattr(nli.train, "train_epoch", real)
+    with pytest.raises(SystemExit) as e:  # a non-empty --out is refused without --resume
+        run(tiny_bert, farstail_dir, tmp_path / "cut", *args)
+    assert e.value.code == 2
+    resumed = weights(run(tiny_bert, farstail_dir, tmp_path / "cut", *args, "--resume"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    hist = list(csv.DictReader(open(tmp_path / "cut" / "history.csv")))
+    assert [r["epoch"] for r in hist] == ["1", "2", "3"]
+    assert "resuming after epoch 1" in (tmp_path / "cut" / "train.log").read_text()
+
+
+def test_resume_without_checkpoint_starts_over_and_other_arguments_are_refused(
+        tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
+    real = interrupt_in_epoch(monkeypatch, 1)  # killed before any checkpoint was written
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    monkeypatch.setattr(nli.train, "train_epoch", real)
+    interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2, "--resume")
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    with pytest.raises(SystemExit) as e:
+        run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2, "--resume", "--lr", 1e-4)
+    assert e.value.code == 2 and "--lr" in capsys.readouterr().err
+
+
+def test_eval_logits_do_not_depend_on_batchmates(tiny_bert, farstail_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    model = load_classifier(str(tiny_bert), ["e", "c", "n"])
+    data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
+    short = min(range(len(data)), key=lambda i: data.lengths[i])
+    longest = max(range(len(data)), key=lambda i: data.lengths[i])
+    alone = nli.train.predict_logits(model, _subset(data, [short]), torch.device("cpu"), None, 0)[0]
+    beside = nli.train.predict_logits(model, _subset(data, [short, longest]), torch.device("cpu"), None, 0)[0]
+    assert data.lengths[longest] > data.lengths[short] + 10
+    assert torch.allclose(torch.from_numpy(alone[0]), torch.from_numpy(beside[0]), atol=1e-5)
+
+
+def _subset(data, idx):
+    from nli.data import Encoded
+    return Encoded([data.input_ids[i] for i in idx], [data.token_type_ids[i] for i in idx], data.labels[idx])
+
+
+def test_bad_label_in_cli_exits_2_naming_the_line(tiny_bert, farstail_dir, tmp_path, capsys):
+    import shutil
+    shutil.copytree(farstail_dir, tmp_path / "data")
+    path = tmp_path / "data" / "Val-word.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[4] = lines[4][:-1] + "z"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        run(tiny_bert, tmp_path / "data", tmp_path / "run")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Val-word.csv, line 5: unknown label 'z'" in err and "Traceback" not in err
+
+
+def test_bad_flag_combination_is_refused(tiny_bert, farstail_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(tiny_bert, farstail_dir, tmp_path / "run", "--keep-layers", 2, "--freeze", 3)
+    assert e.value.code == 2 and "--freeze 3" in capsys.readouterr().err
