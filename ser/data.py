@@ -1,0 +1,257 @@
+"""ShEMO (or any manifest-listed corpus): find the clips, read them as 16 kHz mono, split them
+(stratified or by speaker), then balance the training split only with cached augmented copies.
+
+Splitting comes first: augmenting before the split (as the study did) lets copies of a test clip
+into training and inflates test accuracy.
+"""
+import csv
+import hashlib
+import json
+import random
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.run import UserError
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
+SILENCE = 1e-4  # a clip whose every sample is below this in magnitude is treated as silent
+# ShEMO's emotion letters, in the label order used everywhere (model ids, reports).
+EMOTIONS = {"A": "anger", "F": "fear", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise"}
+SHEMO_NAME = re.compile(r"^([FM])(\d+)([A-Z])(\d+)\.wav$", re.IGNORECASE)
+# Balancing augmentation: every new copy gets both, with parameters drawn from these ranges.
+PITCH_SEMITONES = (-2.0, 2.0)
+STRETCH_RATE = (0.85, 1.15)
+
+
+@dataclass
+class Clip:
+    path: Path
+    label: str
+    speaker: str | None = None
+
+
+def parse_shemo_name(name: str) -> dict | None:
+    """`F01A01.wav` → gender F, speaker F01, label anger; None for a name that does not fit."""
+    m = SHEMO_NAME.match(name)
+    if not m or m.group(3).upper() not in EMOTIONS:
+        return None
+    gender, number, letter = m.group(1).upper(), m.group(2), m.group(3).upper()
+    return {"gender": gender, "speaker": gender + number, "label": EMOTIONS[letter]}
+
+
+def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
+    """Every *.wav under folder (any sub-folders); returns the clips and the names that do not parse."""
+    if not folder.is_dir():
+        raise UserError(f"--data-dir {folder}: no such folder (ShEMO: unzip it and point --data-dir at it)")
+    clips, bad = [], []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() != ".wav":
+            continue
+        info = parse_shemo_name(path.name)
+        if info is None:
+            bad.append(str(path))
+        else:
+            clips.append(Clip(path, info["label"], info["speaker"]))
+    if not clips:
+        raise UserError(f"--data-dir {folder}: no ShEMO-named .wav files (like F01A01.wav) found")
+    return clips, bad
+
+
+def read_manifest(path: Path) -> list[Clip]:
+    """CSV `path,label[,speaker]`, paths relative to the CSV's folder."""
+    if not path.is_file():
+        raise UserError(f"--manifest {path}: no such file")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "path" not in cols or "label" not in cols:
+            raise UserError(f"{path}: needs columns path,label[,speaker] (found: {', '.join(cols) or 'none'})")
+        clips = []
+        for row in reader:
+            if not (row["path"] or "").strip() or not (row["label"] or "").strip():
+                raise UserError(f"{path}, line {reader.line_num}: empty path or label")
+            clips.append(Clip(path.parent / row["path"].strip(), row["label"].strip(),
+                              (row.get("speaker") or "").strip() or None))
+    if not clips:
+        raise UserError(f"{path}: no rows")
+    return clips
+
+
+def read_audio(path: Path) -> np.ndarray:
+    """A file as 16 kHz mono float32: channels averaged, resampled with torchaudio. Raises
+    ValueError (unreadable or empty) so the caller decides between skipping and stopping."""
+    import soundfile as sf
+    from torchaudio.functional import resample
+    try:
+        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for missing, corrupt or unknown files
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if wave.size == 0:
+        raise ValueError(f"{path} is empty")
+    wave = wave.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        wave = resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], list[np.ndarray], list[str]]:
+    """Read every clip; unreadable, empty or silent files are skipped with a warning naming them
+    (an error with strict). Clips under MIN_SECONDS are zero-padded to it."""
+    from tqdm import tqdm
+    kept, waves, skipped = [], [], []
+    for clip in tqdm(clips, desc="reading audio", unit="clip", dynamic_ncols=True):
+        try:
+            wave = read_audio(clip.path)
+            if np.abs(wave).max() < SILENCE:
+                raise ValueError(f"{clip.path} is silent (every sample below {SILENCE})")
+        except ValueError as e:
+            if strict:
+                raise UserError(f"{e} (--strict)") from None
+            log(f"warning: skipping {e}")
+            skipped.append(str(clip.path))
+            continue
+        if len(wave) < MIN_SECONDS * SAMPLE_RATE:
+            wave = np.pad(wave, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(wave)))
+        kept.append(clip)
+        waves.append(wave)
+    if not kept:
+        raise UserError("no readable clips: every file was skipped")
+    return kept, waves, skipped
+
+
+# ---------------------------------------------------------------- splits
+def split_random(labels: list[str], seed: int) -> dict[str, list[int]]:
+    """Stratified 80/10/10: within each class, a seeded shuffle, then 10% test, 10% validation
+    (at least one clip each), the rest training."""
+    rng = random.Random(seed)
+    out = {"train": [], "val": [], "test": []}
+    for label in sorted(set(labels)):
+        idx = [i for i, y in enumerate(labels) if y == label]
+        if len(idx) < 3:
+            raise UserError(f"class {label!r} has {len(idx)} clip(s); at least 3 are needed to split 80/10/10")
+        rng.shuffle(idx)
+        n = max(1, round(0.1 * len(idx)))
+        out["test"] += idx[:n]
+        out["val"] += idx[n:2 * n]
+        out["train"] += idx[2 * n:]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def split_by_speaker(labels: list[str], speakers: list[str | None], seed: int) -> dict[str, list[int]]:
+    """No speaker in two splits. Speakers, largest first (ties in seeded order), each go to the
+    split whose per-class targets (80/10/10 of each class) they fill best, so classes are as
+    even across splits as the speakers allow."""
+    if any(s is None for s in speakers):
+        raise UserError("--split speaker needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
+    names = sorted(set(speakers))
+    if len(names) < 3:
+        raise UserError(f"--split speaker needs at least 3 speakers, found {len(names)}")
+    classes = sorted(set(labels))
+    count = {s: {c: 0 for c in classes} for s in names}
+    for y, s in zip(labels, speakers):
+        count[s][y] += 1
+    total = {c: sum(count[s][c] for s in names) for c in classes}
+    frac = {"train": 0.8, "val": 0.1, "test": 0.1}
+    have = {k: {c: 0 for c in classes} for k in frac}
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    names.sort(key=lambda s: -sum(count[s].values()))
+    assign = {}
+    for s in names:
+        # an empty split takes the next speaker; otherwise the split with the most unmet need for this speaker's classes
+        empty = [k for k in ("test", "val") if not any(have[k].values())]
+        best = empty[0] if empty else max(frac, key=lambda k: sum(
+            count[s][c] * (frac[k] * total[c] - have[k][c]) / max(total[c], 1) for c in classes))
+        assign[s] = best
+        for c in classes:
+            have[best][c] += count[s][c]
+    out = {k: [i for i, s in enumerate(speakers) if assign[s] == k] for k in frac}
+    return out
+
+
+# ---------------------------------------------------------------- balancing
+def augment(wave: np.ndarray, semitones: float, rate: float) -> np.ndarray:
+    """Pitch shift then time stretch (which changes the length), both always applied."""
+    from audiomentations import PitchShift, TimeStretch
+    out = PitchShift(min_semitones=semitones, max_semitones=semitones, p=1.0)(wave, SAMPLE_RATE)
+    out = TimeStretch(min_rate=rate, max_rate=rate, leave_length_unchanged=False, p=1.0)(out, SAMPLE_RATE)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def balance_plan(labels: list[str], seed: int) -> list[dict]:
+    """The augmented copies that bring every class up to the largest class's count: copies come
+    from the class's own clips in turn, each with its own seeded pitch shift and stretch rate."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    target = max(len(v) for v in by_class.values())
+    plan = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        for k in range(target - len(members)):
+            plan.append({"source": members[k % len(members)], "label": label,
+                         "semitones": rng.uniform(*PITCH_SEMITONES), "rate": rng.uniform(*STRETCH_RATE)})
+    return plan
+
+
+def cache_key(wave: np.ndarray, step: dict) -> str:
+    """Names an augmented clip by its source audio's content and the augmentation's parameters,
+    so a change of data, seed or settings never reuses a stale file."""
+    h = hashlib.sha256(wave.tobytes())
+    h.update(json.dumps({"semitones": step["semitones"], "rate": step["rate"], "sr": SAMPLE_RATE, "v": 1},
+                        sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def augmented_copies(waves: list[np.ndarray], plan: list[dict], cache_dir: Path) -> list[np.ndarray]:
+    """Compute each planned copy once and keep it in cache_dir (.npy, written atomically)."""
+    from tqdm import tqdm
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for step in tqdm(plan, desc="balancing (augmenting)", unit="clip", dynamic_ncols=True):
+        src = waves[step["source"]]
+        path = cache_dir / f"{cache_key(src, step)}.npy"
+        if path.exists():
+            out.append(np.load(path))
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wave = augment(src, step["semitones"], step["rate"])
+        tmp = path.with_name(path.stem + ".tmp.npy")
+        np.save(tmp, wave)
+        tmp.replace(path)
+        out.append(wave)
+    return out
+
+
+def normalize(wave: np.ndarray, do_normalize: bool) -> torch.Tensor:
+    """Zero mean, unit variance per clip (Wav2Vec2FeatureExtractor's formula) when the feature
+    extractor asks for it; done once per clip, not per batch."""
+    x = torch.from_numpy(wave)
+    if do_normalize:
+        x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+    return x
+
+
+def bucket_length(n: int, bucket: int = SAMPLE_RATE) -> int:
+    """Pad up to whole seconds: a small fixed set of shapes instead of one per clip length."""
+    return -(-n // bucket) * bucket
+
+
+def collate(waves: list[torch.Tensor], idx: list[int], labels: torch.Tensor, padding_value: float,
+            device: torch.device) -> dict:
+    """Zero-pad the clips in idx to the batch's length bucket; `lengths` are the real sample counts."""
+    lengths = torch.tensor([len(waves[i]) for i in idx])
+    x = torch.full((len(idx), bucket_length(int(lengths.max()))), padding_value)
+    for row, i in enumerate(idx):
+        x[row, :len(waves[i])] = waves[i]
+    batch = {"input_values": x, "lengths": lengths, "labels": labels[idx]}
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
