@@ -20,10 +20,11 @@ upper bound.
 - Randomness: the seed fixes the split, augmentation, batch order, head initialisation, and
   HuBERT's own LayerDrop (torch RNG) and SpecAugment masks (numpy RNG); --resume restores all.
 
-Outputs in --out: config.json, train.log, history.csv, metrics.json, report.txt, curves.png,
-confusion_matrix_{train,val,test}.png, class_distribution.png, clip_lengths.png, model/.
+Outputs in --out: config.json, train.log, history.csv, metrics.json, report.txt, split.csv,
+curves.png, confusion_matrix_{train,val,test}.png, class_distribution.png, clip_lengths.png, model/.
 """
 import argparse
+import csv
 import random
 import time
 from collections import Counter
@@ -107,6 +108,20 @@ def stratified_head(idx: list[int], labels: list[str], n: int | None, seed: int)
     return sorted(keep)
 
 
+def write_split_csv(path: Path, clips, split: dict, plan: list[dict]) -> None:
+    """Which file went to which split, and which training files were copied with what augmentation:
+    the record that shows no validation or test clip reached training."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "label", "speaker", "path", "augmentation"])
+        for name, idx in split.items():
+            w.writerows([name, clips[i].label, clips[i].speaker or "", clips[i].path, ""] for i in idx)
+        for step in plan:
+            clip = clips[split["train"][step["source"]]]
+            w.writerow(["train", clip.label, clip.speaker or "", clip.path,
+                        f"pitch {step['semitones']:+.2f} semitones, stretch x{step['rate']:.3f}"])
+
+
 def train_epoch(model, waves, labels, batches, opt, scaler, args, device, dtype, pad, desc):
     """One pass; returns (mean loss, running accuracy, seconds, audio seconds). The loss and the
     correct count stay on the device; the bar reads them every 25 steps."""
@@ -186,6 +201,7 @@ def train(args):
     before = Counter(label_of[i] for i in train_idx)
     plan = [] if args.no_balance else balance_plan([label_of[i] for i in train_idx], args.seed)
     copies = augmented_copies([raw[i] for i in train_idx], plan, args.cache_dir or out / "cache")
+    write_split_csv(out / "split.csv", clips, split, plan)
     waves = {k: [normalize(raw[i], fe.do_normalize) for i in v] for k, v in split.items()}
     waves["train"] += [normalize(w, fe.do_normalize) for w in copies]
     ids = {k: torch.tensor([names.index(label_of[i]) for i in v]) for k, v in split.items()}

@@ -35,3 +35,21 @@ def tiny_bert_no_dropout(tmp_path_factory, tiny_bert):
     cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (path / "config.json").write_text(json.dumps(cfg))
     return path
+
+
+@pytest.fixture(scope="session")
+def shemo_dir(tmp_path_factory):
+    """A generated ShEMO-named folder: 6 emotions × 8 clips, 2 female and 2 male speakers."""
+    from ser.synthetic import write_shemo
+    path = tmp_path_factory.mktemp("shemo")
+    write_shemo(path, per_class=8, speakers=4)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hubert(tmp_path_factory):
+    """HuBERT-base's layout (group-norm CNN, LayerDrop, SpecAugment) at tiny widths."""
+    from ser.synthetic import write_tiny_hubert
+    path = tmp_path_factory.mktemp("tiny-hubert")
+    write_tiny_hubert(path)
+    return path

@@ -1,0 +1,55 @@
+"""Predict the emotion of audio files with a model trained by `ser.train`.
+
+    python -m ser.predict --model runs/ser/seed0/model clip.wav other.mp3 ...
+
+Any sample rate, mono or stereo, wav/flac/mp3 (read as in training: 16 kHz mono, normalised as the
+saved feature extractor says). Prints the emotion and every label's probability per file. A file
+that cannot be read gets a message naming it; the readable ones are still printed, and the exit
+status is then 1.
+"""
+import argparse
+import sys
+
+import numpy as np
+import torch
+from transformers.utils import logging as hf_logging
+
+from common.run import user_errors
+from ser.data import MIN_SECONDS, SAMPLE_RATE, normalize, read_audio
+from ser.model import load_classifier
+
+
+@torch.inference_mode()
+def classify(model, fe, wave: np.ndarray) -> torch.Tensor:
+    """Probabilities for one clip (alone in its batch, so no padding)."""
+    if len(wave) < MIN_SECONDS * SAMPLE_RATE:
+        wave = np.pad(wave, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(wave)))
+    x = normalize(wave, fe.do_normalize)[None]
+    return model(x, torch.tensor([x.shape[1]])).float().softmax(-1)[0]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m ser.predict", description="Classify the emotion of audio files.")
+    p.add_argument("--model", required=True, help="model/ folder written by ser.train")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    a = p.parse_args(argv)
+    hf_logging.disable_progress_bar()
+    with user_errors():
+        model, fe, labels = load_classifier(a.model)
+    failed = 0
+    for path in a.files:
+        try:
+            wave = read_audio(path)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        probs = classify(model, fe, wave)
+        print(f"{path}: {labels[int(probs.argmax())]}  (" +
+              ", ".join(f"{n} {q:.3f}" for n, q in zip(labels, probs.tolist())) + ")", flush=True)
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""ShEMO names, audio reading, leak-free splits and balancing."""
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from common.run import UserError
+from ser import data
+from ser.data import balance_plan, parse_shemo_name, read_audio, scan_shemo, split_by_speaker, split_random
+
+
+def test_shemo_names_parse_to_label_speaker_and_gender(tmp_path):
+    assert parse_shemo_name("F01A01.wav") == {"gender": "F", "speaker": "F01", "label": "anger"}
+    assert parse_shemo_name("M12W03.wav") == {"gender": "M", "speaker": "M12", "label": "surprise"}
+    assert parse_shemo_name("m05s10.WAV")["label"] == "sadness"
+    for bad in ("F01X01.wav", "X01A01.wav", "F01A.wav", "notes.wav"):
+        assert parse_shemo_name(bad) is None
+    (tmp_path / "female").mkdir()
+    sf.write(tmp_path / "female" / "F01H02.wav", np.ones(1600, np.float32) * 0.1, 16000)
+    sf.write(tmp_path / "female" / "F01Q02.wav", np.ones(1600, np.float32) * 0.1, 16000)
+    clips, bad = scan_shemo(tmp_path)
+    assert [(c.label, c.speaker) for c in clips] == [("happiness", "F01")]
+    assert bad == [str(tmp_path / "female" / "F01Q02.wav")]
+
+
+def test_other_rates_and_stereo_come_out_16k_mono(tmp_path):
+    t = np.arange(22050) / 22050
+    sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 22050)
+    stereo = np.stack([np.full(48000 * 2, 0.2), np.full(48000 * 2, 0.4)], axis=1).astype(np.float32)
+    sf.write(tmp_path / "b.flac", stereo, 48000)
+    a, b = read_audio(tmp_path / "a.wav"), read_audio(tmp_path / "b.flac")
+    assert a.dtype == np.float32 and a.ndim == 1 and len(a) == 16000
+    assert b.ndim == 1 and len(b) == 32000
+    assert abs(float(np.median(b)) - 0.3) < 1e-3  # channels averaged
+
+
+def test_unreadable_and_silent_files_are_skipped_or_fatal_with_strict(tmp_path):
+    good = tmp_path / "F01A01.wav"
+    sf.write(good, np.full(4000, 0.2, np.float32), 16000)  # 0.25 s: padded to 0.5 s
+    sf.write(tmp_path / "F01A02.wav", np.zeros(16000, np.float32), 16000)
+    (tmp_path / "F01A03.wav").write_bytes(b"not audio")
+    clips, _ = scan_shemo(tmp_path)
+    warnings = []
+    kept, waves, skipped = data.load_clips(clips, strict=False, log=warnings.append)
+    assert [c.path for c in kept] == [good] and len(waves[0]) == 8000
+    assert sorted(skipped) == [str(tmp_path / "F01A02.wav"), str(tmp_path / "F01A03.wav")]
+    assert any("silent" in w for w in warnings) and any("F01A03.wav" in w for w in warnings)
+    with pytest.raises(UserError, match="F01A02.wav is silent"):
+        data.load_clips(clips, strict=True)
+
+
+def test_random_split_is_stratified_disjoint_and_complete():
+    labels = ["a"] * 50 + ["b"] * 20 + ["c"] * 3
+    s = split_random(labels, seed=1)
+    assert sorted(s["train"] + s["val"] + s["test"]) == list(range(73))
+    assert Counter(labels[i] for i in s["test"]) == {"a": 5, "b": 2, "c": 1}
+    assert s == split_random(labels, seed=1) and s != split_random(labels, seed=2)
+    with pytest.raises(UserError, match="class 'd' has 2"):
+        split_random(labels + ["d", "d"], seed=0)
+
+
+def test_speaker_split_shares_no_speaker_and_keeps_classes_even():
+    rng = np.random.default_rng(0)
+    speakers = [f"S{s:02d}" for s in range(20) for _ in range(30)]
+    labels = [str(x) for x in rng.integers(0, 4, len(speakers))]
+    s = split_by_speaker(labels, speakers, seed=0)
+    owners = {k: {speakers[i] for i in v} for k, v in s.items()}
+    assert not (owners["train"] & owners["val"]) and not (owners["train"] & owners["test"]) \
+        and not (owners["val"] & owners["test"])
+    assert sorted(sum(s.values(), [])) == list(range(len(labels)))
+    assert 0.7 < len(s["train"]) / len(labels) < 0.9 and s["val"] and s["test"]
+    with pytest.raises(UserError, match="speaker"):
+        split_by_speaker(labels[:3], [None, None, None], seed=0)
+
+
+def test_balancing_copies_only_training_clips_up_to_the_largest_class():
+    labels = ["a"] * 7 + ["b"] * 3 + ["c"] * 1
+    plan = balance_plan(labels, seed=0)
+    after = Counter(labels) + Counter(step["label"] for step in plan)
+    assert set(after.values()) == {7}
+    assert all(labels[step["source"]] == step["label"] for step in plan)
+    b_sources = [step["source"] for step in plan if step["label"] == "b"]
+    assert b_sources == [7, 8, 9, 7]  # the class's own clips in turn
+    assert all(-2 <= s["semitones"] <= 2 and 0.85 <= s["rate"] <= 1.15 for s in plan)
+
+
+def test_augmented_copies_are_cached_and_keyed_by_content_and_settings(tmp_path):
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(16000)).astype(np.float32) for _ in range(2)]
+    plan = [{"source": 0, "label": "a", "semitones": 1.0, "rate": 0.9}]
+    first = data.augmented_copies(waves, plan, tmp_path)
+    files = sorted(tmp_path.glob("*.npy"))
+    assert len(files) == len(plan) and abs(len(first[0]) - 16000 / 0.9) < 200  # stretched: length changes
+    again = data.augmented_copies(waves, plan, tmp_path)
+    assert np.array_equal(first[0], again[0]) and sorted(tmp_path.glob("*.npy")) == files
+    other = [dict(plan[0], rate=1.1)]
+    data.augmented_copies(waves, other, tmp_path)
+    changed = [waves[0] + 0.01] + waves[1:]
+    data.augmented_copies(changed, plan, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == len(files) + 2  # new settings and new audio: new entries

@@ -1,0 +1,180 @@
+"""The SER model and command line end to end, in-process, on a tiny HuBERT and generated audio."""
+import csv
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+import ser.train
+from ser import predict
+from ser.model import EmotionClassifier, load_classifier, masked_mean, save_classifier, study_feature_extractor
+from ser.synthetic import tiny_hubert_config, write_shemo, write_tiny_hubert
+from ser.train import main
+
+
+def run(model, data, out, *extra):
+    main(["--model", str(model), "--data-dir", str(data), "--out", str(out), "--epochs", "1", *map(str, extra)])
+    return out
+
+
+def weights(out):
+    return load_file(out / "model" / "model.safetensors")
+
+
+def test_masked_mean_ignores_padded_frames():
+    hidden = torch.randn(2, 6, 3)
+    frames = torch.tensor([4, 6])
+    garbage = hidden.clone()
+    garbage[0, 4:] = 1e6
+    pooled = masked_mean(garbage, frames)
+    assert torch.allclose(pooled[0], hidden[0, :4].mean(0)) and torch.allclose(pooled[1], hidden[1].mean(0))
+
+
+def test_layer_norm_hubert_with_mask_ignores_appended_padding():
+    from transformers import HubertModel
+    torch.manual_seed(0)
+    cfg = tiny_hubert_config(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    model = EmotionClassifier(HubertModel(cfg), 4, use_attention_mask=True).eval()
+    x = torch.randn(1, 12000)
+    padded = torch.cat([x, torch.zeros(1, 8000)], dim=1)
+    with torch.no_grad():
+        a = model(x, torch.tensor([12000]))
+        b = model(padded, torch.tensor([12000]))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_saved_model_reloads_to_the_same_logits(tmp_path):
+    from transformers import HubertModel
+    torch.manual_seed(0)
+    model = EmotionClassifier(HubertModel(tiny_hubert_config()), 3, use_attention_mask=False).eval()
+    save_classifier(model, study_feature_extractor(), ["x", "y", "z"], tmp_path)
+    again, fe, labels = load_classifier(str(tmp_path))
+    x = torch.randn(2, 16000)
+    with torch.no_grad():
+        assert torch.equal(model(x, torch.tensor([16000, 9000])), again(x, torch.tensor([16000, 9000])))
+    assert labels == ["x", "y", "z"] and fe.return_attention_mask is False
+
+
+def test_end_to_end_writes_every_output_without_leaks(tiny_hubert, shemo_dir, tmp_path, capsys):
+    out = run(tiny_hubert, shemo_dir, tmp_path / "run", "--epochs", 2, "--lr", 1e-3)
+    for name in ("config.json", "train.log", "history.csv", "metrics.json", "report.txt", "split.csv",
+                 "curves.png", "confusion_matrix_train.png", "confusion_matrix_val.png", "confusion_matrix_test.png",
+                 "class_distribution.png", "clip_lengths.png", "model/config.json", "model/model.safetensors",
+                 "model/preprocessor_config.json"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint.pt").exists()
+    for png in out.glob("*.png"):
+        assert matplotlib.image.imread(png).shape[0] > 100, png
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == 2 and "train_accuracy" in rows[0]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "ser" and set(m["train"]) >= {"accuracy", "loss", "macro_f1"}
+    assert set(m["test"]["per_class"]) == {"anger", "fear", "happiness", "neutral", "sadness", "surprise"}
+    assert "leak-free" in m["protocol"] and m["skipped_files"] == []
+    assert m["class_counts"]["before"] == m["class_counts"]["after"]  # generated classes are already even
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["derived"]["feature_extractor"].startswith("study default")
+    assert "confusion matrix" in (out / "report.txt").read_text()
+
+    split = list(csv.DictReader(open(out / "split.csv")))
+    held_out = {r["path"] for r in split if r["split"] != "train"}
+    assert held_out and not held_out & {r["path"] for r in split if r["split"] == "train"}
+
+    # predict: readable files are printed, an unreadable one named, exit status 1
+    sf.write(tmp_path / "stereo48k.flac", np.random.default_rng(0).normal(0, 0.1, (48000, 2)).astype(np.float32), 48000)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        predict.main(["--model", str(out / "model"), str(tmp_path / "stereo48k.flac"), str(tmp_path / "missing.wav")])
+    got = capsys.readouterr()
+    assert e.value.code == 1 and "stereo48k.flac: " in got.out and "missing.wav" in got.err
+
+
+def test_balancing_evens_training_classes_and_leaves_val_test_alone(tiny_hubert, tmp_path):
+    write_shemo(tmp_path / "data", per_class=10, speakers=4, letters="ANS")
+    for f in (tmp_path / "data").rglob("*.wav"):  # anger keeps 10 clips, neutral 7, sadness 4
+        if (f.name[3] == "S" and int(f.name[4:6]) > 4) or (f.name[3] == "N" and int(f.name[4:6]) > 7):
+            f.unlink()
+    out = run(tiny_hubert, tmp_path / "data", tmp_path / "run", "--cache-dir", tmp_path / "cache")
+    m = json.loads((out / "metrics.json").read_text())
+    before, after = m["class_counts"]["before"], m["class_counts"]["after"]
+    assert len(set(after.values())) == 1 and max(after.values()) == max(before.values())
+    assert before["sadness"] < before["neutral"] < before["anger"]
+    split = list(csv.DictReader(open(out / "split.csv")))
+    for part in ("val", "test"):
+        assert all(r["augmentation"] == "" for r in split if r["split"] == part)
+        assert m[part]["per_class"]["anger"]["support"] == sum(
+            r["split"] == part and r["label"] == "anger" for r in split)
+    copies = [r for r in split if r["augmentation"]]
+    assert len(copies) == sum(after.values()) - sum(before.values()) == len(list((tmp_path / "cache").glob("*.npy")))
+    train_files = {r["path"] for r in split if r["split"] == "train" and not r["augmentation"]}
+    assert {r["path"] for r in copies} <= train_files
+
+
+def test_speaker_split_on_the_command_line(tiny_hubert, shemo_dir, tmp_path):
+    write_shemo(tmp_path / "data", per_class=8, speakers=8)
+    out = run(tiny_hubert, tmp_path / "data", tmp_path / "run", "--split", "speaker")
+    split = list(csv.DictReader(open(out / "split.csv")))
+    owners = {}
+    for r in split:
+        owners.setdefault(r["speaker"], set()).add(r["split"])
+    assert all(len(v) == 1 for v in owners.values()) and len(owners) == 8
+    assert "speaker-independent" in json.loads((out / "metrics.json").read_text())["protocol"]
+
+
+def quiet_hubert(tmp_path):
+    """No dropout of any kind, no LayerDrop, no SpecAugment: training is a deterministic function."""
+    path = tmp_path / "quiet-hubert"
+    write_tiny_hubert(path, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                      final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+    return path
+
+
+def test_grad_accum_equals_larger_batch(tmp_path):
+    model = quiet_hubert(tmp_path)
+    write_shemo(tmp_path / "data", per_class=4, speakers=2, seconds=(1.0, 1.0))
+    common = ("--lr", 1e-3, "--amp", "off", "--no-balance")
+    a = weights(run(model, tmp_path / "data", tmp_path / "a", "--batch-size", 4, *common))
+    b = weights(run(model, tmp_path / "data", tmp_path / "b", "--batch-size", 2, "--grad-accum", 2, *common))
+    c = weights(run(model, tmp_path / "data", tmp_path / "c", "--batch-size", 2, *common))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not torch.allclose(a["fc1.weight"], c["fc1.weight"], atol=1e-6)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_hubert, shemo_dir, tmp_path, monkeypatch):
+    # the tiny HuBERT keeps LayerDrop (torch RNG) and SpecAugment (numpy RNG): resume must restore both
+    args = ("--epochs", 2, "--lr", 1e-3, "--seed", 3, "--limit", 24)
+    whole = weights(run(tiny_hubert, shemo_dir, tmp_path / "whole", *args))
+    real = ser.train.train_epoch
+
+    def interrupted(*a, **kw):
+        if a[-1].startswith("epoch 2/"):
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(ser.train, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_hubert, shemo_dir, tmp_path / "cut", *args)
+    monkeypatch.setattr(ser.train, "train_epoch", real)
+    resumed = weights(run(tiny_hubert, shemo_dir, tmp_path / "cut", *args, "--resume"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_audibly_different_classes_train_well_above_chance(tiny_hubert, tmp_path):
+    write_shemo(tmp_path / "data", per_class=20, speakers=4, seed=1)
+    out = run(tiny_hubert, tmp_path / "data", tmp_path / "run", "--epochs", 3, "--lr", 2e-3, "--batch-size", 4)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["accuracy"] > 0.6 and m["val"]["accuracy"] > 0.5  # chance is 1/6
+
+
+def test_user_errors_exit_2(tiny_hubert, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        run(tiny_hubert, tmp_path / "empty", tmp_path / "run")
+    assert e.value.code == 2 and "no ShEMO-named" in capsys.readouterr().err
+    write_shemo(tmp_path / "few", per_class=2, letters="AN")
+    with pytest.raises(SystemExit) as e:
+        run(tiny_hubert, tmp_path / "few", tmp_path / "run2")
+    assert e.value.code == 2 and "at least 3" in capsys.readouterr().err
