@@ -4,7 +4,7 @@ import csv
 import math
 from pathlib import Path
 
-from common.run import write_json
+from common.run import args_record, write_json
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
                   "seconds", "items_per_s"]
@@ -12,8 +12,7 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_
 
 def write_config(out: Path, args, derived: dict, info: dict) -> None:
     """Arguments as given, settings derived from them, and versions / git commit."""
-    write_json(out / "config.json", {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                     "derived": derived, "run_info": info})
+    write_json(out / "config.json", {"args": args_record(args), "derived": derived, "run_info": info})
 
 
 def write_history(out: Path, rows: list[dict], extra_fields=()) -> None:

@@ -118,6 +118,33 @@ class RunLog:
             f.write(line + "\n")
 
 
+# ---------------------------------------------------------------- arguments of a run
+def args_record(args) -> dict:
+    """The command-line arguments as JSON values (paths as strings), as config.json keeps them."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def check_same_args(old: dict, args, free: set, where: str) -> None:
+    """Refuse to continue a run in `where` whose recorded arguments differ from these (except `free`)."""
+    new = args_record(args)
+    changed = [k for k in new if k not in free and old.get(k) != new[k]]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UserError(f"{where} holds a run with other arguments ({flags}); use the same ones, or --overwrite")
+
+
+def finished_run(out: Path, args, free: set) -> bool:
+    """True when out holds a finished run (metrics.json) of the same arguments (config.json)."""
+    if not (out / "metrics.json").exists():
+        return False
+    try:
+        old = json.loads((out / "config.json").read_text(encoding="utf-8"))["args"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{out} has metrics.json but no readable config.json; use --overwrite") from None
+    check_same_args(old, args, free, str(out))
+    return True
+
+
 # ---------------------------------------------------------------- files
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: a temporary file beside it, then a rename."""

@@ -56,12 +56,19 @@ def write_farstail(folder: Path, rows=(120, 60, 60), seed: int = 0) -> None:
 
 def write_tiny_bert(folder: Path, layers: int = 12, hidden: int = 32, heads: int = 4, seed: int = 0) -> None:
     """A BERT of the given depth with tiny widths and a WordPiece vocabulary of WORDS."""
+    import unicodedata
+
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = SPECIAL + WORDS + VERBS + [NEGATION, ".", "«", "»", '"', "نقل", "قول"]
+    # Entries as BERT's normaliser leaves the text (lower case, accents stripped: آ becomes ا),
+    # or they would never match. (transformers 5.x takes the file as `vocab=`; `vocab_file=` is ignored.)
+    words = WORDS + VERBS + [NEGATION, ".", "«", "»", '"', "نقل", "قول"]
+    plain = ["".join(c for c in unicodedata.normalize("NFD", w.lower()) if unicodedata.category(c) != "Mn")
+             for w in words]
+    vocab = SPECIAL + list(dict.fromkeys(plain))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=2 * hidden, max_position_embeddings=256, num_labels=3)

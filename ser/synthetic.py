@@ -2,7 +2,7 @@
 folder of generated clips whose emotions differ audibly (pitch and loudness), and a tiny
 randomly initialised HuBERT saved with save_pretrained, loadable through `--model DIR`.
 
-    python -m ser.synthetic --data DIR --model DIR [--per-class 10] [--speakers 4]
+    python -m ser.synthetic --data DIR --model DIR [--per-class 10] [--speakers 4] [--uneven]
 """
 import argparse
 from pathlib import Path
@@ -21,13 +21,15 @@ def tone(rng: np.random.Generator, hz: float, amp: float, seconds: float, rate: 
     return (wave + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def write_shemo(folder: Path, per_class: int = 10, speakers: int = 4, rate: int = 16000, seed: int = 0,
+def write_shemo(folder: Path, per_class: int | dict = 10, speakers: int = 4, rate: int = 16000, seed: int = 0,
                 letters: str = "AFHNSW", seconds=(0.4, 2.5)) -> None:
-    """ShEMO's layout: female/ and male/ folders, files like F01A01.wav (gender, speaker, emotion, index)."""
+    """ShEMO's layout: female/ and male/ folders, files like F01A01.wav (gender, speaker, emotion, index).
+    per_class is one count for every emotion letter, or a count per letter (uneven classes)."""
     import soundfile as sf
     rng = np.random.default_rng(seed)
-    for letter in letters:
-        for k in range(per_class):
+    counts = per_class if isinstance(per_class, dict) else dict.fromkeys(letters, per_class)
+    for letter, n in counts.items():
+        for k in range(n):
             gender = "FM"[k % 2]
             speaker = (k // 2) % max(1, speakers // 2) + 1
             sub = folder / ("female" if gender == "F" else "male")
@@ -60,9 +62,12 @@ def main(argv=None):
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--speakers", type=int, default=4)
+    p.add_argument("--uneven", action="store_true", help="classes of different sizes, as ShEMO's (to show balancing)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    write_shemo(a.data, a.per_class, a.speakers, seed=a.seed)
+    n = a.per_class
+    counts = {"A": 2 * n, "N": 2 * n, "S": n, "W": n // 2 + 3, "H": n // 2 + 3, "F": n // 4 + 3} if a.uneven else n
+    write_shemo(a.data, counts, a.speakers, seed=a.seed)
     write_tiny_hubert(a.model, a.seed)
 
 

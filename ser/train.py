@@ -40,9 +40,10 @@ from common.batching import LengthGroupedBatches, micro_batches, sorted_batches
 from common.metrics import confusion, report_text, summarize
 from common.plots import plot_class_counts, plot_confusion, plot_curves, plot_histograms
 from common.results import epoch_table, metrics_record, write_config, write_history
-from common.run import (RunLog, UserError, autocast, choose_device, choose_precision, count_params, grad_scaler,
-                        load_checkpoint, precision_name, prepare_out_dir, rng_state, run_info, save_checkpoint,
-                        seed_everything, set_rng_state, user_errors, write_json)
+from common.run import (RunLog, args_record, autocast, check_same_args, choose_device, choose_precision,
+                        count_params, finished_run, grad_scaler, load_checkpoint, precision_name, prepare_out_dir,
+                        rng_state, run_info, save_checkpoint, seed_everything, set_rng_state, user_errors,
+                        write_json)
 from ser.data import (SAMPLE_RATE, augmented_copies, balance_plan, collate, load_clips, normalize, read_manifest,
                       scan_shemo, split_by_speaker, split_random)
 from ser.model import build_classifier, feature_extractor_for, save_classifier
@@ -174,8 +175,8 @@ def train(args):
     out = args.out
     prepare_out_dir(out, args.resume, args.overwrite)
     log = RunLog(out / "train.log")
-    if args.resume and (out / "metrics.json").exists():
-        log(f"{out} already holds a finished run; nothing to resume")
+    if args.resume and finished_run(out, args, RESUME_FREE):
+        log(f"{out} already holds this finished run; nothing to do")
         return
     device = choose_device(args.device)
     dtype = choose_precision(args.amp, device)
@@ -229,10 +230,7 @@ def train(args):
     ckpt_path = out / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path) if args.resume else None
     if ckpt:
-        changed = [k for k, v in vars(args).items() if k not in RESUME_FREE and ckpt["args"].get(k) != v]
-        if changed:
-            raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
-                            f"checkpointed run in {out}; use the same arguments or --overwrite")
+        check_same_args(ckpt["args"], args, RESUME_FREE, f"the checkpoint in {out}")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -261,7 +259,7 @@ def train(args):
         log(f"epoch {epoch}: train loss {loss:.4f} acc {acc:.4f}  val loss {ev['val']['loss']:.4f} acc "
             f"{ev['val']['accuracy']:.4f}  test acc {ev['test']['accuracy']:.4f}  "
             f"({len(waves['train']) / seconds:.1f} clips/s, {audio / seconds:.1f} audio-s/s)")
-        save_checkpoint(ckpt_path, {"epoch": epoch, "args": vars(args), "model": model.state_dict(),
+        save_checkpoint(ckpt_path, {"epoch": epoch, "args": args_record(args), "model": model.state_dict(),
                                     "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                                     "rng": rng_state(), "history": history, "evals": evals})
 

@@ -1,0 +1,93 @@
+"""run_all.sh as a user runs it: the offline smoke run end to end, skipping finished runs,
+stopping on a failure, refusing to start without ShEMO; and the summary's tables."""
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from common.summary import write_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ["all", "freeze9", "freeze12", "keep9", "prune0.5"]
+
+
+def run_all(*args, env=None):
+    env = {**os.environ, "SHEMO_DIR": "", **(env or {})}
+    return subprocess.run(["bash", str(ROOT / "run_all.sh"), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    result = run_all("--smoke", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
+    out, result = smoke
+    assert "[6/6] ser seed 0" in result.stdout
+    for name in EXPERIMENTS:
+        run = out / "nli" / name / "seed0"
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["experiment"] == name
+        for f in ("report.txt", "curves.png", "confusion_matrix.png", "token_lengths.png", "model/config.json"):
+            assert (run / f).exists(), (name, f)
+    assert json.loads((out / "nli/freeze12/seed0/metrics.json").read_text())["params"]["trainable"] < \
+        json.loads((out / "nli/freeze9/seed0/metrics.json").read_text())["params"]["trainable"]
+    ser = json.loads((out / "ser/seed0/metrics.json").read_text())
+    assert ser["class_counts"]["before"] != ser["class_counts"]["after"]  # the smoke data are uneven
+    summary = (out / "summary.md").read_text()
+    assert "SMOKE RUN" in summary and "missing" not in summary.lower()
+    for name in EXPERIMENTS:
+        assert f"| {name} (" in summary and f"nli/{name}/seed0/report.txt" in summary
+    assert "(upper bound)" in summary and "ser/seed0/confusion_matrix_test.png" in summary
+    assert "0.826" in summary and "masked 50% of attention weights" in summary
+
+
+def test_rerun_skips_finished_runs(smoke):
+    out, _ = smoke
+    before = (out / "ser/seed0/metrics.json").stat().st_mtime_ns
+    result = run_all("--smoke", "--only", "ser", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already holds this finished run" in result.stdout
+    assert (out / "ser/seed0/metrics.json").stat().st_mtime_ns == before
+
+
+def test_failing_experiment_stops_the_script_and_names_its_log(smoke, tmp_path):
+    out, _ = smoke
+    shutil.copytree(out / "inputs", tmp_path / "inputs")
+    val = tmp_path / "inputs/farstail/Val-word.csv"
+    val.write_text(val.read_text(encoding="utf-8").replace("\te\n", "\tq\n", 1), encoding="utf-8")
+    result = run_all("--smoke", "--only", "nli", "--out", tmp_path)
+    assert result.returncode == 1
+    assert "experiment nli all seed 0 failed" in result.stderr and "nli/all/seed0/train.log" in result.stderr
+    assert "unknown label 'q'" in result.stderr
+    assert not (tmp_path / "summary.md").exists() and not (tmp_path / "nli/freeze9").exists()
+
+
+def test_missing_shemo_stops_before_any_training(tmp_path):
+    result = run_all("--out", tmp_path / "runs")
+    assert result.returncode == 2
+    assert "--shemo" in result.stderr and "SHEMO_DIR" in result.stderr and "--only nli" in result.stderr
+    assert not (tmp_path / "runs").exists()
+    assert run_all("--only", "both").returncode == 2
+
+
+def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
+    out, _ = smoke
+    for seed, acc in ((0, 0.5), (1, 0.7)):
+        run = tmp_path / "nli" / "all" / f"seed{seed}"
+        shutil.copytree(out / "nli/all/seed0", run)
+        m = json.loads((run / "metrics.json").read_text())
+        m["test"]["accuracy"] = acc
+        (run / "metrics.json").write_text(json.dumps(m))
+    missing = write_summary(tmp_path, seeds=2, only="nli")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "0.6000 ± 0.1414" in summary  # mean and sample std of 0.5 and 0.7
+    assert "nli/freeze9/seed0" in missing and "nli/all/seed0" not in missing
+    assert "**Missing results**" in summary and "| freeze9 (first 9 encoder layers frozen; --freeze 9) | missing |" in summary
