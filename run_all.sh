@@ -48,7 +48,7 @@ else
   nli_args=()  # the study's model and hyperparameters are the defaults; FarsTail downloads to data/farstail
   if [ "$only" != nli ]; then
     if [ -z "$shemo" ] || [ ! -d "$shemo" ]; then
-      echo "run_all.sh: ShEMO not found${shemo:+ at $shemo}. Download it from https://github.com/mansourehk/ShEMO," >&2
+      echo "run_all.sh: ShEMO not found${shemo:+ at $shemo}. Download female.zip and male.zip from https://github.com/pariajm/sharif-emotional-speech-dataset," >&2
       echo "unzip it, and point --shemo DIR (or SHEMO_DIR) at the folder holding its .wav files;" >&2
       echo "or run only the NLI half with --only nli. Nothing was trained." >&2
       exit 2

@@ -50,7 +50,10 @@ def plot_histograms(series: dict, path: Path, xlabel: str, title: str, marks: di
     """One histogram per named series, side by side; `marks` draws labelled vertical lines."""
     fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.8), squeeze=False)
     for ax, (name, values) in zip(axes[0], series.items()):
-        ax.hist(values, bins=min(50, max(5, len(set(values)))), color="tab:blue", alpha=0.8)
+        lo, hi = min(values), max(values)
+        integers = all(float(v).is_integer() for v in values) and hi - lo <= 80
+        bins = np.arange(lo, hi + 2) - 0.5 if integers else 50  # one bar per token count when they fit
+        ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
         for label, x in (marks or {}).items():
             ax.axvline(x, color="tab:red", ls="--", label=label)
         if marks:
@@ -69,8 +72,8 @@ def plot_class_counts(before: dict, after: dict, path: Path, title: str) -> None
     ax.bar(x - 0.2, [before[n] for n in names], 0.4, label="before balancing")
     ax.bar(x + 0.2, [after[n] for n in names], 0.4, label="after balancing")
     ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set(ylabel="training clips", title=title)
-    ax.legend()
+    ax.set(ylabel="training clips", title=title, ylim=(0, 1.25 * max(max(before.values()), max(after.values()))))
+    ax.legend(loc="upper right", ncols=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -205,6 +205,8 @@ def train(args):
     write_split_csv(out / "split.csv", clips, split, plan)
     waves = {k: [normalize(raw[i], fe.do_normalize) for i in v] for k, v in split.items()}
     waves["train"] += [normalize(w, fe.do_normalize) for w in copies]
+    clip_seconds = [len(w) / SAMPLE_RATE for w in raw]
+    del raw, copies  # the normalised copies above are all the loop needs
     ids = {k: torch.tensor([names.index(label_of[i]) for i in v]) for k, v in split.items()}
     ids["train"] = torch.cat([ids["train"], torch.tensor([names.index(s["label"]) for s in plan], dtype=torch.long)])
     after = Counter(names[i] for i in ids["train"].tolist())
@@ -267,7 +269,7 @@ def train(args):
     final_train = evaluate(model, waves["train"], ids["train"], names, device, dtype, pad)
     save_classifier(model, fe, names, out / "model")
     write_results(out, args, history, evals, final_train, ids, names, params, counts, skipped + bad_names, protocol,
-                  [len(w) / SAMPLE_RATE for w in raw])
+                  clip_seconds)
     ckpt_path.unlink()
     log(f"done: train {final_train['accuracy']:.4f}, val {evals[-1]['val']['accuracy']:.4f}, "
         f"test {evals[-1]['test']['accuracy']:.4f}; results in {out}")
