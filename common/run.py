@@ -170,6 +170,52 @@ def load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+class Checkpoint:
+    """A run's one rolling checkpoint (OUT/checkpoint.pt): the state of every part given (model,
+    optimizer, scheduler, scaler: anything with state_dict/load_state_dict), the torch, numpy and
+    Python RNG states, and the per-epoch results so far. Saved after each finished epoch, so a
+    resumed run continues exactly where an uninterrupted one would be; removed when the run ends."""
+
+    def __init__(self, args, free: set, **parts):
+        self.path = args.out / "checkpoint.pt"
+        self.args, self.free, self.parts = args, free, parts
+
+    def restore(self, log) -> tuple[int, list, list]:
+        """(first epoch to run, history, evals): from the checkpoint with --resume, else a fresh start."""
+        state = load_checkpoint(self.path) if self.args.resume else None
+        if state is None:
+            return 1, [], []
+        check_same_args(state["args"], self.args, self.free, f"the checkpoint in {self.args.out}")
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+        set_rng_state(state["rng"])
+        log(f"resuming after epoch {state['epoch']}")
+        return state["epoch"] + 1, state["history"], state["evals"]
+
+    def save(self, epoch: int, history: list, evals: list) -> None:
+        save_checkpoint(self.path, {"epoch": epoch, "args": args_record(self.args), "rng": rng_state(),
+                                    "history": history, "evals": evals,
+                                    **{name: part.state_dict() for name, part in self.parts.items()}})
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def start_run(args, free: set):
+    """The opening every run shares: prepare --out, open train.log, choose device and precision,
+    seed everything. Returns (log, device, autocast dtype), or None when --resume finds this
+    run already finished."""
+    prepare_out_dir(args.out, args.resume, args.overwrite)
+    log = RunLog(args.out / "train.log")
+    if args.resume and finished_run(args.out, args, free):
+        log(f"{args.out} already holds this finished run; nothing to do")
+        return None
+    device = choose_device(args.device)
+    dtype = choose_precision(args.amp, device)
+    seed_everything(args.seed)
+    return log, device, dtype
+
+
 def run_info(device: torch.device) -> dict:
     """Versions, git commit and hardware, written beside every result."""
     import transformers

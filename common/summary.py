@@ -66,21 +66,27 @@ def links(root: Path, folder: Path) -> str:
     return " · ".join([f"[report]({rel}/report.txt)"] + [f"[{p[:-4]}]({rel}/{p})" for p in pngs])
 
 
+def collect(root: Path, rel: str, seeds: int, missing: list, run_links: list) -> list[dict]:
+    """metrics.json of root/rel/seed<k> for every seed; missing ones noted, found ones linked."""
+    runs = []
+    for seed in range(seeds):
+        folder = root / rel / f"seed{seed}"
+        m = load(folder)
+        if m is None:
+            missing.append(f"{rel}/seed{seed}")
+        else:
+            runs.append(m)
+            run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(root, folder)}")
+    return runs
+
+
 def nli_section(root: Path, seeds: int, missing: list) -> list[str]:
     head = ("| experiment | val acc | test acc | train loss | val loss | test loss | test macro F1 | trainable / total "
             "params | train time (s) | pairs/s | test acc, hard hypothesis | test acc, hard overlap | study test acc |")
     lines = ["## NLI: ParsBERT on FarsTail", "", head, "|" + "---|" * 13]
     run_links = []
     for name, what, flags, study in NLI_EXPERIMENTS:
-        runs = []
-        for seed in range(seeds):
-            folder = root / "nli" / name / f"seed{seed}"
-            m = load(folder)
-            if m is None:
-                missing.append(f"nli/{name}/seed{seed}")
-            else:
-                runs.append(m)
-                run_links.append(f"- nli {name} seed {seed}: {links(root, folder)}")
+        runs = collect(root, f"nli/{name}", seeds, missing, run_links)
         label = f"{name} ({what}{'; ' + flags if flags else ''})"
         if not runs:
             lines.append(f"| {label} | missing |" + " |" * 11 + f" {study:.3f} |")
@@ -105,15 +111,8 @@ def ser_section(root: Path, seeds: int, missing: list) -> list[str]:
     lines = ["## SER: HuBERT on ShEMO", "",
              "| protocol | train acc | val acc | test acc | test macro F1 | clips/s | audio-s/s | study test acc |",
              "|" + "---|" * 8]
-    runs, run_links = [], []
-    for seed in range(seeds):
-        folder = root / "ser" / f"seed{seed}"
-        m = load(folder)
-        if m is None:
-            missing.append(f"ser/seed{seed}")
-        else:
-            runs.append(m)
-            run_links.append(f"- ser seed {seed}: {links(root, folder)}")
+    run_links: list[str] = []
+    runs = collect(root, "ser", seeds, missing, run_links)
     if runs:
         col = lambda f: [f(m) for m in runs]  # noqa: E731
         lines.append("| " + " | ".join([

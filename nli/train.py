@@ -40,10 +40,8 @@ from common.batching import LengthGroupedBatches, micro_batches, sorted_batches
 from common.metrics import confusion, report_text, summarize
 from common.plots import plot_confusion, plot_curves, plot_histograms
 from common.results import epoch_table, metrics_record, write_config, write_history
-from common.run import (RunLog, UserError, args_record, autocast, check_same_args, choose_device, choose_precision,
-                        count_params, finished_run, grad_scaler, load_checkpoint, precision_name, prepare_out_dir,
-                        rng_state, run_info, save_checkpoint, seed_everything, set_rng_state, user_errors,
-                        write_json)
+from common.run import (Checkpoint, UserError, autocast, count_params, grad_scaler, precision_name, run_info,
+                        start_run, user_errors, write_json)
 from nli.data import LABELS, collate, encode, load_farstail, token_stats
 from nli.model import choose_heads, encoder_layers, freeze_layers, keep_layers, load_classifier, prune_heads
 
@@ -150,15 +148,11 @@ def evaluate(model, data, device, dtype, pad_id, hard=None) -> dict:
 
 
 def train(args):
-    out = args.out
-    prepare_out_dir(out, args.resume, args.overwrite)
-    log = RunLog(out / "train.log")
-    if args.resume and finished_run(out, args, RESUME_FREE):
-        log(f"{out} already holds this finished run; nothing to do")
+    started = start_run(args, RESUME_FREE)  # --out, train.log, device, precision, seeds
+    if started is None:
         return
-    device = choose_device(args.device)
-    dtype = choose_precision(args.amp, device)
-    seed_everything(args.seed)
+    log, device, dtype = started
+    out = args.out
 
     # 1. Data: read and check FarsTail, tokenise each split once.
     splits = load_farstail(args.data_dir, args.limit, log)
@@ -192,18 +186,8 @@ def train(args):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total_steps))
     scaler = grad_scaler(device, dtype)
 
-    history, evals, start = [], [], 1
-    ckpt_path = out / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path) if args.resume else None
-    if ckpt:
-        check_same_args(ckpt["args"], args, RESUME_FREE, f"the checkpoint in {out}")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        history, evals, start = ckpt["history"], ckpt["evals"], ckpt["epoch"] + 1
-        log(f"resuming after epoch {ckpt['epoch']}")
+    ckpt = Checkpoint(args, RESUME_FREE, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+    start, history, evals = ckpt.restore(log)
     write_config(out, args, {
         "experiment": experiment_name(args), "device": str(device), "precision": precision_name(dtype),
         "optimizer_batch": args.batch_size * args.grad_accum, "steps": total_steps, "pruned_heads": heads,
@@ -226,15 +210,14 @@ def train(args):
                         "items_per_s": len(data["train"]) / seconds})
         log(f"epoch {epoch}: train loss {train_loss:.4f}  val loss {ev['val']['loss']:.4f}  val acc "
             f"{ev['val']['accuracy']:.4f}  test acc {ev['test']['accuracy']:.4f}  ({len(data['train']) / seconds:.1f} pairs/s)")
-        save_checkpoint(ckpt_path, {"epoch": epoch, "args": args_record(args), "model": model.state_dict(),
-                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
-                                    "evals": evals})
+        ckpt.save(epoch, history, evals)
 
     # 5. Results.
+    recipe = (f"batch {args.batch_size} x {args.grad_accum} pairs, AdamW lr {args.lr:g} decaying linearly to 0, "
+              f"{precision_name(dtype)} on {device}, max length {args.max_length}")
     write_results(out, args, model, tokenizer, history, evals, params, stats, piece_lengths, heads,
-                  data["test"].labels.numpy())
-    ckpt_path.unlink()
+                  data["test"].labels.numpy(), recipe)
+    ckpt.remove()
     log(f"done: test accuracy {evals[-1]['test']['accuracy']:.4f}; results in {out}")
 
 
@@ -243,7 +226,7 @@ def figures(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in ("pred", "subsets")}
 
 
-def write_results(out, args, model, tokenizer, history, evals, params, stats, piece_lengths, heads, true):
+def write_results(out, args, model, tokenizer, history, evals, params, stats, piece_lengths, heads, true, recipe):
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     write_history(out, history)
@@ -257,14 +240,17 @@ def write_results(out, args, model, tokenizer, history, evals, params, stats, pi
     write_json(out / "metrics.json", record)
 
     pred = np.asarray(evals[-1]["test"]["pred"])
-    final = record
+    final = evals[-1]
     cm = confusion(true, pred, len(LABELS))
     name = experiment_name(args)
     plot_curves(history, out / "curves.png", f"FarsTail, {name}")
     plot_confusion(cm, LABELS, out / "confusion_matrix.png", f"FarsTail test, {name}")
     plot_histograms(piece_lengths, out / "token_lengths.png", "word pieces (special tokens not counted)",
                     "FarsTail training split")
-    lines = [f"FarsTail NLI, experiment {name}, seed {args.seed}, {args.epochs} epochs, model {args.model}", "",
+    lines = [f"FarsTail NLI, experiment {name}, seed {args.seed}, {args.epochs} epochs, model {args.model}",
+             f"recipe: {recipe}",
+             "train_loss: mean cross-entropy over the epoch's training batches (dropout on); val and test: the "
+             "model after that epoch, in eval mode; test is reported only, never used to choose", "",
              epoch_table(history, ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
                                    "test_accuracy", "seconds", "items_per_s"]), "",
              f"final model: test loss {final['test']['loss']:.4f}, test accuracy {final['test']['accuracy']:.4f}, "

@@ -40,10 +40,8 @@ from common.batching import LengthGroupedBatches, micro_batches, sorted_batches
 from common.metrics import confusion, report_text, summarize
 from common.plots import plot_class_counts, plot_confusion, plot_curves, plot_histograms
 from common.results import epoch_table, metrics_record, write_config, write_history
-from common.run import (RunLog, args_record, autocast, check_same_args, choose_device, choose_precision,
-                        count_params, finished_run, grad_scaler, load_checkpoint, precision_name, prepare_out_dir,
-                        rng_state, run_info, save_checkpoint, seed_everything, set_rng_state, user_errors,
-                        write_json)
+from common.run import (Checkpoint, autocast, count_params, grad_scaler, precision_name, run_info, start_run,
+                        user_errors, write_json)
 from ser.data import (SAMPLE_RATE, augmented_copies, balance_plan, collate, load_clips, normalize, read_manifest,
                       scan_shemo, split_by_speaker, split_random)
 from ser.model import build_classifier, feature_extractor_for, save_classifier
@@ -172,15 +170,11 @@ def evaluate(model, waves, labels, names, device, dtype, pad) -> dict:
 
 
 def train(args):
-    out = args.out
-    prepare_out_dir(out, args.resume, args.overwrite)
-    log = RunLog(out / "train.log")
-    if args.resume and finished_run(out, args, RESUME_FREE):
-        log(f"{out} already holds this finished run; nothing to do")
+    started = start_run(args, RESUME_FREE)  # --out, train.log, device, precision, seeds
+    if started is None:
         return
-    device = choose_device(args.device)
-    dtype = choose_precision(args.amp, device)
-    seed_everything(args.seed)
+    log, device, dtype = started
+    out = args.out
 
     # 1. Data: find and read the clips, split, then balance the training split only.
     if args.data_dir:
@@ -228,17 +222,8 @@ def train(args):
     scaler = grad_scaler(device, dtype)
     sampler = LengthGroupedBatches([len(w) for w in waves["train"]], args.batch_size * args.grad_accum, args.seed)
 
-    history, evals, start = [], [], 1
-    ckpt_path = out / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path) if args.resume else None
-    if ckpt:
-        check_same_args(ckpt["args"], args, RESUME_FREE, f"the checkpoint in {out}")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        history, evals, start = ckpt["history"], ckpt["evals"], ckpt["epoch"] + 1
-        log(f"resuming after epoch {ckpt['epoch']}")
+    ckpt = Checkpoint(args, RESUME_FREE, model=model, optimizer=opt, scaler=scaler)
+    start, history, evals = ckpt.restore(log)
     write_config(out, args, {
         "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
         "do_normalize": bool(fe.do_normalize), "attention_mask": bool(fe.return_attention_mask),
@@ -261,16 +246,16 @@ def train(args):
         log(f"epoch {epoch}: train loss {loss:.4f} acc {acc:.4f}  val loss {ev['val']['loss']:.4f} acc "
             f"{ev['val']['accuracy']:.4f}  test acc {ev['test']['accuracy']:.4f}  "
             f"({len(waves['train']) / seconds:.1f} clips/s, {audio / seconds:.1f} audio-s/s)")
-        save_checkpoint(ckpt_path, {"epoch": epoch, "args": args_record(args), "model": model.state_dict(),
-                                    "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                                    "rng": rng_state(), "history": history, "evals": evals})
+        ckpt.save(epoch, history, evals)
 
     # 4. Results: the final model on the training split too, then every file.
     final_train = evaluate(model, waves["train"], ids["train"], names, device, dtype, pad)
     save_classifier(model, fe, names, out / "model")
+    recipe = (f"batch {args.batch_size} x {args.grad_accum} clips, AdamW lr {args.lr:g} constant, "
+              f"{precision_name(dtype)} on {device}, feature extractor: {fe_source}")
     write_results(out, args, history, evals, final_train, ids, names, params, counts, skipped + bad_names, protocol,
-                  clip_seconds)
-    ckpt_path.unlink()
+                  clip_seconds, recipe)
+    ckpt.remove()
     log(f"done: train {final_train['accuracy']:.4f}, val {evals[-1]['val']['accuracy']:.4f}, "
         f"test {evals[-1]['test']['accuracy']:.4f}; results in {out}")
 
@@ -279,7 +264,8 @@ def figures(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "pred"}
 
 
-def write_results(out, args, history, evals, final_train, ids, names, params, counts, skipped, protocol, seconds):
+def write_results(out, args, history, evals, final_train, ids, names, params, counts, skipped, protocol, seconds,
+                  recipe):
     write_history(out, history, extra_fields=["train_accuracy"])
     record = metrics_record(
         task="ser", experiment="hubert", seed=args.seed, protocol=protocol, epochs=args.epochs, history=history,
@@ -297,7 +283,9 @@ def write_results(out, args, history, evals, final_train, ids, names, params, co
     plot_class_counts(counts["before"], counts["after"], out / "class_distribution.png", "training split")
     plot_histograms({"clips": seconds}, out / "clip_lengths.png", "seconds", "clip lengths (all readable clips)")
     lines = [f"Speech emotion recognition, model {args.model}, seed {args.seed}, {args.epochs} epochs",
-             f"protocol: {protocol}", "",
+             f"protocol: {protocol}", f"recipe: {recipe}",
+             "train_loss/train_accuracy per epoch: running figures over the epoch's batches (dropout on); "
+             "final train/val/test: the final model in eval mode; test is reported only, never used to choose", "",
              epoch_table(history, ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                                    "val_macro_f1", "test_accuracy", "seconds", "items_per_s"]), "",
              "final model: " + ", ".join(f"{k} accuracy {v['accuracy']:.4f} (macro F1 {v['macro_f1']:.4f})"
