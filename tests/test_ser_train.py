@@ -178,3 +178,15 @@ def test_user_errors_exit_2(tiny_hubert, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run(tiny_hubert, tmp_path / "few", tmp_path / "run2")
     assert e.value.code == 2 and "at least 3" in capsys.readouterr().err
+
+
+def test_explicit_feature_extractor_is_used_and_recorded(tiny_hubert, shemo_dir, tmp_path):
+    from transformers import Wav2Vec2FeatureExtractor
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+                             return_attention_mask=True).save_pretrained(tmp_path / "fe")
+    out = run(tiny_hubert, shemo_dir, tmp_path / "run", "--feature-extractor", tmp_path / "fe", "--limit", 12)
+    derived = json.loads((out / "config.json").read_text())["derived"]
+    assert derived["feature_extractor"] == str(tmp_path / "fe")
+    assert derived["attention_mask"] is True and derived["do_normalize"] is False
+    model, fe, _ = load_classifier(str(out / "model"))
+    assert model.use_attention_mask and fe.return_attention_mask  # the saved model keeps that choice
