@@ -139,13 +139,21 @@ def encode(tokenizer, split: Split, max_length: int) -> Encoded:
                    torch.tensor(split.label))
 
 
-def collate(data: Encoded, idx: list[int], pad_id: int, device: torch.device) -> dict:
-    """Pad the pairs in idx to the longest among them (not to --max-length) and move to device."""
+def collate(data: Encoded, idx: list[int], pad_id: int, device: torch.device, sdpa_mask: bool = False) -> dict:
+    """Pad the pairs in idx to the longest among them (not to --max-length) and move to device.
+
+    The attention mask is decided here, on the host, so the model never has to inspect it on the
+    device (transformers' `mask.all()` check is a GPU-to-host sync every forward): a batch without
+    padding gets no mask (SDPA may then take its fastest kernel); with padding and `sdpa_mask`
+    (the model uses SDPA), a ready 4D boolean mask (batch, 1, 1, length), which transformers passes
+    through as-is; otherwise the usual 2D mask."""
     ids = torch.nn.utils.rnn.pad_sequence([data.input_ids[i] for i in idx], batch_first=True, padding_value=pad_id)
     types = torch.nn.utils.rnn.pad_sequence([data.token_type_ids[i] for i in idx], batch_first=True)
     lengths = torch.tensor([len(data.input_ids[i]) for i in idx])
-    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": data.labels[idx]}
+    batch = {"input_ids": ids, "token_type_ids": types, "labels": data.labels[idx]}
+    if lengths.min() < ids.shape[1]:
+        mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        batch["attention_mask"] = mask[:, None, None, :] if sdpa_mask else mask.long()
     pin = device.type == "cuda"
     return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
 

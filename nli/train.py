@@ -90,6 +90,10 @@ def experiment_name(args) -> str:
     return "-".join(p for p in parts if p) or "all"
 
 
+def uses_sdpa(model) -> bool:
+    return model.config._attn_implementation == "sdpa"
+
+
 def train_epoch(model, data, batches, opt, sched, scaler, args, device, dtype, pad_id, desc) -> tuple[float, float]:
     """One pass over `batches`; returns (mean training loss, seconds). No host sync per step: the
     loss is summed on the device and read every 25 steps for the progress bar."""
@@ -99,7 +103,7 @@ def train_epoch(model, data, batches, opt, sched, scaler, args, device, dtype, p
     bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True)
     for step, batch in enumerate(bar, 1):
         for micro in micro_batches(batch, args.grad_accum):
-            inputs = collate(data, micro, pad_id, device)
+            inputs = collate(data, micro, pad_id, device, uses_sdpa(model))
             labels = inputs.pop("labels")
             with autocast(device, dtype):
                 logits = model(**inputs).logits
@@ -126,7 +130,7 @@ def predict_logits(model, data, device, dtype, pad_id) -> tuple[np.ndarray, floa
     model.eval()
     order, chunks = [], []
     for idx in sorted_batches(data.lengths, EVAL_BATCH):
-        inputs = collate(data, idx, pad_id, device)
+        inputs = collate(data, idx, pad_id, device, uses_sdpa(model))
         inputs.pop("labels")
         with autocast(device, dtype):
             chunks.append(model(**inputs).logits.float())

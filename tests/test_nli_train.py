@@ -3,6 +3,7 @@ import csv
 import json
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -185,3 +186,28 @@ def test_bad_flag_combination_is_refused(tiny_bert, farstail_dir, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         run(tiny_bert, farstail_dir, tmp_path / "run", "--keep-layers", 2, "--freeze", 3)
     assert e.value.code == 2 and "--freeze 3" in capsys.readouterr().err
+
+
+def test_host_built_masks_give_the_same_logits_as_transformers_own(tiny_bert, farstail_dir):
+    from transformers import AutoTokenizer
+    from nli.data import collate
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
+    cpu = torch.device("cpu")
+    sdpa = load_classifier(str(tiny_bert), ["e", "c", "n"]).eval()
+    assert sdpa.config._attn_implementation == "sdpa"
+    idx = sorted(range(len(data)), key=lambda i: data.lengths[i])[::6]  # very different lengths
+    four_d, two_d = collate(data, idx, 0, cpu, sdpa_mask=True), collate(data, idx, 0, cpu, sdpa_mask=False)
+    assert four_d["attention_mask"].dim() == 4 and two_d["attention_mask"].dim() == 2
+    with torch.no_grad():
+        a = sdpa(**{k: v for k, v in four_d.items() if k != "labels"}).logits
+        b = sdpa(**{k: v for k, v in two_d.items() if k != "labels"}).logits
+    assert torch.allclose(a, b, atol=1e-6)
+    same = [i for i in range(len(data)) if data.lengths[i] == data.lengths[idx[0]]][:3]
+    assert "attention_mask" not in collate(data, same, 0, cpu, sdpa_mask=True)  # no padding: no mask at all
+    from transformers import AutoModelForSequenceClassification
+    eager = AutoModelForSequenceClassification.from_pretrained(tiny_bert, attn_implementation="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    le = nli.train.predict_logits(eager, data, cpu, None, 0)[0]
+    ls = nli.train.predict_logits(sdpa, data, cpu, None, 0)[0]
+    assert np.allclose(le, ls, atol=1e-5)
