@@ -121,7 +121,8 @@ def ser_section(root: Path, seeds: int, missing: list) -> list[str]:
             cell(col(lambda m: m["speed"]["items_per_s"]), 1),
             cell(col(lambda m: m["speed"].get("audio_seconds_per_s")), 1), f"{SER_STUDY_TEST:.3f} (upper bound)"]) + " |")
         counts = runs[0]["class_counts"]
-        lines += ["", f"Training clips per class before balancing: {counts['before']}; after: {counts['after']}."]
+        lines += ["", f"Training clips per class (seed 0) before balancing: {counts['before']}; "
+                      f"after: {counts['after']}."]
     else:
         lines.append("| missing |" + " |" * 6 + f" {SER_STUDY_TEST:.3f} (upper bound) |")
     return lines + ["", *run_links, ""]

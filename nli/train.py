@@ -163,7 +163,7 @@ def train(args):
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except OSError as e:
-        raise UserError(f"--model {args.model}: no tokenizer there ({str(e).splitlines()[0]})") from None
+        raise UserError(f"--model {args.model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     stats, piece_lengths = token_stats(tokenizer, splits["train"], args.max_length)
     data = {name: encode(tokenizer, split, args.max_length) for name, split in splits.items()}
     log(f"FarsTail: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} pairs; longest premise "

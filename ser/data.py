@@ -10,6 +10,7 @@ import json
 import random
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,6 +230,74 @@ def augmented_copies(waves: list[np.ndarray], plan: list[dict], cache_dir: Path)
         tmp.replace(path)
         out.append(wave)
     return out
+
+
+def stratified_head(idx: list[int], labels: list[str], n: int | None, seed: int) -> list[int]:
+    """A stratified sample of n of idx (--limit): each class keeps its share, at least one clip."""
+    if n is None or n >= len(idx):
+        return idx
+    rng = random.Random(seed)
+    by = {}
+    for i in idx:
+        by.setdefault(labels[i], []).append(i)
+    keep = []
+    for label, members in sorted(by.items()):
+        rng.shuffle(members)
+        keep += members[:max(1, round(n * len(members) / len(idx)))]
+    return sorted(keep)
+
+
+def write_split_csv(path: Path, clips: list[Clip], split: dict, plan: list[dict]) -> None:
+    """Which file went to which split, and which training files were copied with what augmentation:
+    the record that shows no validation or test clip reached training."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "label", "speaker", "path", "augmentation"])
+        for name, idx in split.items():
+            w.writerows([name, clips[i].label, clips[i].speaker or "", clips[i].path, ""] for i in idx)
+        for step in plan:
+            clip = clips[split["train"][step["source"]]]
+            w.writerow(["train", clip.label, clip.speaker or "", clip.path,
+                        f"pitch {step['semitones']:+.2f} semitones, stretch x{step['rate']:.3f}"])
+
+
+@dataclass
+class Dataset:
+    """What the loop needs, built once: normalised clips and label ids per split (training:
+    the originals, then the augmented copies), and what the report says about them."""
+    names: list[str]  # label names; a label's id is its index here
+    waves: dict[str, list[torch.Tensor]]
+    labels: dict[str, torch.Tensor]
+    sizes: dict[str, int]  # original clips per split
+    counts: dict  # training clips per class, before and after balancing
+    clip_seconds: list[float]  # every readable clip's length
+    skipped: list[str]
+
+
+def prepare_dataset(clips: list[Clip], *, strict: bool, split: str, seed: int, limit: int | None, balance: bool,
+                    cache_dir: Path, do_normalize: bool, split_csv: Path, log=print) -> Dataset:
+    """Read the clips, split them (random or by speaker), keep --limit of each split, then balance
+    the training split with augmented copies, and normalise every clip once. split_csv records
+    which file went where."""
+    clips, raw, skipped = load_clips(clips, strict, log)
+    names = sorted({c.label for c in clips})
+    label_of = [c.label for c in clips]
+    parts = split_random(label_of, seed) if split == "random" else \
+        split_by_speaker(label_of, [c.speaker for c in clips], seed)
+    parts = {k: stratified_head(v, label_of, limit, seed) for k, v in parts.items()}
+    plan = balance_plan([label_of[i] for i in parts["train"]], seed) if balance else []
+    copies = augmented_copies([raw[i] for i in parts["train"]], plan, cache_dir)
+    write_split_csv(split_csv, clips, parts, plan)
+    waves = {k: [normalize(raw[i], do_normalize) for i in v] for k, v in parts.items()}
+    waves["train"] += [normalize(w, do_normalize) for w in copies]
+    labels = {k: torch.tensor([names.index(label_of[i]) for i in v], dtype=torch.long) for k, v in parts.items()}
+    labels["train"] = torch.cat([labels["train"], torch.tensor([names.index(s["label"]) for s in plan],
+                                                               dtype=torch.long)])
+    before = Counter(label_of[i] for i in parts["train"])
+    after = Counter(names[i] for i in labels["train"].tolist())
+    return Dataset(names, waves, labels, {k: len(v) for k, v in parts.items()},
+                   {"before": {n: before[n] for n in names}, "after": {n: after[n] for n in names}},
+                   [len(w) / SAMPLE_RATE for w in raw], skipped)
 
 
 def normalize(wave: np.ndarray, do_normalize: bool) -> torch.Tensor:

@@ -24,10 +24,7 @@ Outputs in --out: config.json, train.log, history.csv, metrics.json, report.txt,
 curves.png, confusion_matrix_{train,val,test}.png, class_distribution.png, clip_lengths.png, model/.
 """
 import argparse
-import csv
-import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +39,7 @@ from common.plots import plot_class_counts, plot_confusion, plot_curves, plot_hi
 from common.results import epoch_table, metrics_record, write_config, write_history
 from common.run import (Checkpoint, autocast, count_params, grad_scaler, precision_name, run_info, start_run,
                         user_errors, write_json)
-from ser.data import (SAMPLE_RATE, augmented_copies, balance_plan, collate, load_clips, normalize, read_manifest,
-                      scan_shemo, split_by_speaker, split_random)
+from ser.data import SAMPLE_RATE, collate, prepare_dataset, read_manifest, scan_shemo
 from ser.model import build_classifier, feature_extractor_for, save_classifier
 
 EVAL_BATCH = 8  # clips per evaluation batch
@@ -90,35 +86,6 @@ def main(argv=None):
     hf_logging.disable_progress_bar()
     with user_errors():
         train(args)
-
-
-def stratified_head(idx: list[int], labels: list[str], n: int | None, seed: int) -> list[int]:
-    """A stratified sample of n of idx (--limit): each class keeps its share, at least one clip."""
-    if n is None or n >= len(idx):
-        return idx
-    rng = random.Random(seed)
-    by = {}
-    for i in idx:
-        by.setdefault(labels[i], []).append(i)
-    keep = []
-    for label, members in sorted(by.items()):
-        rng.shuffle(members)
-        keep += members[:max(1, round(n * len(members) / len(idx)))]
-    return sorted(keep)
-
-
-def write_split_csv(path: Path, clips, split: dict, plan: list[dict]) -> None:
-    """Which file went to which split, and which training files were copied with what augmentation:
-    the record that shows no validation or test clip reached training."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "label", "speaker", "path", "augmentation"])
-        for name, idx in split.items():
-            w.writerows([name, clips[i].label, clips[i].speaker or "", clips[i].path, ""] for i in idx)
-        for step in plan:
-            clip = clips[split["train"][step["source"]]]
-            w.writerow(["train", clip.label, clip.speaker or "", clip.path,
-                        f"pitch {step['semitones']:+.2f} semitones, stretch x{step['rate']:.3f}"])
 
 
 def train_epoch(model, waves, labels, batches, opt, scaler, args, device, dtype, pad, desc):
@@ -176,40 +143,24 @@ def train(args):
     log, device, dtype = started
     out = args.out
 
-    # 1. Data: find and read the clips, split, then balance the training split only.
+    # 1. Data: find and read the clips, split them, then balance the training split only.
     if args.data_dir:
         clips, bad_names = scan_shemo(args.data_dir)
         for name in bad_names:
             log(f"warning: {name} does not follow ShEMO's naming (like F01A01.wav); left out")
     else:
         clips, bad_names = read_manifest(args.manifest), []
-    clips, raw, skipped = load_clips(clips, args.strict, log)
-    names = sorted({c.label for c in clips})
-    label_of = [c.label for c in clips]
-    if args.split == "random":
-        split = split_random(label_of, args.seed)
-    else:
-        split = split_by_speaker(label_of, [c.speaker for c in clips], args.seed)
-    split = {k: stratified_head(v, label_of, args.limit, args.seed) for k, v in split.items()}
     fe, fe_source = feature_extractor_for(args.model, args.feature_extractor)
-    train_idx = split["train"]
-    before = Counter(label_of[i] for i in train_idx)
-    plan = [] if args.no_balance else balance_plan([label_of[i] for i in train_idx], args.seed)
-    copies = augmented_copies([raw[i] for i in train_idx], plan, args.cache_dir or out / "cache")
-    write_split_csv(out / "split.csv", clips, split, plan)
-    waves = {k: [normalize(raw[i], fe.do_normalize) for i in v] for k, v in split.items()}
-    waves["train"] += [normalize(w, fe.do_normalize) for w in copies]
-    clip_seconds = [len(w) / SAMPLE_RATE for w in raw]
-    del raw, copies  # the normalised copies above are all the loop needs
-    ids = {k: torch.tensor([names.index(label_of[i]) for i in v]) for k, v in split.items()}
-    ids["train"] = torch.cat([ids["train"], torch.tensor([names.index(s["label"]) for s in plan], dtype=torch.long)])
-    after = Counter(names[i] for i in ids["train"].tolist())
-    counts = {"before": {n: before[n] for n in names}, "after": {n: after[n] for n in names}}
+    data = prepare_dataset(clips, strict=args.strict, split=args.split, seed=args.seed, limit=args.limit,
+                           balance=not args.no_balance, cache_dir=args.cache_dir or out / "cache",
+                           do_normalize=fe.do_normalize, split_csv=out / "split.csv", log=log)
+    names, waves, ids, counts = data.names, data.waves, data.labels, data.counts
     protocol = (f"{'stratified random' if args.split == 'random' else 'speaker-independent'} 80/10/10 split, then "
                 + ("no balancing; " if args.no_balance else "training split balanced by pitch-shift/time-stretch copies; ")
                 + "validation and test hold original clips only (leak-free)")
-    log(f"{len(clips)} clips ({', '.join(f'{k} {len(v)}' for k, v in split.items())}), {len(names)} classes; "
-        f"training split {len(train_idx)} -> {len(waves['train'])} clips after balancing; {len(skipped)} skipped")
+    log(f"{sum(data.sizes.values())} clips ({', '.join(f'{k} {v}' for k, v in data.sizes.items())}), "
+        f"{len(names)} classes; training split {data.sizes['train']} -> {len(waves['train'])} clips after "
+        f"balancing; {len(data.skipped)} skipped")
 
     # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.
     model = build_classifier(args.model, names, bool(fe.return_attention_mask))
@@ -253,8 +204,8 @@ def train(args):
     save_classifier(model, fe, names, out / "model")
     recipe = (f"batch {args.batch_size} x {args.grad_accum} clips, AdamW lr {args.lr:g} constant, "
               f"{precision_name(dtype)} on {device}, feature extractor: {fe_source}")
-    write_results(out, args, history, evals, final_train, ids, names, params, counts, skipped + bad_names, protocol,
-                  clip_seconds, recipe)
+    write_results(out, args, history, evals, final_train, ids, names, params, counts, data.skipped + bad_names,
+                  protocol, data.clip_seconds, recipe)
     ckpt.remove()
     log(f"done: train {final_train['accuracy']:.4f}, val {evals[-1]['val']['accuracy']:.4f}, "
         f"test {evals[-1]['test']['accuracy']:.4f}; results in {out}")
