@@ -91,13 +91,17 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
 
 # ---------------------------------------------------------------- output folder and log
 def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a non-empty --out unless --resume (keep it) or --overwrite (empty it) is given."""
+    """Refuse a non-empty --out unless --resume (keep it) or --overwrite (empty it) is given.
+    --overwrite deletes only what looks like an earlier run (train.log or config.json inside)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if overwrite:
+            if not ((out / "train.log").exists() or (out / "config.json").exists()):
+                raise UserError(f"--overwrite: {out} does not look like a run folder (no train.log or config.json); "
+                                "refusing to delete it")
             import shutil
             shutil.rmtree(out)
         elif not resume:

@@ -27,6 +27,10 @@ def test_non_empty_out_needs_resume_or_overwrite(tmp_path):
         prepare_out_dir(tmp_path, resume=False, overwrite=False)
     prepare_out_dir(tmp_path, resume=True, overwrite=False)
     assert (tmp_path / "old.txt").exists()
+    with pytest.raises(UserError, match="does not look like a run folder"):  # --overwrite --out . must not wipe a repo
+        prepare_out_dir(tmp_path, resume=False, overwrite=True)
+    assert (tmp_path / "old.txt").exists()
+    (tmp_path / "train.log").write_text("an earlier run")
     prepare_out_dir(tmp_path, resume=False, overwrite=True)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(UserError, match="contradict"):
