@@ -84,6 +84,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move a batch of CPU tensors to device; on CUDA through pinned memory, without blocking the
+    host, so the next batch is assembled while this one is copied."""
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
     """A GradScaler that is active only for fp16 (bf16 and fp32 need no loss scaling)."""
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from common.run import UserError
+from common.run import UserError, to_device
 
 # Fixed label ids, recorded in the saved model's id2label / label2id.
 CODES = ["e", "c", "n"]
@@ -154,8 +154,7 @@ def collate(data: Encoded, idx: list[int], pad_id: int, device: torch.device, sd
     if lengths.min() < ids.shape[1]:
         mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
         batch["attention_mask"] = mask[:, None, None, :] if sdpa_mask else mask.long()
-    pin = device.type == "cuda"
-    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
+    return to_device(batch, device)
 
 
 def token_stats(tokenizer, split: Split, max_length: int) -> tuple[dict, dict]:

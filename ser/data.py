@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.run import UserError
+from common.run import UserError, to_device
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
@@ -101,6 +101,12 @@ def read_audio(path: Path) -> np.ndarray:
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+def pad_short(wave: np.ndarray) -> np.ndarray:
+    """Zero-pad a clip shorter than MIN_SECONDS up to it (training and prediction alike)."""
+    short = int(MIN_SECONDS * SAMPLE_RATE) - len(wave)
+    return np.pad(wave, (0, short)) if short > 0 else wave
+
+
 def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], list[np.ndarray], list[str]]:
     """Read every clip; unreadable, empty or silent files are skipped with a warning naming them
     (an error with strict). Clips under MIN_SECONDS are zero-padded to it."""
@@ -117,10 +123,8 @@ def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], 
             log(f"warning: skipping {e}")
             skipped.append(str(clip.path))
             continue
-        if len(wave) < MIN_SECONDS * SAMPLE_RATE:
-            wave = np.pad(wave, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(wave)))
         kept.append(clip)
-        waves.append(wave)
+        waves.append(pad_short(wave))
     if not kept:
         raise UserError("no readable clips: every file was skipped")
     return kept, waves, skipped
@@ -322,5 +326,4 @@ def collate(waves: list[torch.Tensor], idx: list[int], labels: torch.Tensor, pad
     for row, i in enumerate(idx):
         x[row, :len(waves[i])] = waves[i]
     batch = {"input_values": x, "lengths": lengths, "labels": labels[idx]}
-    pin = device.type == "cuda"
-    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
+    return to_device(batch, device)

@@ -15,16 +15,14 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from common.run import user_errors
-from ser.data import MIN_SECONDS, SAMPLE_RATE, normalize, read_audio
+from ser.data import normalize, pad_short, read_audio
 from ser.model import load_classifier
 
 
 @torch.inference_mode()
 def classify(model, fe, wave: np.ndarray) -> torch.Tensor:
     """Probabilities for one clip (alone in its batch, so no padding)."""
-    if len(wave) < MIN_SECONDS * SAMPLE_RATE:
-        wave = np.pad(wave, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(wave)))
-    x = normalize(wave, fe.do_normalize)[None]
+    x = normalize(pad_short(wave), fe.do_normalize)[None]
     return model(x, torch.tensor([x.shape[1]])).float().softmax(-1)[0]
 
 
