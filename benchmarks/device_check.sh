@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: the whole pipeline on CUDA (smoke run, bf16), then our training
-# throughput beside the peer baseline's, all figures written under $OUT. Prepared on the CPU
-# machine as NOTES.md ("How to run the GPU check") says: .bench/ holds the data and the wheels.
-#   QUICK=1 bash benchmarks/device_check.sh    # a short dry run of the same steps (works on a CPU)
+# One call on a lent GPU machine: correctness on CUDA, then our training throughput with and
+# without CUDA graphs beside the study's recipe (peer baseline) on the same card, all figures
+# under $OUT with one ratio table (table.md). Prepared on the CPU machine as NOTES.md
+# ("How to run the GPU check") says: .bench/ holds the data, the peer scripts and the wheels.
+#   QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh   # a short dry run of the same steps (works on a CPU)
+# Sizes: PAIRS (default 2400) and CLIPS (400) for the short runs; FULL=0 skips the whole-experiment runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check}; mkdir -p "$OUT"
@@ -11,21 +13,41 @@ if ! python3 -c "import soundfile" 2>/dev/null; then   # soundfile and cffi: mis
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PEER_DATA=${PEER_DATA:-$PWD/.bench/data}
-quick=${QUICK:-0}
+quick=${QUICK:-0}; full=${FULL:-1}
+pairs=${PAIRS:-$([ "$quick" = 1 ] && echo 32 || echo 2400)}
+clips=${CLIPS:-$([ "$quick" = 1 ] && echo 24 || echo 400)}
+on=$(python3 -c "import torch; print('on' if torch.cuda.is_available() else 'auto')")  # graphs: on where CUDA is
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__,
-torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" | tee "$OUT/versions.txt"
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', torch.cuda.device_count())" | tee "$OUT/versions.txt"
+step() { echo "== $1 ($(date +%T))" | tee -a "$OUT/steps.log"; }
 
-# 1. correctness on CUDA: every experiment end to end (device auto -> cuda, amp auto -> bf16)
-bash run_all.sh --smoke --out /tmp/smoke-cuda > "$OUT/smoke.log" 2>&1; echo "smoke exit $?" | tee -a "$OUT/smoke.log"
+step "1. CUDA-only tests (graph replay vs eager, fresh randomness per replay, resume under graphs)"
+python3 -m pytest -q -s tests/test_cuda.py > "$OUT/cuda_tests.log" 2>&1; echo "cuda tests exit $?" | tee -a "$OUT/steps.log"
+
+step "2. every experiment end to end on CUDA (bf16, graphs on by auto)"
+bash run_all.sh --smoke --out /tmp/smoke-cuda > "$OUT/smoke.log" 2>&1; echo "smoke exit $?" | tee -a "$OUT/steps.log"
 cp /tmp/smoke-cuda/summary.md "$OUT/smoke_summary.md" 2>/dev/null
+grep -h "CUDA graphs" /tmp/smoke-cuda/nli/*/seed0/train.log /tmp/smoke-cuda/ser/*/train.log 2>/dev/null | sort | uniq -c > "$OUT/smoke_graphs.txt"
 
-# 2. our loops, then the peer baseline, on the same card in the same call
-pairs=$([ "$quick" = 1 ] && echo 32 || echo 2400)
-clips=$([ "$quick" = 1 ] && echo 24 || echo 400)
-python3 -m benchmarks.nli_speed --data-dir "$PEER_DATA/farstail" --tokenizer "$PEER_DATA/parsbert-v1" \
-  --pairs "$pairs" --json "$OUT/nli_ours.json" > "$OUT/nli_ours.log" 2>&1
-python3 -m benchmarks.ser_speed --clips "$clips" --json "$OUT/ser_ours_b2.json" > "$OUT/ser_ours.log" 2>&1
-if [ "$quick" != 1 ]; then
-  python3 .bench/peer/peer_baseline.py > "$OUT/peer.log" 2>&1
+step "3. short runs: $pairs pairs / $clips clips, one epoch, graphs on and off"
+nli() { python3 -m benchmarks.nli_speed --data-dir "$PEER_DATA/farstail" --tokenizer "$PEER_DATA/parsbert-v1" "$@"; }
+nli --pairs "$pairs" --json "$OUT/nli_graphs.json" -- --cuda-graphs "$on" > "$OUT/nli_graphs.log" 2>&1
+nli --pairs "$pairs" --json "$OUT/nli_eager.json" -- --cuda-graphs off > "$OUT/nli_eager.log" 2>&1
+python3 -m benchmarks.ser_speed --clips "$clips" --json "$OUT/ser_graphs.json" -- --cuda-graphs "$on" > "$OUT/ser_graphs.log" 2>&1
+python3 -m benchmarks.ser_speed --clips "$clips" --json "$OUT/ser_eager.json" -- --cuda-graphs off > "$OUT/ser_eager.log" 2>&1
+
+if [ "$full" = 1 ] && [ "$quick" != 1 ]; then
+  step "4. whole experiments: NLI 3 epochs over all 7266 pairs, SER 5 epochs over $clips clips (graphs on)"
+  nli --pairs 7266 --epochs 3 --json "$OUT/nli_full_3epochs.json" -- --cuda-graphs "$on" > "$OUT/nli_full.log" 2>&1
+  python3 -m benchmarks.ser_speed --clips "$clips" --epochs 5 --json "$OUT/ser_full_5epochs.json" -- --cuda-graphs "$on" \
+    > "$OUT/ser_full.log" 2>&1
 fi
-tail -n 12 "$OUT"/*.json "$OUT/peer.log" 2>/dev/null || true
+
+if [ "$quick" != 1 ]; then
+  step "5. the study's recipe on the same card (Trainer fp32 pad 200; SER batch 2 fp32)"
+  python3 .bench/peer/peer_baseline.py --recipes-only --nli-pairs "$pairs" --ser-steps $((clips * 2 / 5)) \
+    > "$OUT/peer.log" 2>&1
+fi
+step "6. table"
+python3 -m benchmarks.table "$OUT"
+tail -n 3 "$OUT"/cuda_tests.log

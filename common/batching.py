@@ -1,6 +1,5 @@
 """Batch order for both tasks: length-grouped training batches with a per-epoch seed, a fixed
-length-sorted order for evaluation, and the split of a batch into gradient-accumulation
-micro-batches."""
+length-sorted order for evaluation, and the split of a batch into fixed-size micro-batches."""
 import random
 
 
@@ -10,12 +9,12 @@ class LengthGroupedBatches:
     Each epoch: shuffle all items, cut them into windows of `batch_size * window` items, sort each
     window by length, cut it into batches, then shuffle the batches. Padding per batch then stays
     small while the batch order stays random. The same (seed, epoch) always gives the same
-    batches, so a resumed run sees exactly the batches an uninterrupted run would, and a future
-    distributed sampler can shard the same list per rank.
+    batches, so a resumed run sees exactly the batches an uninterrupted run would, and every
+    process of a distributed run can shard the same list.
     """
 
     def __init__(self, lengths, batch_size: int, seed: int, window: int = 50):
-        self.lengths = list(lengths)
+        self.lengths = [int(n) for n in lengths]
         self.batch_size = batch_size
         self.seed = seed
         self.window = window
@@ -39,11 +38,11 @@ class LengthGroupedBatches:
 def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     """Evaluation order: items sorted by length (stable), so each batch pads little and every
     run evaluates each item beside the same batchmates."""
+    lengths = [int(n) for n in lengths]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def micro_batches(batch: list[int], k: int) -> list[list[int]]:
-    """Split one optimizer batch into at most k micro-batches of near-equal size (none empty)."""
-    size = -(-len(batch) // k)
+def chunks(batch: list[int], size: int) -> list[list[int]]:
+    """An optimizer batch cut into micro-batches of `size` items (the last may be shorter)."""
     return [batch[i:i + size] for i in range(0, len(batch), size)]

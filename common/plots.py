@@ -7,6 +7,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common.files import atomic_write  # noqa: E402
+
+
+def save(fig, path: Path) -> None:
+    """Write the figure as a PNG atomically, then free it."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
     """Losses (left) and accuracies (right) per epoch."""
@@ -26,8 +36,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
         ax.set_xticks(ep)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
@@ -42,8 +51,7 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> 
     ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_histograms(series: dict, path: Path, xlabel: str, title: str, marks: dict | None = None) -> None:
@@ -61,8 +69,7 @@ def plot_histograms(series: dict, path: Path, xlabel: str, title: str, marks: di
         ax.set(xlabel=xlabel, ylabel="count", title=f"{name} (max {max(values):g}, mean {np.mean(values):.1f})")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_class_counts(before: dict, after: dict, path: Path, title: str) -> None:
@@ -75,5 +82,4 @@ def plot_class_counts(before: dict, after: dict, path: Path, title: str) -> None
     ax.set(ylabel="training clips", title=title, ylim=(0, 1.25 * max(max(before.values()), max(after.values()))))
     ax.legend(loc="upper right", ncols=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -1,40 +1,60 @@
 """Result files with one schema for both tasks: config.json, history.csv, metrics.json and the
-per-epoch table of report.txt (DESIGN.md, "Command line and outputs")."""
+per-epoch table of report.txt (DESIGN.md, "Command line and outputs"). Every file is written
+atomically (common.files); metrics.json is written last by each loop and marks the run finished."""
 import csv
+import io
 import math
 from pathlib import Path
 
-from common.run import args_record, write_json
+from common.checkpoint import args_record
+from common.files import atomic_write, write_json
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
-                  "seconds", "items_per_s"]
+                  "seconds", "items_per_s", "warmup_seconds", "items_per_s_steady"]
 
 
 def write_config(out: Path, args, derived: dict, info: dict) -> None:
-    """Arguments as given, settings derived from them, and versions / git commit."""
+    """Arguments as given (paths resolved), settings derived from them, and versions / git commit."""
     write_json(out / "config.json", {"args": args_record(args), "derived": derived, "run_info": info})
+
+
+def csv_text(rows: list[dict], fields: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
 
 
 def write_history(out: Path, rows: list[dict], extra_fields=()) -> None:
     fields = HISTORY_FIELDS[:2] + list(extra_fields) + HISTORY_FIELDS[2:]
-    with open(out / "history.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    text = csv_text(rows, fields)
+    atomic_write(out / "history.csv", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def speed_record(history: list[dict], graphs: dict) -> dict:
+    """Training time and throughput over all epochs of the run, with and without warm-up
+    (graph capture and the first steps of each process)."""
+    seconds = sum(r["seconds"] for r in history)
+    items = sum(r["items"] for r in history)
+    warm = sum(r["warmup_seconds"] for r in history)
+    warm_items = sum(r["warmup_items"] for r in history)
+    rec = {"train_seconds": round(seconds, 2), "items_per_s": round(items / seconds, 2) if seconds else None,
+           "warmup_seconds": round(warm, 2),
+           "items_per_s_steady": round((items - warm_items) / (seconds - warm), 2) if seconds > warm else None,
+           **graphs}
+    return rec
 
 
 def metrics_record(*, task: str, experiment: str, seed: int, protocol: str, epochs: int, history: list[dict],
-                   evals: list[dict], params: dict, train: dict, **extras) -> dict:
+                   evals: list[dict], params: dict, train: dict, graphs: dict, **extras) -> dict:
     """metrics.json. `evals[i]` holds epoch i+1's {"val": summary, "test": summary}; `train`, `val`
     and `test` describe the final model (as the study reported), `best` the epoch with the highest
     validation accuracy (the first such epoch on a tie)."""
     best_i = max(range(len(evals)), key=lambda i: (evals[i]["val"]["accuracy"], -i))
-    seconds = sum(r["seconds"] for r in history)
-    items = sum(r["seconds"] * r["items_per_s"] for r in history)
     rec = {"task": task, "experiment": experiment, "seed": seed, "protocol": protocol, "epochs": epochs,
-           "best_epoch": best_i + 1, "params": params,
-           "speed": {"train_seconds": round(seconds, 2), "items_per_s": round(items / seconds, 2) if seconds else None},
+           "best_epoch": best_i + 1, "params": params, "speed": speed_record(history, graphs),
            "train": train, "val": evals[-1]["val"], "test": evals[-1]["test"],
            "best": {"val": evals[best_i]["val"], "test": evals[best_i]["test"]}}
     rec.update(extras)
@@ -46,8 +66,8 @@ def epoch_table(history: list[dict], columns: list[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.4f}"
-        return str(v)
-    cells = [columns] + [[fmt(r[c]) for c in columns] for r in history]
+        return "n/a" if v is None else str(v)
+    cells = [columns] + [[fmt(r.get(c)) for c in columns] for r in history]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,7 +1,8 @@
 """FarsTail: find or download the three files, read them with CSV quoting, check every row,
-tokenise each split once, and pad batches to their own longest pair."""
+tokenise each split once, and pad batches up to a few fixed lengths (buckets)."""
 import csv
 import hashlib
+import io
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from common.run import UserError, to_device
+from common.device import pinned
+from common.errors import UserError
+from common.files import read_text
 
 # Fixed label ids, recorded in the saved model's id2label / label2id.
 CODES = ["e", "c", "n"]
@@ -25,6 +28,10 @@ SHA256 = {
     "Test-word.csv": "d0dd25408036e5dd8587a8e0d98585b46b4a7d0057fece0992fb8d490ad44f4f",
 }
 HARD_COLUMNS = {"hard(hypothesis)": "hard_hypothesis", "hard(overlap)": "hard_overlap"}
+# Batches are padded up to a multiple of BUCKET word pieces (at most --max-length): at most 13
+# shapes at --max-length 200, so each can have its own CUDA graph and no kernel plans per shape;
+# multiples of 16 also keep the attention mask aligned for the memory-efficient SDPA kernel.
+BUCKET = 16
 
 
 @dataclass
@@ -78,32 +85,32 @@ def download_farstail(data_dir: Path, log=print) -> None:
 
 def read_split(path: Path) -> Split:
     """Read one FarsTail file: tab-separated with standard CSV quoting (quoted fields may hold
-    tabs, quotes and newlines), so csv's default quoting, not a split on tabs. Every row is
-    checked; an error names the file and line."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        cols = reader.fieldnames or []
-        missing = [c for c in ("premise", "hypothesis", "label") if c not in cols]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})")
-        hard_cols = [c for c in HARD_COLUMNS if c in cols]
-        split = Split([], [], [], {HARD_COLUMNS[c]: [] for c in hard_cols})
-        for row in reader:
-            line = reader.line_num
-            label = (row["label"] or "").strip()
-            if label not in CODES:
-                raise UserError(f"{path}, line {line}: unknown label {label!r} (expected one of {', '.join(CODES)})")
-            for col in ("premise", "hypothesis"):
-                if not (row[col] or "").strip():
-                    raise UserError(f"{path}, line {line}: empty {col}")
-            split.premise.append(row["premise"].strip())
-            split.hypothesis.append(row["hypothesis"].strip())
-            split.label.append(CODES.index(label))
-            for c in hard_cols:
-                value = (row[c] or "").strip()
-                if value not in ("0", "1"):
-                    raise UserError(f"{path}, line {line}: column {c} must be 0 or 1, got {value!r}")
-                split.hard[HARD_COLUMNS[c]].append(int(value))
+    tabs, quotes and newlines), so csv's default quoting, not a split on tabs. UTF-8, with or
+    without a byte-order mark. Every row is checked; an error names the file and line."""
+    text = read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    cols = reader.fieldnames or []
+    missing = [c for c in ("premise", "hypothesis", "label") if c not in cols]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})")
+    hard_cols = [c for c in HARD_COLUMNS if c in cols]
+    split = Split([], [], [], {HARD_COLUMNS[c]: [] for c in hard_cols})
+    for row in reader:
+        line = reader.line_num
+        label = (row["label"] or "").strip()
+        if label not in CODES:
+            raise UserError(f"{path}, line {line}: unknown label {label!r} (expected one of {', '.join(CODES)})")
+        for col in ("premise", "hypothesis"):
+            if not (row[col] or "").strip():
+                raise UserError(f"{path}, line {line}: empty {col}")
+        split.premise.append(row["premise"].strip())
+        split.hypothesis.append(row["hypothesis"].strip())
+        split.label.append(CODES.index(label))
+        for c in hard_cols:
+            value = (row[c] or "").strip()
+            if value not in ("0", "1"):
+                raise UserError(f"{path}, line {line}: column {c} must be 0 or 1, got {value!r}")
+            split.hard[HARD_COLUMNS[c]].append(int(value))
     if not split.label:
         raise UserError(f"{path}: no rows")
     return split
@@ -116,45 +123,64 @@ def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[s
     return {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}
 
 
+def bucket_length(n: int, max_length: int) -> int:
+    """The padded length of a batch whose longest pair has n word pieces."""
+    return min(-(-n // BUCKET) * BUCKET, max_length)
+
+
 @dataclass
 class Encoded:
-    """One tokenised split: each pair's ids and segment ids, and its label."""
-    input_ids: list[torch.Tensor]
-    token_type_ids: list[torch.Tensor]
+    """One tokenised split, padded once: ids and segment ids as (pairs, width) matrices (width:
+    the bucket of the longest pair), each pair's length, and its label."""
+    ids: torch.Tensor
+    types: torch.Tensor
+    lengths: torch.Tensor
     labels: torch.Tensor
+    max_length: int
 
     def __len__(self):
         return len(self.labels)
 
-    @property
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.input_ids]
+    def subset(self, idx: list[int]) -> "Encoded":
+        return Encoded(self.ids[idx], self.types[idx], self.lengths[idx], self.labels[idx], self.max_length)
 
 
 def encode(tokenizer, split: Split, max_length: int) -> Encoded:
-    """Tokenise premise and hypothesis together ([CLS] p [SEP] h [SEP]), truncated to max_length, once."""
+    """Tokenise premise and hypothesis together ([CLS] p [SEP] h [SEP]), truncated to max_length,
+    once, into padded matrices that every batch is sliced from."""
     enc = tokenizer(split.premise, split.hypothesis, truncation=True, max_length=max_length)
     types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
-    return Encoded([torch.tensor(x) for x in enc["input_ids"]], [torch.tensor(x) for x in types],
-                   torch.tensor(split.label))
+    lengths = torch.tensor([len(x) for x in enc["input_ids"]])
+    width = bucket_length(int(lengths.max()), max_length)
+    ids = torch.full((len(lengths), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+    tt = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, (x, t) in enumerate(zip(enc["input_ids"], types)):
+        ids[row, :len(x)] = torch.tensor(x)
+        tt[row, :len(t)] = torch.tensor(t)
+    return Encoded(ids, tt, lengths, torch.tensor(split.label), max_length)
 
 
-def collate(data: Encoded, idx: list[int], pad_id: int, device: torch.device, sdpa_mask: bool = False) -> dict:
-    """Pad the pairs in idx to the longest among them (not to --max-length) and move to device.
+def collate(data: Encoded, idx: list[int], device: torch.device, *, rows: int | None = None, weight: float = 1.0,
+            sdpa_mask: bool = True) -> dict:
+    """The pairs in idx, padded to the bucket of the longest (not to --max-length), as host
+    tensors (pinned for a CUDA device).
 
-    The attention mask is decided here, on the host, so the model never has to inspect it on the
-    device (transformers' `mask.all()` check is a GPU-to-host sync every forward): a batch without
-    padding gets no mask (SDPA may then take its fastest kernel); with padding and `sdpa_mask`
-    (the model uses SDPA), a ready 4D boolean mask (batch, 1, 1, length), which transformers passes
-    through as-is; otherwise the usual 2D mask."""
-    ids = torch.nn.utils.rnn.pad_sequence([data.input_ids[i] for i in idx], batch_first=True, padding_value=pad_id)
-    types = torch.nn.utils.rnn.pad_sequence([data.token_type_ids[i] for i in idx], batch_first=True)
-    lengths = torch.tensor([len(data.input_ids[i]) for i in idx])
-    batch = {"input_ids": ids, "token_type_ids": types, "labels": data.labels[idx]}
-    if lengths.min() < ids.shape[1]:
-        mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-        batch["attention_mask"] = mask[:, None, None, :] if sdpa_mask else mask.long()
-    return to_device(batch, device)
+    `rows` fills a short batch up to that many rows with copies of its first pair whose weight
+    is 0 (training keeps one shape per bucket); `weight` is each real pair's weight in the loss.
+    The attention mask is always given and built here on the host: for SDPA a ready 4D boolean
+    mask (batch, 1, 1, length), which transformers passes through without inspecting it on the
+    device (its `mask.all()` check would be a GPU-to-host sync in every forward); otherwise the
+    usual 2D mask."""
+    n = len(idx)
+    rows = rows or n
+    take = torch.tensor(list(idx) + [idx[0]] * (rows - n))
+    lengths = data.lengths[take]
+    width = bucket_length(int(lengths.max()), data.max_length)
+    mask = torch.arange(width)[None, :] < lengths[:, None]
+    batch = {"input_ids": data.ids[take, :width], "token_type_ids": data.types[take, :width],
+             "attention_mask": mask[:, None, None, :] if sdpa_mask else mask.long(), "labels": data.labels[take],
+             "weights": torch.tensor([weight] * n + [0.0] * (rows - n))}
+    return {k: pinned(v.contiguous(), device) for k, v in batch.items()}
 
 
 def token_stats(tokenizer, split: Split, max_length: int) -> tuple[dict, dict]:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.pytorch_utils import prune_linear_layer
 
-from common.run import UserError
+from common.errors import UserError
 
 
 def encoder_layers(model) -> torch.nn.ModuleList:
@@ -118,3 +118,17 @@ def freeze_layers(model, n: int) -> None:
         raise UserError(f"--freeze {n}: the model has {len(layers)} encoder layers")
     for layer in layers[:n]:
         layer.requires_grad_(False)
+
+
+def apply_experiment(model, keep: int | None, prune: float | None, freeze: int, seed: int) -> dict[int, list[int]]:
+    """The study's ablations in their one order: keep the first `keep` layers, then remove a
+    `prune` fraction of the heads (chosen at random with `seed`), then freeze the first `freeze`
+    layers. Returns the removed heads ({layer: [heads]}, empty when none)."""
+    if keep:
+        keep_layers(model, keep)
+    heads = {}
+    if prune:
+        heads = choose_heads(len(encoder_layers(model)), model.config.num_attention_heads, prune, seed)
+        prune_heads(model, heads)
+    freeze_layers(model, freeze)
+    return heads

@@ -3,12 +3,14 @@
     python -m nli.predict --model runs/nli/all/seed0/model "PREMISE" "HYPOTHESIS"
     python -m nli.predict --model DIR --tsv pairs.tsv [--output predictions.tsv]
 
-The TSV needs `premise` and `hypothesis` columns (CSV quoting, as FarsTail's files); the output
-repeats them with the predicted label and one probability column per label. Shortened and
-pruned models load through the same path (nli.model.load_classifier).
+The TSV needs `premise` and `hypothesis` columns (CSV quoting, as FarsTail's files; UTF-8); the
+output repeats them with the predicted label and one probability column per label. Shortened and
+pruned models load through the same path (nli.model.load_classifier). --model may also name a
+run folder (its model/ is used). The output folder must exist: it is checked before predicting.
 """
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -16,16 +18,25 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from common.run import UserError, user_errors
+from common.errors import UserError, user_errors
+from common.files import read_text, write_text
 from nli.model import load_classifier
 
 BATCH = 64
 
 
+def model_folder(given: str) -> str:
+    """The model/ folder: as given, or the model/ inside a run folder."""
+    if Path(given, "model", "config.json").exists():
+        return str(Path(given, "model"))
+    if not Path(given, "config.json").exists():
+        raise UserError(f"--model {given}: no config.json there; give the model/ folder of a finished run")
+    return given
+
+
 def load(model_dir: str):
-    if not Path(model_dir, "config.json").exists():
-        raise UserError(f"--model {model_dir}: no config.json there; give the model/ folder of a finished run")
-    return load_classifier(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    folder = model_folder(model_dir)
+    return load_classifier(folder).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 @torch.inference_mode()
@@ -40,17 +51,19 @@ def probabilities(model, tokenizer, premises, hypotheses, max_length: int = 200)
 
 
 def read_pairs(path: Path) -> tuple[list[str], list[str]]:
-    if not path.exists():
+    if not path.is_file():
         raise UserError(f"--tsv {path}: no such file")
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        missing = {"premise", "hypothesis"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        rows = list(reader)
-    for n, r in enumerate(rows, 2):
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t")
+    missing = {"premise", "hypothesis"} - set(reader.fieldnames or [])
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    rows = []
+    for r in reader:
         if not (r["premise"] or "").strip() or not (r["hypothesis"] or "").strip():
-            raise UserError(f"{path}, line {n}: empty premise or hypothesis")
+            raise UserError(f"{path}, line {reader.line_num}: empty premise or hypothesis")
+        rows.append(r)
+    if not rows:
+        raise UserError(f"{path}: no pairs (only a header)")
     return [r["premise"] for r in rows], [r["hypothesis"] for r in rows]
 
 
@@ -66,6 +79,8 @@ def main(argv=None):
         p.error("give either PREMISE HYPOTHESIS or --tsv FILE")
     hf_logging.disable_progress_bar()
     with user_errors():
+        if a.output and not a.output.parent.is_dir():
+            raise UserError(f"--output {a.output}: the folder {a.output.parent} does not exist")
         model, tokenizer = load(a.model)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if a.pair:
@@ -76,13 +91,15 @@ def main(argv=None):
             return
         premises, hypotheses = read_pairs(a.tsv)
         probs = probabilities(model, tokenizer, premises, hypotheses, a.max_length)
-        f = open(a.output, "w", encoding="utf-8", newline="") if a.output else sys.stdout
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter="\t", lineterminator="\n")
         w.writerow(["premise", "hypothesis", "label"] + [f"p_{n}" for n in names])
         for prem, hyp, q in zip(premises, hypotheses, probs.tolist()):
             w.writerow([prem, hyp, names[max(range(len(q)), key=q.__getitem__)]] + [f"{x:.4f}" for x in q])
         if a.output:
-            f.close()
+            write_text(a.output, buf.getvalue())
+        else:
+            sys.stdout.write(buf.getvalue())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ into training and inflates test accuracy.
 """
 import csv
 import hashlib
+import io
 import json
 import random
 import re
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.run import UserError, to_device
+from common.device import pinned
+from common.errors import UserError
+from common.files import atomic_write, read_text
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
@@ -68,17 +71,16 @@ def read_manifest(path: Path) -> list[Clip]:
     """CSV `path,label[,speaker]`, paths relative to the CSV's folder."""
     if not path.is_file():
         raise UserError(f"--manifest {path}: no such file")
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        if "path" not in cols or "label" not in cols:
-            raise UserError(f"{path}: needs columns path,label[,speaker] (found: {', '.join(cols) or 'none'})")
-        clips = []
-        for row in reader:
-            if not (row["path"] or "").strip() or not (row["label"] or "").strip():
-                raise UserError(f"{path}, line {reader.line_num}: empty path or label")
-            clips.append(Clip(path.parent / row["path"].strip(), row["label"].strip(),
-                              (row.get("speaker") or "").strip() or None))
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    cols = reader.fieldnames or []
+    if "path" not in cols or "label" not in cols:
+        raise UserError(f"{path}: needs columns path,label[,speaker] (found: {', '.join(cols) or 'none'})")
+    clips = []
+    for row in reader:
+        if not (row["path"] or "").strip() or not (row["label"] or "").strip():
+            raise UserError(f"{path}, line {reader.line_num}: empty path or label")
+        clips.append(Clip(path.parent / row["path"].strip(), row["label"].strip(),
+                          (row.get("speaker") or "").strip() or None))
     if not clips:
         raise UserError(f"{path}: no rows")
     return clips
@@ -86,7 +88,8 @@ def read_manifest(path: Path) -> list[Clip]:
 
 def read_audio(path: Path) -> np.ndarray:
     """A file as 16 kHz mono float32: channels averaged, resampled with torchaudio. Raises
-    ValueError (unreadable or empty) so the caller decides between skipping and stopping."""
+    ValueError (unreadable, empty, or holding NaN or infinite samples) so the caller decides
+    between skipping and stopping."""
     import soundfile as sf
     from torchaudio.functional import resample
     try:
@@ -95,6 +98,8 @@ def read_audio(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read {path}: {e}") from None
     if wave.size == 0:
         raise ValueError(f"{path} is empty")
+    if not np.isfinite(wave).all():
+        raise ValueError(f"{path} holds NaN or infinite samples")
     wave = wave.mean(axis=1)
     if rate != SAMPLE_RATE:
         wave = resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
@@ -254,22 +259,34 @@ def stratified_head(idx: list[int], labels: list[str], n: int | None, seed: int)
 def write_split_csv(path: Path, clips: list[Clip], split: dict, plan: list[dict]) -> None:
     """Which file went to which split, and which training files were copied with what augmentation:
     the record that shows no validation or test clip reached training."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "label", "speaker", "path", "augmentation"])
-        for name, idx in split.items():
-            w.writerows([name, clips[i].label, clips[i].speaker or "", clips[i].path, ""] for i in idx)
-        for step in plan:
-            clip = clips[split["train"][step["source"]]]
-            w.writerow(["train", clip.label, clip.speaker or "", clip.path,
-                        f"pitch {step['semitones']:+.2f} semitones, stretch x{step['rate']:.3f}"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["split", "label", "speaker", "path", "augmentation"])
+    for name, idx in split.items():
+        w.writerows([name, clips[i].label, clips[i].speaker or "", clips[i].path, ""] for i in idx)
+    for step in plan:
+        clip = clips[split["train"][step["source"]]]
+        w.writerow(["train", clip.label, clip.speaker or "", clip.path,
+                    f"pitch {step['semitones']:+.2f} semitones, stretch x{step['rate']:.3f}"])
+    atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))
+
+
+@dataclass
+class Corpus:
+    """The clips read and split, and the balancing planned: everything checked, nothing written."""
+    clips: list[Clip]
+    raw: list[np.ndarray]  # 16 kHz mono, as read
+    names: list[str]  # label names; a label's id is its index here
+    parts: dict[str, list[int]]  # clip indices of each split
+    plan: list[dict]  # augmented copies to add to the training split
+    skipped: list[str]
 
 
 @dataclass
 class Dataset:
     """What the loop needs, built once: normalised clips and label ids per split (training:
     the originals, then the augmented copies), and what the report says about them."""
-    names: list[str]  # label names; a label's id is its index here
+    names: list[str]
     waves: dict[str, list[torch.Tensor]]
     labels: dict[str, torch.Tensor]
     sizes: dict[str, int]  # original clips per split
@@ -278,18 +295,27 @@ class Dataset:
     skipped: list[str]
 
 
-def prepare_dataset(clips: list[Clip], *, strict: bool, split: str, seed: int, limit: int | None, balance: bool,
-                    cache_dir: Path, do_normalize: bool, split_csv: Path, log=print) -> Dataset:
-    """Read the clips, split them (random or by speaker), keep --limit of each split, then balance
-    the training split with augmented copies, and normalise every clip once. split_csv records
-    which file went where."""
+def read_corpus(clips: list[Clip], *, strict: bool, split: str, seed: int, limit: int | None, balance: bool,
+                log=print) -> Corpus:
+    """Read the clips, split them (random or by speaker), keep --limit of each split, and plan
+    the training split's augmented copies. Writes nothing."""
     clips, raw, skipped = load_clips(clips, strict, log)
     names = sorted({c.label for c in clips})
+    if len(names) < 2:
+        raise UserError(f"the readable clips hold {len(names)} class ({', '.join(names)}); at least 2 are needed "
+                        "to train a classifier")
     label_of = [c.label for c in clips]
     parts = split_random(label_of, seed) if split == "random" else \
         split_by_speaker(label_of, [c.speaker for c in clips], seed)
     parts = {k: stratified_head(v, label_of, limit, seed) for k, v in parts.items()}
     plan = balance_plan([label_of[i] for i in parts["train"]], seed) if balance else []
+    return Corpus(clips, raw, names, parts, plan, skipped)
+
+
+def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path) -> Dataset:
+    """Compute the augmented copies (cached), write split.csv, and normalise every clip once."""
+    clips, raw, parts, plan, names = corpus.clips, corpus.raw, corpus.parts, corpus.plan, corpus.names
+    label_of = [c.label for c in clips]
     copies = augmented_copies([raw[i] for i in parts["train"]], plan, cache_dir)
     write_split_csv(split_csv, clips, parts, plan)
     waves = {k: [normalize(raw[i], do_normalize) for i in v] for k, v in parts.items()}
@@ -301,12 +327,12 @@ def prepare_dataset(clips: list[Clip], *, strict: bool, split: str, seed: int, l
     after = Counter(names[i] for i in labels["train"].tolist())
     return Dataset(names, waves, labels, {k: len(v) for k, v in parts.items()},
                    {"before": {n: before[n] for n in names}, "after": {n: after[n] for n in names}},
-                   [len(w) / SAMPLE_RATE for w in raw], skipped)
+                   [len(w) / SAMPLE_RATE for w in raw], corpus.skipped)
 
 
 def normalize(wave: np.ndarray, do_normalize: bool) -> torch.Tensor:
     """Zero mean, unit variance per clip (Wav2Vec2FeatureExtractor's formula) when the feature
-    extractor asks for it; done once per clip, not per batch."""
+    extractor asks for it; done once per clip, before any padding, not per batch."""
     x = torch.from_numpy(wave)
     if do_normalize:
         x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
@@ -318,12 +344,29 @@ def bucket_length(n: int, bucket: int = SAMPLE_RATE) -> int:
     return -(-n // bucket) * bucket
 
 
+def bucket_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Evaluation order: clips sorted by length, batches formed within each whole-second bucket,
+    so each clip is padded to its own bucket, exactly as ser.predict pads it alone."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(bucket_length(lengths[i]), []).append(i)
+    return [g[j:j + size] for _, g in sorted(groups.items()) for j in range(0, len(g), size)]
+
+
 def collate(waves: list[torch.Tensor], idx: list[int], labels: torch.Tensor, padding_value: float,
-            device: torch.device) -> dict:
-    """Zero-pad the clips in idx to the batch's length bucket; `lengths` are the real sample counts."""
-    lengths = torch.tensor([len(waves[i]) for i in idx])
-    x = torch.full((len(idx), bucket_length(int(lengths.max()))), padding_value)
-    for row, i in enumerate(idx):
+            device: torch.device, *, rows: int | None = None, weight: float = 1.0) -> dict:
+    """The clips in idx zero-padded to the bucket of the longest, as host tensors (pinned for a
+    CUDA device); `lengths` are the real sample counts. `rows` fills a short batch with copies of
+    its first clip whose weight is 0 (training keeps one shape per bucket); `weight` is each real
+    clip's weight in the loss."""
+    n = len(idx)
+    rows = rows or n
+    take = list(idx) + [idx[0]] * (rows - n)
+    lengths = torch.tensor([len(waves[i]) for i in take])
+    x = torch.full((rows, bucket_length(int(lengths.max()))), padding_value)
+    for row, i in enumerate(take):
         x[row, :len(waves[i])] = waves[i]
-    batch = {"input_values": x, "lengths": lengths, "labels": labels[idx]}
-    return to_device(batch, device)
+    batch = {"input_values": x, "lengths": lengths, "labels": labels[take],
+             "weights": torch.tensor([weight] * n + [0.0] * (rows - n))}
+    return {k: pinned(v, device) for k, v in batch.items()}

@@ -7,8 +7,23 @@ passed no mask; layer-norm encoders whose extractor says `return_attention_mask=
 Either way the mean over time counts only each clip's own frames (from the convolution output
 lengths). With a mask and a layer-norm encoder a clip's pooled vector does not change when
 padding is appended; group norm normalises over the whole padded length, so there a clip's
-output still depends a little on the padding, which is why evaluation runs in a fixed order.
+output depends on how far it is padded: training, evaluation and prediction all pad a clip up
+to whole seconds (ser/data.py), so it gets the same logits in evaluation and in ser.predict.
+
+Training-time randomness is drawn on the device. transformers decides HuBERT's LayerDrop with
+`torch.rand([])` on the host and draws SpecAugment's time masks with numpy; a CUDA graph would
+freeze both at capture. Here the same two regularisers are drawn with the device's generator,
+so every replay (and every eager step) gets fresh draws and `--seed` fixes them all:
+- LayerDrop (config.layerdrop, 0.1 for HuBERT-base): each encoder layer's output is replaced by
+  its input with that probability. The layer is still computed (no time saved), so the choice
+  needs no host decision.
+- SpecAugment (config.mask_time_prob 0.05, spans of mask_time_length 10 frames, at least
+  mask_time_min_masks 2): as transformers' `_compute_mask_indices`, but spans stay inside each
+  clip's own frames (transformers, given no attention mask, spreads them over the padding too)
+  and start positions are drawn with replacement (transformers: without), so spans overlap a
+  little more often. Feature-axis masking (mask_feature_prob, 0 for HuBERT-base) likewise.
 """
+import copy
 from pathlib import Path
 
 import torch
@@ -16,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
 
-from common.run import UserError
+from common.errors import UserError
 
 
 def masked_mean(hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -25,21 +40,79 @@ def masked_mean(hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     return (hidden * keep[..., None]).sum(1) / frames[:, None].to(hidden.dtype)
 
 
+def span_mask(lengths: torch.Tensor, width: int, prob: float, span: int, min_spans: int) -> torch.Tensor:
+    """SpecAugment spans, drawn on the device: (rows, width) booleans. Row b gets
+    n = max(floor(prob * lengths[b] / span + u), min_spans) spans (u ~ U(0, 1), one draw per
+    batch, as transformers), no more than fit in its length, each starting uniformly in
+    [0, lengths[b] - span]. Shapes depend only on `width`, so a CUDA graph can replay it."""
+    device = lengths.device
+    most = max(min_spans, int(prob * width / span + 1))  # a bound on n for any length <= width
+    lengths = lengths.float()
+    room = (lengths - span + 1).clamp(min=0)
+    n = torch.floor(prob * lengths / span + torch.rand((), device=device)).clamp(min=min_spans)
+    n = torch.minimum(n, room).clamp(max=width // span)
+    starts = torch.floor(torch.rand(len(lengths), most, device=device) * room[:, None])
+    active = torch.arange(most, device=device)[None, :] < n[:, None]
+    pos = torch.arange(width, device=device)
+    inside = (pos >= starts[..., None]) & (pos < starts[..., None] + span) & active[..., None]
+    return inside.any(1)
+
+
 class EmotionClassifier(nn.Module):
-    def __init__(self, hubert, num_labels: int, use_attention_mask: bool):
+    def __init__(self, encoder, num_labels: int, use_attention_mask: bool):
         super().__init__()
-        self.hubert = hubert
-        self.fc1 = nn.Linear(hubert.config.hidden_size, num_labels)
+        self.hubert = encoder
+        self.fc1 = nn.Linear(encoder.config.hidden_size, num_labels)
         self.fc2 = nn.Linear(num_labels, num_labels)
         self.use_attention_mask = use_attention_mask
+        cfg = encoder.config
+        self.layerdrop = cfg.layerdrop
+        self.spec_augment = getattr(cfg, "apply_spec_augment", True)
+        # transformers' own host-side LayerDrop off (its encoder reads this copy of the config);
+        # ours runs as a hook after each layer. The saved config keeps the real value.
+        encoder.encoder.config = copy.copy(cfg)
+        encoder.encoder.config.layerdrop = 0.0
+        for layer in encoder.encoder.layers:
+            layer.register_forward_hook(self._layerdrop)
+
+    def _layerdrop(self, layer, args, output):
+        """With probability config.layerdrop (training only), the layer's output is its input."""
+        if not (self.training and self.layerdrop > 0):
+            return output
+        out = output[0] if isinstance(output, tuple) else output
+        keep = torch.rand((), device=out.device) >= self.layerdrop
+        out = torch.where(keep, out, args[0])
+        return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+
+    def _mask(self, hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """SpecAugment on the projected features (training only), time axis then feature axis."""
+        cfg = self.hubert.config
+        if not (self.training and self.spec_augment):
+            return hidden
+        if cfg.mask_time_prob > 0:
+            m = span_mask(frames, hidden.shape[1], cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks)
+            hidden = torch.where(m[..., None], self.hubert.masked_spec_embed.to(hidden.dtype), hidden)
+        if cfg.mask_feature_prob > 0:
+            width = torch.full_like(frames, hidden.shape[2])
+            m = span_mask(width, hidden.shape[2], cfg.mask_feature_prob, cfg.mask_feature_length,
+                          cfg.mask_feature_min_masks)
+            hidden = hidden.masked_fill(m[:, None, :], 0.0)
+        return hidden
 
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_values: (batch, samples), zero-padded; lengths: each clip's real sample count."""
+        """input_values: (batch, samples), zero-padded; lengths: each clip's real sample count.
+        The encoder's forward (transformers' HubertModel.forward) written out, with SpecAugment
+        drawn on the device."""
+        h = self.hubert
+        frames = h._get_feat_extract_output_lengths(lengths)
+        features = h.feature_extractor(input_values).transpose(1, 2)
         mask = None
         if self.use_attention_mask:
-            mask = (torch.arange(input_values.shape[1], device=lengths.device)[None, :] < lengths[:, None]).long()
-        hidden = self.hubert(input_values, attention_mask=mask).last_hidden_state
-        frames = self.hubert._get_feat_extract_output_lengths(lengths)
+            samples = (torch.arange(input_values.shape[1], device=lengths.device)[None, :] < lengths[:, None]).long()
+            mask = h._get_feature_vector_attention_mask(features.shape[1], samples)
+        hidden = h.feature_projection(features)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # wav2vec2's also returns the normed features
+        hidden = h.encoder(self._mask(hidden, frames), attention_mask=mask).last_hidden_state
         return self.fc2(self.fc1(masked_mean(hidden, frames)))
 
 
@@ -93,13 +166,16 @@ def save_classifier(model: EmotionClassifier, fe, labels: list[str], folder: Pat
 
 
 def load_classifier(folder: str) -> tuple[EmotionClassifier, object, list[str]]:
-    """(model in eval mode, feature extractor, label names) from a folder written by save_classifier."""
+    """(model in eval mode, feature extractor, label names) from a folder written by save_classifier
+    (or a run folder holding one as model/)."""
     path = Path(folder)
+    if (path / "model" / "model.safetensors").exists():
+        path = folder = path / "model"
     if not (path / "model.safetensors").exists() or not (path / "config.json").exists():
         raise UserError(f"--model {folder}: not a model folder written by ser.train (no model.safetensors/config.json)")
     config = AutoConfig.from_pretrained(path)
     labels = [config.id2label[i] for i in range(len(config.id2label))]
-    fe, _ = feature_extractor_for(folder)
+    fe, _ = feature_extractor_for(str(folder))
     model = EmotionClassifier(AutoModel.from_config(config), len(labels), bool(fe.return_attention_mask))
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     return model.eval(), fe, labels

@@ -3,7 +3,7 @@
     python -m ser.predict --model runs/ser/seed0/model clip.wav other.mp3 ...
 
 Any sample rate, mono or stereo, wav/flac/mp3 (read as in training: 16 kHz mono, normalised as the
-saved feature extractor says). Prints the emotion and every label's probability per file. A file
+saved feature extractor says, zero-padded to whole seconds, as evaluation pads it). Prints the emotion and every label's probability per file. A file
 that cannot be read gets a message naming it; the readable ones are still printed, and the exit
 status is then 1.
 """
@@ -14,16 +14,17 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from common.run import user_errors
-from ser.data import normalize, pad_short, read_audio
+from common.errors import user_errors
+from ser.data import collate, normalize, pad_short, read_audio
 from ser.model import load_classifier
 
 
 @torch.inference_mode()
 def classify(model, fe, wave: np.ndarray) -> torch.Tensor:
-    """Probabilities for one clip (alone in its batch, so no padding)."""
-    x = normalize(pad_short(wave), fe.do_normalize)[None]
-    return model(x, torch.tensor([x.shape[1]])).float().softmax(-1)[0]
+    """Probabilities for one clip, alone in its batch, padded to whole seconds as in evaluation."""
+    x = normalize(pad_short(wave), fe.do_normalize)
+    b = collate([x], [0], torch.zeros(1, dtype=torch.long), float(fe.padding_value), torch.device("cpu"))
+    return model(b["input_values"], b["lengths"]).float().softmax(-1)[0]
 
 
 def main(argv=None):

@@ -3,47 +3,56 @@
     python -m ser.train --data-dir path/to/shemo --out runs/ser/seed0
     python -m ser.train --manifest ../shared/data/emodb/manifest.csv --split speaker --out runs/emodb
 
-The recipe is the study's: 16 kHz audio, HuBERT → mean over time → Linear(hidden, C) →
-Linear(C, C), batch 2, 5 epochs, AdamW (lr 5e-6, no weight decay, constant learning rate),
-cross-entropy. The protocol is not: the data are split first (stratified 80/10/10, or by
-speaker), then only the training split is balanced with augmented copies, so no copy of a
-validation or test clip is trained on. The study augmented before splitting; its 0.912 is an
-upper bound.
+The model is the study's: 16 kHz audio, HuBERT → mean over time → Linear(hidden, C) →
+Linear(C, C), batch 2, 5 epochs, lr 5e-6, cross-entropy. The study names no optimizer or
+schedule; ours is AdamW without weight decay at a constant rate, with no gradient clipping.
+The protocol differs: the data are split first (stratified 80/10/10, or by speaker), then only
+the training split is balanced with augmented copies, so no copy of a validation or test clip is
+trained on (the study augmented the whole corpus before splitting).
 
 - Batch: one optimizer step sees --batch-size × --grad-accum clips, grouped by length; each
-  micro-batch's summed loss is divided by the whole batch's size (same update as one big batch).
-  Each batch is zero-padded up to whole seconds: a few fixed shapes instead of one per length.
+  clip's loss is weighted 1 / (clips in the optimizer batch) (same update as one big batch).
+  Each micro-batch is zero-padded up to whole seconds, and a short one filled with zero-weight
+  rows: a few fixed shapes instead of one per length.
 - Precision: --amp auto is bf16 autocast on CUDA (fp16 + GradScaler without bf16), fp32 on CPU.
-- Each epoch: train, then evaluate validation and test in a fixed, length-sorted order. After
-  the last epoch the final model is also evaluated on the training split (train accuracy and
-  its confusion matrix); history.csv's train_accuracy is the running accuracy during the epoch.
+- Speed: on CUDA (--cuda-graphs auto) each length bucket's forward/backward and the update are
+  captured once as CUDA graphs and replayed (common/step.py); the CPU runs the same step eagerly.
+- Each epoch: train, then evaluate validation and test, each clip padded to its own whole-second
+  bucket (as ser.predict does). After the last epoch the final model is also evaluated on the
+  training split; history.csv's train_accuracy is the running accuracy during the epoch.
 - Randomness: the seed fixes the split, augmentation, batch order, head initialisation, and
-  HuBERT's own LayerDrop (torch RNG) and SpecAugment masks (numpy RNG); --resume restores all.
+  HuBERT's LayerDrop and SpecAugment masks (drawn on the device, ser/model.py); --resume
+  restores every generator.
 
-Outputs in --out: config.json, train.log, history.csv, metrics.json, report.txt, split.csv,
-curves.png, confusion_matrix_{train,val,test}.png, class_distribution.png, clip_lengths.png, model/.
+Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt, split.csv,
+curves.png, confusion_matrix_{train,val,test}.png, class_distribution.png, clip_lengths.png,
+model/, metrics.json (written last).
 """
 import argparse
-import time
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
-from common.batching import LengthGroupedBatches, micro_batches, sorted_batches
-from common.metrics import confusion, report_text, summarize
-from common.plots import plot_class_counts, plot_confusion, plot_curves, plot_histograms
-from common.results import epoch_table, metrics_record, write_config, write_history
-from common.run import (Checkpoint, autocast, count_params, grad_scaler, precision_name, run_info, start_run,
-                        user_errors, write_json)
-from ser.data import SAMPLE_RATE, collate, prepare_dataset, read_manifest, scan_shemo
-from ser.model import build_classifier, feature_extractor_for, save_classifier
+from common.batching import LengthGroupedBatches, chunks
+from common.checkpoint import Checkpoint
+from common.device import autocast, grad_scaler, precision_name
+from common.errors import RunFailed, user_errors
+from common.metrics import summarize
+from common.results import write_config
+from common.run import Run, count_params, run_info
+from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
+                         use_cuda_graphs)
+from ser.data import (SAMPLE_RATE, bucket_batches, bucket_length, build_dataset, collate, read_corpus, read_manifest,
+                      scan_shemo)
+from ser.model import build_classifier, feature_extractor_for
+from ser.report import write_results
 
 EVAL_BATCH = 8  # clips per evaluation batch
-RESUME_FREE = {"resume", "overwrite", "device"}
+RESUME_FREE = {"resume", "overwrite", "device", "cuda_graphs", "log_every"}
 
 
 def parse_args(argv=None):
@@ -55,7 +64,7 @@ def parse_args(argv=None):
     src.add_argument("--data-dir", type=Path, help="ShEMO folder (*.wav named like F01A01.wav, any sub-folders)")
     src.add_argument("--manifest", type=Path, help="CSV path,label[,speaker]; paths relative to the CSV")
     p.add_argument("--out", type=Path, default=Path("runs/ser/seed0"), help="output folder")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="passes over the (balanced) training split")
     p.add_argument("--batch-size", type=int, default=2, help="clips per micro-batch")
     p.add_argument("--lr", type=float, default=5e-6, help="constant learning rate")
     p.add_argument("--seed", type=int, default=0, help="fixes split, augmentation, batch order, initialisation")
@@ -67,14 +76,17 @@ def parse_args(argv=None):
     p.add_argument("--strict", action="store_true", help="an unreadable, empty or silent file is an error")
     p.add_argument("--freeze-feature-encoder", action="store_true", help="freeze HuBERT's convolutional front end")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="autocast precision")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="replay each step from CUDA graphs (auto: on when the device is CUDA)")
+    p.add_argument("--log-every", type=int, default=50, help="read loss, gradient norm and memory every N steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
     args = p.parse_args(argv)
     if args.data_dir is None and args.manifest is None:
         p.error("give --data-dir (ShEMO) or --manifest CSV")
-    for flag in ("epochs", "batch_size", "grad_accum", "limit"):
+    for flag in ("epochs", "batch_size", "grad_accum", "limit", "log_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -88,167 +100,158 @@ def main(argv=None):
         train(args)
 
 
-def train_epoch(model, waves, labels, batches, opt, scaler, args, device, dtype, pad, desc):
-    """One pass; returns (mean loss, running accuracy, seconds, audio seconds). The loss and the
-    correct count stay on the device; the bar reads them every 25 steps."""
+def forward(model):
+    """The task's model call on one batch of device tensors: emotion logits."""
+    return lambda b: model(b["input_values"], b["lengths"])
+
+
+def train_epoch(steps: Steps, model, waves, labels, batches, args, pad, progress: Progress) -> dict:
+    """One pass over `batches`: each micro-batch's forward/backward, then the update."""
     model.train()
-    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    seen, audio, start = 0, 0.0, time.perf_counter()
-    bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True)
-    for step, batch in enumerate(bar, 1):
-        for micro in micro_batches(batch, args.grad_accum):
-            inputs = collate(waves, micro, labels, pad, device)
-            y = inputs.pop("labels")
-            with autocast(device, dtype):
-                logits = model(**inputs)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum") / len(batch)
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach() * len(batch)
-            correct += (logits.argmax(1) == y).sum()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        seen += len(batch)
-        audio += sum(len(waves[i]) for i in batch) / SAMPLE_RATE
-        if step % 25 == 0 or step == len(batches):
-            dt = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", clips_s=f"{seen / dt:.1f}", audio_s_s=f"{audio / dt:.1f}")
-    bar.close()
-    return loss_sum.item() / seen, correct.item() / seen, time.perf_counter() - start, audio
+    for batch in batches:
+        for micro in chunks(batch, args.batch_size):
+            steps.micro(collate(waves, micro, labels, pad, steps.step.device, rows=args.batch_size,
+                                weight=1 / len(batch)))
+        steps.update()
+        progress.step_done(len(batch), args.lr, audio=sum(len(waves[i]) for i in batch) / SAMPLE_RATE)
+    return progress.finish()
 
 
 @torch.inference_mode()
-def evaluate(model, waves, labels, names, device, dtype, pad) -> dict:
-    """Figures for one split, in a fixed length-sorted order; keeps the predictions for the report."""
+def predict_logits(model, waves, device, dtype, pad) -> torch.Tensor:
+    """Logits for every clip, each padded to its own whole-second bucket (as ser.predict does)."""
     model.eval()
-    order, chunks = [], []
-    for idx in sorted_batches([len(w) for w in waves], EVAL_BATCH):
-        inputs = collate(waves, idx, labels, pad, device)
-        inputs.pop("labels")
+    order, parts = [], []
+    for idx in bucket_batches([len(w) for w in waves], EVAL_BATCH):
+        b = {k: v.to(device, non_blocking=True) for k, v in
+             collate(waves, idx, torch.zeros(len(waves), dtype=torch.long), pad, device).items()}
         with autocast(device, dtype):
-            chunks.append(model(**inputs).float())
+            parts.append(forward(model)(b).float())
         order += idx
-    logits = torch.empty(len(order), len(names))
-    logits[order] = torch.cat(chunks).cpu()
+    logits = torch.empty(len(order), parts[0].shape[1])
+    logits[order] = torch.cat(parts).cpu()
+    return logits
+
+
+def evaluate(model, waves, labels, names, device, dtype, pad) -> dict:
+    """Figures for one split; keeps the predictions for the report."""
+    logits = predict_logits(model, waves, device, dtype, pad)
+    loss = F.cross_entropy(logits, labels).item()
+    if not math.isfinite(loss):
+        raise RunFailed("the evaluation loss is NaN or infinite; the run stopped and wrote no results")
     pred = logits.argmax(1).numpy()
-    out = summarize(labels.numpy(), pred, names, F.cross_entropy(logits, labels).item())
+    out = summarize(labels.numpy(), pred, names, loss)
     out["pred"] = pred.tolist()
     return out
 
 
+def capture_examples(waves, labels, args, pad, device) -> list[dict]:
+    """One training micro-batch for every whole-second bucket a batch can be padded to."""
+    first = {}
+    for i, w in enumerate(waves):
+        first.setdefault(bucket_length(len(w)), i)
+    return [collate(waves, [i], labels, pad, device, rows=args.batch_size, weight=0.0) for _, i in sorted(first.items())]
+
+
 def train(args):
-    started = start_run(args, RESUME_FREE)  # --out, train.log, device, precision, seeds
-    if started is None:
-        return
-    log, device, dtype = started
-    out = args.out
+    with Run(args, RESUME_FREE) as run:  # lock --out; check it; device, precision, seeds
+        if run.finished:
+            return
+        log, device, dtype, out = run.log, run.device, run.dtype, args.out
 
-    # 1. Data: find and read the clips, split them, then balance the training split only.
-    if args.data_dir:
-        clips, bad_names = scan_shemo(args.data_dir)
-        for name in bad_names:
-            log(f"warning: {name} does not follow ShEMO's naming (like F01A01.wav); left out")
-    else:
-        clips, bad_names = read_manifest(args.manifest), []
-    fe, fe_source = feature_extractor_for(args.model, args.feature_extractor)
-    data = prepare_dataset(clips, strict=args.strict, split=args.split, seed=args.seed, limit=args.limit,
-                           balance=not args.no_balance, cache_dir=args.cache_dir or out / "cache",
-                           do_normalize=fe.do_normalize, split_csv=out / "split.csv", log=log)
-    names, waves, ids, counts = data.names, data.waves, data.labels, data.counts
-    protocol = (f"{'stratified random' if args.split == 'random' else 'speaker-independent'} 80/10/10 split, then "
-                + ("no balancing; " if args.no_balance else "training split balanced by pitch-shift/time-stretch copies; ")
-                + "validation and test hold original clips only (leak-free)")
-    log(f"{sum(data.sizes.values())} clips ({', '.join(f'{k} {v}' for k, v in data.sizes.items())}), "
-        f"{len(names)} classes; training split {data.sizes['train']} -> {len(waves['train'])} clips after "
-        f"balancing; {len(data.skipped)} skipped")
+        # 1. Data: find and read the clips, split them, plan the balancing of the training split.
+        if args.data_dir:
+            clips, bad_names = scan_shemo(args.data_dir)
+            for name in bad_names:
+                log(f"warning: {name} does not follow ShEMO's naming (like F01A01.wav); left out")
+        else:
+            clips, bad_names = read_manifest(args.manifest), []
+        fe, fe_source = feature_extractor_for(args.model, args.feature_extractor)
+        corpus = read_corpus(clips, strict=args.strict, split=args.split, seed=args.seed, limit=args.limit,
+                             balance=not args.no_balance, log=log)
 
-    # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.
-    model = build_classifier(args.model, names, bool(fe.return_attention_mask))
-    if args.freeze_feature_encoder:
-        model.hubert.feature_extractor.requires_grad_(False)
-    model.to(device)
-    params = count_params(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0,
-                            fused=device.type == "cuda")
-    scaler = grad_scaler(device, dtype)
-    sampler = LengthGroupedBatches([len(w) for w in waves["train"]], args.batch_size * args.grad_accum, args.seed)
+        # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.
+        model = build_classifier(args.model, corpus.names, bool(fe.return_attention_mask))
+        if args.freeze_feature_encoder:
+            model.hubert.feature_extractor.requires_grad_(False)
+        graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype)
+        run.begin()  # inputs checked: only now is anything written into --out
 
-    ckpt = Checkpoint(args, RESUME_FREE, model=model, optimizer=opt, scaler=scaler)
-    start, history, evals = ckpt.restore(log)
-    write_config(out, args, {
-        "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
-        "do_normalize": bool(fe.do_normalize), "attention_mask": bool(fe.return_attention_mask),
-        "optimizer_batch": args.batch_size * args.grad_accum, "labels": names, "params": params,
-        "clips": {k: len(v) for k, v in waves.items()}, "class_counts": counts, "protocol": protocol}, run_info(device))
-    log(f"{params['trainable']:,} of {params['total']:,} parameters train; {precision_name(dtype)} on {device}; "
-        f"batch {args.batch_size} x {args.grad_accum}; feature extractor: {fe_source}")
+        # 3. Balance the training split only (augmented copies, cached), normalise every clip once.
+        data = build_dataset(corpus, cache_dir=args.cache_dir or out / "cache", do_normalize=fe.do_normalize,
+                             split_csv=out / "split.csv")
+        names, waves, ids, counts = data.names, data.waves, data.labels, data.counts
+        skipped = data.skipped + bad_names
+        protocol = (f"{'stratified random' if args.split == 'random' else 'speaker-independent'} 80/10/10 split, then "
+                    + ("no balancing; " if args.no_balance else "training split balanced by pitch-shift/time-stretch "
+                                                                "copies; ")
+                    + "validation and test hold original clips only (leak-free)")
+        log(f"{sum(data.sizes.values())} clips ({', '.join(f'{k} {v}' for k, v in data.sizes.items())}), "
+            f"{len(names)} classes; training split {data.sizes['train']} -> {len(waves['train'])} clips after "
+            f"balancing; {len(skipped)} files skipped ({len(data.skipped)} unreadable, empty or silent; "
+            f"{len(bad_names)} not named like ShEMO)")
 
-    # 3. The loop: train an epoch, evaluate validation and test, checkpoint.
-    pad = float(fe.padding_value)
-    for epoch in range(start, args.epochs + 1):
-        loss, acc, seconds, audio = train_epoch(model, waves["train"], ids["train"], sampler.epoch(epoch), opt, scaler,
-                                                args, device, dtype, pad, f"epoch {epoch}/{args.epochs}")
-        ev = {k: evaluate(model, waves[k], ids[k], names, device, dtype, pad) for k in ("val", "test")}
-        evals.append(ev)
-        history.append({"epoch": epoch, "train_loss": loss, "train_accuracy": acc, "val_loss": ev["val"]["loss"],
-                        "val_accuracy": ev["val"]["accuracy"], "val_macro_f1": ev["val"]["macro_f1"],
-                        "test_accuracy": ev["test"]["accuracy"], "seconds": seconds,
-                        "items_per_s": len(waves["train"]) / seconds, "audio_seconds_per_s": audio / seconds})
-        log(f"epoch {epoch}: train loss {loss:.4f} acc {acc:.4f}  val loss {ev['val']['loss']:.4f} acc "
-            f"{ev['val']['accuracy']:.4f}  test acc {ev['test']['accuracy']:.4f}  "
-            f"({len(waves['train']) / seconds:.1f} clips/s, {audio / seconds:.1f} audio-s/s)")
-        ckpt.save(epoch, history, evals)
+        model.to(device)
+        params = count_params(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = make_optimizer(trainable, args.lr, device, graphs)
+        scaler = grad_scaler(device, dtype)
+        sampler = LengthGroupedBatches([len(w) for w in waves["train"]], args.batch_size * args.grad_accum, args.seed)
+        steps_per_epoch = len(sampler)
 
-    # 4. Results: the final model on the training split too, then every file.
-    final_train = evaluate(model, waves["train"], ids["train"], names, device, dtype, pad)
-    save_classifier(model, fe, names, out / "model")
-    recipe = (f"batch {args.batch_size} x {args.grad_accum} clips, AdamW lr {args.lr:g} constant, "
-              f"{precision_name(dtype)} on {device}, feature extractor: {fe_source}")
-    write_results(out, args, history, evals, final_train, ids, names, params, counts, data.skipped + bad_names,
-                  protocol, data.clip_seconds, recipe)
-    ckpt.remove()
-    log(f"done: train {final_train['accuracy']:.4f}, val {evals[-1]['val']['accuracy']:.4f}, "
-        f"test {evals[-1]['test']['accuracy']:.4f}; results in {out}")
+        ckpt = Checkpoint(args, RESUME_FREE, model=model, optimizer=opt, scaler=scaler)
+        start, history, evals, _ = ckpt.restore(log)
+        trim_steps_csv(out / "steps.csv", start)
+        if graphs:
+            lr_on_device(opt, device)
+        set_lr(opt, args.lr)
+        step = TrainStep(forward(model), trainable, opt, scaler, device, dtype, clip=None)
+        step.step_no.fill_((start - 1) * steps_per_epoch)
+        steps = Steps(step)
+        pad = float(fe.padding_value)
+        if graphs and start <= args.epochs:
+            model.train()
+            steps.capture(capture_examples(waves["train"], ids["train"], args, pad, device), log)
+        write_config(out, args, {
+            "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
+            "cuda_graphs": steps.status(graphs_why),
+            "do_normalize": bool(fe.do_normalize), "attention_mask": bool(fe.return_attention_mask),
+            "optimizer_batch": args.batch_size * args.grad_accum, "labels": names, "params": params,
+            "clips": {k: len(v) for k, v in waves.items()}, "class_counts": counts, "protocol": protocol},
+            run_info(device))
+        log(f"{params['trainable']:,} of {params['total']:,} parameters train; {precision_name(dtype)} on {device}; "
+            f"batch {args.batch_size} x {args.grad_accum}; feature extractor: {fe_source}; CUDA graphs "
+            f"{steps.status(graphs_why)}")
 
+        # 4. The loop: train an epoch, evaluate validation and test, checkpoint.
+        for epoch in range(start, args.epochs + 1):
+            progress = Progress(steps, epoch=epoch, first=epoch == start, batches=steps_per_epoch,
+                                every=args.log_every, log=log, steps_csv=out / "steps.csv", unit="clips")
+            fig = train_epoch(steps, model, waves["train"], ids["train"], sampler.epoch(epoch), args, pad, progress)
+            ev = {k: evaluate(model, waves[k], ids[k], names, device, dtype, pad) for k in ("val", "test")}
+            evals.append(ev)
+            history.append({"epoch": epoch, "train_loss": fig["train_loss"], "train_accuracy": fig["train_accuracy"],
+                            "val_loss": ev["val"]["loss"], "val_accuracy": ev["val"]["accuracy"],
+                            "val_macro_f1": ev["val"]["macro_f1"], "test_accuracy": ev["test"]["accuracy"],
+                            **{k: fig[k] for k in ("seconds", "items_per_s", "warmup_seconds", "items_per_s_steady",
+                                                   "items", "warmup_items", "audio_seconds_per_s",
+                                                   "audio_seconds_per_s_steady")}})
+            log(f"epoch {epoch}: train loss {fig['train_loss']:.4f} acc {fig['train_accuracy']:.4f}  val loss "
+                f"{ev['val']['loss']:.4f} acc {ev['val']['accuracy']:.4f}  test acc {ev['test']['accuracy']:.4f}  "
+                f"({fig['items_per_s']:.1f} clips/s, {fig['audio_seconds_per_s']:.1f} audio-s/s)")
+            ckpt.save(epoch, history, evals)
 
-def figures(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k != "pred"}
-
-
-def write_results(out, args, history, evals, final_train, ids, names, params, counts, skipped, protocol, seconds,
-                  recipe):
-    write_history(out, history, extra_fields=["train_accuracy"])
-    record = metrics_record(
-        task="ser", experiment="hubert", seed=args.seed, protocol=protocol, epochs=args.epochs, history=history,
-        evals=[{k: figures(v) for k, v in e.items()} for e in evals], params=params,
-        train=figures(final_train), class_counts=counts, skipped_files=skipped)
-    audio = sum(r["audio_seconds_per_s"] * r["seconds"] for r in history)
-    record["speed"]["audio_seconds_per_s"] = round(audio / record["speed"]["train_seconds"], 2)
-    write_json(out / "metrics.json", record)
-
-    final = {"train": final_train, **evals[-1]}
-    plot_curves(history, out / "curves.png", "speech emotion recognition")
-    for k, ev in final.items():
-        plot_confusion(confusion(ids[k].numpy(), np.asarray(ev["pred"]), len(names)), names,
-                       out / f"confusion_matrix_{k}.png", f"{k} split, final model")
-    plot_class_counts(counts["before"], counts["after"], out / "class_distribution.png", "training split")
-    plot_histograms({"clips": seconds}, out / "clip_lengths.png", "seconds", "clip lengths (all readable clips)")
-    lines = [f"Speech emotion recognition, model {args.model}, seed {args.seed}, {args.epochs} epochs",
-             f"protocol: {protocol}", f"recipe: {recipe}",
-             "train_loss/train_accuracy per epoch: running figures over the epoch's batches (dropout on); "
-             "final train/val/test: the final model in eval mode; test is reported only, never used to choose", "",
-             epoch_table(history, ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                                   "val_macro_f1", "test_accuracy", "seconds", "items_per_s"]), "",
-             "final model: " + ", ".join(f"{k} accuracy {v['accuracy']:.4f} (macro F1 {v['macro_f1']:.4f})"
-                                         for k, v in final.items()),
-             f"best validation epoch {record['best_epoch']}: val accuracy {record['best']['val']['accuracy']:.4f}, "
-             f"test accuracy {record['best']['test']['accuracy']:.4f}",
-             f"training clips per class before balancing {counts['before']}, after {counts['after']}",
-             f"parameters: {params['trainable']:,} trainable of {params['total']:,}",
-             f"skipped files: {len(skipped)}" + "".join(f"\n  {s}" for s in skipped), ""]
-    for k, ev in final.items():
-        lines += [f"{k} split, final model:", report_text(ids[k].numpy(), np.asarray(ev["pred"]), names), ""]
-    (out / "report.txt").write_text("\n".join(lines), encoding="utf-8")
+        # 5. Results: the final model on the training split too, then every file, metrics.json last.
+        final_train = evaluate(model, waves["train"], ids["train"], names, device, dtype, pad)
+        recipe = (f"batch {args.batch_size} x {args.grad_accum} clips, AdamW lr {args.lr:g} constant (our choice: the "
+                  f"study names no optimizer), no gradient clipping, {precision_name(dtype)} on {device}, padding to "
+                  f"whole seconds, CUDA graphs {'on' if steps.graphed else 'off'}, feature extractor: {fe_source}")
+        write_results(out, args, model, fe, history, evals, final_train, ids=ids, names=names, params=params,
+                      counts=counts, skipped=skipped, protocol=protocol, seconds=data.clip_seconds, recipe=recipe,
+                      graphs=steps.info())
+        ckpt.remove()
+        log(f"done: train {final_train['accuracy']:.4f}, val {evals[-1]['val']['accuracy']:.4f}, "
+            f"test {evals[-1]['test']['accuracy']:.4f}; results in {out}")
 
 
 if __name__ == "__main__":

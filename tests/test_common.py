@@ -1,40 +1,84 @@
-"""Shared pieces: atomic checkpoints, the output folder rule, batch order."""
+"""Shared pieces: atomic and verified checkpoints, the output folder rule, the lock, batch order,
+atomic result files and text decoding."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from common import run as run_mod
-from common.batching import LengthGroupedBatches, micro_batches, sorted_batches
-from common.run import UserError, load_checkpoint, prepare_out_dir, save_checkpoint
+from common import checkpoint as ckpt_mod
+from common.batching import LengthGroupedBatches, chunks, sorted_batches
+from common.checkpoint import RunLock, load_verified, save_verified
+from common.errors import RunFailed, UserError
+from common.files import atomic_write, read_text, write_json
+from common.run import check_out_dir, empty_out_dir
 
 
 def test_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    path = tmp_path / "checkpoint-epoch1.pt"
+    entry = save_verified(path, {"epoch": 1, "w": torch.ones(3)})
 
     def dies_halfway(obj, f):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt  # the process is killed while writing
-    monkeypatch.setattr(run_mod.torch, "save", dies_halfway)
+    monkeypatch.setattr(ckpt_mod.torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
-    state = load_checkpoint(path)
-    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+        save_verified(path, {"epoch": 2, "w": torch.zeros(3)})
+    state, why = load_verified(tmp_path, entry)
+    assert why == "" and state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize("damage", ["start", "middle", "end", "truncate", "empty"])
+def test_a_damaged_checkpoint_is_never_loaded(tmp_path, damage):
+    path = tmp_path / "c.pt"
+    entry = save_verified(path, {"w": torch.arange(1000.0)})
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    elif damage == "empty":
+        data = bytearray()
+    else:
+        at = {"start": 0, "middle": len(data) // 2, "end": len(data) - 100}[damage]
+        data[at:at + 100] = bytes(100)
+    path.write_bytes(bytes(data))
+    state, why = load_verified(tmp_path, entry)
+    assert state is None and why
 
 
 def test_non_empty_out_needs_resume_or_overwrite(tmp_path):
     (tmp_path / "old.txt").write_text("x")
     with pytest.raises(UserError, match="not empty"):
-        prepare_out_dir(tmp_path, resume=False, overwrite=False)
-    prepare_out_dir(tmp_path, resume=True, overwrite=False)
-    assert (tmp_path / "old.txt").exists()
+        check_out_dir(tmp_path, resume=False, overwrite=False)
+    check_out_dir(tmp_path, resume=True, overwrite=False)
     with pytest.raises(UserError, match="does not look like a run folder"):  # --overwrite --out . must not wipe a repo
-        prepare_out_dir(tmp_path, resume=False, overwrite=True)
-    assert (tmp_path / "old.txt").exists()
+        check_out_dir(tmp_path, resume=False, overwrite=True)
     (tmp_path / "train.log").write_text("an earlier run")
-    prepare_out_dir(tmp_path, resume=False, overwrite=True)
-    assert list(tmp_path.iterdir()) == []
+    check_out_dir(tmp_path, resume=False, overwrite=True)
+    (tmp_path / ".lock").write_text("")
+    empty_out_dir(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # the lock file alone counts as empty
+    check_out_dir(tmp_path, resume=False, overwrite=False)
     with pytest.raises(UserError, match="contradict"):
-        prepare_out_dir(tmp_path, resume=True, overwrite=True)
+        check_out_dir(tmp_path, resume=True, overwrite=True)
+
+
+def test_a_second_process_cannot_take_the_lock_and_a_dead_one_leaves_none(tmp_path):
+    holder = ("import sys, time; from pathlib import Path; from common.checkpoint import RunLock\n"
+              "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"in use by another run \(process {p.pid}\)"):
+            RunLock(tmp_path).__enter__()
+    finally:
+        p.kill()
+        p.wait()
+    with RunLock(tmp_path):  # killed holder: the OS released its lock
+        pass
 
 
 def test_length_grouped_batches_cover_everything_and_follow_seed_and_epoch():
@@ -48,9 +92,34 @@ def test_length_grouped_batches_cover_everything_and_follow_seed_and_epoch():
     assert spread < 40  # grouped: far less than the 0..100 spread of a random batch
 
 
-def test_eval_order_is_length_sorted_and_micro_batches_split_evenly():
-    batches = sorted_batches([5, 1, 4, 2, 3], 2)
-    assert batches == [[1, 3], [4, 2], [0]]
-    assert micro_batches(list(range(8)), 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert micro_batches(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
-    assert micro_batches([7], 4) == [[7]]
+def test_eval_order_is_length_sorted_and_micro_batches_have_fixed_size():
+    assert sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
+    assert chunks(list(range(8)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert chunks(list(range(5)), 4) == [[0, 1, 2, 3], [4]]
+
+
+def test_failed_write_names_the_path_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "report.txt"
+    target.write_text("old")
+
+    def disk_full(tmp):
+        tmp.write_text("partial")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(RunFailed, match=r"cannot write .*report.txt: No space left on device"):
+        atomic_write(target, disk_full)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+
+
+def test_json_never_holds_bare_nan(tmp_path):
+    write_json(tmp_path / "m.json", {"loss": float("nan"), "acc": [1.0, float("inf")]})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text and json.loads(text) == {"loss": None, "acc": [1.0, None]}
+
+
+def test_text_with_a_bom_is_read_and_other_encodings_name_the_line(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeffpremise\tlabel\n".encode("utf-8"))
+    assert read_text(tmp_path / "bom.csv").startswith("premise")
+    (tmp_path / "cp.csv").write_bytes("premise\n".encode() + "کتاب\n".encode("cp1256"))
+    with pytest.raises(UserError, match=r"cp.csv, line 2: not UTF-8"):
+        read_text(tmp_path / "cp.csv")
+

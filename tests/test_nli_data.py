@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from common.run import UserError
+from common.errors import UserError
 from nli import data as nli_data
 from nli.data import read_split
 from nli.synthetic import write_farstail

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from common.run import UserError
+from common.errors import UserError
 from nli.data import LABELS
 from nli.model import choose_heads, encoder_layers, keep_layers, load_classifier, prune_heads
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.run import UserError
+from common.errors import UserError
 from ser import data
 from ser.data import balance_plan, parse_shemo_name, read_audio, scan_shemo, split_by_speaker, split_random
 

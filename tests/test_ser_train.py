@@ -61,12 +61,12 @@ def test_saved_model_reloads_to_the_same_logits(tmp_path):
 
 def test_end_to_end_writes_every_output_without_leaks(tiny_hubert, shemo_dir, tmp_path, capsys):
     out = run(tiny_hubert, shemo_dir, tmp_path / "run", "--epochs", 2, "--lr", 1e-3)
-    for name in ("config.json", "train.log", "history.csv", "metrics.json", "report.txt", "split.csv",
+    for name in ("config.json", "train.log", "steps.csv", "history.csv", "metrics.json", "report.txt", "split.csv",
                  "curves.png", "confusion_matrix_train.png", "confusion_matrix_val.png", "confusion_matrix_test.png",
                  "class_distribution.png", "clip_lengths.png", "model/config.json", "model/model.safetensors",
                  "model/preprocessor_config.json"):
         assert (out / name).exists(), name
-    assert not (out / "checkpoint.pt").exists()
+    assert not list(out.glob("checkpoint*"))
     for png in out.glob("*.png"):
         assert matplotlib.image.imread(png).shape[0] > 100, png
     rows = list(csv.DictReader(open(out / "history.csv")))
@@ -140,8 +140,10 @@ def test_grad_accum_equals_larger_batch(tmp_path):
     a = weights(run(model, tmp_path / "data", tmp_path / "a", "--batch-size", 4, *common))
     b = weights(run(model, tmp_path / "data", tmp_path / "b", "--batch-size", 2, "--grad-accum", 2, *common))
     c = weights(run(model, tmp_path / "data", tmp_path / "c", "--batch-size", 2, *common))
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert not torch.allclose(a["fc1.weight"], c["fc1.weight"], atol=1e-6)
+    for k in a:  # (key biases have an exactly-zero gradient; Adam turns its rounding noise into ±lr steps)
+        if not k.endswith("k_proj.bias"):
+            assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert not torch.allclose(a["fc1.weight"], c["fc1.weight"], atol=1e-5)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tiny_hubert, shemo_dir, tmp_path, monkeypatch):
@@ -151,7 +153,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_hubert, shemo_d
     real = ser.train.train_epoch
 
     def interrupted(*a, **kw):
-        if a[-1].startswith("epoch 2/"):
+        if a[-1].epoch == 2:
             raise KeyboardInterrupt
         return real(*a, **kw)
     monkeypatch.setattr(ser.train, "train_epoch", interrupted)
@@ -190,3 +192,77 @@ def test_explicit_feature_extractor_is_used_and_recorded(tiny_hubert, shemo_dir,
     assert derived["attention_mask"] is True and derived["do_normalize"] is False
     model, fe, _ = load_classifier(str(out / "model"))
     assert model.use_attention_mask and fe.return_attention_mask  # the saved model keeps that choice
+
+
+def test_specaugment_spans_are_drawn_on_the_device_inside_each_clip():
+    from transformers.models.hubert.modeling_hubert import _compute_mask_indices
+    from ser.model import span_mask
+    lengths = torch.tensor([200, 120, 40])
+    torch.manual_seed(0)
+    masks = torch.stack([span_mask(lengths, 200, 0.05, 10, 2) for _ in range(500)])
+    assert masks.shape == (500, 3, 200)
+    assert not masks[:, 1, 120:].any() and not masks[:, 2, 40:].any()  # never in a clip's padding
+    assert (masks.sum(-1) >= 10).all()  # at least min_masks=2 spans of 10 (they may overlap)
+    assert not torch.equal(masks[0], masks[1])  # fresh draws each call
+    torch.manual_seed(0)
+    assert torch.equal(span_mask(lengths, 200, 0.05, 10, 2), masks[0])  # and fixed by the seed
+    # the masked share matches transformers' own draw for a clip filling the width (within 5%)
+    np.random.seed(0)
+    theirs = np.mean([_compute_mask_indices((1, 200), 0.05, 10, min_masks=2).mean() for _ in range(2000)])
+    ours = masks[:, 0].float().mean().item()
+    assert abs(ours - theirs) / theirs < 0.05, (ours, theirs)
+
+
+def test_layerdrop_is_drawn_on_the_device_and_only_in_training(tmp_path):
+    from transformers import HubertModel
+    torch.manual_seed(0)
+    cfg = tiny_hubert_config(layerdrop=1.0, mask_time_prob=0.0, hidden_dropout=0.0, attention_dropout=0.0,
+                             activation_dropout=0.0, feat_proj_dropout=0.0)
+    model = EmotionClassifier(HubertModel(cfg), 3, use_attention_mask=False)
+    x, lengths = torch.randn(2, 16000), torch.tensor([16000, 12000])
+    with torch.no_grad():
+        train_a, eval_a = model.train()(x, lengths), model.eval()(x, lengths)
+        for p in model.hubert.encoder.layers.parameters():
+            p.add_(0.5)
+        train_b, eval_b = model.train()(x, lengths), model.eval()(x, lengths)
+    assert torch.equal(train_a, train_b)  # every layer dropped: its weights do not matter
+    assert not torch.allclose(eval_a, eval_b)  # evaluation never drops a layer
+    assert model.hubert.config.layerdrop == 1.0  # the saved config keeps the real value
+
+
+def test_evaluation_gives_each_clip_the_logits_ser_predict_gives_it(tiny_hubert, tmp_path):
+    from transformers import HubertModel
+    from ser.data import normalize
+    torch.manual_seed(0)
+    model = EmotionClassifier(HubertModel.from_pretrained(tiny_hubert), 3, use_attention_mask=False).eval()
+    rng = np.random.default_rng(0)
+    waves = [normalize((0.1 * rng.standard_normal(n)).astype(np.float32), True)
+             for n in (8000, 15000, 16000, 17000, 30000, 9000, 40000)]
+    together = ser.train.predict_logits(model, waves, torch.device("cpu"), None, 0.0)
+    fe = study_feature_extractor()
+    for wave, row in zip(waves, together):
+        alone = predict.classify(model, fe, wave.numpy())  # normalising again changes nothing
+        assert torch.allclose(alone, row.softmax(-1), atol=1e-5)
+    # group norm: how far a clip is padded does change its logits, hence one padding rule for both
+    with torch.no_grad():
+        own = model(torch.nn.functional.pad(waves[0], (0, 8000))[None], torch.tensor([8000]))
+        more = model(torch.nn.functional.pad(waves[0], (0, 24000))[None], torch.tensor([8000]))
+    assert not torch.allclose(own, more, atol=1e-5)
+
+
+def test_bucketed_padding_leaves_a_masked_layer_norm_model_unchanged():
+    from transformers import HubertModel
+    from ser.data import collate
+    torch.manual_seed(0)
+    cfg = tiny_hubert_config(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    model = EmotionClassifier(HubertModel(cfg), 4, use_attention_mask=True).eval()
+    waves = [torch.randn(n) for n in (9000, 14000, 21000)]
+    batch = collate(waves, [0, 1, 2], torch.zeros(3, dtype=torch.long), 0.0, torch.device("cpu"), rows=4)
+    assert batch["input_values"].shape == (4, 32000)  # whole seconds, plus one zero-weight filler row
+    plain = torch.zeros(3, 21000)
+    for i, w in enumerate(waves):
+        plain[i, :len(w)] = w
+    with torch.no_grad():
+        ours = model(batch["input_values"], batch["lengths"])[:3]
+        theirs = model(plain, torch.tensor([9000, 14000, 21000]))
+    assert torch.allclose(ours, theirs, atol=1e-5)

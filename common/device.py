@@ -1,0 +1,68 @@
+"""Device, precision and attention-kernel choices, and moving batches to the device."""
+import contextlib
+
+import torch
+
+from common.errors import UserError
+
+
+def choose_device(name: str) -> torch.device:
+    """`auto` takes CUDA when present; asking for `cuda` without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but no CUDA device is available")
+    return torch.device(name)
+
+
+def choose_precision(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32.
+    `auto`: bf16 on a CUDA device that supports it, fp16 (with a GradScaler) on older CUDA
+    devices, fp32 on the CPU (CPU autocast is slower than fp32 for these models)."""
+    if amp == "off" or (amp == "auto" and device.type == "cpu"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype`, or a no-op context for fp32. The weight-cast cache is off: a CUDA
+    graph must not keep casts made while it was captured (and each weight is cast once per
+    forward anyway)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+def choose_attention_kernels(device: torch.device) -> None:
+    """SDPA may pick cuDNN attention on recent cards, and cuDNN builds a new execution plan for
+    every sequence length it meets (about 20 s per process measured on an H200 with per-batch
+    padding). With cuDNN off, SDPA takes flash attention for unmasked batches (HuBERT) and the
+    memory-efficient kernel for masked ones (BERT with padding), neither of which plans per shape."""
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t in page-locked memory when the device is CUDA (so the copy can run without blocking)."""
+    return t.pin_memory() if device.type == "cuda" else t
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move a batch of CPU tensors to device; on CUDA through pinned memory, without blocking the
+    host, so the next batch is assembled while this one is copied."""
+    return {k: pinned(v, device).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 (bf16 and fp32 need no loss scaling)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
