@@ -53,6 +53,11 @@ else
       echo "or run only the NLI half with --only nli. Nothing was trained." >&2
       exit 2
     fi
+    # usable ShEMO-named audio (readable headers, at least two emotions) before hours of NLI training
+    if ! python -m ser.data --check "$shemo"; then
+      echo "run_all.sh: $shemo does not hold usable ShEMO audio (see the line above). Nothing was trained." >&2
+      exit 2
+    fi
   fi
   ser_args=(--data-dir "$shemo")
 fi

@@ -181,10 +181,11 @@ class Checkpoint:
         if not self.args.resume:
             return 1, [], [], {}
         entries = self._manifest()
+        recorded = {e["file"] for e in entries}
+        for path in sorted(self.out.glob("checkpoint-epoch*.pt")):
+            if path.name not in recorded:  # written, but the run stopped before recording it: never trusted
+                log(f"warning: {path.name} is not recorded in {MANIFEST} (the run stopped while saving it); not used")
         if not entries:
-            if any(self.out.glob("checkpoint-epoch*.pt")):
-                raise UserError(f"{self.out} holds checkpoint files but no {MANIFEST} to verify them; start the run "
-                                "over with --overwrite, or give another --out")
             return 1, [], [], {}
         damaged = []
         for entry in entries:

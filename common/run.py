@@ -107,6 +107,8 @@ class Run:
     def _open(self):
         check_out_dir(self.out, self.args.resume, self.args.overwrite)  # again, now that we hold the lock
         if self.args.resume:
+            if (self.out / "train.log").exists():
+                log_errors_to(self.out / "train.log")  # the run's own log: a refusal belongs in it too
             if finished_run(self.out, self.args, self.free):
                 remove_checkpoints(self.out)  # left behind if a run was stopped right after finishing
                 self.log(f"{self.out} already holds this finished run; nothing to do")

@@ -285,6 +285,7 @@ class Progress:
         loss_sum, correct, n, norm, bad, done = torch.cat(
             [s.totals, s.grad_norm[None], s.bad_step[None], s.step_no[None]]).tolist()  # one sync
         if bad >= 0:
+            self.bar.close()  # end the bar's line, so the error stands on its own line
             epoch, at = int(bad) // self.batches + 1, int(bad) % self.batches + 1
             raise RunFailed(f"the loss or gradient norm became NaN or infinite at epoch {epoch}, step {at}; the run "
                             "stopped and wrote no results (the checkpoint of the last finished epoch is kept). "
@@ -297,11 +298,14 @@ class Progress:
                "accuracy": round(correct / max(n, 1), 6), "grad_norm": round(norm, 6),
                "items_per_s": round(rate, 2), "peak_memory_mib": None if peak is None else round(peak, 1)}
         new = not self.steps_csv.exists()
-        with open(self.steps_csv, "a", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        try:
+            with open(self.steps_csv, "a", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as e:
+            raise RunFailed(f"cannot write {self.steps_csv}: {e.strerror or e}") from None
         self.log.file_only("step " + "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "step"))
                            + f"  (epoch {self.epoch}, step {int(done)})")
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", **{f"{self.unit}_s": f"{rate:.1f}"})

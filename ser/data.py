@@ -63,7 +63,7 @@ def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
         else:
             clips.append(Clip(path, info["label"], info["speaker"]))
     if not clips:
-        raise UserError(f"--data-dir {folder}: no ShEMO-named .wav files (like F01A01.wav) found")
+        raise UserError(f"{folder}: no ShEMO-named .wav files (like F01A01.wav) found")
     return clips, bad
 
 
@@ -234,11 +234,14 @@ def augmented_copies(waves: list[np.ndarray], plan: list[dict], cache_dir: Path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wave = augment(src, step["semitones"], step["rate"])
-        tmp = path.with_name(path.stem + ".tmp.npy")
-        np.save(tmp, wave)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp, wave=wave: _save_npy(tmp, wave))
         out.append(wave)
     return out
+
+
+def _save_npy(path: Path, wave: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, wave)
 
 
 def stratified_head(idx: list[int], labels: list[str], n: int | None, seed: int) -> list[int]:
@@ -370,3 +373,41 @@ def collate(waves: list[torch.Tensor], idx: list[int], labels: torch.Tensor, pad
     batch = {"input_values": x, "lengths": lengths, "labels": labels[take],
              "weights": torch.tensor([weight] * n + [0.0] * (rows - n))}
     return {k: pinned(v, device) for k, v in batch.items()}
+
+
+def check_shemo(folder: Path) -> dict[str, int]:
+    """Usable clips per emotion in a ShEMO folder: ShEMO-named .wav files whose header soundfile
+    can read and that hold samples. A UserError when fewer than two emotions have 3 clips each
+    (what a split needs). Reads headers only: seconds for the whole corpus."""
+    import soundfile as sf
+    clips, _ = scan_shemo(folder)
+    counts: Counter = Counter()
+    for clip in clips:
+        try:
+            if sf.info(str(clip.path)).frames > 0:
+                counts[clip.label] += 1
+        except Exception:  # unreadable: training would skip it too
+            pass
+    usable = {k: v for k, v in sorted(counts.items()) if v >= 3}
+    if len(usable) < 2:
+        raise UserError(f"{folder}: {sum(counts.values())} readable ShEMO-named clips "
+                        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}); at least two "
+                        "emotions with 3 clips each are needed")
+    return dict(sorted(counts.items()))
+
+
+def main(argv=None):
+    """python -m ser.data --check DIR: what run_all.sh asks before any training."""
+    import argparse
+    from common.errors import user_errors
+    p = argparse.ArgumentParser(prog="python -m ser.data", description="Check a ShEMO folder before training.")
+    p.add_argument("--check", type=Path, required=True, metavar="DIR", help="ShEMO folder")
+    a = p.parse_args(argv)
+    with user_errors():
+        counts = check_shemo(a.check)
+        print(f"{a.check}: {sum(counts.values())} usable clips (" + ", ".join(f"{k} {v}" for k, v in counts.items())
+              + ")")
+
+
+if __name__ == "__main__":
+    main()
