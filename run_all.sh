@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Reproduce every table of the study: the SER experiment and the five NLI experiments, then summary.md.
+# Reproduce every table of the study: the NLI experiments and SER under three protocols, then summary.md.
 #
 #   bash run_all.sh                      # the real study (needs ShEMO: --shemo DIR or SHEMO_DIR)
 #   bash run_all.sh --smoke              # every experiment end to end, offline, tiny models, minutes on a CPU
 #   options: --seeds N (seeds 0..N-1, tables show mean ± std)  --only nli|ser  --shemo DIR  --out DIR
+#            --ser-protocols NAME,... (default: every protocol python -m ser.study --list gives)
 #
-# Runs go to OUT/nli/<experiment>/seed<k>/ and OUT/ser/seed<k>/ (OUT: runs/, or runs-smoke/ with --smoke).
+# The experiment lists live in nli/study.py and ser/study.py (python -m nli.study --list).
+# Runs go to OUT/nli/<experiment>/seed<k>/ and OUT/ser/<protocol>/seed<k>/ (OUT: runs/, or runs-smoke/ with --smoke).
 # Every run is started with --resume: a finished run with the same arguments is skipped, an
 # interrupted one continues from its last finished epoch. A failing run stops the script.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"
+smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -19,7 +21,8 @@ while [ $# -gt 0 ]; do
     --only) only="${2:?--only needs nli or ser}"; shift ;;
     --shemo) shemo="${2:?--shemo needs a folder}"; shift ;;
     --out) out="${2:?--out needs a folder}"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --ser-protocols) ser_protocols="${2:?--ser-protocols needs a comma-separated list}"; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -29,9 +32,16 @@ case "$only" in ""|nli|ser) ;; *) echo "run_all.sh: --only takes nli or ser" >&2
 [ -n "$out" ] || out=$([ $smoke = 1 ] && echo runs-smoke || echo runs)
 export PYTHONUNBUFFERED=1
 
-# The study's five NLI experiments: folder name (as nli.train names it) and flags.
-nli_names=(all freeze9 freeze12 keep9 prune0.5)
-nli_flags=("" "--freeze 9" "--freeze 12" "--keep-layers 9" "--prune-heads 0.5")
+# The experiments, from their one source: name<TAB>flags per line.
+nli_names=(); nli_flags=(); ser_names=(); ser_flags=()
+while IFS=$'\t' read -r name flags; do nli_names+=("$name"); nli_flags+=("$flags"); done < <(python -m nli.study --list)
+while IFS=$'\t' read -r name flags; do
+  if [ -z "$ser_protocols" ] || [[ ",$ser_protocols," == *",$name,"* ]]; then ser_names+=("$name"); ser_flags+=("$flags"); fi
+done < <(python -m ser.study --list)
+known=$(python -m ser.study --list | cut -f1 | paste -sd, -)
+for name in ${ser_protocols//,/ }; do
+  [[ ",$known," == *",$name,"* ]] || { echo "run_all.sh: --ser-protocols: unknown protocol $name (known: $known)" >&2; exit 2; }
+done
 
 if [ $smoke = 1 ]; then
   # Tiny models built from configs and generated data, passed the way a user passes real ones.
@@ -64,7 +74,7 @@ fi
 
 total=0
 [ "$only" != ser ] && total=$((total + ${#nli_names[@]} * seeds))
-[ "$only" != nli ] && total=$((total + seeds))
+[ "$only" != nli ] && total=$((total + ${#ser_names[@]} * seeds))
 n=0
 
 run() {  # run NAME DIR COMMAND...: one experiment, stopping the script if it fails
@@ -86,10 +96,16 @@ for ((seed = 0; seed < seeds; seed++)); do
     done
   fi
   if [ "$only" != nli ]; then
-    run "ser seed $seed" "$out/ser/seed$seed" \
-      python -m ser.train "${ser_args[@]}" --seed "$seed" --cache-dir "$out/ser/augmented-cache"
+    for i in "${!ser_names[@]}"; do
+      # shellcheck disable=SC2086
+      run "ser ${ser_names[$i]} seed $seed" "$out/ser/${ser_names[$i]}/seed$seed" \
+        python -m ser.train "${ser_args[@]}" ${ser_flags[$i]} --seed "$seed" --cache-dir "$out/ser/augmented-cache"
+    done
   fi
 done
 
-python -m common.summary --out "$out" --seeds "$seeds" ${only:+--only "$only"} $([ $smoke = 1 ] && echo --smoke)
+tasks=()
+[ "$only" != ser ] && tasks+=(--task nli.study)
+[ "$only" != nli ] && tasks+=(--task ser.study)
+python -m common.summary --out "$out" --seeds "$seeds" "${tasks[@]}" $([ $smoke = 1 ] && echo --smoke)
 echo "== done: $out/summary.md"

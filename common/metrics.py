@@ -1,14 +1,22 @@
 """Classification figures from labels and predictions, the same for both tasks."""
+import warnings
+
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (balanced_accuracy_score, classification_report, confusion_matrix,
+                             precision_recall_fscore_support)
 
 
 def summarize(y_true, y_pred, names: list[str], loss: float | None = None) -> dict:
-    """accuracy, loss, macro F1 and per-class precision/recall/F1/support, keyed by label name."""
+    """accuracy, UAR (unweighted average recall: the mean recall over the classes present, as
+    scikit-learn's balanced_accuracy_score), loss, macro F1 and per-class precision / recall / F1 /
+    support, keyed by label name."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    out = {"accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan")}
+    with warnings.catch_warnings():  # a predicted class absent from y_true is fine here
+        warnings.simplefilter("ignore")
+        uar = float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan")
+    out = {"accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"), "uar": uar}
     if loss is not None:
         out["loss"] = float(loss)
     out["macro_f1"] = float(np.mean(f))

@@ -72,14 +72,18 @@ def plot_histograms(series: dict, path: Path, xlabel: str, title: str, marks: di
     save(fig, path)
 
 
-def plot_class_counts(before: dict, after: dict, path: Path, title: str) -> None:
-    names = list(before)
+def plot_counts(series: dict[str, dict[str, int]], path: Path, title: str, ylabel: str) -> None:
+    """Grouped bars: one group per label, one bar per named series (e.g. splits), counts on top."""
+    names = list(next(iter(series.values())))
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 4))
-    ax.bar(x - 0.2, [before[n] for n in names], 0.4, label="before balancing")
-    ax.bar(x + 0.2, [after[n] for n in names], 0.4, label="after balancing")
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) * max(1, len(series) / 2) + 3, 4.2))
+    for k, (label, counts) in enumerate(series.items()):
+        bars = ax.bar(x - 0.4 + width * (k + 0.5), [counts[n] for n in names], width, label=label)
+        ax.bar_label(bars, fontsize=7)
     ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set(ylabel="training clips", title=title, ylim=(0, 1.25 * max(max(before.values()), max(after.values()))))
-    ax.legend(loc="upper right", ncols=2)
+    top = max(max(c.values()) for c in series.values())
+    ax.set(ylabel=ylabel, title=title, ylim=(0, 1.3 * top))
+    ax.legend(loc="upper right", ncols=min(3, len(series)), fontsize=8)
     fig.tight_layout()
     save(fig, path)

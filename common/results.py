@@ -27,8 +27,7 @@ def csv_text(rows: list[dict], fields: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_history(out: Path, rows: list[dict], extra_fields=()) -> None:
-    fields = HISTORY_FIELDS[:2] + list(extra_fields) + HISTORY_FIELDS[2:]
+def write_history(out: Path, rows: list[dict], fields: list[str] = HISTORY_FIELDS) -> None:
     text = csv_text(rows, fields)
     atomic_write(out / "history.csv", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

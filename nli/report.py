@@ -4,7 +4,7 @@ import numpy as np
 
 from common.files import atomic_write, write_json, write_text
 from common.metrics import confusion, report_text
-from common.plots import plot_confusion, plot_curves, plot_histograms
+from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
 from common.results import epoch_table, metrics_record, write_history
 from nli.data import LABELS
 from nli.model import encoder_layers
@@ -22,7 +22,7 @@ def without_predictions(summary: dict) -> dict:
 
 
 def write_results(out, args, model, tokenizer, history, evals, *, true, params, stats, piece_lengths, heads, recipe,
-                  graphs) -> None:
+                  graphs, label_counts) -> None:
     def save_model(folder):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -38,12 +38,14 @@ def write_results(out, args, model, tokenizer, history, evals, *, true, params, 
     record = metrics_record(
         task="nli", experiment=name, seed=args.seed, protocol=protocol, epochs=args.epochs, history=history,
         evals=[{k: without_predictions(v) for k, v in e.items()} for e in evals], params=params,
-        train={"loss": history[-1]["train_loss"]}, graphs=graphs, token_stats=stats, test_subsets=subsets)
+        train={"loss": history[-1]["train_loss"]}, graphs=graphs, token_stats=stats, test_subsets=subsets,
+        label_counts=label_counts)
 
     plot_curves(history, out / "curves.png", f"FarsTail, {name}")
     plot_confusion(confusion(true, pred, len(LABELS)), LABELS, out / "confusion_matrix.png", f"FarsTail test, {name}")
     plot_histograms(piece_lengths, out / "token_lengths.png", "word pieces (special tokens not counted)",
                     "FarsTail training split")
+    plot_counts(label_counts, out / "label_counts.png", "FarsTail labels per split", "pairs")
     speed = record["speed"]
     lines = [f"FarsTail NLI, experiment {name}, seed {args.seed}, {args.epochs} epochs, model {args.model}",
              f"recipe: {recipe}",
@@ -61,6 +63,8 @@ def write_results(out, args, model, tokenizer, history, evals, *, true, params, 
              f"training speed: {speed['items_per_s']} pairs/s over {speed['train_seconds']} s, "
              f"{speed['items_per_s_steady']} pairs/s without the {speed['warmup_seconds']} s of warm-up "
              f"(graph capture {graphs['capture_seconds']} s, {graphs['graph_shapes']} shapes)",
+             "labels per split: " + "; ".join(f"{k} " + ", ".join(f"{n} {c}" for n, c in v.items())
+                                              for k, v in label_counts.items()),
              f"training split: longest premise {stats['max_premise_tokens']}, longest hypothesis "
              f"{stats['max_hypothesis_tokens']} word pieces; {stats['truncated_pairs']} pairs truncated to "
              f"{args.max_length}", ""]

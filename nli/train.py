@@ -241,7 +241,9 @@ def train(args):
                   f"gradient norm clipped to 1.0, {precision_name(dtype)} on {device}, max length {args.max_length}, "
                   f"padding to multiples of 16 word pieces, CUDA graphs {'on' if steps.graphed else 'off'}")
         write_results(out, args, model, tokenizer, history, evals, true=data["test"].labels.numpy(), params=params,
-                      stats=stats, piece_lengths=piece_lengths, heads=heads, recipe=recipe, graphs=steps.info())
+                      stats=stats, piece_lengths=piece_lengths, heads=heads, recipe=recipe, graphs=steps.info(),
+                      label_counts={k: {n: int((v.labels == i).sum()) for i, n in enumerate(LABELS)}
+                                    for k, v in data.items()})
         ckpt.remove()
         log(f"done: test accuracy {evals[-1]['test']['accuracy']:.4f}; results in {out}")
 

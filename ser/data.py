@@ -186,17 +186,35 @@ def split_by_speaker(labels: list[str], speakers: list[str | None], seed: int) -
 
 
 # ---------------------------------------------------------------- balancing
-def augment(wave: np.ndarray, semitones: float, rate: float) -> np.ndarray:
-    """Pitch shift then time stretch (which changes the length), both always applied."""
+# How augmented copies are made: the method (audiomentations' backend) and the ranges the
+# parameters are drawn from; all of it goes into config.json and into each copy's cache key.
+AUGMENT_METHODS = {"librosa": "librosa_phase_vocoder", "signalsmith": "signalsmith_stretch"}
+
+
+def augment(wave: np.ndarray, semitones: float, rate: float, method: str = "librosa") -> np.ndarray:
+    """Pitch shift then time stretch (which changes the length), both always applied, with
+    audiomentations' `method` backend (librosa's phase vocoder, as the study used librosa, or
+    signalsmith_stretch, audiomentations' own default)."""
     from audiomentations import PitchShift, TimeStretch
-    out = PitchShift(min_semitones=semitones, max_semitones=semitones, p=1.0)(wave, SAMPLE_RATE)
-    out = TimeStretch(min_rate=rate, max_rate=rate, leave_length_unchanged=False, p=1.0)(out, SAMPLE_RATE)
+    backend = AUGMENT_METHODS[method]
+    out = PitchShift(min_semitones=semitones, max_semitones=semitones, method=backend, p=1.0)(wave, SAMPLE_RATE)
+    out = TimeStretch(min_rate=rate, max_rate=rate, leave_length_unchanged=False, method=backend, p=1.0)(
+        out, SAMPLE_RATE)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def augmentation_settings(method: str) -> dict:
+    """What defines an augmented copy besides its source and drawn parameters (config.json, cache key)."""
+    import audiomentations
+    return {"method": AUGMENT_METHODS[method], "pitch_semitones": list(PITCH_SEMITONES),
+            "stretch_rate": list(STRETCH_RATE), "audiomentations": audiomentations.__version__,
+            "sample_rate": SAMPLE_RATE}
 
 
 def balance_plan(labels: list[str], seed: int) -> list[dict]:
     """The augmented copies that bring every class up to the largest class's count: copies come
-    from the class's own clips in turn, each with its own seeded pitch shift and stretch rate."""
+    from the class's own clips in turn (`source`: an index into labels), each with its own seeded
+    pitch shift and stretch rate."""
     rng = random.Random(seed)
     by_class: dict[str, list[int]] = {}
     for i, y in enumerate(labels):
@@ -211,29 +229,33 @@ def balance_plan(labels: list[str], seed: int) -> list[dict]:
     return plan
 
 
-def cache_key(wave: np.ndarray, step: dict) -> str:
-    """Names an augmented clip by its source audio's content and the augmentation's parameters,
-    so a change of data, seed or settings never reuses a stale file."""
+def cache_key(wave: np.ndarray, step: dict, settings: dict) -> str:
+    """Names an augmented clip by its source audio's content, the augmentation's parameters and
+    settings (method, ranges, audiomentations version), so a change of data, seed or settings
+    never reuses a stale file."""
     h = hashlib.sha256(wave.tobytes())
-    h.update(json.dumps({"semitones": step["semitones"], "rate": step["rate"], "sr": SAMPLE_RATE, "v": 1},
+    h.update(json.dumps({"semitones": step["semitones"], "rate": step["rate"], **settings, "v": 2},
                         sort_keys=True).encode())
     return h.hexdigest()[:32]
 
 
-def augmented_copies(waves: list[np.ndarray], plan: list[dict], cache_dir: Path) -> list[np.ndarray]:
-    """Compute each planned copy once and keep it in cache_dir (.npy, written atomically)."""
+def augmented_copies(waves: list[np.ndarray], plan: list[dict], cache_dir: Path, method: str = "librosa"
+                     ) -> list[np.ndarray]:
+    """Compute each planned copy of waves[step["source"]] once and keep it in cache_dir (.npy,
+    written atomically)."""
     from tqdm import tqdm
+    settings = augmentation_settings(method)
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for step in tqdm(plan, desc="balancing (augmenting)", unit="clip", dynamic_ncols=True):
         src = waves[step["source"]]
-        path = cache_dir / f"{cache_key(src, step)}.npy"
+        path = cache_dir / f"{cache_key(src, step, settings)}.npy"
         if path.exists():
             out.append(np.load(path))
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            wave = augment(src, step["semitones"], step["rate"])
+            wave = augment(src, step["semitones"], step["rate"], method)
         atomic_write(path, lambda tmp, wave=wave: _save_npy(tmp, wave))
         out.append(wave)
     return out
@@ -244,93 +266,140 @@ def _save_npy(path: Path, wave: np.ndarray) -> None:
         np.save(f, wave)
 
 
-def stratified_head(idx: list[int], labels: list[str], n: int | None, seed: int) -> list[int]:
-    """A stratified sample of n of idx (--limit): each class keeps its share, at least one clip."""
+# ---------------------------------------------------------------- protocols: which item goes where
+@dataclass(frozen=True)
+class Item:
+    """One example: clip number `clip` as read (`step` None), or an augmented copy of it."""
+    clip: int
+    step: dict | None = None
+
+    def __hash__(self):
+        return hash((self.clip, None if self.step is None else (self.step["semitones"], self.step["rate"])))
+
+
+def stratified_head(idx: list, labels, n: int | None, seed: int) -> list:
+    """A stratified sample of n of idx (--limit), in idx's order: each class keeps its share, at
+    least one element. `labels(x)` gives an element's label."""
     if n is None or n >= len(idx):
         return idx
     rng = random.Random(seed)
-    by = {}
-    for i in idx:
-        by.setdefault(labels[i], []).append(i)
+    by: dict[str, list[int]] = {}
+    for pos, x in enumerate(idx):
+        by.setdefault(labels(x), []).append(pos)
     keep = []
-    for label, members in sorted(by.items()):
+    for _, members in sorted(by.items()):
         rng.shuffle(members)
         keep += members[:max(1, round(n * len(members) / len(idx)))]
-    return sorted(keep)
+    return [idx[p] for p in sorted(keep)]
 
 
-def write_split_csv(path: Path, clips: list[Clip], split: dict, plan: list[dict]) -> None:
-    """Which file went to which split, and which training files were copied with what augmentation:
-    the record that shows no validation or test clip reached training."""
+def leak_free_items(labels: list[str], speakers: list, *, split: str, seed: int, limit: int | None,
+                    balance: bool) -> dict[str, list[Item]]:
+    """Ours: split the clips first (stratified random, or by speaker), keep --limit of each split,
+    then add augmented copies of training clips only, so no copy of a validation or test clip is
+    ever trained on."""
+    parts = split_random(labels, seed) if split == "random" else split_by_speaker(labels, speakers, seed)
+    parts = {k: stratified_head(v, labels.__getitem__, limit, seed) for k, v in parts.items()}
+    items = {k: [Item(i) for i in v] for k, v in parts.items()}
+    if balance:
+        train = parts["train"]
+        items["train"] += [Item(train[s["source"]], s) for s in balance_plan([labels[i] for i in train], seed)]
+    return items
+
+
+def study_items(labels: list[str], *, seed: int, limit: int | None) -> dict[str, list[Item]]:
+    """The study's: balance the whole corpus with augmented copies up to the largest class, then
+    split every item at random (scikit-learn's train_test_split, test_size 0.2 then 0.5, not
+    stratified, random_state = --seed). Copies of a validation or test clip can land in training,
+    and the test split holds copies too."""
+    from sklearn.model_selection import train_test_split
+    pool = [Item(i) for i in range(len(labels))] + [Item(s["source"], s) for s in balance_plan(labels, seed)]
+    train, rest = train_test_split(pool, test_size=0.2, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.5, random_state=seed)
+    label = lambda item: labels[item.clip]  # noqa: E731
+    return {k: stratified_head(v, label, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
+
+
+def write_split_csv(path: Path, clips: list[Clip], items: dict[str, list[Item]]) -> None:
+    """Every item's split, source file and augmentation, and which other splits hold the same
+    source clip (as itself or as a copy): the record that shows whether a validation or test
+    clip reached training."""
+    where: dict[int, set] = {}
+    for name, its in items.items():
+        for it in its:
+            where.setdefault(it.clip, set()).add(name)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["split", "label", "speaker", "path", "augmentation"])
-    for name, idx in split.items():
-        w.writerows([name, clips[i].label, clips[i].speaker or "", clips[i].path, ""] for i in idx)
-    for step in plan:
-        clip = clips[split["train"][step["source"]]]
-        w.writerow(["train", clip.label, clip.speaker or "", clip.path,
-                    f"pitch {step['semitones']:+.2f} semitones, stretch x{step['rate']:.3f}"])
+    w.writerow(["split", "label", "speaker", "path", "augmentation", "source_also_in"])
+    for name, its in items.items():
+        for it in its:
+            clip = clips[it.clip]
+            aug = "" if it.step is None else \
+                f"pitch {it.step['semitones']:+.2f} semitones, stretch x{it.step['rate']:.3f}"
+            w.writerow([name, clip.label, clip.speaker or "", clip.path, aug,
+                        ";".join(sorted(where[it.clip] - {name}))])
     atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))
 
 
 @dataclass
 class Corpus:
-    """The clips read and split, and the balancing planned: everything checked, nothing written."""
+    """The clips read, and which item goes to which split: everything checked, nothing written."""
     clips: list[Clip]
     raw: list[np.ndarray]  # 16 kHz mono, as read
     names: list[str]  # label names; a label's id is its index here
-    parts: dict[str, list[int]]  # clip indices of each split
-    plan: list[dict]  # augmented copies to add to the training split
+    items: dict[str, list[Item]]
     skipped: list[str]
 
 
 @dataclass
 class Dataset:
-    """What the loop needs, built once: normalised clips and label ids per split (training:
-    the originals, then the augmented copies), and what the report says about them."""
+    """What the loop needs, built once: normalised waves and label ids per split, and what the
+    report says about them."""
     names: list[str]
     waves: dict[str, list[torch.Tensor]]
     labels: dict[str, torch.Tensor]
-    sizes: dict[str, int]  # original clips per split
-    counts: dict  # training clips per class, before and after balancing
+    copies: dict[str, int]  # augmented copies per split
+    counts: dict  # clips per class: the corpus as read, training before/after balancing, each split
     clip_seconds: list[float]  # every readable clip's length
     skipped: list[str]
 
 
-def read_corpus(clips: list[Clip], *, strict: bool, split: str, seed: int, limit: int | None, balance: bool,
-                log=print) -> Corpus:
-    """Read the clips, split them (random or by speaker), keep --limit of each split, and plan
-    the training split's augmented copies. Writes nothing."""
+def read_corpus(clips: list[Clip], *, strict: bool, protocol: str, split: str, seed: int, limit: int | None,
+                balance: bool, log=print) -> Corpus:
+    """Read the clips and decide each item's split under `protocol` (study or leak-free). Writes
+    nothing."""
     clips, raw, skipped = load_clips(clips, strict, log)
     names = sorted({c.label for c in clips})
     if len(names) < 2:
         raise UserError(f"the readable clips hold {len(names)} class ({', '.join(names)}); at least 2 are needed "
                         "to train a classifier")
-    label_of = [c.label for c in clips]
-    parts = split_random(label_of, seed) if split == "random" else \
-        split_by_speaker(label_of, [c.speaker for c in clips], seed)
-    parts = {k: stratified_head(v, label_of, limit, seed) for k, v in parts.items()}
-    plan = balance_plan([label_of[i] for i in parts["train"]], seed) if balance else []
-    return Corpus(clips, raw, names, parts, plan, skipped)
+    labels = [c.label for c in clips]
+    if protocol == "study":
+        items = study_items(labels, seed=seed, limit=limit)
+    else:
+        items = leak_free_items(labels, [c.speaker for c in clips], split=split, seed=seed, limit=limit,
+                                balance=balance)
+    return Corpus(clips, raw, names, items, skipped)
 
 
-def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path) -> Dataset:
-    """Compute the augmented copies (cached), write split.csv, and normalise every clip once."""
-    clips, raw, parts, plan, names = corpus.clips, corpus.raw, corpus.parts, corpus.plan, corpus.names
-    label_of = [c.label for c in clips]
-    copies = augmented_copies([raw[i] for i in parts["train"]], plan, cache_dir)
-    write_split_csv(split_csv, clips, parts, plan)
-    waves = {k: [normalize(raw[i], do_normalize) for i in v] for k, v in parts.items()}
-    waves["train"] += [normalize(w, do_normalize) for w in copies]
-    labels = {k: torch.tensor([names.index(label_of[i]) for i in v], dtype=torch.long) for k, v in parts.items()}
-    labels["train"] = torch.cat([labels["train"], torch.tensor([names.index(s["label"]) for s in plan],
-                                                               dtype=torch.long)])
-    before = Counter(label_of[i] for i in parts["train"])
-    after = Counter(names[i] for i in labels["train"].tolist())
-    return Dataset(names, waves, labels, {k: len(v) for k, v in parts.items()},
-                   {"before": {n: before[n] for n in names}, "after": {n: after[n] for n in names}},
-                   [len(w) / SAMPLE_RATE for w in raw], corpus.skipped)
+def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path,
+                  method: str = "librosa") -> Dataset:
+    """Compute the augmented copies (cached), write split.csv, and normalise every wave once."""
+    clips, raw, names, items = corpus.clips, corpus.raw, corpus.names, corpus.items
+    planned = list(dict.fromkeys(it for its in items.values() for it in its if it.step is not None))
+    made = augmented_copies(raw, [dict(it.step, source=it.clip) for it in planned], cache_dir, method)
+    copy_of = dict(zip(planned, made))
+    write_split_csv(split_csv, clips, items)
+    waves = {k: [normalize(raw[it.clip] if it.step is None else copy_of[it], do_normalize) for it in its]
+             for k, its in items.items()}
+    labels = {k: torch.tensor([names.index(clips[it.clip].label) for it in its], dtype=torch.long)
+              for k, its in items.items()}
+    per_class = lambda its: {n: sum(clips[it.clip].label == n for it in its) for n in names}  # noqa: E731
+    counts = {"corpus": per_class([Item(i) for i in range(len(clips))]),
+              "before": per_class([it for it in items["train"] if it.step is None]),
+              "after": per_class(items["train"]), "splits": {k: per_class(v) for k, v in items.items()}}
+    return Dataset(names, waves, labels, {k: sum(it.step is not None for it in v) for k, v in items.items()},
+                   counts, [len(w) / SAMPLE_RATE for w in raw], corpus.skipped)
 
 
 def normalize(wave: np.ndarray, do_normalize: bool) -> torch.Tensor:

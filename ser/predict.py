@@ -1,6 +1,6 @@
 """Predict the emotion of audio files with a model trained by `ser.train`.
 
-    python -m ser.predict --model runs/ser/seed0/model clip.wav other.mp3 ...
+    python -m ser.predict --model runs/ser/leak-free-random/seed0/model clip.wav other.mp3 ...
 
 Any sample rate, mono or stereo, wav/flac/mp3 (read as in training: 16 kHz mono, normalised as the
 saved feature extractor says, zero-padded to whole seconds, as evaluation pads it). Prints the emotion and every label's probability per file. A file

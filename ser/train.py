@@ -1,14 +1,21 @@
 """Speech emotion recognition: fine-tune HuBERT on ShEMO (or any manifest-listed corpus).
 
-    python -m ser.train --data-dir path/to/shemo --out runs/ser/seed0
+    python -m ser.train --data-dir path/to/shemo --out runs/ser/leak-free-random/seed0
+    python -m ser.train --data-dir path/to/shemo --protocol study --out runs/ser/study/seed0
     python -m ser.train --manifest ../shared/data/emodb/manifest.csv --split speaker --out runs/emodb
 
 The model is the study's: 16 kHz audio, HuBERT → mean over time → Linear(hidden, C) →
 Linear(C, C), batch 2, 5 epochs, lr 5e-6, cross-entropy. The study names no optimizer or
 schedule; ours is AdamW without weight decay at a constant rate, with no gradient clipping.
-The protocol differs: the data are split first (stratified 80/10/10, or by speaker), then only
-the training split is balanced with augmented copies, so no copy of a validation or test clip is
-trained on (the study augmented the whole corpus before splitting).
+Two protocols (--protocol):
+- leak-free (default): the clips are split first (--split random: stratified 80/10/10; speaker:
+  no speaker in two splits), then only the training split is balanced with augmented copies, so
+  no copy of a validation or test clip is trained on.
+- study: as the study did, the whole corpus is balanced with augmented copies, then every item
+  is split at random (train_test_split 0.2 then 0.5, not stratified), so copies of validation
+  and test clips are trained on. split.csv shows which (column source_also_in).
+Augmented copies: pitch shift ±2 semitones then time stretch 0.85-1.15, with audiomentations'
+librosa phase vocoder (--augment-method librosa, as the study used librosa) or signalsmith.
 
 - Batch: one optimizer step sees --batch-size × --grad-accum clips, grouped by length; each
   clip's loss is weighted 1 / (clips in the optimizer batch) (same update as one big batch).
@@ -46,10 +53,11 @@ from common.results import write_config
 from common.run import Run, count_params, run_info
 from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
                          use_cuda_graphs)
-from ser.data import (SAMPLE_RATE, bucket_batches, bucket_length, build_dataset, collate, read_corpus, read_manifest,
-                      scan_shemo)
+from ser.data import (SAMPLE_RATE, augmentation_settings, bucket_batches, bucket_length, build_dataset, collate,
+                      read_corpus, read_manifest, scan_shemo)
 from ser.model import build_classifier, feature_extractor_for
 from ser.report import write_results
+from ser.study import protocol_text
 
 EVAL_BATCH = 8  # clips per evaluation batch
 RESUME_FREE = {"resume", "overwrite", "device", "cuda_graphs", "log_every"}
@@ -63,15 +71,20 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data-dir", type=Path, help="ShEMO folder (*.wav named like F01A01.wav, any sub-folders)")
     src.add_argument("--manifest", type=Path, help="CSV path,label[,speaker]; paths relative to the CSV")
-    p.add_argument("--out", type=Path, default=Path("runs/ser/seed0"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("runs/ser/leak-free-random/seed0"), help="output folder")
     p.add_argument("--epochs", type=int, default=5, help="passes over the (balanced) training split")
     p.add_argument("--batch-size", type=int, default=2, help="clips per micro-batch")
     p.add_argument("--lr", type=float, default=5e-6, help="constant learning rate")
     p.add_argument("--seed", type=int, default=0, help="fixes split, augmentation, batch order, initialisation")
     p.add_argument("--limit", type=int, help="keep a stratified sample of N clips of each split (quick runs)")
+    p.add_argument("--protocol", choices=["leak-free", "study"], default="leak-free",
+                   help="leak-free: split, then balance the training split; study: balance the whole corpus, "
+                        "then split at random (as the study did)")
     p.add_argument("--split", choices=["random", "speaker"], default="random",
-                   help="random: stratified 80/10/10; speaker: no speaker in two splits")
-    p.add_argument("--no-balance", action="store_true", help="do not augment the training split")
+                   help="leak-free protocol: random (stratified 80/10/10) or speaker (no speaker in two splits)")
+    p.add_argument("--no-balance", action="store_true", help="leak-free protocol: do not augment the training split")
+    p.add_argument("--augment-method", choices=["librosa", "signalsmith"], default="librosa",
+                   help="audiomentations backend for pitch shift and time stretch (librosa: phase vocoder)")
     p.add_argument("--cache-dir", type=Path, help="augmented clips cache (default: OUT/cache)")
     p.add_argument("--strict", action="store_true", help="an unreadable, empty or silent file is an error")
     p.add_argument("--freeze-feature-encoder", action="store_true", help="freeze HuBERT's convolutional front end")
@@ -86,6 +99,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.data_dir is None and args.manifest is None:
         p.error("give --data-dir (ShEMO) or --manifest CSV")
+    if args.protocol == "study" and (args.split != "random" or args.no_balance):
+        p.error("--protocol study balances the whole corpus and splits it at random; --split speaker and "
+                "--no-balance belong to --protocol leak-free")
     for flag in ("epochs", "batch_size", "grad_accum", "limit", "log_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -140,7 +156,7 @@ def evaluate(model, waves, labels, names, device, dtype, pad) -> dict:
     if not math.isfinite(loss):
         raise RunFailed("the evaluation loss is NaN or infinite; the run stopped and wrote no results")
     pred = logits.argmax(1).numpy()
-    out = summarize(labels.numpy(), pred, names, loss)
+    out = summarize(labels.numpy(), pred, names, loss)  # accuracy, UAR, macro F1, per-class recall
     out["pred"] = pred.tolist()
     return out
 
@@ -167,8 +183,8 @@ def train(args):
         else:
             clips, bad_names = read_manifest(args.manifest), []
         fe, fe_source = feature_extractor_for(args.model, args.feature_extractor)
-        corpus = read_corpus(clips, strict=args.strict, split=args.split, seed=args.seed, limit=args.limit,
-                             balance=not args.no_balance, log=log)
+        corpus = read_corpus(clips, strict=args.strict, protocol=args.protocol, split=args.split, seed=args.seed,
+                             limit=args.limit, balance=not args.no_balance, log=log)
 
         # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.
         model = build_classifier(args.model, corpus.names, bool(fe.return_attention_mask))
@@ -177,18 +193,16 @@ def train(args):
         graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype)
         run.begin()  # inputs checked: only now is anything written into --out
 
-        # 3. Balance the training split only (augmented copies, cached), normalise every clip once.
+        # 3. The augmented copies (computed once, cached), split.csv, every wave normalised once.
         data = build_dataset(corpus, cache_dir=args.cache_dir or out / "cache", do_normalize=fe.do_normalize,
-                             split_csv=out / "split.csv")
+                             split_csv=out / "split.csv", method=args.augment_method)
         names, waves, ids, counts = data.names, data.waves, data.labels, data.counts
         skipped = data.skipped + bad_names
-        protocol = (f"{'stratified random' if args.split == 'random' else 'speaker-independent'} 80/10/10 split, then "
-                    + ("no balancing; " if args.no_balance else "training split balanced by pitch-shift/time-stretch "
-                                                                "copies; ")
-                    + "validation and test hold original clips only (leak-free)")
-        log(f"{sum(data.sizes.values())} clips ({', '.join(f'{k} {v}' for k, v in data.sizes.items())}), "
-            f"{len(names)} classes; training split {data.sizes['train']} -> {len(waves['train'])} clips after "
-            f"balancing; {len(skipped)} files skipped ({len(data.skipped)} unreadable, empty or silent; "
+        protocol = protocol_text(args.protocol, args.split, not args.no_balance)
+        split_items = {k: {"items": len(v), "augmented": data.copies[k]} for k, v in waves.items()}
+        log(f"{len(corpus.clips)} clips, {len(names)} classes; {protocol}; "
+            + ", ".join(f"{k} {v['items']} ({v['augmented']} augmented)" for k, v in split_items.items())
+            + f"; {len(skipped)} files skipped ({len(data.skipped)} unreadable, empty or silent; "
             f"{len(bad_names)} not named like ShEMO)")
 
         model.to(device)
@@ -217,7 +231,8 @@ def train(args):
             "cuda_graphs": steps.status(graphs_why),
             "do_normalize": bool(fe.do_normalize), "attention_mask": bool(fe.return_attention_mask),
             "optimizer_batch": args.batch_size * args.grad_accum, "labels": names, "params": params,
-            "clips": {k: len(v) for k, v in waves.items()}, "class_counts": counts, "protocol": protocol},
+            "clips": {k: len(v) for k, v in waves.items()}, "class_counts": counts, "protocol": protocol,
+            "augmentation": augmentation_settings(args.augment_method)},
             run_info(device))
         log(f"{params['trainable']:,} of {params['total']:,} parameters train; {precision_name(dtype)} on {device}; "
             f"batch {args.batch_size} x {args.grad_accum}; feature extractor: {fe_source}; CUDA graphs "
@@ -232,12 +247,14 @@ def train(args):
             evals.append(ev)
             history.append({"epoch": epoch, "train_loss": fig["train_loss"], "train_accuracy": fig["train_accuracy"],
                             "val_loss": ev["val"]["loss"], "val_accuracy": ev["val"]["accuracy"],
-                            "val_macro_f1": ev["val"]["macro_f1"], "test_accuracy": ev["test"]["accuracy"],
+                            "val_macro_f1": ev["val"]["macro_f1"], "val_uar": ev["val"]["uar"],
+                            "test_accuracy": ev["test"]["accuracy"], "test_uar": ev["test"]["uar"],
                             **{k: fig[k] for k in ("seconds", "items_per_s", "warmup_seconds", "items_per_s_steady",
                                                    "items", "warmup_items", "audio_seconds_per_s",
                                                    "audio_seconds_per_s_steady")}})
             log(f"epoch {epoch}: train loss {fig['train_loss']:.4f} acc {fig['train_accuracy']:.4f}  val loss "
-                f"{ev['val']['loss']:.4f} acc {ev['val']['accuracy']:.4f}  test acc {ev['test']['accuracy']:.4f}  "
+                f"{ev['val']['loss']:.4f} acc {ev['val']['accuracy']:.4f} UAR {ev['val']['uar']:.4f}  test acc "
+                f"{ev['test']['accuracy']:.4f} UAR {ev['test']['uar']:.4f}  "
                 f"({fig['items_per_s']:.1f} clips/s, {fig['audio_seconds_per_s']:.1f} audio-s/s)")
             ckpt.save(epoch, history, evals)
 
@@ -248,7 +265,7 @@ def train(args):
                   f"whole seconds, CUDA graphs {'on' if steps.graphed else 'off'}, feature extractor: {fe_source}")
         write_results(out, args, model, fe, history, evals, final_train, ids=ids, names=names, params=params,
                       counts=counts, skipped=skipped, protocol=protocol, seconds=data.clip_seconds, recipe=recipe,
-                      graphs=steps.info())
+                      graphs=steps.info(), split_items=split_items)
         ckpt.remove()
         log(f"done: train {final_train['accuracy']:.4f}, val {evals[-1]['val']['accuracy']:.4f}, "
             f"test {evals[-1]['test']['accuracy']:.4f}; results in {out}")

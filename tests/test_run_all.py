@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from common.summary import write_summary
+from nli import study as nli_study
+from ser import study as ser_study
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ["all", "freeze9", "freeze12", "keep9", "prune0.5"]
+EXPERIMENTS = [e.name for e in nli_study.EXPERIMENTS]
+PROTOCOLS = [p.name for p in ser_study.PROTOCOLS]
 
 
 def run_all(*args, env=None):
@@ -30,7 +33,8 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     out, result = smoke
-    assert "[6/6] ser seed 0" in result.stdout
+    n = len(EXPERIMENTS) + len(PROTOCOLS)
+    assert f"[{n}/{n}] ser leak-free-speaker seed 0" in result.stdout
     for name in EXPERIMENTS:
         run = out / "nli" / name / "seed0"
         m = json.loads((run / "metrics.json").read_text())
@@ -39,23 +43,26 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
             assert (run / f).exists(), (name, f)
     assert json.loads((out / "nli/freeze12/seed0/metrics.json").read_text())["params"]["trainable"] < \
         json.loads((out / "nli/freeze9/seed0/metrics.json").read_text())["params"]["trainable"]
-    ser = json.loads((out / "ser/seed0/metrics.json").read_text())
-    assert ser["class_counts"]["before"] != ser["class_counts"]["after"]  # the smoke data are uneven
+    for name in PROTOCOLS:
+        ser = json.loads((out / f"ser/{name}/seed0/metrics.json").read_text())
+        assert ser["class_counts"]["before"] != ser["class_counts"]["after"]  # the smoke data are uneven
+        assert {"accuracy", "uar", "macro_f1"} <= set(ser["test"])
     summary = (out / "summary.md").read_text()
-    assert "SMOKE RUN" in summary and "missing" not in summary.lower()
+    assert "SMOKE RUN" in summary and "missing" not in summary.lower() and "upper bound" not in summary
     for name in EXPERIMENTS:
         assert f"| {name} (" in summary and f"nli/{name}/seed0/report.txt" in summary
-    assert "(upper bound)" in summary and "ser/seed0/confusion_matrix_test.png" in summary
-    assert "0.826" in summary and "masked 50% of attention weights" in summary
+    for name in PROTOCOLS:
+        assert f"| {name}: " in summary and f"ser/{name}/seed0/confusion_matrix_test.png" in summary
+    assert "**Measured on these runs**" in summary and "| split | entailment | contradiction | neutral |" in summary
 
 
 def test_rerun_skips_finished_runs(smoke):
     out, _ = smoke
-    before = (out / "ser/seed0/metrics.json").stat().st_mtime_ns
-    result = run_all("--smoke", "--only", "ser", "--out", out)
+    before = (out / "ser/study/seed0/metrics.json").stat().st_mtime_ns
+    result = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "already holds this finished run" in result.stdout
-    assert (out / "ser/seed0/metrics.json").stat().st_mtime_ns == before
+    assert "already holds this finished run" in result.stdout and "[1/1] ser study seed 0" in result.stdout
+    assert (out / "ser/study/seed0/metrics.json").stat().st_mtime_ns == before
 
 
 def test_failing_experiment_stops_the_script_and_names_its_log(smoke, tmp_path):
@@ -86,8 +93,34 @@ def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
         m = json.loads((run / "metrics.json").read_text())
         m["test"]["accuracy"] = acc
         (run / "metrics.json").write_text(json.dumps(m))
-    missing = write_summary(tmp_path, seeds=2, only="nli")
+    missing = write_summary(tmp_path, ["nli.study"], seeds=2)
     summary = (tmp_path / "summary.md").read_text()
     assert "0.6000 ± 0.1414" in summary  # mean and sample std of 0.5 and 0.7
     assert "nli/freeze9/seed0" in missing and "nli/all/seed0" not in missing
-    assert "**Missing results**" in summary and "| freeze9 (first 9 encoder layers frozen; --freeze 9) | missing |" in summary
+    assert "**Missing results**" in summary and "| freeze9 (first 9 encoder layers frozen; --freeze 9) | ours: missing |" in summary
+
+
+def test_summary_gives_every_study_figure_and_every_difference(smoke):
+    out, _ = smoke
+    write_summary(out, ["nli.study", "ser.study"], smoke=True)  # (another test reran one half in this folder)
+    summary = (out / "summary.md").read_text()
+    for e in nli_study.EXPERIMENTS:
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {e.name} ("))
+        study_row = summary.splitlines()[summary.splitlines().index(row) + 1]
+        assert study_row.startswith("| | study |")
+        for column in nli_study.COLUMNS:
+            value = e.study[column]
+            assert (f"{value:.3f}".rstrip("0").rstrip(".") if column == "test_accuracy" else f"{value:.2f}") in study_row
+    for value in ser_study.PUBLISHED.values():
+        assert f"{value:.3f}" in summary
+    for line in nli_study.DIFFERENCES + ser_study.DIFFERENCES:
+        assert f"- {line}" in summary
+
+
+def test_the_experiment_lists_have_one_source():
+    """run_all.sh and the summary read the lists from nli/study.py and ser/study.py."""
+    for path in ("run_all.sh", "common/summary.py", "common/results.py"):
+        text = (ROOT / path).read_text()
+        assert "freeze9" not in text and "leak-free-speaker" not in text and "0.826" not in text, path
+    listed = subprocess.run(["python", "-m", "nli.study", "--list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert [line.split("\t")[0] for line in listed.splitlines()] == EXPERIMENTS

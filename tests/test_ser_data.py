@@ -99,3 +99,5 @@ def test_augmented_copies_are_cached_and_keyed_by_content_and_settings(tmp_path)
     changed = [waves[0] + 0.01] + waves[1:]
     data.augmented_copies(changed, plan, tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == len(files) + 2  # new settings and new audio: new entries
+    data.augmented_copies(waves, plan, tmp_path, method="signalsmith")
+    assert len(list(tmp_path.glob("*.npy"))) == len(files) + 3  # another backend: another entry

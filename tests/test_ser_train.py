@@ -266,3 +266,36 @@ def test_bucketed_padding_leaves_a_masked_layer_norm_model_unchanged():
         ours = model(batch["input_values"], batch["lengths"])[:3]
         theirs = model(plain, torch.tensor([9000, 14000, 21000]))
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_study_protocol_trains_on_copies_of_test_clips_and_split_csv_says_so(tiny_hubert, tmp_path):
+    write_shemo(tmp_path / "data", per_class={"A": 12, "N": 10, "S": 4}, speakers=4)
+    out = run(tiny_hubert, tmp_path / "data", tmp_path / "study", "--protocol", "study", "--seed", 1)
+    rows = list(csv.DictReader(open(out / "split.csv")))
+    test_sources = {r["path"] for r in rows if r["split"] == "test"}
+    leaked = [r for r in rows if r["split"] == "train" and r["path"] in test_sources]
+    assert leaked and all("test" in r["source_also_in"] for r in leaked)
+    assert len(rows) == 36  # the whole corpus balanced to 12 per class before the split
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"].startswith("study") and m["class_counts"]["corpus"] == {"anger": 12, "neutral": 10,
+                                                                                   "sadness": 4}
+    assert sum(m["split_items"][k]["augmented"] for k in ("train", "val", "test")) == 10
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["derived"]["augmentation"]["method"] == "librosa_phase_vocoder"
+    recalls = [v["recall"] for v in m["test"]["per_class"].values() if v["support"] > 0]
+    assert m["test"]["uar"] == pytest.approx(sum(recalls) / len(recalls))  # UAR: mean recall of present classes
+
+
+@pytest.mark.parametrize("split", ["random", "speaker"])
+def test_leak_free_protocols_never_train_on_a_held_out_clip(split):
+    from ser.data import leak_free_items, study_items
+    rng = np.random.default_rng(0)
+    labels = [str(x) for x in rng.choice(["a", "b", "c"], 300, p=[0.6, 0.3, 0.1])]
+    speakers = [f"S{i % 12}" for i in range(300)]
+    items = leak_free_items(labels, speakers, split=split, seed=0, limit=None, balance=True)
+    held_out = {it.clip for k in ("val", "test") for it in items[k]}
+    assert all(it.step is None for k in ("val", "test") for it in items[k])
+    assert not held_out & {it.clip for it in items["train"]}
+    study = study_items(labels, seed=0, limit=None)
+    assert {it.clip for it in study["test"]} & {it.clip for it in study["train"]}  # the study's protocol leaks
+    assert any(it.step is not None for it in study["test"])

@@ -1,0 +1,138 @@
+"""The study's SER experiment in one place: its published figures, the three protocols run_all.sh
+runs per seed (the study's own, and ours two ways), what differs from the study, and the SER
+section of summary.md.
+
+    python -m ser.study --list      # one line per protocol: name<TAB>ser.train flags
+"""
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.summary import cell, collect
+
+# The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
+PUBLISHED = {"train": 0.963, "val": 0.899, "test": 0.912}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str  # its folder under runs/ser/
+    flags: str  # ser.train flags that make it
+    what: str
+
+
+PROTOCOLS = [
+    Protocol("study", "--protocol study",
+             "the study's: the whole corpus balanced by augmentation, then split 80/10/10 at random (not "
+             "stratified); copies of validation and test clips can be trained on, and the test split holds copies"),
+    Protocol("leak-free-random", "--protocol leak-free --split random",
+             "ours: a stratified random 80/10/10 split first, then the training split alone balanced; speakers "
+             "are shared between splits, as in the study"),
+    Protocol("leak-free-speaker", "--protocol leak-free --split speaker",
+             "ours: no speaker in two splits, then the training split alone balanced"),
+]
+
+
+def protocol_text(protocol: str, split: str, balance: bool) -> str:
+    """metrics.json's `protocol`: what the split and the balancing were."""
+    if protocol == "study":
+        return ("study: whole corpus balanced by pitch-shift/time-stretch copies, then a random 80/10/10 split "
+                "(not stratified); augmented copies in every split")
+    return (f"leak-free: {'stratified random' if split == 'random' else 'speaker-independent'} 80/10/10 split, then "
+            + ("no balancing" if not balance else "the training split balanced by pitch-shift/time-stretch copies")
+            + "; validation and test hold original clips only")
+
+
+# Every way our SER runs differ from the study's, and why (summary.md, "What differs").
+DIFFERENCES = [
+    "Protocol: the study balanced the whole corpus by augmentation before splitting, so copies of validation and "
+    "test clips were trained on, and its test split was about half augmented copies and nearly class-balanced. "
+    "We run its protocol and ours side by side on the same data (table above): the difference between them is "
+    "what the leak and the class mixture are worth.",
+    "Class mixture: ShEMO's natural mix (about 35% anger and 34% neutral, few fear clips) is what the leak-free "
+    "test splits hold; accuracies over different mixtures are not ordered, so UAR (mean recall over classes) "
+    "stands beside accuracy.",
+    "Speakers: a random split (the study's, and our leak-free random) puts the same speakers in training and "
+    "test; the speaker-independent protocol does not.",
+    "Split: the study used scikit-learn's train_test_split with random_state=10 on its own file order; our "
+    "study protocol uses the same function with random_state = --seed on our file order, so the items differ.",
+    "Optimizer and schedule: the study names none; AdamW without weight decay at a constant learning rate, "
+    "with no gradient clipping, is our assumption.",
+    "Pooling: the study averaged HuBERT's output over all frames, padding included; we average over each "
+    "clip's own frames.",
+    "Normalisation: the study's feature extractor normalised each padded batch row (padding included); we "
+    "normalise each clip before padding it.",
+    "Padding: the study padded each batch to its longest clip; we pad to whole seconds (few shapes). With "
+    "HuBERT's group norm a clip's output depends a little on its padding; evaluation and ser.predict use the "
+    "same rule, so they agree.",
+    "Batch composition: the study's loader shuffled clips (shuffle=True); we group clips of similar length.",
+    "Augmentation ranges: ±2 semitones and a stretch of 0.85-1.15 are ours; the study gives none.",
+    "Augmentation backend: the study used librosa; we use audiomentations with method librosa_phase_vocoder "
+    "(librosa's pitch_shift and time_stretch) by default, or signalsmith_stretch with --augment-method "
+    "signalsmith.",
+    "LayerDrop and SpecAugment: drawn on the device (so CUDA graphs replay fresh draws); spans stay inside each "
+    "clip, where transformers also masks padding.",
+    "Precision: bf16 autocast on GPUs that support it (the study: fp32).",
+]
+
+
+def section(root: Path, seeds: int, missing: list) -> list[str]:
+    """The SER part of summary.md: every protocol beside the study's figures, the class counts,
+    and the measured difference between the study's protocol and ours."""
+    lines = ["## SER: HuBERT on ShEMO", "",
+             "| protocol | train acc | train UAR | val acc | val UAR | val macro F1 | test acc | test UAR | "
+             "test macro F1 | test split: items (augmented), per class | clips/s | audio-s/s |",
+             "|" + "---|" * 12]
+    run_links: list[str] = []
+    found = {}
+    for p in PROTOCOLS:
+        runs = collect(root, f"ser/{p.name}", seeds, missing, run_links)
+        if not runs:
+            lines.append(f"| {p.name}: {p.what} | missing |" + " |" * 10)
+            continue
+        found[p.name] = runs
+        col = lambda f: cell([f(m) for m in runs])  # noqa: E731
+        test = runs[0]["split_items"]["test"]
+        mix = ", ".join(f"{k} {v}" for k, v in runs[0]["class_counts"]["splits"]["test"].items())
+        lines.append("| " + " | ".join([
+            f"{p.name}: {p.what}", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["train"]["uar"]),
+            col(lambda m: m["val"]["accuracy"]), col(lambda m: m["val"]["uar"]), col(lambda m: m["val"]["macro_f1"]),
+            col(lambda m: m["test"]["accuracy"]), col(lambda m: m["test"]["uar"]), col(lambda m: m["test"]["macro_f1"]),
+            f"{test['items']} ({test['augmented']}): {mix}", cell([m["speed"]["items_per_s"] for m in runs], 1),
+            cell([m["speed"].get("audio_seconds_per_s") for m in runs], 1)]) + " |")
+    lines.append(f"| the study's published run (its protocol, one seed) | {PUBLISHED['train']:.3f} | n/a | "
+                 f"{PUBLISHED['val']:.3f} | n/a | n/a | {PUBLISHED['test']:.3f} | n/a | n/a | about half augmented "
+                 "copies, nearly balanced (the corpus was balanced to the largest class first) | | |")
+    mean = lambda runs, k: sum(m["test"][k] for m in runs) / len(runs)  # noqa: E731
+    if "study" in found and len(found) > 1:
+        s_acc, s_uar = mean(found["study"], "accuracy"), mean(found["study"], "uar")
+        parts = [f"{name} {mean(r, 'accuracy'):.4f} (UAR {mean(r, 'uar'):.4f}; the study's protocol minus this: "
+                 f"{100 * (s_acc - mean(r, 'accuracy')):+.1f} points of accuracy, "
+                 f"{100 * (s_uar - mean(r, 'uar')):+.1f} of UAR)" for name, r in found.items() if name != "study"]
+        lines += ["", f"**Measured on these runs**, test accuracy: the study's protocol {s_acc:.4f} (UAR {s_uar:.4f}); "
+                  + "; ".join(parts) + "."]
+    any_run = next(iter(found.values()), None)
+    if any_run:
+        c = any_run[0]["class_counts"]
+        lines += ["", f"Clips per class in the corpus as read: {', '.join(f'{k} {v}' for k, v in c['corpus'].items())}."]
+        for name, runs in found.items():
+            s = runs[0]["class_counts"]["splits"]
+            lines.append(f"- {name}, seed {runs[0]['seed']}: " + "; ".join(
+                f"{k} {sum(v.values())} ({', '.join(f'{n} {x}' for n, x in v.items())})" for k, v in s.items()))
+    n = f"{seeds} seeds (mean ± std)" if seeds > 1 else "one seed"
+    lines += ["", f"Ours: the final model, {n}. UAR: unweighted average recall (balanced accuracy), the mean of "
+                  "the per-class recalls."]
+    return lines + ["", *run_links, ""]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m ser.study", description="The study's SER protocols.")
+    p.add_argument("--list", action="store_true", help="print name<TAB>flags for each protocol")
+    a = p.parse_args(argv)
+    if a.list:
+        for proto in PROTOCOLS:
+            print(f"{proto.name}\t{proto.flags}")
+
+
+if __name__ == "__main__":
+    main()
