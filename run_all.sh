@@ -38,6 +38,7 @@ while IFS=$'\t' read -r name flags; do nli_names+=("$name"); nli_flags+=("$flags
 while IFS=$'\t' read -r name flags; do
   if [ -z "$ser_protocols" ] || [[ ",$ser_protocols," == *",$name,"* ]]; then ser_names+=("$name"); ser_flags+=("$flags"); fi
 done < <(python -m ser.study --list)
+curve_of=$(python -c "from nli.study import CURVE_OF; print(CURVE_OF)")
 known=$(python -m ser.study --list | cut -f1 | paste -sd, -)
 for name in ${ser_protocols//,/ }; do
   [[ ",$known," == *",$name,"* ]] || { echo "run_all.sh: --ser-protocols: unknown protocol $name (known: $known)" >&2; exit 2; }
@@ -53,9 +54,11 @@ if [ $smoke = 1 ]; then
     touch "$inputs/done"
   fi
   nli_args=(--model "$inputs/tiny-bert" --data-dir "$inputs/farstail" --epochs 4 --lr 3e-3)
+  curve_args=(--data-dir "$inputs/farstail" --importance-batches 4 --fractions 0.2,0.4,0.6 --seeds 2)
   ser_args=(--model "$inputs/tiny-hubert" --data-dir "$inputs/shemo" --epochs 2 --lr 1e-3)
 else
   nli_args=()  # the study's model and hyperparameters are the defaults; FarsTail downloads to data/farstail
+  curve_args=()
   if [ "$only" != nli ]; then
     if [ -z "$shemo" ] || [ ! -d "$shemo" ]; then
       echo "run_all.sh: ShEMO not found${shemo:+ at $shemo}. Download female.zip and male.zip from https://github.com/pariajm/sharif-emotional-speech-dataset," >&2
@@ -73,7 +76,7 @@ else
 fi
 
 total=0
-[ "$only" != ser ] && total=$((total + ${#nli_names[@]} * seeds))
+[ "$only" != ser ] && total=$((total + (${#nli_names[@]} + 1) * seeds))  # +1: the pruning curve
 [ "$only" != nli ] && total=$((total + ${#ser_names[@]} * seeds))
 n=0
 
@@ -93,6 +96,10 @@ for ((seed = 0; seed < seeds; seed++)); do
       # shellcheck disable=SC2086  # the flags are meant to split into words
       run "nli ${nli_names[$i]} seed $seed" "$out/nli/${nli_names[$i]}/seed$seed" \
         python -m nli.train "${nli_args[@]}" ${nli_flags[$i]} --seed "$seed"
+      if [ "${nli_names[$i]}" = "$curve_of" ]; then  # heads removed from the fine-tuned model, no retraining
+        run "nli pruning curve seed $seed" "$out/nli/$curve_of/seed$seed/prune_curve" \
+          python -m nli.prune_curve --model "$out/nli/$curve_of/seed$seed/model" "${curve_args[@]}" --iterative
+      fi
     done
   fi
   if [ "$only" != nli ]; then

@@ -68,17 +68,22 @@ def keep_layers(model, n: int) -> None:
     model.config.num_hidden_layers = n
 
 
+def count_to_remove(fraction: float, total: int, layers: int) -> int:
+    """round(fraction × heads), checked: at least one head goes, and each layer keeps one."""
+    n = round(fraction * total)
+    if not 0 < fraction < 1 or n == 0:
+        raise UserError(f"--prune-heads {fraction}: give a fraction between 0 and 1 that removes at least one head")
+    if n > total - layers:
+        raise UserError(f"--prune-heads {fraction} would remove {n} of {total} heads; at most {total - layers} can "
+                        "go while each layer keeps one")
+    return n
+
+
 def choose_heads(num_layers: int, num_heads: int, fraction: float, seed: int) -> dict[int, list[int]]:
     """round(fraction × all heads) heads drawn uniformly at random over the whole model with `seed`,
     never every head of one layer: heads are taken in a seeded random order, skipping a head that
     would be its layer's last. Selection only; `prune_heads` does the removal."""
-    total = num_layers * num_heads
-    n = round(fraction * total)
-    if not 0 < fraction < 1 or n == 0:
-        raise UserError(f"--prune-heads {fraction}: give a fraction between 0 and 1 that removes at least one head")
-    if n > num_layers * (num_heads - 1):
-        raise UserError(f"--prune-heads {fraction} would remove {n} of {total} heads; at most "
-                        f"{num_layers * (num_heads - 1)} can go while each layer keeps one")
+    n = count_to_remove(fraction, num_layers * num_heads, num_layers)
     pairs = [(layer, head) for layer in range(num_layers) for head in range(num_heads)]
     random.Random(seed).shuffle(pairs)
     chosen: dict[int, list[int]] = {}
@@ -91,23 +96,46 @@ def choose_heads(num_layers: int, num_heads: int, fraction: float, seed: int) ->
     return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
 
 
+def choose_by_importance(scores: dict[int, dict[int, float]], n: int) -> dict[int, list[int]]:
+    """The n lowest-scoring heads of `scores` ({layer: {head: score}}; ties: lower layer, then
+    lower head first), never a layer's last remaining head. Selection only."""
+    left = {layer: len(heads) for layer, heads in scores.items()}
+    chosen: dict[int, list[int]] = {}
+    for _, layer, head in sorted((s, layer, h) for layer, heads in scores.items() for h, s in heads.items()):
+        if n == 0:
+            break
+        if left[layer] > 1:
+            chosen.setdefault(layer, []).append(head)
+            left[layer] -= 1
+            n -= 1
+    if n:
+        raise UserError(f"cannot remove that many heads while each of {len(left)} layers keeps one")
+    return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
+
+
 def prune_heads(model, heads: dict[int, list[int]]) -> None:
-    """Remove the given heads ({layer: [head indices of the unpruned layer]}) from the model's
-    attention blocks and record them in model.config.pruned_heads. The model must not be pruned yet."""
-    if getattr(model.config, "pruned_heads", None):
-        raise UserError("the model already has pruned heads; prune a model once, from its unpruned form")
+    """Remove the given heads ({layer: [head numbers of the unpruned layer]}) from the model's
+    attention blocks and record every removed head in model.config.pruned_heads. A model that
+    already lacks some heads can lose more (heads are always numbered as in the unpruned model)."""
+    done = {int(k): set(v) for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()}
     layers = encoder_layers(model)
     for layer, drop in heads.items():
         attn = layers[layer].attention
         size = attn.self.attention_head_size
-        keep = [h for h in range(attn.self.num_attention_heads) if h not in set(drop)]
-        index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
+        present = [h for h in range(model.config.num_attention_heads) if h not in done.get(layer, set())]
+        if set(drop) - set(present):
+            raise UserError(f"layer {layer}: heads {sorted(set(drop) - set(present))} are already removed")
+        keep = [k for k, h in enumerate(present) if h not in set(drop)]  # positions in the current matrices
+        if not keep:
+            raise UserError(f"layer {layer}: removing heads {sorted(drop)} would leave it no head")
+        index = torch.cat([torch.arange(k * size, (k + 1) * size) for k in keep])
         for proj in ("query", "key", "value"):
             setattr(attn.self, proj, prune_linear_layer(getattr(attn.self, proj), index))
         attn.output.dense = prune_linear_layer(attn.output.dense, index, dim=1)
         attn.self.num_attention_heads = len(keep)
         attn.self.all_head_size = len(keep) * size
-    model.config.pruned_heads = {str(layer): sorted(drop) for layer, drop in heads.items()}
+        done.setdefault(layer, set()).update(drop)
+    model.config.pruned_heads = {str(layer): sorted(h) for layer, h in sorted(done.items()) if h}
 
 
 def freeze_layers(model, n: int) -> None:
@@ -120,15 +148,22 @@ def freeze_layers(model, n: int) -> None:
         layer.requires_grad_(False)
 
 
-def apply_experiment(model, keep: int | None, prune: float | None, freeze: int, seed: int) -> dict[int, list[int]]:
+def apply_experiment(model, keep: int | None, prune: float | None, freeze: int, seed: int,
+                     importance=None) -> tuple[dict[int, list[int]], dict | None]:
     """The study's ablations in their one order: keep the first `keep` layers, then remove a
-    `prune` fraction of the heads (chosen at random with `seed`), then freeze the first `freeze`
-    layers. Returns the removed heads ({layer: [heads]}, empty when none)."""
+    `prune` fraction of the heads, then freeze the first `freeze` layers. Heads are chosen at
+    random with `seed`, or, when `importance` is given (a function model -> {layer: {head:
+    score}}), the lowest-scoring ones. Returns (removed heads {layer: [heads]}, scores or None)."""
     if keep:
         keep_layers(model, keep)
-    heads = {}
+    heads, scores = {}, None
     if prune:
-        heads = choose_heads(len(encoder_layers(model)), model.config.num_attention_heads, prune, seed)
+        layers, per_layer = len(encoder_layers(model)), model.config.num_attention_heads
+        if importance is None:
+            heads = choose_heads(layers, per_layer, prune, seed)
+        else:
+            scores = importance(model)
+            heads = choose_by_importance(scores, count_to_remove(prune, layers * per_layer, layers))
         prune_heads(model, heads)
     freeze_layers(model, freeze)
-    return heads
+    return heads, scores

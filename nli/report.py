@@ -11,8 +11,9 @@ from nli.model import encoder_layers
 
 
 def experiment_name(args) -> str:
+    by = "-importance" if getattr(args, "prune_by", "random") == "importance" else ""
     parts = [f"keep{args.keep_layers}" if args.keep_layers else "",
-             f"prune{args.prune_heads:g}" if args.prune_heads else "", f"freeze{args.freeze}" if args.freeze else ""]
+             f"prune{args.prune_heads:g}{by}" if args.prune_heads else "", f"freeze{args.freeze}" if args.freeze else ""]
     return "-".join(p for p in parts if p) or "all"
 
 
@@ -21,8 +22,8 @@ def without_predictions(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in ("pred", "subsets")}
 
 
-def write_results(out, args, model, tokenizer, history, evals, *, true, params, stats, piece_lengths, heads, recipe,
-                  graphs, label_counts) -> None:
+def write_results(out, args, model, tokenizer, history, evals, *, true, params, stats, piece_lengths, heads, scores,
+                  recipe, graphs, label_counts) -> None:
     def save_model(folder):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -70,9 +71,15 @@ def write_results(out, args, model, tokenizer, history, evals, *, true, params, 
              f"{args.max_length}", ""]
     if heads:
         n = sum(len(h) for h in heads.values())
-        lines += [f"pruned heads: {n} of {model.config.num_attention_heads * len(encoder_layers(model))} removed "
-                  f"(layer: heads) {heads}",
-                  "note: the study masked 50% of attention weights at random instead, which removes no head and "
+        how = ("the lowest by gradient head importance on training batches of the starting model"
+               if scores else f"drawn at random with seed {args.seed}")
+        lines += [f"pruned heads: {n} of {model.config.num_attention_heads * len(encoder_layers(model))} removed, "
+                  f"{how} (layer: heads) {heads}"]
+        if scores:
+            lines += ["head importance before fine-tuning (normalised within each layer; * removed):"]
+            lines += [f"  layer {layer}: " + "  ".join(f"{h}:{v:.3f}{'*' if h in heads.get(layer, []) else ''}"
+                                                    for h, v in row.items()) for layer, row in scores.items()]
+        lines += ["note: the study masked 50% of attention weights at random instead, which removes no head and "
                   "saves no computation; these heads are removed structurally (smaller matrices), so the two "
                   "results are not the same experiment.", ""]
     lines += ["test split, final model:", report_text(true, pred, LABELS), ""]

@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.summary import cell, collect, count
+from common.summary import cell, collect, count, load
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,10 @@ EXPERIMENTS = [
                _study(0.81, 0.820, 0.34, 0.73, 0.67, 0.82)),
     Experiment("prune0.5", "half of all attention heads removed, chosen at random", "--prune-heads 0.5",
                _study(0.78, 0.795, 0.18, 1.14, 0.57, 0.79)),
+    Experiment("prune0.5-importance", "the least important half of the heads removed (gradient head importance "
+               "of the starting model)", "--prune-heads 0.5 --prune-by importance", None),
 ]
+CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
 
 COLUMNS = ["val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss", "macro_f1"]
 
@@ -97,6 +100,19 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
                   "(test accuracy to three decimals from its text, the rest from its table). Train loss: ours is the "
                   "last epoch's mean, the study's Trainer's logged running loss. Hard subsets: FarsTail's own "
                   "hard(hypothesis) and hard(overlap) test columns."]
+    curves = [c for c in (load(root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve") for k in range(seeds)) if c]
+    if curves:
+        heads = curves[0]["heads"]
+        budget = lambda m: cell([c["head_budget"][m]["heads"] for c in curves if m in c["head_budget"]], 0)  # noqa: E731
+        methods = [m for m in ("importance", "importance-iterative", "random") if m in curves[0]["head_budget"]]
+        lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining "
+                      f"(`python -m nli.prune_curve`; seed 0 shown): "
+                      f"![pruning curve](nli/{CURVE_OF}/seed0/prune_curve/prune_curve.png)", "",
+                  f"Heads that can go before test accuracy falls more than one point below the whole model's, of "
+                  f"{heads}: " + "; ".join(f"{m} {budget(m)}" for m in methods)
+                  + " (random: the mean over its draws). Importance is computed on training pairs, never the test "
+                    f"split. Importance per head: [heat map](nli/{CURVE_OF}/seed0/prune_curve/head_importance.png), "
+                    f"[report](nli/{CURVE_OF}/seed0/prune_curve/report.txt)."]
     if first and "label_counts" in first:
         counts = first["label_counts"]
         labels = list(next(iter(counts.values())))

@@ -3,7 +3,8 @@
     python -m nli.train --out runs/nli/all                      # all layers trained
     python -m nli.train --out runs/nli/freeze9 --freeze 9       # first 9 encoder layers frozen
     python -m nli.train --out runs/nli/keep9 --keep-layers 9    # only the first 9 layers kept
-    python -m nli.train --out runs/nli/prune --prune-heads 0.5  # half the heads removed
+    python -m nli.train --out runs/nli/prune --prune-heads 0.5  # half the heads removed, at random
+    python -m nli.train --out runs/nli/pi --prune-heads 0.5 --prune-by importance  # the least important half
 
 The recipe is the study's (HF Trainer defaults): premise and hypothesis tokenised together and
 truncated to --max-length 200, batch 16, 3 epochs, AdamW (lr 3e-5, no weight decay), learning
@@ -19,7 +20,9 @@ rate decaying linearly to zero over all steps with no warm-up, gradients clipped
 - Speed: on CUDA (--cuda-graphs auto) each bucket's forward/backward and the optimizer update
   are captured once as CUDA graphs and replayed (common/step.py); the CPU runs the same step
   function eagerly. No step reads the device; figures are read every --log-every steps.
-- Ablations apply in one order: keep layers, then prune heads, then freeze.
+- Ablations apply in one order: keep layers, then prune heads, then freeze. Heads to remove are
+  drawn at random with the seed, or (--prune-by importance) are the lowest-scoring by gradient
+  head importance on --importance-batches training batches of the starting model (nli/importance.py).
 - Each epoch: train, then evaluate validation and test. Test is reported, never used to choose.
   The final model's figures are the headline (as in the study); metrics.json's `best` holds the
   epoch with the best validation accuracy.
@@ -49,6 +52,7 @@ from common.run import Run, count_params, run_info
 from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
                          use_cuda_graphs)
 from nli.data import LABELS, bucket_length, collate, encode, load_farstail, token_stats
+from nli.importance import head_importance
 from nli.model import apply_experiment, encoder_layers, load_classifier
 from nli.report import experiment_name, write_results
 
@@ -70,7 +74,11 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, help="keep the first N rows of each split (quick runs)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder layers")
     p.add_argument("--keep-layers", type=int, help="keep only the first N encoder layers")
-    p.add_argument("--prune-heads", type=float, help="remove this fraction of all attention heads, chosen at random")
+    p.add_argument("--prune-heads", type=float, help="remove this fraction of all attention heads")
+    p.add_argument("--prune-by", choices=["random", "importance"], default="random",
+                   help="which heads --prune-heads removes: drawn at random with the seed, or the least important")
+    p.add_argument("--importance-batches", type=int, default=32,
+                   help="training batches (of --batch-size) that head importance is computed on")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="autocast precision")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -80,12 +88,15 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
     args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "grad_accum", "max_length", "limit", "keep_layers", "log_every"):
+    for flag in ("epochs", "batch_size", "grad_accum", "max_length", "limit", "keep_layers", "log_every",
+                 "importance_batches"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.freeze < 0:
         p.error("--freeze must be 0 or more")
+    if args.prune_by == "importance" and not args.prune_heads:
+        p.error("--prune-by importance chooses the heads that --prune-heads removes; give --prune-heads too")
     return args
 
 
@@ -177,12 +188,16 @@ def train(args):
             f"{stats['max_premise_tokens']} and hypothesis {stats['max_hypothesis_tokens']} word pieces; "
             f"{stats['truncated_pairs']} training pairs truncated to {args.max_length}")
 
-        # 2. Model and the experiment: keep layers, then prune heads, then freeze.
-        model = load_classifier(args.model, LABELS)
-        heads = apply_experiment(model, args.keep_layers, args.prune_heads, args.freeze, args.seed)
+        # 2. Model and the experiment: keep layers, then prune heads (at random or by importance), then freeze.
+        model = load_classifier(args.model, LABELS).to(device)
+        importance = None
+        if args.prune_by == "importance":
+            batches = LengthGroupedBatches(data["train"].lengths.tolist(), args.batch_size, args.seed).epoch(0)
+            importance = lambda m: head_importance(m, data["train"], batches[:args.importance_batches],  # noqa: E731
+                                                   device, dtype)
+        heads, scores = apply_experiment(model, args.keep_layers, args.prune_heads, args.freeze, args.seed, importance)
         graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype)
         run.begin()  # inputs checked: only now is anything written into --out
-        model.to(device)
         params = count_params(model)
 
         # 3. Optimizer over trainable parameters only (frozen layers get no state), linear decay.
@@ -211,6 +226,7 @@ def train(args):
             "experiment": experiment_name(args), "device": str(device), "precision": precision_name(dtype),
             "cuda_graphs": steps.status(graphs_why),
             "optimizer_batch": args.batch_size * args.grad_accum, "steps": total_steps, "pruned_heads": heads,
+            "head_importance": scores,
             "layers": len(encoder_layers(model)), "params": params, "token_stats": stats,
             "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device))
         log(f"{experiment_name(args)}: {params['trainable']:,} of {params['total']:,} parameters train; "
@@ -241,7 +257,8 @@ def train(args):
                   f"gradient norm clipped to 1.0, {precision_name(dtype)} on {device}, max length {args.max_length}, "
                   f"padding to multiples of 16 word pieces, CUDA graphs {'on' if steps.graphed else 'off'}")
         write_results(out, args, model, tokenizer, history, evals, true=data["test"].labels.numpy(), params=params,
-                      stats=stats, piece_lengths=piece_lengths, heads=heads, recipe=recipe, graphs=steps.info(),
+                      stats=stats, piece_lengths=piece_lengths, heads=heads, scores=scores, recipe=recipe,
+                      graphs=steps.info(),
                       label_counts={k: {n: int((v.labels == i).sum()) for i, n in enumerate(LABELS)}
                                     for k, v in data.items()})
         ckpt.remove()

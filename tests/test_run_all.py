@@ -33,7 +33,7 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     out, result = smoke
-    n = len(EXPERIMENTS) + len(PROTOCOLS)
+    n = len(EXPERIMENTS) + 1 + len(PROTOCOLS)  # +1: the pruning curve
     assert f"[{n}/{n}] ser leak-free-speaker seed 0" in result.stdout
     for name in EXPERIMENTS:
         run = out / "nli" / name / "seed0"
@@ -54,6 +54,11 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     for name in PROTOCOLS:
         assert f"| {name}: " in summary and f"ser/{name}/seed0/confusion_matrix_test.png" in summary
     assert "**Measured on these runs**" in summary and "| split | entailment | contradiction | neutral |" in summary
+    curve = out / "nli/all/seed0/prune_curve"
+    assert (curve / "prune_curve.png").exists() and "![pruning curve](nli/all/seed0/prune_curve/prune_curve.png)" in summary
+    budget = json.loads((curve / "metrics.json").read_text())["head_budget"]
+    line = next(x for x in summary.splitlines() if x.startswith("Heads that can go before test accuracy falls"))
+    assert f"importance {budget['importance']['heads']};" in line and f"random {budget['random']['heads']}" in line
 
 
 def test_rerun_skips_finished_runs(smoke):
@@ -104,7 +109,7 @@ def test_summary_gives_every_study_figure_and_every_difference(smoke):
     out, _ = smoke
     write_summary(out, ["nli.study", "ser.study"], smoke=True)  # (another test reran one half in this folder)
     summary = (out / "summary.md").read_text()
-    for e in nli_study.EXPERIMENTS:
+    for e in [e for e in nli_study.EXPERIMENTS if e.study]:
         row = next(line for line in summary.splitlines() if line.startswith(f"| {e.name} ("))
         study_row = summary.splitlines()[summary.splitlines().index(row) + 1]
         assert study_row.startswith("| | study |")

@@ -1,0 +1,88 @@
+"""Which attention heads matter: gradient-based head importance (Michel, Levy and Neubig, "Are
+Sixteen Heads Really Better than One?", NeurIPS 2019), and choosing heads to remove by it.
+
+A gate ξ_h = 1 multiplies each head's output. The heads' outputs reach the rest of the layer
+only through the attention block's output projection, whose input is the heads' contexts side by
+side, so a forward pre-hook that scales head h's slice of that input by ξ_h gates it exactly.
+A head's importance is the expected absolute gradient of the loss with respect to its gate,
+I_h = mean over batches of |∂L_b/∂ξ_h| (L_b: a batch's mean cross-entropy), computed in eval mode
+(no dropout) under the run's precision, then normalised within each layer (divided by the
+layer's L2 norm of scores, as Michel et al. did). The hooks are removed afterwards and the model
+is left as it was (only the gates get gradients).
+
+Heads are numbered as in the unpruned model: a layer that lost heads 1 and 2 of 12 scores heads
+0, 3, 4, ... 11 (the model's config.pruned_heads says which are gone). Scoring, choosing
+(`nli.model.choose_by_importance`) and removing (`nli.model.prune_heads`) stay separate.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from common.device import autocast
+from common.errors import UserError
+from nli.data import collate
+from nli.model import encoder_layers
+
+
+def remaining_heads(model, layer: int) -> list[int]:
+    """Original numbers of the heads layer `layer` still has."""
+    gone = set((getattr(model.config, "pruned_heads", None) or {}).get(str(layer), []))
+    return [h for h in range(model.config.num_attention_heads) if h not in gone]
+
+
+@contextlib.contextmanager
+def head_gates(model):
+    """Gates (one tensor of ones per layer, one entry per remaining head, requires_grad) applied
+    by forward pre-hooks on each attention output projection; removed on exit."""
+    gates, handles = [], []
+    try:
+        for layer in encoder_layers(model):
+            dense = layer.attention.output.dense
+            size = layer.attention.self.attention_head_size
+            gate = torch.ones(dense.in_features // size, device=dense.weight.device, requires_grad=True)
+
+            def scale(module, args, gate=gate, size=size):
+                x = args[0]
+                return (x * gate.to(x.dtype).repeat_interleave(size),) + tuple(args[1:])
+            handles.append(dense.register_forward_pre_hook(scale))
+            gates.append(gate)
+        yield gates
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def batch_loss(model, batch: dict, device, dtype) -> torch.Tensor:
+    """Mean cross-entropy of one collated batch (host tensors), under the run's precision."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with autocast(device, dtype):
+        logits = model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                       attention_mask=b["attention_mask"]).logits
+    return F.cross_entropy(logits.float(), b["labels"])
+
+
+def raw_importance(model, data, batches: list[list[int]], device, dtype) -> list[torch.Tensor]:
+    """Per layer, mean over `batches` of |∂L_b/∂ξ| for each remaining head (in the layer's order)."""
+    if not batches:
+        raise UserError("head importance needs at least one batch of examples")
+    was_training = model.training
+    model.eval()
+    sdpa = model.config._attn_implementation == "sdpa"
+    with head_gates(model) as gates:
+        total = [torch.zeros_like(g) for g in gates]
+        for idx in batches:
+            loss = batch_loss(model, collate(data, idx, device, sdpa_mask=sdpa), device, dtype)
+            for t, g in zip(total, torch.autograd.grad(loss, gates)):
+                t += g.detach().abs()
+    model.train(was_training)
+    return [(t / len(batches)).cpu() for t in total]
+
+
+def head_importance(model, data, batches, device, dtype) -> dict[int, dict[int, float]]:
+    """{layer: {original head number: importance normalised within the layer}}."""
+    scores = {}
+    for layer, raw in enumerate(raw_importance(model, data, batches, device, dtype)):
+        norm = raw.norm() if raw.norm() > 0 else torch.tensor(1.0)
+        scores[layer] = {h: float(v) for h, v in zip(remaining_heads(model, layer), raw / norm)}
+    return scores

@@ -1,0 +1,255 @@
+"""How many attention heads a fine-tuned NLI model can lose, with no retraining: accuracy as heads
+are removed by importance (nli/importance.py) and at random.
+
+    python -m nli.prune_curve --model runs/nli/all/seed0/model [--fractions 0.1,0.2,...,0.9]
+        [--seeds 3] [--iterative] [--data-dir DIR] [--limit N] [--out DIR]
+
+For each fraction f, round(f × heads) heads are removed structurally from a copy of the model,
+and validation and test accuracy, parameters and inference pairs/s are measured:
+- importance: the lowest-scoring heads by gradient importance on --importance-batches batches of
+  the training split (never the test split), computed once on the whole model;
+- importance-iterative (--iterative): as Michel et al. did, importance recomputed on the pruned
+  model after each step, and the next step's heads taken from it;
+- random: heads drawn at random, once per seed 0 … --seeds−1 (the same seed, the same heads).
+Fraction 0 is the model as it is. No layer ever loses its last head (a fraction that would need
+that is skipped). The head budget of a way of choosing is the largest number of heads removed
+before test accuracy falls more than one point below the whole model's (random: the mean over
+seeds), counting only fractions up to the first that falls below.
+
+Outputs in --out (default: prune_curve/ beside the model folder): config.json, train.log,
+prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json (written last).
+"""
+import argparse
+import copy
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from common.batching import LengthGroupedBatches
+from common.errors import UserError, user_errors
+from common.files import write_json, write_text
+from common.plots import plt, save
+from common.results import csv_text, write_config
+from common.run import Run, count_params, run_info
+from nli.data import LABELS, encode, load_farstail
+from nli.importance import head_importance, remaining_heads
+from nli.model import choose_by_importance, encoder_layers, load_classifier, prune_heads
+from nli.predict import model_folder
+from nli.train import predict_logits
+
+DROP = 0.01  # the head budget: test accuracy may fall this much (one point) below the whole model's
+FIELDS = ["method", "seed", "fraction", "heads_removed", "val_accuracy", "test_accuracy", "params", "pairs_per_s"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nli.prune_curve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model/ folder of a fine-tuned nli.train run (or the run folder)")
+    p.add_argument("--data-dir", type=Path, default=Path("data/farstail"), help="FarsTail folder, as in nli.train")
+    p.add_argument("--limit", type=int, help="keep the first N rows of each split (quick runs)")
+    p.add_argument("--out", type=Path, help="output folder (default: prune_curve/ beside the model folder)")
+    p.add_argument("--fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                   help="comma-separated fractions of the heads to remove")
+    p.add_argument("--seeds", type=int, default=3, help="random choices per fraction (seeds 0 … N-1)")
+    p.add_argument("--iterative", action="store_true", help="also recompute importance after each step of removal")
+    p.add_argument("--importance-batches", type=int, default=32, help="training batches importance is computed on")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per importance batch")
+    p.add_argument("--max-length", type=int, default=200, help="word pieces per pair, as in training")
+    p.add_argument("--seed", type=int, default=0, help="fixes which training batches importance is computed on")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="autocast precision")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--resume", action="store_true", help="do nothing if --out holds this finished curve")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
+    a = p.parse_args(argv)
+    try:
+        given = fractions(a)
+    except ValueError:
+        p.error(f"--fractions {a.fractions}: give comma-separated numbers, like 0.1,0.5")
+    if not given or not all(0 < f < 1 for f in given):
+        p.error("--fractions: each must lie between 0 and 1")
+    for flag in ("seeds", "importance_batches", "batch_size", "limit"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    a.model = model_folder(a.model) if Path(a.model).exists() else a.model
+    a.out = a.out or Path(a.model).parent / "prune_curve"
+    return a
+
+
+def fractions(args) -> list[float]:
+    return sorted({float(f) for f in args.fractions.split(",") if f.strip()})
+
+
+def random_scores(model, seed: int) -> dict[int, dict[int, float]]:
+    """Scores drawn uniformly at random with `seed`: choosing the lowest is choosing at random."""
+    rng = random.Random(seed)
+    return {layer: {h: rng.random() for h in remaining_heads(model, layer)}
+            for layer in range(len(encoder_layers(model)))}
+
+
+def measure(base, heads: dict, data: dict, device, dtype) -> dict:
+    """Remove `heads` from a copy of base; its val/test accuracy, parameters and eval pairs/s."""
+    model = copy.deepcopy(base)
+    if heads:
+        prune_heads(model, heads)
+    out = {"heads_removed": sum(len(h) for h in heads.values()), "params": count_params(model)["total"]}
+    start, pairs = time.perf_counter(), 0
+    for split in ("val", "test"):
+        logits, _ = predict_logits(model, data[split], device, dtype)
+        out[f"{split}_accuracy"] = float((logits.argmax(1) == data[split].labels.numpy()).mean())
+        pairs += len(data[split])
+    out["pairs_per_s"] = round(pairs / (time.perf_counter() - start), 1)  # (predict_logits ends on the host)
+    return out
+
+
+def plot_prune_curve(rows: list[dict], whole: float, path: Path, title: str) -> None:
+    """Test accuracy against the fraction of heads removed: importance (one-shot, iterative),
+    random (mean over seeds, min-max band), the whole model as a line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, style in (("importance", "o-"), ("importance-iterative", "s--")):
+        pts = sorted((r["fraction"], r["test_accuracy"]) for r in rows if r["method"] == method)
+        if pts:
+            ax.plot([0] + [f for f, _ in pts], [whole] + [a for _, a in pts], style, label=method)
+    fs = sorted({r["fraction"] for r in rows if r["method"] == "random"})
+    if fs:
+        acc = [[r["test_accuracy"] for r in rows if r["method"] == "random" and r["fraction"] == f] for f in fs]
+        ax.plot([0] + fs, [whole] + [float(np.mean(a)) for a in acc], "^-", color="tab:gray", label="random (mean)")
+        ax.fill_between([0] + fs, [whole] + [min(a) for a in acc], [whole] + [max(a) for a in acc], color="tab:gray",
+                        alpha=0.2, label="random (min-max over seeds)")
+    ax.axhline(whole, color="tab:red", ls=":", label="whole model")
+    ax.axhline(whole - DROP, color="tab:red", ls=":", alpha=0.4, label="one point below")
+    ax.set(xlabel="fraction of attention heads removed (no retraining)", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_head_importance(scores: dict, layers: int, heads: int, path: Path) -> None:
+    """Layers × heads heat map of importance (normalised within each layer); removed heads blank."""
+    grid = np.full((layers, heads), np.nan)
+    for layer, row in scores.items():
+        for h, v in row.items():
+            grid[layer, h] = v
+    fig, ax = plt.subplots(figsize=(0.5 * heads + 2.5, 0.4 * layers + 1.8))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=ax, label="importance (normalised per layer)")
+    ax.set(xlabel="head", ylabel="layer", title="head importance of the fine-tuned model",
+           xticks=range(heads), yticks=range(layers))
+    fig.tight_layout()
+    save(fig, path)
+
+
+def budget(rows: list[dict], whole: float) -> dict:
+    """Heads removed (and fraction) before test accuracy first falls more than DROP below `whole`."""
+    ok = {"heads": 0, "fraction": 0.0}
+    for r in sorted(rows, key=lambda r: r["fraction"]):
+        if r["test_accuracy"] < whole - DROP:
+            break
+        ok = {"heads": r["heads_removed"], "fraction": r["fraction"]}
+    return ok
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    hf_logging.disable_progress_bar()
+    with user_errors():
+        curve(args)
+
+
+def curve(args):
+    with Run(args, {"resume", "overwrite", "device"}) as run:
+        if run.finished:
+            return
+        log, device, dtype, out = run.log, run.device, run.dtype, args.out
+        splits = load_farstail(args.data_dir, args.limit, log)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.model)
+        except OSError as e:
+            raise UserError(f"--model {args.model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+        data = {k: encode(tokenizer, v, args.max_length) for k, v in splits.items()}
+        base = load_classifier(args.model).to(device).eval()
+        total = sum(len(remaining_heads(base, i)) for i in range(len(encoder_layers(base))))
+        layers = len(encoder_layers(base))
+        batches = LengthGroupedBatches(data["train"].lengths.tolist(), args.batch_size, args.seed).epoch(0)
+        batches = batches[:args.importance_batches]
+
+        def importance(model):
+            return head_importance(model, data["train"], batches, device, dtype)
+        run.begin()
+        write_config(out, args, {"heads": total, "layers": layers, "device": str(device),
+                                 "importance_pairs": sum(map(len, batches))}, run_info(device))
+        log(f"{args.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs")
+
+        scores = importance(base)
+        whole = measure(base, {}, data, device, dtype)
+        rows = [{"method": "none", "seed": "", "fraction": 0.0, **whole}]
+        log(f"whole model: val {whole['val_accuracy']:.4f}, test {whole['test_accuracy']:.4f}")
+        iterative_heads: dict[int, list[int]] = {}
+        for f in fractions(args):
+            n = round(f * total)
+            if n > total - layers:
+                log(f"fraction {f:g} would leave a layer without heads ({n} of {total}); skipped")
+                continue
+            point = {"fraction": f}
+            rows.append({"method": "importance", "seed": "", **point,
+                         **measure(base, choose_by_importance(scores, n), data, device, dtype)})
+            if args.iterative:
+                current = copy.deepcopy(base)
+                prune_heads(current, iterative_heads)
+                more = n - sum(len(h) for h in iterative_heads.values())
+                if more > 0:
+                    for layer, hs in choose_by_importance(importance(current), more).items():
+                        iterative_heads[layer] = sorted(iterative_heads.get(layer, []) + hs)
+                rows.append({"method": "importance-iterative", "seed": "", **point,
+                             **measure(base, iterative_heads, data, device, dtype)})
+            for seed in range(args.seeds):
+                rows.append({"method": "random", "seed": seed, **point,
+                             **measure(base, choose_by_importance(random_scores(base, seed), n), data, device, dtype)})
+            log(f"fraction {f:g} ({n} heads): " + ", ".join(
+                f"{r['method']}{'' if r['seed'] == '' else ' ' + str(r['seed'])} test {r['test_accuracy']:.4f}"
+                for r in rows if r["fraction"] == f))
+        write_curve(out, args, rows, scores, whole, total, layers)
+        log(f"done: results in {out}")
+
+
+def args_heads(scores: dict) -> int:
+    return 1 + max(h for row in scores.values() for h in row)
+
+
+def write_curve(out, args, rows, scores, whole, total, layers) -> None:
+    methods = [m for m in ("importance", "importance-iterative", "random") if any(r["method"] == m for r in rows)]
+    mean_random = []
+    for f in sorted({r["fraction"] for r in rows if r["method"] == "random"}):
+        rs = [r for r in rows if r["method"] == "random" and r["fraction"] == f]
+        mean_random.append({"fraction": f, "heads_removed": rs[0]["heads_removed"],
+                            "test_accuracy": float(np.mean([r["test_accuracy"] for r in rs]))})
+    budgets = {m: budget(mean_random if m == "random" else [r for r in rows if r["method"] == m],
+                         whole["test_accuracy"]) for m in methods}
+    write_text(out / "prune_curve.csv", csv_text(rows, FIELDS))
+    plot_prune_curve(rows, whole["test_accuracy"], out / "prune_curve.png",
+                     f"heads removed without retraining ({total} heads)")
+    plot_head_importance(scores, layers, args_heads(scores), out / "head_importance.png")
+    lines = [f"Pruning curve of {args.model}: heads removed without retraining; {total} heads in {layers} layers",
+             "importance: gradient head importance (Michel et al. 2019) on training pairs, never the test split; "
+             "random: heads drawn at random, seeds 0.." + str(args.seeds - 1), "",
+             "method                 seed  fraction  heads  val acc   test acc  params      pairs/s"]
+    lines += [f"{r['method']:<22} {str(r['seed']):>4}  {r['fraction']:8.2f}  {r['heads_removed']:5d}  "
+              f"{r['val_accuracy']:.4f}    {r['test_accuracy']:.4f}    {r['params']:<10,}  {r['pairs_per_s']}"
+              for r in rows]
+    lines += ["", f"head budget (heads removed before test accuracy falls more than {100 * DROP:g} point below the "
+                  f"whole model's {whole['test_accuracy']:.4f}):"]
+    lines += [f"  {m}: {b['heads']} of {total} heads ({b['fraction']:g})" + (" (mean over seeds)" if m == "random" else "")
+              for m, b in budgets.items()]
+    write_text(out / "report.txt", "\n".join(lines) + "\n")
+    write_json(out / "metrics.json", {"task": "nli", "experiment": "prune-curve", "heads": total, "layers": layers,
+                                      "whole": whole, "head_budget": budgets, "points": rows,
+                                      "importance": {str(k): {str(h): v for h, v in row.items()}
+                                                     for k, row in scores.items()}})
+
+
+if __name__ == "__main__":
+    main()
