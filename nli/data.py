@@ -123,6 +123,15 @@ def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[s
     return {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}
 
 
+def load_tokenizer(model: str):
+    """The tokenizer saved with --model (hub id or folder); a UserError naming it if it cannot load."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except OSError as e:
+        raise UserError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+
+
 def bucket_length(n: int, max_length: int) -> int:
     """The padded length of a batch whose longest pair has n word pieces."""
     return min(-(-n // BUCKET) * BUCKET, max_length)

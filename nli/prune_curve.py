@@ -26,17 +26,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from common.batching import LengthGroupedBatches
-from common.errors import UserError, user_errors
+from common.errors import user_errors
 from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import csv_text, write_config
 from common.run import Run, count_params, run_info
-from nli.data import LABELS, encode, load_farstail
+from nli.data import encode, load_farstail, load_tokenizer
 from nli.importance import head_importance, remaining_heads
 from nli.model import choose_by_importance, encoder_layers, load_classifier, prune_heads
 from nli.predict import model_folder
@@ -166,10 +164,7 @@ def curve(args):
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
         splits = load_farstail(args.data_dir, args.limit, log)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.model)
-        except OSError as e:
-            raise UserError(f"--model {args.model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+        tokenizer = load_tokenizer(args.model)
         data = {k: encode(tokenizer, v, args.max_length) for k, v in splits.items()}
         base = load_classifier(args.model).to(device).eval()
         total = sum(len(remaining_heads(base, i)) for i in range(len(encoder_layers(base))))

@@ -39,19 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from common.batching import LengthGroupedBatches, chunks, sorted_batches
 from common.checkpoint import Checkpoint
 from common.device import autocast, grad_scaler, precision_name
-from common.errors import RunFailed, UserError, user_errors
+from common.errors import RunFailed, user_errors
 from common.metrics import summarize
 from common.results import write_config
 from common.run import Run, count_params, run_info
 from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
                          use_cuda_graphs)
-from nli.data import LABELS, bucket_length, collate, encode, load_farstail, token_stats
+from nli.data import LABELS, bucket_length, collate, encode, load_farstail, load_tokenizer, token_stats
 from nli.importance import head_importance
 from nli.model import apply_experiment, encoder_layers, load_classifier
 from nli.report import experiment_name, write_results
@@ -178,10 +177,7 @@ def train(args):
 
         # 1. Data: read and check FarsTail, tokenise each split once.
         splits = load_farstail(args.data_dir, args.limit, log)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.model)
-        except OSError as e:
-            raise UserError(f"--model {args.model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+        tokenizer = load_tokenizer(args.model)
         stats, piece_lengths = token_stats(tokenizer, splits["train"], args.max_length)
         data = {name: encode(tokenizer, split, args.max_length) for name, split in splits.items()}
         log(f"FarsTail: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} pairs; longest premise "

@@ -39,7 +39,6 @@ import argparse
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging

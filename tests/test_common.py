@@ -1,7 +1,6 @@
 """Shared pieces: atomic and verified checkpoints, the output folder rule, the lock, batch order,
 atomic result files and text decoding."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
