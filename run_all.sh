@@ -5,6 +5,7 @@
 #   bash run_all.sh --smoke              # every experiment end to end, offline, tiny models, minutes on a CPU
 #   options: --seeds N (seeds 0..N-1, tables show mean ± std)  --only nli|ser  --shemo DIR  --out DIR
 #            --ser-protocols NAME,... (default: every protocol python -m ser.study --list gives)
+#            --gpus 0,1,2,3 (independent experiments side by side, one per GPU)  --slots N (N side by side, same device)
 #
 # The experiment lists live in nli/study.py and ser/study.py (python -m nli.study --list).
 # Runs go to OUT/nli/<experiment>/seed<k>/ and OUT/ser/<protocol>/seed<k>/ (OUT: runs/, or runs-smoke/ with --smoke).
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""
+smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""; gpus=(); slots=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -22,13 +23,23 @@ while [ $# -gt 0 ]; do
     --shemo) shemo="${2:?--shemo needs a folder}"; shift ;;
     --out) out="${2:?--out needs a folder}"; shift ;;
     --ser-protocols) ser_protocols="${2:?--ser-protocols needs a comma-separated list}"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --gpus) IFS=, read -ra gpus <<< "${2:?--gpus needs GPU ids, like 0,1,2,3}"; shift ;;
+    --slots) slots="${2:?--slots needs a number}"; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 case "$only" in ""|nli|ser) ;; *) echo "run_all.sh: --only takes nli or ser" >&2; exit 2 ;; esac
 [[ "$seeds" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --seeds takes a positive number" >&2; exit 2; }
+[[ "$slots" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --slots takes a positive number" >&2; exit 2; }
+for g in "${gpus[@]}"; do [[ "$g" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --gpus takes GPU ids, like 0,1,2,3" >&2; exit 2; }; done
+[ ${#gpus[@]} -gt 0 ] && slots=${#gpus[@]}  # one job per GPU
+if [ "$slots" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
+  # jobs sharing the CPU: split its cores between them instead of oversubscribing them
+  # (measured on 2 cores, the smoke run with 2 slots: 2m07 at 2 threads per job, 0m58 at 1)
+  export OMP_NUM_THREADS=$(( $(nproc) / slots > 0 ? $(nproc) / slots : 1 ))
+fi
 [ -n "$out" ] || out=$([ $smoke = 1 ] && echo runs-smoke || echo runs)
 export PYTHONUNBUFFERED=1
 
@@ -75,41 +86,81 @@ else
   ser_args=(--data-dir "$shemo")
 fi
 
-total=0
-[ "$only" != ser ] && total=$((total + (${#nli_names[@]} + 1) * seeds))  # +1: the pruning curve
-[ "$only" != nli ] && total=$((total + ${#ser_names[@]} * seeds))
-n=0
-
-run() {  # run NAME DIR COMMAND...: one experiment, stopping the script if it fails
-  local name=$1 dir=$2; shift 2
-  n=$((n + 1))
-  echo "== [$n/$total] $name -> $dir"
-  if ! "$@" --out "$dir" --resume; then
-    echo "run_all.sh: experiment $name failed; see $dir/train.log" >&2
-    exit 1
-  fi
-}
-
+# The jobs, in order: a name, an output folder, a command, and the job it must wait for (-1: none).
+J_NAME=(); J_DIR=(); J_CMD=(); J_AFTER=()
+add() { J_NAME+=("$1"); J_DIR+=("$2"); J_CMD+=("$3"); J_AFTER+=("${4:--1}"); }
+q() { printf '%q ' "$@"; }  # a quoted command line for bash -c
 for ((seed = 0; seed < seeds; seed++)); do
   if [ "$only" != ser ]; then
     for i in "${!nli_names[@]}"; do
-      # shellcheck disable=SC2086  # the flags are meant to split into words
-      run "nli ${nli_names[$i]} seed $seed" "$out/nli/${nli_names[$i]}/seed$seed" \
-        python -m nli.train "${nli_args[@]}" ${nli_flags[$i]} --seed "$seed"
+      dir="$out/nli/${nli_names[$i]}/seed$seed"
+      # ${nli_flags[$i]} unquoted on purpose: the flags split into words
+      add "nli ${nli_names[$i]} seed $seed" "$dir" \
+        "$(q python -m nli.train "${nli_args[@]}") ${nli_flags[$i]} $(q --seed "$seed" --out "$dir" --resume)"
       if [ "${nli_names[$i]}" = "$curve_of" ]; then  # heads removed from the fine-tuned model, no retraining
-        run "nli pruning curve seed $seed" "$out/nli/$curve_of/seed$seed/prune_curve" \
-          python -m nli.prune_curve --model "$out/nli/$curve_of/seed$seed/model" "${curve_args[@]}" --iterative
+        add "nli pruning curve seed $seed" "$dir/prune_curve" "$(q python -m nli.prune_curve --model "$dir/model" \
+          "${curve_args[@]}" --iterative --out "$dir/prune_curve" --resume)" $((${#J_NAME[@]} - 1))
       fi
     done
   fi
   if [ "$only" != nli ]; then
     for i in "${!ser_names[@]}"; do
-      # shellcheck disable=SC2086
-      run "ser ${ser_names[$i]} seed $seed" "$out/ser/${ser_names[$i]}/seed$seed" \
-        python -m ser.train "${ser_args[@]}" ${ser_flags[$i]} --seed "$seed" --cache-dir "$out/ser/augmented-cache"
+      dir="$out/ser/${ser_names[$i]}/seed$seed"
+      add "ser ${ser_names[$i]} seed $seed" "$dir" "$(q python -m ser.train "${ser_args[@]}") ${ser_flags[$i]} \
+$(q --seed "$seed" --cache-dir "$out/ser/augmented-cache" --out "$dir" --resume)"
     done
   fi
 done
+total=${#J_NAME[@]}
+
+start() {  # start JOB SLOT: its header line, then the command on the slot's GPU (if --gpus)
+  local gpu=${gpus[$2]:-}
+  echo "== [$(($1 + 1))/$total] ${J_NAME[$1]} -> ${J_DIR[$1]}${gpu:+ (GPU $gpu)}"
+  if [ -n "$gpu" ]; then CUDA_VISIBLE_DEVICES=$gpu bash -c "${J_CMD[$1]}"; else bash -c "${J_CMD[$1]}"; fi
+}
+failed() {  # failed JOB [CONSOLE-LOG]: name it and its log
+  echo "run_all.sh: experiment ${J_NAME[$1]} failed; see ${J_DIR[$1]}/train.log" >&2
+  if [ -n "${2:-}" ]; then grep -h '^error:' "$2" | tail -n 1 >&2; echo "  (its console output: $2)" >&2; fi
+}
+
+if [ "$slots" -le 1 ]; then  # one job at a time, in order, output on this terminal; stop at the first failure
+  for ((j = 0; j < total; j++)); do
+    start "$j" 0 || { failed "$j"; exit 1; }
+  done
+else  # up to $slots jobs side by side, each output in $out/logs/; a failure starts nothing new but stops no running job
+  mkdir -p "$out/logs"
+  declare -A slot_of job_of  # pid -> slot, pid -> job
+  free=(); for ((k = 0; k < slots; k++)); do free+=("$k"); done
+  state=(); for ((j = 0; j < total; j++)); do state+=(waiting); done
+  bad=()
+  while :; do
+    next=-1
+    if [ ${#bad[@]} = 0 ] && [ ${#free[@]} -gt 0 ]; then
+      for ((j = 0; j < total; j++)); do
+        dep=${J_AFTER[$j]}
+        if [ "${state[$j]}" = waiting ] && { [ "$dep" -lt 0 ] || [ "${state[$dep]}" = ok ]; }; then next=$j; break; fi
+      done
+    fi
+    if [ "$next" -ge 0 ]; then
+      slot=${free[0]}; free=("${free[@]:1}")
+      logf="$out/logs/$(echo "${J_NAME[$next]}" | tr ' ' '-').log"
+      echo "== [$((next + 1))/$total] ${J_NAME[$next]} -> ${J_DIR[$next]}${gpus[$slot]:+ (GPU ${gpus[$slot]})}; output in $logf"
+      start "$next" "$slot" > "$logf" 2>&1 &
+      slot_of[$!]=$slot; job_of[$!]=$next; state[$next]=running
+      continue
+    fi
+    [ ${#slot_of[@]} = 0 ] && break  # nothing running, nothing startable
+    pid=""; status=0
+    wait -n -p pid || status=$?
+    j=${job_of[$pid]}; free+=("${slot_of[$pid]}"); unset "slot_of[$pid]" "job_of[$pid]"
+    if [ "$status" = 0 ]; then
+      state[$j]=ok; echo "== done: ${J_NAME[$j]}"
+    else
+      state[$j]=failed; bad+=("$j"); failed "$j" "$out/logs/$(echo "${J_NAME[$j]}" | tr ' ' '-').log"
+    fi
+  done
+  [ ${#bad[@]} = 0 ] || { echo "run_all.sh: ${#bad[@]} experiment(s) failed; the others finished or were not started" >&2; exit 1; }
+fi
 
 tasks=()
 [ "$only" != ser ] && tasks+=(--task nli.study)

@@ -48,6 +48,14 @@ if [ "$quick" != 1 ]; then
   python3 .bench/peer/peer_baseline.py --recipes-only --nli-pairs "$pairs" --ser-steps $((clips * 2 / 5)) \
     > "$OUT/peer.log" 2>&1
 fi
-step "6. table"
+step "6. one run over two processes (torchrun, DDP), if this machine has two GPUs"
+if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m nli.train --model .bench/parsbert-base-random \
+    --data-dir "$PEER_DATA/farstail" --limit "$pairs" --epochs 1 --out /tmp/ddp-check --overwrite > "$OUT/ddp.log" 2>&1
+  echo "ddp exit $?" | tee -a "$OUT/steps.log"; cp /tmp/ddp-check/metrics.json "$OUT/ddp_metrics.json" 2>/dev/null
+else
+  echo "only one GPU: the two-process job was not run" | tee -a "$OUT/steps.log"
+fi
+step "7. table"
 python3 -m benchmarks.table "$OUT"
 tail -n 3 "$OUT"/cuda_tests.log

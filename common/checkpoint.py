@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from common.distributed import Dist, gather
 from common.errors import RunFailed, UserError
 from common.files import read_text, write_json
 from common.rng import rng_state, set_rng_state
@@ -126,7 +127,7 @@ def sha256(path: Path) -> str:
 def save_verified(path: Path, state: dict) -> dict:
     """torch.save into a temporary file, fsync, then rename: a process killed at any moment leaves
     no half-written file under this name. Returns {file, bytes, sha256} for the manifest."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             hashing = _HashingFile(f)
@@ -157,11 +158,13 @@ def load_verified(folder: Path, entry: dict) -> tuple[dict | None, str]:
 
 class Checkpoint:
     """The run's checkpoints in OUT: the state of every part given (model, optimizer, scaler:
-    anything with state_dict/load_state_dict), every RNG, the per-epoch results so far, and any
-    `extra` values. Saved after each finished epoch; the newest two are kept."""
+    anything with state_dict/load_state_dict), every RNG (of every process under torchrun), the
+    per-epoch results so far, and any `extra` values. Saved after each finished epoch by rank 0;
+    the newest two are kept. Every process restores from the same verified file."""
 
-    def __init__(self, args, free: set, **parts):
+    def __init__(self, args, free: set, d: Dist | None = None, **parts):
         self.out, self.args, self.free, self.parts = args.out, args, free, parts
+        self.d = d or Dist()
 
     def _manifest(self) -> list[dict]:
         path = self.out / MANIFEST
@@ -194,9 +197,12 @@ class Checkpoint:
                 damaged.append(f"{entry['file']} ({why})")
                 continue
             check_same_args(state["args"], self.args, self.free, f"the checkpoint in {self.out}")
+            if state.get("world", 1) != self.d.world:
+                raise UserError(f"the checkpoint in {self.out} was written by {state.get('world', 1)} process(es); "
+                                f"resume it with the same number (this run has {self.d.world})")
             for name, part in self.parts.items():
                 part.load_state_dict(state[name])
-            set_rng_state(state["rng"])
+            set_rng_state(state["rng"][self.d.rank] if self.d.active else state["rng"])
             if damaged:
                 log(f"warning: {'; '.join(damaged)} is damaged and was not used; resuming from {entry['file']}")
             log(f"resuming after epoch {state['epoch']} (checkpoint verified: sha256 {entry['sha256'][:12]}…)")
@@ -205,8 +211,12 @@ class Checkpoint:
                         "run over with --overwrite (it deletes this folder's partial run), or put back a good copy")
 
     def save(self, epoch: int, history: list, evals: list, extra: dict | None = None) -> None:
-        state = {"epoch": epoch, "args": args_record(self.args), "rng": rng_state(), "history": history,
-                 "evals": evals, "extra": extra or {}, **{name: part.state_dict() for name, part in self.parts.items()}}
+        rngs = gather(rng_state())  # every process takes part; rank 0 writes
+        if not self.d.main:
+            return
+        state = {"epoch": epoch, "args": args_record(self.args), "world": self.d.world,
+                 "rng": rngs if self.d.active else rngs[0], "history": history, "evals": evals,
+                 "extra": extra or {}, **{name: part.state_dict() for name, part in self.parts.items()}}
         entry = {"epoch": epoch, **save_verified(self.out / f"checkpoint-epoch{epoch}.pt", state)}
         keep = [entry] + [e for e in self._manifest() if e["file"] != entry["file"]][:1]
         write_json(self.out / MANIFEST, {"checkpoints": keep})
@@ -215,12 +225,13 @@ class Checkpoint:
                 path.unlink(missing_ok=True)
 
     def remove(self) -> None:
-        remove_checkpoints(self.out)
+        if self.d.main:
+            remove_checkpoints(self.out)
 
 
 def remove_checkpoints(out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
     for path in out.glob("checkpoint-epoch*.pt"):
         path.unlink(missing_ok=True)
-    for path in out.glob(".checkpoint-epoch*.pt.tmp"):
+    for path in out.glob(".checkpoint-epoch*.tmp"):
         path.unlink(missing_ok=True)

@@ -6,13 +6,14 @@ import torch
 from common.errors import UserError
 
 
-def choose_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present; asking for `cuda` without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def choose_device(name: str, index: int | None = None) -> torch.device:
+    """`auto` takes CUDA when present; asking for `cuda` without one is a user error. `index`:
+    the GPU of this process under torchrun (its local rank)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but no CUDA device is available")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")
 
 
 def choose_precision(amp: str, device: torch.device) -> torch.dtype | None:

@@ -5,6 +5,7 @@ open), a non-zero exit status, never a traceback for a failure a person can act 
 - RunFailed: the run itself cannot go on (non-finite loss, disk full): exit status 1.
 """
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -29,13 +30,14 @@ def log_errors_to(path: Path | None) -> None:
 @contextlib.contextmanager
 def user_errors():
     """Turn UserError (exit 2) and RunFailed (exit 1) into one line on stderr, also written to
-    train.log when the run has one."""
+    train.log when the run has one. Under torchrun only rank 0 prints it (all exit alike)."""
     log_errors_to(None)
     try:
         yield
     except (UserError, RunFailed) as e:
         line = f"error: {e}"
-        print(line, file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(line, file=sys.stderr, flush=True)
         if _log_file is not None:
             try:
                 with open(_log_file, "a", encoding="utf-8") as f:

@@ -20,12 +20,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) to make a file or a folder at a temporary path beside `path`, then move it
     into place. An OSError becomes RunFailed naming `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent runs may share a cache
     try:
         _remove(tmp)
         write(tmp)
         if path.is_dir() and not path.is_symlink():  # a folder (model/) cannot be renamed over another
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
             _remove(old)
             os.replace(path, old)
             os.replace(tmp, path)

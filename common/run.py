@@ -1,12 +1,14 @@
 """The opening every run shares: the output-folder rules, the run log, provenance.
 
-    with Run(args, RESUME_FREE) as run:      # lock --out, check its state; nothing written yet
+    with Run(args, RESUME_FREE, d) as run:   # lock --out, check its state; nothing written yet
         if run.finished: return               # --resume found this very run finished
         ...read and check the inputs (log lines are kept in memory)...
         run.begin()                           # --overwrite empties --out now; train.log opens
 
 Nothing is written into --out (but its lock file) until `begin()`, so a mistake found while
 reading the inputs leaves the folder as it was and the corrected command is not refused.
+Under torchrun (`d`, common/distributed.py) only rank 0 looks at and writes --out; the other
+processes follow its decision and log nothing.
 """
 import platform
 import shutil
@@ -20,6 +22,7 @@ import torch
 
 from common.checkpoint import RunLock, check_same_args, finished_run, recorded_args, remove_checkpoints
 from common.device import choose_attention_kernels, choose_device, choose_precision
+from common.distributed import Dist, broadcast
 from common.errors import RunFailed, UserError, log_errors_to
 from common.rng import seed_everything
 
@@ -58,17 +61,22 @@ class RunLog:
     """Prints a line and appends it to train.log. Lines logged before the log file is opened are
     kept and written first. (tqdm bars go to the terminal only.)"""
 
-    def __init__(self):
+    def __init__(self, quiet: bool = False):
         self.path: Path | None = None
         self.pending: list[str] = []
+        self.quiet = quiet  # the processes other than rank 0 of a torchrun job log nothing
 
     def __call__(self, *parts) -> None:
+        if self.quiet:
+            return
         line = " ".join(str(p) for p in parts)
         print(line, flush=True)
         self.file_only(line)
 
     def file_only(self, line: str) -> None:
         """Write a line to train.log only (per-step figures that the progress bar shows)."""
+        if self.quiet:
+            return
         if self.path is None:
             self.pending.append(line)
             return
@@ -79,6 +87,8 @@ class RunLog:
             raise RunFailed(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def open(self, path: Path) -> None:
+        if self.quiet:
+            return
         self.path = path
         pending, self.pending = self.pending, []
         for line in pending:
@@ -89,20 +99,40 @@ class RunLog:
 class Run:
     """One training run's output folder, log, device, precision and seed (see the module docstring)."""
 
-    def __init__(self, args, free: set):
+    def __init__(self, args, free: set, d: Dist | None = None):
         self.args, self.free, self.out = args, free, args.out
-        self.log = RunLog()
+        self.d = d or Dist()
+        self.log = RunLog(quiet=not self.d.main)
         self.finished = False
+        self.lock = None
 
     def __enter__(self):
-        check_out_dir(self.out, self.args.resume, self.args.overwrite)
-        self.lock = RunLock(self.out).__enter__()
-        try:
-            self._open()
-        except BaseException:
-            self.lock.__exit__()
-            raise
+        if self.d.main:
+            try:
+                check_out_dir(self.out, self.args.resume, self.args.overwrite)
+                self.lock = RunLock(self.out).__enter__()
+                self._open()
+            except BaseException as e:
+                broadcast(("error", str(e)))
+                if self.lock:
+                    self.lock.__exit__()
+                raise
+            broadcast(("ok", self.finished))
+        else:  # follow rank 0, which checked --out (its error line is the job's one line)
+            status, value = broadcast(None)
+            if status == "error":
+                raise SystemExit(2)
+            self.finished = value
+        self._choose()
         return self
+
+    def _choose(self):
+        if self.finished:
+            return
+        self.device = choose_device(self.args.device, self.d.local_rank if self.d.active else None)
+        self.dtype = choose_precision(self.args.amp, self.device)
+        choose_attention_kernels(self.device)
+        seed_everything(self.args.seed)
 
     def _open(self):
         check_out_dir(self.out, self.args.resume, self.args.overwrite)  # again, now that we hold the lock
@@ -117,19 +147,20 @@ class Run:
             old = recorded_args(self.out)
             if old is not None:
                 check_same_args(old, self.args, self.free, str(self.out))
-        self.device = choose_device(self.args.device)
-        self.dtype = choose_precision(self.args.amp, self.device)
-        choose_attention_kernels(self.device)
-        seed_everything(self.args.seed)
 
     def begin(self) -> None:
-        """The inputs are checked: empty --out for --overwrite, open train.log."""
+        """The inputs are checked: empty --out for --overwrite, open train.log (rank 0 only)."""
+        if not self.d.main:
+            return
         if self.args.overwrite:
             empty_out_dir(self.out)
+        for stale in self.out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         self.log.open(self.out / "train.log")
 
     def __exit__(self, *exc):
-        self.lock.__exit__()
+        if self.lock:
+            self.lock.__exit__()
 
 
 def run_info(device: torch.device) -> dict:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.device import autocast, peak_memory_mib, to_device
+from common.distributed import Dist, all_reduce
 from common.errors import RunFailed, UserError
 from common.rng import rng_state, set_rng_state
 
@@ -103,10 +104,15 @@ def make_optimizer(params: list, lr: float, device: torch.device, graphs: bool) 
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.type == "cuda")
 
 
-def use_cuda_graphs(choice: str, device: torch.device, dtype) -> tuple[bool, str]:
+def use_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist | None = None) -> tuple[bool, str]:
     """(on?, why) for --cuda-graphs auto|on|off. `on` where graphs cannot run is a user error."""
     if choice == "off":
         return False, "off (--cuda-graphs off)"
+    if d is not None and d.active:
+        if choice == "on":
+            raise UserError("--cuda-graphs on is not supported under torchrun yet (DDP's gradient all-reduce would "
+                            "have to be captured too); use auto or off")
+        return False, "off (not captured under torchrun/DDP yet)"
     if device.type != "cuda":
         if choice == "on":
             raise UserError("--cuda-graphs on needs a CUDA device, and this run is on the CPU; use auto or off")
@@ -251,17 +257,20 @@ class Progress:
     timed apart, so throughput is given with and without warm-up."""
 
     def __init__(self, steps: Steps, *, epoch: int, first: bool, batches: int, every: int, log, steps_csv: Path,
-                 unit: str):
-        """`first`: the first epoch this process runs (graph capture and warm-up are counted in it)."""
+                 unit: str, d: Dist | None = None):
+        """`first`: the first epoch this process runs (graph capture and warm-up are counted in it).
+        Under torchrun the figures are summed over the processes; rank 0 shows and writes them."""
         step = steps.step
         self.step, self.epoch, self.batches, self.every, self.log = step, epoch, batches, every, log
+        self.d = d or Dist()
         self.steps_csv, self.unit = steps_csv, unit
         self.capture = steps.capture_seconds if first else 0.0
         self.warmup_at = WARMUP_STEPS if first and batches > WARMUP_STEPS else 0
         self.warm = (0.0, 0, 0.0)  # seconds, items, audio at the end of warm-up
         self.i, self.items, self.audio, self.last = 0, 0, 0.0, None
         step.totals.zero_()
-        self.bar = tqdm(total=batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True)
+        self.bar = tqdm(total=batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True,
+                        disable=not self.d.main)
         self.t0 = time.perf_counter()
         self.mark = (self.t0, 0)
 
@@ -282,8 +291,10 @@ class Progress:
 
     def _read(self, lr: float) -> None:
         s = self.step
-        loss_sum, correct, n, norm, bad, done = torch.cat(
-            [s.totals, s.grad_norm[None], s.bad_step[None], s.step_no[None]]).tolist()  # one sync
+        figures = torch.cat([s.totals, s.grad_norm[None], s.bad_step[None], s.step_no[None]])
+        all_reduce(figures[:3])  # every process's share of the loss and counts (a no-op alone)
+        all_reduce(figures[4:5], "max")  # a non-finite value on any process stops them all
+        loss_sum, correct, n, norm, bad, done = figures.tolist()  # one sync
         if bad >= 0:
             self.bar.close()  # end the bar's line, so the error stands on its own line
             epoch, at = int(bad) // self.batches + 1, int(bad) % self.batches + 1
@@ -297,6 +308,9 @@ class Progress:
         row = {"epoch": self.epoch, "step": int(done), "lr": f"{lr:.6g}", "loss": round(loss_sum / max(n, 1), 6),
                "accuracy": round(correct / max(n, 1), 6), "grad_norm": round(norm, 6),
                "items_per_s": round(rate, 2), "peak_memory_mib": None if peak is None else round(peak, 1)}
+        self.last = (loss_sum, correct, n)
+        if not self.d.main:
+            return
         new = not self.steps_csv.exists()
         try:
             with open(self.steps_csv, "a", newline="", encoding="utf-8") as f:
@@ -309,7 +323,6 @@ class Progress:
         self.log.file_only("step " + "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "step"))
                            + f"  (epoch {self.epoch}, step {int(done)})")
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", **{f"{self.unit}_s": f"{rate:.1f}"})
-        self.last = (loss_sum, correct, n)
 
     def finish(self) -> dict:
         """The epoch's figures: mean training loss and running accuracy over its items, seconds

@@ -41,12 +41,14 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
-from common.batching import LengthGroupedBatches, chunks, sorted_batches
+from common.batching import LengthGroupedBatches, sorted_batches
 from common.checkpoint import Checkpoint
 from common.device import autocast, grad_scaler, precision_name
+from common.distributed import distributed, my_micro_batches, sync_unless, wrap
 from common.errors import RunFailed, user_errors
 from common.metrics import summarize
 from common.results import write_config
+from common.rng import seed_everything
 from common.run import Run, count_params, run_info
 from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
                          use_cuda_graphs)
@@ -107,6 +109,7 @@ def main(argv=None):
 
 
 def uses_sdpa(model) -> bool:
+    model = getattr(model, "module", model)  # (under DDP)
     return model.config._attn_implementation == "sdpa"
 
 
@@ -116,15 +119,18 @@ def forward(model):
                            attention_mask=b["attention_mask"]).logits
 
 
-def train_epoch(steps: Steps, model, data, batches, args, lr_at, first_step: int, progress: Progress) -> dict:
-    """One pass over `batches`: set the step's learning rate, run its micro-batches, update."""
-    model.train()
+def train_epoch(steps: Steps, ddp, d, data, batches, args, lr_at, first_step: int, progress: Progress) -> dict:
+    """One pass over `batches`: set the step's learning rate, run this process's micro-batches
+    (all of the batch in one process; its share under torchrun), update."""
+    ddp.train()
     for n, batch in enumerate(batches):
         lr = lr_at(first_step + n)
         set_lr(steps.step.optimizer, lr)
-        for micro in chunks(batch, args.batch_size):
-            steps.micro(collate(data, micro, steps.step.device, rows=args.batch_size, weight=1 / len(batch),
-                                sdpa_mask=uses_sdpa(model)))
+        micros, rows = my_micro_batches(batch, args.batch_size, d)
+        for j, idx in enumerate(micros):  # an empty share: zero-weight rows, for the all-reduce
+            with sync_unless(ddp, j < len(micros) - 1):  # gradients add up; one all-reduce per step
+                steps.micro(collate(data, idx or batch[:1], steps.step.device, rows=rows,
+                                    weight=d.world / len(batch) if idx else 0.0, sdpa_mask=uses_sdpa(ddp)))
         steps.update()
         progress.step_done(len(batch), lr)
     return progress.finish()
@@ -135,14 +141,14 @@ def predict_logits(model, data, device, dtype) -> tuple[np.ndarray, float]:
     """Logits for every pair (in the split's order) and the mean cross-entropy; batches in a fixed
     length-sorted order, padded to the same buckets as training."""
     model.eval()
-    order, chunks_ = [], []
+    order, parts = [], []
     for idx in sorted_batches(data.lengths.tolist(), EVAL_BATCH):
         b = {k: v.to(device, non_blocking=True) for k, v in collate(data, idx, device, sdpa_mask=uses_sdpa(model)).items()}
         with autocast(device, dtype):
-            chunks_.append(forward(model)(b).float())
+            parts.append(forward(model)(b).float())
         order += idx
-    logits = torch.empty(len(order), chunks_[0].shape[1])
-    logits[order] = torch.cat(chunks_).cpu()
+    logits = torch.empty(len(order), parts[0].shape[1])
+    logits[order] = torch.cat(parts).cpu()
     return logits.numpy(), F.cross_entropy(logits, data.labels).item()
 
 
@@ -170,7 +176,7 @@ def capture_examples(data, args, device, sdpa: bool) -> list[dict]:
 
 
 def train(args):
-    with Run(args, RESUME_FREE) as run:  # lock --out; check it; device, precision, seeds
+    with distributed(args.device) as d, Run(args, RESUME_FREE, d) as run:  # torchrun; --out; device, precision, seeds
         if run.finished:
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
@@ -192,7 +198,7 @@ def train(args):
             importance = lambda m: head_importance(m, data["train"], batches[:args.importance_batches],  # noqa: E731
                                                    device, dtype)
         heads, scores = apply_experiment(model, args.keep_layers, args.prune_heads, args.freeze, args.seed, importance)
-        graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype)
+        graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype, d)
         run.begin()  # inputs checked: only now is anything written into --out
         params = count_params(model)
 
@@ -207,12 +213,15 @@ def train(args):
         def lr_at(step: int) -> float:
             return args.lr * max(0.0, 1 - step / total_steps)
 
-        ckpt = Checkpoint(args, RESUME_FREE, model=model, optimizer=opt, scaler=scaler)
+        ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
+        ddp = wrap(model, d, device)  # DDP under torchrun (it copies rank 0's weights), else the model itself
+        if d.active:  # dropout and the like: one stream per process, fixed by (seed, rank)
+            seed_everything(args.seed * 1_000_003 + d.rank)
         start, history, evals, _ = ckpt.restore(log)
         trim_steps_csv(out / "steps.csv", start)
         if graphs:
             lr_on_device(opt, device)
-        step = TrainStep(forward(model), trainable, opt, scaler, device, dtype, clip=1.0)
+        step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=1.0)
         step.step_no.fill_((start - 1) * steps_per_epoch)
         steps = Steps(step)
         if graphs and start <= args.epochs:
@@ -232,8 +241,8 @@ def train(args):
         # 4. The loop: train an epoch, evaluate, checkpoint.
         for epoch in range(start, args.epochs + 1):
             progress = Progress(steps, epoch=epoch, first=epoch == start, batches=steps_per_epoch,
-                                every=args.log_every, log=log, steps_csv=out / "steps.csv", unit="pairs")
-            fig = train_epoch(steps, model, data["train"], sampler.epoch(epoch), args, lr_at,
+                                every=args.log_every, log=log, steps_csv=out / "steps.csv", d=d, unit="pairs")
+            fig = train_epoch(steps, ddp, d, data["train"], sampler.epoch(epoch), args, lr_at,
                               (epoch - 1) * steps_per_epoch, progress)
             ev = {"val": evaluate(model, data["val"], device, dtype),
                   "test": evaluate(model, data["test"], device, dtype, splits["test"].hard)}
@@ -248,7 +257,9 @@ def train(args):
                 + (f"; {fig['items_per_s_steady']:.1f} after warm-up" if fig["warmup_seconds"] else "") + ")")
             ckpt.save(epoch, history, evals)
 
-        # 5. Results, metrics.json last; then the checkpoints go.
+        # 5. Results (rank 0), metrics.json last; then the checkpoints go.
+        if not d.main:
+            return
         recipe = (f"batch {args.batch_size} x {args.grad_accum} pairs, AdamW lr {args.lr:g} decaying linearly to 0, "
                   f"gradient norm clipped to 1.0, {precision_name(dtype)} on {device}, max length {args.max_length}, "
                   f"padding to multiples of 16 word pieces, CUDA graphs {'on' if steps.graphed else 'off'}")

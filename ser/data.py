@@ -382,14 +382,16 @@ def read_corpus(clips: list[Clip], *, strict: bool, protocol: str, split: str, s
     return Corpus(clips, raw, names, items, skipped)
 
 
-def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path,
+def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path | None,
                   method: str = "librosa") -> Dataset:
-    """Compute the augmented copies (cached), write split.csv, and normalise every wave once."""
+    """Compute the augmented copies (cached), write split.csv (unless None), and normalise every
+    wave once."""
     clips, raw, names, items = corpus.clips, corpus.raw, corpus.names, corpus.items
     planned = list(dict.fromkeys(it for its in items.values() for it in its if it.step is not None))
     made = augmented_copies(raw, [dict(it.step, source=it.clip) for it in planned], cache_dir, method)
     copy_of = dict(zip(planned, made))
-    write_split_csv(split_csv, clips, items)
+    if split_csv is not None:
+        write_split_csv(split_csv, clips, items)
     waves = {k: [normalize(raw[it.clip] if it.step is None else copy_of[it], do_normalize) for it in its]
              for k, its in items.items()}
     labels = {k: torch.tensor([names.index(clips[it.clip].label) for it in its], dtype=torch.long)

@@ -43,12 +43,14 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
-from common.batching import LengthGroupedBatches, chunks
+from common.batching import LengthGroupedBatches
 from common.checkpoint import Checkpoint
 from common.device import autocast, grad_scaler, precision_name
+from common.distributed import barrier, distributed, my_micro_batches, sync_unless, wrap
 from common.errors import RunFailed, user_errors
 from common.metrics import summarize
 from common.results import write_config
+from common.rng import seed_everything
 from common.run import Run, count_params, run_info
 from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
                          use_cuda_graphs)
@@ -120,13 +122,16 @@ def forward(model):
     return lambda b: model(b["input_values"], b["lengths"])
 
 
-def train_epoch(steps: Steps, model, waves, labels, batches, args, pad, progress: Progress) -> dict:
-    """One pass over `batches`: each micro-batch's forward/backward, then the update."""
-    model.train()
+def train_epoch(steps: Steps, ddp, d, waves, labels, batches, args, pad, progress: Progress) -> dict:
+    """One pass over `batches`: this process's micro-batches' forward/backward (all of the batch
+    in one process; its share under torchrun), then the update."""
+    ddp.train()
     for batch in batches:
-        for micro in chunks(batch, args.batch_size):
-            steps.micro(collate(waves, micro, labels, pad, steps.step.device, rows=args.batch_size,
-                                weight=1 / len(batch)))
+        micros, rows = my_micro_batches(batch, args.batch_size, d)
+        for j, idx in enumerate(micros):  # an empty share: zero-weight rows, for the all-reduce
+            with sync_unless(ddp, j < len(micros) - 1):  # gradients add up; one all-reduce per step
+                steps.micro(collate(waves, idx or batch[:1], labels, pad, steps.step.device, rows=rows,
+                                    weight=d.world / len(batch) if idx else 0.0))
         steps.update()
         progress.step_done(len(batch), args.lr, audio=sum(len(waves[i]) for i in batch) / SAMPLE_RATE)
     return progress.finish()
@@ -169,7 +174,7 @@ def capture_examples(waves, labels, args, pad, device) -> list[dict]:
 
 
 def train(args):
-    with Run(args, RESUME_FREE) as run:  # lock --out; check it; device, precision, seeds
+    with distributed(args.device) as d, Run(args, RESUME_FREE, d) as run:  # torchrun; --out; device, precision, seeds
         if run.finished:
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
@@ -189,12 +194,16 @@ def train(args):
         model = build_classifier(args.model, corpus.names, bool(fe.return_attention_mask))
         if args.freeze_feature_encoder:
             model.hubert.feature_extractor.requires_grad_(False)
-        graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype)
+        graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype, d)
         run.begin()  # inputs checked: only now is anything written into --out
 
         # 3. The augmented copies (computed once, cached), split.csv, every wave normalised once.
+        if not d.main:
+            barrier()  # under torchrun rank 0 makes the copies and split.csv; the others then read its cache
         data = build_dataset(corpus, cache_dir=args.cache_dir or out / "cache", do_normalize=fe.do_normalize,
-                             split_csv=out / "split.csv", method=args.augment_method)
+                             split_csv=out / "split.csv" if d.main else None, method=args.augment_method)
+        if d.main:
+            barrier()
         names, waves, ids, counts = data.names, data.waves, data.labels, data.counts
         skipped = data.skipped + bad_names
         protocol = protocol_text(args.protocol, args.split, not args.no_balance)
@@ -212,13 +221,16 @@ def train(args):
         sampler = LengthGroupedBatches([len(w) for w in waves["train"]], args.batch_size * args.grad_accum, args.seed)
         steps_per_epoch = len(sampler)
 
-        ckpt = Checkpoint(args, RESUME_FREE, model=model, optimizer=opt, scaler=scaler)
+        ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
+        ddp = wrap(model, d, device)  # DDP under torchrun (it copies rank 0's weights), else the model itself
+        if d.active:  # dropout and the like: one stream per process, fixed by (seed, rank)
+            seed_everything(args.seed * 1_000_003 + d.rank)
         start, history, evals, _ = ckpt.restore(log)
         trim_steps_csv(out / "steps.csv", start)
         if graphs:
             lr_on_device(opt, device)
         set_lr(opt, args.lr)
-        step = TrainStep(forward(model), trainable, opt, scaler, device, dtype, clip=None)
+        step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=None)
         step.step_no.fill_((start - 1) * steps_per_epoch)
         steps = Steps(step)
         pad = float(fe.padding_value)
@@ -240,8 +252,8 @@ def train(args):
         # 4. The loop: train an epoch, evaluate validation and test, checkpoint.
         for epoch in range(start, args.epochs + 1):
             progress = Progress(steps, epoch=epoch, first=epoch == start, batches=steps_per_epoch,
-                                every=args.log_every, log=log, steps_csv=out / "steps.csv", unit="clips")
-            fig = train_epoch(steps, model, waves["train"], ids["train"], sampler.epoch(epoch), args, pad, progress)
+                                every=args.log_every, log=log, steps_csv=out / "steps.csv", d=d, unit="clips")
+            fig = train_epoch(steps, ddp, d, waves["train"], ids["train"], sampler.epoch(epoch), args, pad, progress)
             ev = {k: evaluate(model, waves[k], ids[k], names, device, dtype, pad) for k in ("val", "test")}
             evals.append(ev)
             history.append({"epoch": epoch, "train_loss": fig["train_loss"], "train_accuracy": fig["train_accuracy"],
@@ -257,7 +269,9 @@ def train(args):
                 f"({fig['items_per_s']:.1f} clips/s, {fig['audio_seconds_per_s']:.1f} audio-s/s)")
             ckpt.save(epoch, history, evals)
 
-        # 5. Results: the final model on the training split too, then every file, metrics.json last.
+        # 5. Results (rank 0): the final model on the training split too, then every file, metrics.json last.
+        if not d.main:
+            return
         final_train = evaluate(model, waves["train"], ids["train"], names, device, dtype, pad)
         recipe = (f"batch {args.batch_size} x {args.grad_accum} clips, AdamW lr {args.lr:g} constant (our choice: the "
                   f"study names no optimizer), no gradient clipping, {precision_name(dtype)} on {device}, padding to "

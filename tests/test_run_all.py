@@ -1,5 +1,7 @@
-"""run_all.sh as a user runs it: the offline smoke run end to end, skipping finished runs,
-stopping on a failure, refusing to start without ShEMO; and the summary's tables."""
+"""run_all.sh as a user runs it: the offline smoke run end to end (two jobs side by side on the
+CPU, --slots 2, which is also what makes it fit the suite's time), the same figures as a
+sequential run, skipping finished runs, stopping on a failure, refusing to start without ShEMO;
+and the summary's tables."""
 import json
 import os
 import shutil
@@ -26,7 +28,7 @@ def run_all(*args, env=None):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
-    result = run_all("--smoke", "--out", out)
+    result = run_all("--smoke", "--slots", "2", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -129,3 +131,32 @@ def test_the_experiment_lists_have_one_source():
         assert "freeze9" not in text and "leak-free-speaker" not in text and "0.826" not in text, path
     listed = subprocess.run(["python", "-m", "nli.study", "--list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert [line.split("\t")[0] for line in listed.splitlines()] == EXPERIMENTS
+
+
+def test_side_by_side_runs_give_the_figures_of_a_sequential_run(smoke, tmp_path):
+    """--slots 2 gave each job one CPU thread (2 cores / 2 slots); the same thread count, one job
+    at a time, gives the same numbers."""
+    out, result = smoke
+    assert "output in" in result.stdout and (out / "logs" / "ser-study-seed-0.log").exists()
+    shutil.copytree(out / "inputs", tmp_path / "inputs")
+    seq = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", tmp_path,
+                  env={"OMP_NUM_THREADS": "1"})
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    a, b = (json.loads((d / "ser/study/seed0/metrics.json").read_text()) for d in (out, tmp_path))
+    for split in ("train", "val", "test"):
+        assert a[split] == b[split], split
+
+
+def test_side_by_side_failures_name_each_experiment_and_start_nothing_new(smoke, tmp_path):
+    out, _ = smoke
+    shutil.copytree(out / "inputs", tmp_path / "inputs")
+    val = tmp_path / "inputs/farstail/Val-word.csv"
+    val.write_text(val.read_text(encoding="utf-8").replace("\te\n", "\tq\n", 1), encoding="utf-8")
+    result = run_all("--smoke", "--only", "nli", "--slots", "2", "--out", tmp_path)
+    assert result.returncode == 1
+    for name, folder in (("nli all seed 0", "nli/all/seed0"), ("nli freeze9 seed 0", "nli/freeze9/seed0")):
+        assert f"experiment {name} failed; see {tmp_path / folder}/train.log" in result.stderr
+    assert "unknown label 'q'" in result.stderr and "2 experiment(s) failed" in result.stderr
+    assert "[1/7]" in result.stdout and "[3/7]" in result.stdout  # the curve waits for 'all'; it never ran
+    assert "[2/7]" not in result.stdout and "[4/7]" not in result.stdout
+    assert run_all("--gpus", "0,x", "--only", "nli").returncode == 2
