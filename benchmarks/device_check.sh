@@ -27,7 +27,7 @@ python3 -m pytest -q -s tests/test_cuda.py > "$OUT/cuda_tests.log" 2>&1; echo "c
 step "2. every experiment end to end on CUDA (bf16, graphs on by auto)"
 bash run_all.sh --smoke --out /tmp/smoke-cuda > "$OUT/smoke.log" 2>&1; echo "smoke exit $?" | tee -a "$OUT/steps.log"
 cp /tmp/smoke-cuda/summary.md "$OUT/smoke_summary.md" 2>/dev/null
-grep -h "CUDA graphs" /tmp/smoke-cuda/nli/*/seed0/train.log /tmp/smoke-cuda/ser/*/train.log 2>/dev/null | sort | uniq -c > "$OUT/smoke_graphs.txt"
+grep -h "CUDA graphs" /tmp/smoke-cuda/nli/*/seed0/train.log /tmp/smoke-cuda/ser/*/seed0/train.log 2>/dev/null | sort | uniq -c > "$OUT/smoke_graphs.txt"
 
 step "3. short runs: $pairs pairs / $clips clips, one epoch, graphs on and off"
 nli() { python3 -m benchmarks.nli_speed --data-dir "$PEER_DATA/farstail" --tokenizer "$PEER_DATA/parsbert-v1" "$@"; }
