@@ -143,7 +143,8 @@ def predict_logits(model, data, device, dtype) -> tuple[np.ndarray, float]:
     model.eval()
     order, parts = [], []
     for idx in sorted_batches(data.lengths.tolist(), EVAL_BATCH):
-        b = {k: v.to(device, non_blocking=True) for k, v in collate(data, idx, device, sdpa_mask=uses_sdpa(model)).items()}
+        batch = collate(data, idx, device, sdpa_mask=uses_sdpa(model))
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, dtype):
             parts.append(forward(model)(b).float())
         order += idx
@@ -218,7 +219,8 @@ def train(args):
         if d.active:  # dropout and the like: one stream per process, fixed by (seed, rank)
             seed_everything(args.seed * 1_000_003 + d.rank)
         start, history, evals, _ = ckpt.restore(log)
-        trim_steps_csv(out / "steps.csv", start)
+        if d.main:
+            trim_steps_csv(out / "steps.csv", start)
         if graphs:
             lr_on_device(opt, device)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=1.0)
@@ -227,15 +229,16 @@ def train(args):
         if graphs and start <= args.epochs:
             model.train()
             steps.capture(capture_examples(data["train"], args, device, uses_sdpa(model)), log)
-        write_config(out, args, {
-            "experiment": experiment_name(args), "device": str(device), "precision": precision_name(dtype),
-            "cuda_graphs": steps.status(graphs_why),
-            "optimizer_batch": args.batch_size * args.grad_accum, "steps": total_steps, "pruned_heads": heads,
-            "head_importance": scores,
-            "layers": len(encoder_layers(model)), "params": params, "token_stats": stats,
-            "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device))
+        if d.main:
+            write_config(out, args, {
+                "experiment": experiment_name(args), "device": str(device), "precision": precision_name(dtype),
+                "cuda_graphs": steps.status(graphs_why), "optimizer_batch": args.batch_size * args.grad_accum,
+                "processes": d.world, "steps": total_steps, "pruned_heads": heads, "head_importance": scores,
+                "layers": len(encoder_layers(model)), "params": params, "token_stats": stats,
+                "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device))
         log(f"{experiment_name(args)}: {params['trainable']:,} of {params['total']:,} parameters train; "
-            f"{precision_name(dtype)} on {device}; batch {args.batch_size} x {args.grad_accum}; {total_steps} steps; "
+            f"{precision_name(dtype)} on {device}; batch {args.batch_size} x {args.grad_accum}"
+            f"{f' over {d.world} processes' if d.active else ''}; {total_steps} steps; "
             f"CUDA graphs {steps.status(graphs_why)}")
 
         # 4. The loop: train an epoch, evaluate, checkpoint.

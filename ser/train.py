@@ -226,7 +226,8 @@ def train(args):
         if d.active:  # dropout and the like: one stream per process, fixed by (seed, rank)
             seed_everything(args.seed * 1_000_003 + d.rank)
         start, history, evals, _ = ckpt.restore(log)
-        trim_steps_csv(out / "steps.csv", start)
+        if d.main:
+            trim_steps_csv(out / "steps.csv", start)
         if graphs:
             lr_on_device(opt, device)
         set_lr(opt, args.lr)
@@ -237,17 +238,17 @@ def train(args):
         if graphs and start <= args.epochs:
             model.train()
             steps.capture(capture_examples(waves["train"], ids["train"], args, pad, device), log)
-        write_config(out, args, {
-            "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
-            "cuda_graphs": steps.status(graphs_why),
-            "do_normalize": bool(fe.do_normalize), "attention_mask": bool(fe.return_attention_mask),
-            "optimizer_batch": args.batch_size * args.grad_accum, "labels": names, "params": params,
-            "clips": {k: len(v) for k, v in waves.items()}, "class_counts": counts, "protocol": protocol,
-            "augmentation": augmentation_settings(args.augment_method)},
-            run_info(device))
+        if d.main:
+            write_config(out, args, {
+                "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
+                "cuda_graphs": steps.status(graphs_why), "do_normalize": bool(fe.do_normalize),
+                "attention_mask": bool(fe.return_attention_mask), "optimizer_batch": args.batch_size * args.grad_accum,
+                "processes": d.world, "labels": names, "params": params,
+                "clips": {k: len(v) for k, v in waves.items()}, "class_counts": counts, "protocol": protocol,
+                "augmentation": augmentation_settings(args.augment_method)}, run_info(device))
         log(f"{params['trainable']:,} of {params['total']:,} parameters train; {precision_name(dtype)} on {device}; "
-            f"batch {args.batch_size} x {args.grad_accum}; feature extractor: {fe_source}; CUDA graphs "
-            f"{steps.status(graphs_why)}")
+            f"batch {args.batch_size} x {args.grad_accum}{f' over {d.world} processes' if d.active else ''}; "
+            f"feature extractor: {fe_source}; CUDA graphs {steps.status(graphs_why)}")
 
         # 4. The loop: train an epoch, evaluate validation and test, checkpoint.
         for epoch in range(start, args.epochs + 1):
