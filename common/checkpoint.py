@@ -23,7 +23,7 @@ import torch
 
 from common.distributed import Dist, gather
 from common.errors import RunFailed, UserError
-from common.files import read_text, write_json
+from common.files import read_text, sha256, write_json
 from common.rng import rng_state, set_rng_state
 
 MANIFEST = "checkpoint.json"
@@ -114,14 +114,6 @@ class _HashingFile:
 
     def flush(self):
         self.f.flush()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_verified(path: Path, state: dict) -> dict:

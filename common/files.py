@@ -6,6 +6,7 @@ one. A write that fails (disk full, read-only folder) becomes one line naming th
 Text inputs are read as UTF-8 (a byte-order mark is accepted); another encoding is an error
 naming the file and line.
 """
+import hashlib
 import json
 import math
 import os
@@ -46,6 +47,15 @@ def _remove(path: Path, quiet: bool = False) -> None:
     except OSError:
         if not quiet:
             raise
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256, read in 16 MiB pieces (checkpoints run to gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def finite(obj):

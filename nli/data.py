@@ -1,7 +1,6 @@
 """FarsTail: find or download the three files, read them with CSV quoting, check every row,
 tokenise each split once, and pad batches up to a few fixed lengths (buckets)."""
 import csv
-import hashlib
 import io
 import tempfile
 import urllib.request
@@ -12,7 +11,7 @@ import torch
 
 from common.device import pinned
 from common.errors import UserError
-from common.files import read_text
+from common.files import read_text, sha256
 
 # Fixed label ids, recorded in the saved model's id2label / label2id.
 CODES = ["e", "c", "n"]
@@ -48,14 +47,6 @@ class Split:
         if n is None:
             return self
         return Split(self.premise[:n], self.hypothesis[:n], self.label[:n], {k: v[:n] for k, v in self.hard.items()})
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_farstail(data_dir: Path, log=print) -> None:

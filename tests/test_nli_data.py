@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import io
 
 import pytest
@@ -70,7 +71,7 @@ def test_download_with_right_hash_is_kept(tmp_path, monkeypatch):
     src = tmp_path / "src"
     write_farstail(src, rows=(6, 3, 3))
     payload = {name: (src / name).read_bytes() for name in nli_data.FILES.values()}
-    monkeypatch.setattr(nli_data, "SHA256", {n: nli_data.hashlib.sha256(b).hexdigest() for n, b in payload.items()})
+    monkeypatch.setattr(nli_data, "SHA256", {n: hashlib.sha256(b).hexdigest() for n, b in payload.items()})
     asked = []
 
     def fake(url, timeout):
