@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from common.errors import UserError
+from common.rng import seed_everything
 
 
 @dataclass
@@ -75,12 +76,16 @@ def my_micro_batches(batch: list[int], batch_size: int, d: Dist) -> tuple[list[l
     return [share[k * rows:(k + 1) * rows] for k in range(count)], rows
 
 
-def wrap(model, d: Dist, device: torch.device):
-    """The model DDP trains (the plain model when not distributed)."""
+def wrap(model, d: Dist, device: torch.device, seed: int):
+    """The model DDP trains (the plain model when not distributed). Under DDP (which copies rank
+    0's weights everywhere) each process then draws dropout and the like from its own stream,
+    seeded by (seed, rank)."""
     if not d.active:
         return model
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    seed_everything(seed * 1_000_003 + d.rank)
+    return ddp
 
 
 def sync_unless(ddp, skip: bool):

@@ -126,8 +126,8 @@ def use_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist | None = N
 
 
 def lr_on_device(optimizer, device: torch.device) -> None:
-    """Give every parameter group its own device tensor for the learning rate (after a checkpoint
-    is loaded, which brings it back as a CPU value); graphs read it at replay."""
+    """Give every parameter group its own device tensor for the learning rate (graphs read it at
+    replay); Steps.capture calls it, after any checkpoint was loaded."""
     for group in optimizer.param_groups:
         group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
@@ -179,6 +179,7 @@ class Steps:
         counters and RNGs end exactly as they started."""
         step, t0 = self.step, time.perf_counter()
         self.tried = True
+        lr_on_device(step.optimizer, step.device)  # a checkpoint brings the learning rate back as a CPU value
         saved = _snapshot(step)
         try:
             for p in step.params:  # gradients must exist before capture: graphs add into them in place
@@ -263,6 +264,8 @@ class Progress:
         step = steps.step
         self.step, self.epoch, self.batches, self.every, self.log = step, epoch, batches, every, log
         self.d = d or Dist()
+        if first and self.d.main:
+            trim_steps_csv(steps_csv, epoch)  # a resumed run redoes this epoch and those after it
         self.steps_csv, self.unit = steps_csv, unit
         self.capture = steps.capture_seconds if first else 0.0
         self.warmup_at = WARMUP_STEPS if first and batches > WARMUP_STEPS else 0

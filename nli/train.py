@@ -48,10 +48,8 @@ from common.distributed import distributed, my_micro_batches, sync_unless, wrap
 from common.errors import RunFailed, user_errors
 from common.metrics import summarize
 from common.results import write_config
-from common.rng import seed_everything
 from common.run import Run, count_params, run_info
-from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
-                         use_cuda_graphs)
+from common.step import Progress, Steps, TrainStep, make_optimizer, set_lr, use_cuda_graphs
 from nli.data import LABELS, bucket_length, collate, encode, load_farstail, load_tokenizer, token_stats
 from nli.importance import head_importance
 from nli.model import apply_experiment, encoder_layers, load_classifier
@@ -215,14 +213,8 @@ def train(args):
             return args.lr * max(0.0, 1 - step / total_steps)
 
         ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
-        ddp = wrap(model, d, device)  # DDP under torchrun (it copies rank 0's weights), else the model itself
-        if d.active:  # dropout and the like: one stream per process, fixed by (seed, rank)
-            seed_everything(args.seed * 1_000_003 + d.rank)
+        ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
         start, history, evals, _ = ckpt.restore(log)
-        if d.main:
-            trim_steps_csv(out / "steps.csv", start)
-        if graphs:
-            lr_on_device(opt, device)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=1.0)
         step.step_no.fill_((start - 1) * steps_per_epoch)
         steps = Steps(step)

@@ -50,10 +50,8 @@ from common.distributed import barrier, distributed, my_micro_batches, sync_unle
 from common.errors import RunFailed, user_errors
 from common.metrics import summarize
 from common.results import write_config
-from common.rng import seed_everything
 from common.run import Run, count_params, run_info
-from common.step import (Progress, Steps, TrainStep, lr_on_device, make_optimizer, set_lr, trim_steps_csv,
-                         use_cuda_graphs)
+from common.step import Progress, Steps, TrainStep, make_optimizer, set_lr, use_cuda_graphs
 from ser.data import (SAMPLE_RATE, augmentation_settings, bucket_batches, bucket_length, build_dataset, collate,
                       read_corpus, read_manifest, scan_shemo)
 from ser.model import build_classifier, feature_extractor_for
@@ -222,14 +220,8 @@ def train(args):
         steps_per_epoch = len(sampler)
 
         ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
-        ddp = wrap(model, d, device)  # DDP under torchrun (it copies rank 0's weights), else the model itself
-        if d.active:  # dropout and the like: one stream per process, fixed by (seed, rank)
-            seed_everything(args.seed * 1_000_003 + d.rank)
+        ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
         start, history, evals, _ = ckpt.restore(log)
-        if d.main:
-            trim_steps_csv(out / "steps.csv", start)
-        if graphs:
-            lr_on_device(opt, device)
         set_lr(opt, args.lr)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=None)
         step.step_no.fill_((start - 1) * steps_per_epoch)

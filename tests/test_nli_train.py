@@ -131,10 +131,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_bert, farstail_
     with pytest.raises(SystemExit) as e:  # a non-empty --out is refused without --resume
         run(tiny_bert, farstail_dir, tmp_path / "cut", *args)
     assert e.value.code == 2
+    with open(tmp_path / "cut" / "steps.csv", "a") as f:  # the row of an epoch killed before its checkpoint
+        f.write("2,6,0.0005,1.1,0.3,0.5,100.0,\n")
     resumed = weights(run(tiny_bert, farstail_dir, tmp_path / "cut", *args, "--resume"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     hist = list(csv.DictReader(open(tmp_path / "cut" / "history.csv")))
     assert [r["epoch"] for r in hist] == ["1", "2", "3"]
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "cut" / "steps.csv"))]
+    assert steps == sorted(set(steps))  # the rows of the killed epoch were dropped, not repeated
     assert "resuming after epoch 1" in (tmp_path / "cut" / "train.log").read_text()
 
 
