@@ -1,5 +1,6 @@
-"""Batch order for both tasks: length-grouped training batches with a per-epoch seed, a fixed
-length-sorted order for evaluation, and the split of a batch into fixed-size micro-batches."""
+"""Batch order for both tasks: length-grouped training batches with a per-epoch seed and a fixed
+length-sorted order for evaluation. (Cutting a batch into micro-batches, per process under
+torchrun: common/distributed.py, my_micro_batches.)"""
 import random
 
 
@@ -42,7 +43,3 @@ def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
-
-def chunks(batch: list[int], size: int) -> list[list[int]]:
-    """An optimizer batch cut into micro-batches of `size` items (the last may be shorter)."""
-    return [batch[i:i + size] for i in range(0, len(batch), size)]

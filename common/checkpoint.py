@@ -151,7 +151,7 @@ def load_verified(folder: Path, entry: dict) -> tuple[dict | None, str]:
 class Checkpoint:
     """The run's checkpoints in OUT: the state of every part given (model, optimizer, scaler:
     anything with state_dict/load_state_dict), every RNG (of every process under torchrun), the
-    per-epoch results so far, and any `extra` values. Saved after each finished epoch by rank 0;
+    per-epoch results so far. Saved after each finished epoch by rank 0;
     the newest two are kept. Every process restores from the same verified file."""
 
     def __init__(self, args, free: set, d: Dist | None = None, **parts):
@@ -170,18 +170,18 @@ class Checkpoint:
             raise UserError(f"{path} is damaged, so no checkpoint can be verified; start the run over with "
                             "--overwrite, or give another --out") from None
 
-    def restore(self, log) -> tuple[int, list, list, dict]:
-        """(first epoch to run, history, evals, extra): from the newest good checkpoint with
+    def restore(self, log) -> tuple[int, list, list]:
+        """(first epoch to run, history, evals): from the newest good checkpoint with
         --resume, else a fresh start."""
         if not self.args.resume:
-            return 1, [], [], {}
+            return 1, [], []
         entries = self._manifest()
         recorded = {e["file"] for e in entries}
         for path in sorted(self.out.glob("checkpoint-epoch*.pt")):
             if path.name not in recorded:  # written, but the run stopped before recording it: never trusted
                 log(f"warning: {path.name} is not recorded in {MANIFEST} (the run stopped while saving it); not used")
         if not entries:
-            return 1, [], [], {}
+            return 1, [], []
         damaged = []
         for entry in entries:
             state, why = load_verified(self.out, entry)
@@ -198,17 +198,17 @@ class Checkpoint:
             if damaged:
                 log(f"warning: {'; '.join(damaged)} is damaged and was not used; resuming from {entry['file']}")
             log(f"resuming after epoch {state['epoch']} (checkpoint verified: sha256 {entry['sha256'][:12]}…)")
-            return state["epoch"] + 1, state["history"], state["evals"], state.get("extra", {})
+            return state["epoch"] + 1, state["history"], state["evals"]
         raise UserError(f"no usable checkpoint in {self.out}: {'; '.join(damaged)}. Nothing was trained; start the "
                         "run over with --overwrite (it deletes this folder's partial run), or put back a good copy")
 
-    def save(self, epoch: int, history: list, evals: list, extra: dict | None = None) -> None:
+    def save(self, epoch: int, history: list, evals: list) -> None:
         rngs = gather(rng_state())  # every process takes part; rank 0 writes
         if not self.d.main:
             return
         state = {"epoch": epoch, "args": args_record(self.args), "world": self.d.world,
                  "rng": rngs if self.d.active else rngs[0], "history": history, "evals": evals,
-                 "extra": extra or {}, **{name: part.state_dict() for name, part in self.parts.items()}}
+                 **{name: part.state_dict() for name, part in self.parts.items()}}
         entry = {"epoch": epoch, **save_verified(self.out / f"checkpoint-epoch{epoch}.pt", state)}
         keep = [entry] + [e for e in self._manifest() if e["file"] != entry["file"]][:1]
         write_json(self.out / MANIFEST, {"checkpoints": keep})

@@ -207,15 +207,11 @@ def curve(args):
             log(f"fraction {f:g} ({n} heads): " + ", ".join(
                 f"{r['method']}{'' if r['seed'] == '' else ' ' + str(r['seed'])} test {r['test_accuracy']:.4f}"
                 for r in rows if r["fraction"] == f))
-        write_curve(out, args, rows, scores, whole, total, layers)
+        write_curve(out, args, rows, scores, whole, total, layers, base.config.num_attention_heads)
         log(f"done: results in {out}")
 
 
-def args_heads(scores: dict) -> int:
-    return 1 + max(h for row in scores.values() for h in row)
-
-
-def write_curve(out, args, rows, scores, whole, total, layers) -> None:
+def write_curve(out, args, rows, scores, whole, total, layers, per_layer) -> None:
     methods = [m for m in ("importance", "importance-iterative", "random") if any(r["method"] == m for r in rows)]
     mean_random = []
     for f in sorted({r["fraction"] for r in rows if r["method"] == "random"}):
@@ -227,7 +223,7 @@ def write_curve(out, args, rows, scores, whole, total, layers) -> None:
     write_text(out / "prune_curve.csv", csv_text(rows, FIELDS))
     plot_prune_curve(rows, whole["test_accuracy"], out / "prune_curve.png",
                      f"heads removed without retraining ({total} heads)")
-    plot_head_importance(scores, layers, args_heads(scores), out / "head_importance.png")
+    plot_head_importance(scores, layers, per_layer, out / "head_importance.png")
     lines = [f"Pruning curve of {args.model}: heads removed without retraining; {total} heads in {layers} layers",
              "importance: gradient head importance (Michel et al. 2019) on training pairs, never the test split; "
              "random: heads drawn at random, seeds 0.." + str(args.seeds - 1), "",

@@ -214,7 +214,7 @@ def train(args):
 
         ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
         ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
-        start, history, evals, _ = ckpt.restore(log)
+        start, history, evals = ckpt.restore(log)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=1.0)
         step.step_no.fill_((start - 1) * steps_per_epoch)
         steps = Steps(step)

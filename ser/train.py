@@ -221,7 +221,7 @@ def train(args):
 
         ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
         ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
-        start, history, evals, _ = ckpt.restore(log)
+        start, history, evals = ckpt.restore(log)
         set_lr(opt, args.lr)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=None)
         step.step_no.fill_((start - 1) * steps_per_epoch)

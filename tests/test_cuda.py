@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 import nli.train
-from common.batching import LengthGroupedBatches, chunks
+from common.batching import LengthGroupedBatches
+from common.distributed import Dist, my_micro_batches
 from common.device import grad_scaler
 from common.step import Steps, TrainStep, make_optimizer, set_lr
 from nli.data import LABELS, collate, encode, read_split
@@ -44,7 +45,7 @@ def losses(model, data, steps, batches, size=4):
     out = []
     for batch in batches:
         steps.step.totals.zero_()
-        for micro in chunks(batch, size):
+        for micro in my_micro_batches(batch, size, Dist())[0]:
             steps.micro(collate(data, micro, CUDA, rows=size, weight=1 / len(batch)))
         steps.update()
         loss_sum, _, n = steps.step.totals.tolist()
