@@ -163,6 +163,7 @@ def curve(args):
         if run.finished:
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
+        model_folder(args.model)  # a folder made by nli.train: a one-line error if it is not one
         splits = load_farstail(args.data_dir, args.limit, log)
         tokenizer = load_tokenizer(args.model)
         data = {k: encode(tokenizer, v, args.max_length) for k, v in splits.items()}

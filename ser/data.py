@@ -451,6 +451,8 @@ def check_shemo(folder: Path) -> dict[str, int]:
     can read and that hold samples. A UserError when fewer than two emotions have 3 clips each
     (what a split needs). Reads headers only: seconds for the whole corpus."""
     import soundfile as sf
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder (ShEMO: unzip it and point --shemo or --data-dir at it)")
     clips, _ = scan_shemo(folder)
     counts: Counter = Counter()
     for clip in clips:

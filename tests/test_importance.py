@@ -135,3 +135,12 @@ def test_pruning_curve_starts_at_the_model_and_random_draws_repeat(tiny_bert, fa
     m = json.loads((tmp_path / "curve1" / "metrics.json").read_text())
     assert set(m["head_budget"]) == {"importance", "importance-iterative", "random"}
     assert int(rows[0][-1]["params"]) < int(whole["params"])  # fewer heads, fewer parameters
+
+
+def test_pruning_curve_of_a_missing_model_is_one_line(farstail_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        prune_curve.main(["--model", str(tmp_path / "nowhere"), "--data-dir", str(farstail_dir),
+                          "--out", str(tmp_path / "curve")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no config.json there" in err and "Traceback" not in err
+    assert not (tmp_path / "curve" / "train.log").exists()
