@@ -9,31 +9,39 @@
 #
 # The experiment lists live in nli/study.py and ser/study.py (python -m nli.study --list).
 # Runs go to OUT/nli/<experiment>/seed<k>/ and OUT/ser/<protocol>/seed<k>/ (OUT: runs/, or runs-smoke/ with --smoke).
-# Every run is started with --resume: a finished run with the same arguments is skipped, an
+# Every run is started with --resume: a finished run with the same arguments and inputs is skipped, an
 # interrupted one continues from its last finished epoch. A failing run stops the script.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""; gpus=(); slots=1
+usage() { echo "run_all.sh: $1 (see --help)" >&2; exit 2; }
+value() {  # value FLAG NEXT-ARGUMENT WHAT: the flag's value, or one line and exit 2
+  { [ -n "${2:-}" ] && [[ "$2" != --* ]]; } || usage "$1 needs $3"
+  printf '%s' "$2"
+}
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
-    --seeds) seeds="${2:?--seeds needs a number}"; shift ;;
-    --only) only="${2:?--only needs nli or ser}"; shift ;;
-    --shemo) shemo="${2:?--shemo needs a folder}"; shift ;;
-    --out) out="${2:?--out needs a folder}"; shift ;;
-    --ser-protocols) ser_protocols="${2:?--ser-protocols needs a comma-separated list}"; shift ;;
-    --gpus) IFS=, read -ra gpus <<< "${2:?--gpus needs GPU ids, like 0,1,2,3}"; shift ;;
-    --slots) slots="${2:?--slots needs a number}"; shift ;;
+    --seeds) seeds=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
+    --only) only=$(value "$1" "${2:-}" "nli or ser") || exit 2; shift ;;
+    --shemo) shemo=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
+    --out) out=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
+    --ser-protocols) ser_protocols=$(value "$1" "${2:-}" "a comma-separated list") || exit 2; shift ;;
+    --gpus) ids=$(value "$1" "${2:-}" "GPU ids, like 0,1,2,3") || exit 2; IFS=, read -ra gpus <<< "$ids"; shift ;;
+    --slots) slots=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) usage "unknown option $1" ;;
   esac
   shift
 done
-case "$only" in ""|nli|ser) ;; *) echo "run_all.sh: --only takes nli or ser" >&2; exit 2 ;; esac
-[[ "$seeds" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --seeds takes a positive number" >&2; exit 2; }
-[[ "$slots" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --slots takes a positive number" >&2; exit 2; }
-for g in "${gpus[@]}"; do [[ "$g" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --gpus takes GPU ids, like 0,1,2,3" >&2; exit 2; }; done
+# python, or python3 where only that exists (PYTHON overrides both)
+py=${PYTHON:-$(command -v python || command -v python3 || true)}
+[ -n "$py" ] || { echo "run_all.sh: no python or python3 on PATH" >&2; exit 2; }
+case "$only" in ""|nli|ser) ;; *) usage "--only takes nli or ser" ;; esac
+[[ "$seeds" =~ ^[1-9][0-9]*$ ]] || usage "--seeds takes a positive number"
+[[ "$slots" =~ ^[1-9][0-9]*$ ]] || usage "--slots takes a positive number"
+for g in "${gpus[@]}"; do [[ "$g" =~ ^[0-9]+$ ]] || usage "--gpus takes GPU ids, like 0,1,2,3"; done
 [ ${#gpus[@]} -gt 0 ] && slots=${#gpus[@]}  # one job per GPU
 if [ "$slots" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
   # jobs sharing the CPU: split its cores between them instead of oversubscribing them
@@ -45,23 +53,33 @@ export PYTHONUNBUFFERED=1
 
 # The experiments, from their one source: name<TAB>flags per line.
 nli_names=(); nli_flags=(); ser_names=(); ser_flags=()
-while IFS=$'\t' read -r name flags; do nli_names+=("$name"); nli_flags+=("$flags"); done < <(python -m nli.study --list)
+while IFS=$'\t' read -r name flags; do nli_names+=("$name"); nli_flags+=("$flags"); done < <("$py" -m nli.study --list)
 while IFS=$'\t' read -r name flags; do
   if [ -z "$ser_protocols" ] || [[ ",$ser_protocols," == *",$name,"* ]]; then ser_names+=("$name"); ser_flags+=("$flags"); fi
-done < <(python -m ser.study --list)
-curve_of=$(python -c "from nli.study import CURVE_OF; print(CURVE_OF)")
-known=$(python -m ser.study --list | cut -f1 | paste -sd, -)
+done < <("$py" -m ser.study --list)
+curve_of=$("$py" -c "from nli.study import CURVE_OF; print(CURVE_OF)")
+known=$("$py" -m ser.study --list | cut -f1 | paste -sd, -)
 for name in ${ser_protocols//,/ }; do
-  [[ ",$known," == *",$name,"* ]] || { echo "run_all.sh: --ser-protocols: unknown protocol $name (known: $known)" >&2; exit 2; }
+  [[ ",$known," == *",$name,"* ]] || usage "--ser-protocols: unknown protocol $name (known: $known)"
 done
 
+lock_out() {  # one run_all.sh per --out: hold OUT/.lock (the lock every run holds on its own folder) until exit
+  { mkdir -p "$out" && exec 9>>"$out/.lock"; } 2>/dev/null || usage "--out $out: cannot create or write it"
+  if ! "$py" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null; then
+    echo "run_all.sh: --out $out is in use by another run_all.sh (process $(head -n 1 "$out/.lock" 2>/dev/null || echo unknown)); wait for it to end, or give another --out" >&2
+    exit 2
+  fi
+  echo $$ > "$out/.lock"  # the holder's process id, for the message above (the lock stays with fd 9)
+}
+
 if [ $smoke = 1 ]; then
+  lock_out
   # Tiny models built from configs and generated data, passed the way a user passes real ones.
   inputs="$out/inputs"
   if [ ! -e "$inputs/done" ]; then
     echo "== building tiny models and generated data in $inputs"
-    python -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 240 80 80
-    python -m ser.synthetic --data "$inputs/shemo" --model "$inputs/tiny-hubert" --per-class 8 --uneven
+    "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 240 80 80
+    "$py" -m ser.synthetic --data "$inputs/shemo" --model "$inputs/tiny-hubert" --per-class 8 --uneven
     touch "$inputs/done"
   fi
   nli_args=(--model "$inputs/tiny-bert" --data-dir "$inputs/farstail" --epochs 4 --lr 3e-3)
@@ -77,13 +95,14 @@ else
       echo "or run only the NLI half with --only nli. Nothing was trained." >&2
       exit 2
     fi
-    # usable ShEMO-named audio (readable headers, at least two emotions) before hours of NLI training
-    if ! python -m ser.data --check "$shemo"; then
+    # usable ShEMO-named audio (readable, not silent, at least two emotions) before hours of NLI training
+    if ! "$py" -m ser.data --check "$shemo"; then
       echo "run_all.sh: $shemo does not hold usable ShEMO audio (see the line above). Nothing was trained." >&2
       exit 2
     fi
   fi
   ser_args=(--data-dir "$shemo")
+  lock_out
 fi
 
 # The jobs, in order: a name, an output folder, a command, and the job it must wait for (-1: none).
@@ -96,9 +115,9 @@ for ((seed = 0; seed < seeds; seed++)); do
       dir="$out/nli/${nli_names[$i]}/seed$seed"
       # ${nli_flags[$i]} unquoted on purpose: the flags split into words
       add "nli ${nli_names[$i]} seed $seed" "$dir" \
-        "$(q python -m nli.train "${nli_args[@]}") ${nli_flags[$i]} $(q --seed "$seed" --out "$dir" --resume)"
+        "$(q "$py" -m nli.train "${nli_args[@]}") ${nli_flags[$i]} $(q --seed "$seed" --out "$dir" --resume)"
       if [ "${nli_names[$i]}" = "$curve_of" ]; then  # heads removed from the fine-tuned model, no retraining
-        add "nli pruning curve seed $seed" "$dir/prune_curve" "$(q python -m nli.prune_curve --model "$dir/model" \
+        add "nli pruning curve seed $seed" "$dir/prune_curve" "$(q "$py" -m nli.prune_curve --model "$dir/model" \
           "${curve_args[@]}" --iterative --out "$dir/prune_curve" --resume)" $((${#J_NAME[@]} - 1))
       fi
     done
@@ -106,64 +125,90 @@ for ((seed = 0; seed < seeds; seed++)); do
   if [ "$only" != nli ]; then
     for i in "${!ser_names[@]}"; do
       dir="$out/ser/${ser_names[$i]}/seed$seed"
-      add "ser ${ser_names[$i]} seed $seed" "$dir" "$(q python -m ser.train "${ser_args[@]}") ${ser_flags[$i]} \
+      add "ser ${ser_names[$i]} seed $seed" "$dir" "$(q "$py" -m ser.train "${ser_args[@]}") ${ser_flags[$i]} \
 $(q --seed "$seed" --cache-dir "$out/ser/augmented-cache" --out "$dir" --resume)"
     done
   fi
 done
 total=${#J_NAME[@]}
 
-start() {  # start JOB SLOT: its header line, then the command on the slot's GPU (if --gpus)
-  local gpu=${gpus[$2]:-}
-  echo "== [$(($1 + 1))/$total] ${J_NAME[$1]} -> ${J_DIR[$1]}${gpu:+ (GPU $gpu)}"
-  if [ -n "$gpu" ]; then CUDA_VISIBLE_DEVICES=$gpu bash -c "${J_CMD[$1]}"; else bash -c "${J_CMD[$1]}"; fi
+start() {  # start JOB SLOT: the command (it replaces this shell) on the slot's GPU (if --gpus)
+  if [ -n "${gpus[$2]:-}" ]; then export CUDA_VISIBLE_DEVICES=${gpus[$2]}; fi
+  exec bash -c "${J_CMD[$1]}"
 }
-failed() {  # failed JOB [CONSOLE-LOG]: name it and its log
-  echo "run_all.sh: experiment ${J_NAME[$1]} failed; see ${J_DIR[$1]}/train.log" >&2
-  if [ -n "${2:-}" ]; then grep -h '^error:' "$2" | tail -n 1 >&2; echo "  (its console output: $2)" >&2; fi
+logf() { echo "$out/logs/$(echo "${J_NAME[$1]}" | tr ' ' '-').log"; }
+failed() {  # failed JOB STATUS: name it, why it ended, and where to look
+  local why="exit status $2" line
+  [ "$2" -gt 128 ] && why="killed by signal $(($2 - 128)) ($(kill -l $(($2 - 128)) 2>/dev/null || echo ?))"
+  [ "$2" = 130 ] && why="interrupted"
+  echo "run_all.sh: experiment ${J_NAME[$1]} failed ($why); see ${J_DIR[$1]}/train.log" >&2
+  if [ "$slots" -gt 1 ]; then  # its output went to a log file: show its error line, or its last lines
+    line=$(grep -h '^error:' "$(logf "$1")" 2>/dev/null | tail -n 1 || true)
+    if [ -n "$line" ]; then echo "$line" >&2
+    else echo "  (it printed no error line; its last output:)" >&2; tail -n 3 "$(logf "$1")" 2>/dev/null | sed 's/^/  | /' >&2 || true
+    fi
+    echo "  (its console output: $(logf "$1"))" >&2
+  fi
 }
 
-if [ "$slots" -le 1 ]; then  # one job at a time, in order, output on this terminal; stop at the first failure
-  for ((j = 0; j < total; j++)); do
-    start "$j" 0 || { failed "$j"; exit 1; }
-  done
-else  # up to $slots jobs side by side, each output in $out/logs/; a failure starts nothing new but stops no running job
-  mkdir -p "$out/logs"
-  declare -A slot_of job_of  # pid -> slot, pid -> job
-  free=(); for ((k = 0; k < slots; k++)); do free+=("$k"); done
-  state=(); for ((j = 0; j < total; j++)); do state+=(waiting); done
-  bad=()
-  while :; do
-    next=-1
-    if [ ${#bad[@]} = 0 ] && [ ${#free[@]} -gt 0 ]; then
-      for ((j = 0; j < total; j++)); do
-        dep=${J_AFTER[$j]}
-        if [ "${state[$j]}" = waiting ] && { [ "$dep" -lt 0 ] || [ "${state[$dep]}" = ok ]; }; then next=$j; break; fi
-      done
-    fi
-    if [ "$next" -ge 0 ]; then
-      slot=${free[0]}; free=("${free[@]:1}")
-      logf="$out/logs/$(echo "${J_NAME[$next]}" | tr ' ' '-').log"
-      echo "== [$((next + 1))/$total] ${J_NAME[$next]} -> ${J_DIR[$next]}${gpus[$slot]:+ (GPU ${gpus[$slot]})}; output in $logf"
-      start "$next" "$slot" > "$logf" 2>&1 &
-      slot_of[$!]=$slot; job_of[$!]=$next; state[$next]=running
-      continue
-    fi
-    [ ${#slot_of[@]} = 0 ] && break  # nothing running, nothing startable
-    pid=""; status=0
-    wait -n -p pid || status=$?
-    j=${job_of[$pid]}; free+=("${slot_of[$pid]}"); unset "slot_of[$pid]" "job_of[$pid]"
-    if [ "$status" = 0 ]; then
-      state[$j]=ok; echo "== done: ${J_NAME[$j]}"
+# Up to $slots jobs side by side (one: in order, output on this terminal; more: each output in
+# $out/logs/). A failure starts nothing new but stops no running job, and the script always waits
+# for every job it started before it exits. Ctrl-C or SIGTERM is passed on to the running jobs
+# (each stops cleanly: its last finished epoch's checkpoint stays), which are waited for too.
+[ "$slots" -gt 1 ] && mkdir -p "$out/logs"
+declare -A slot_of job_of  # pid -> slot, pid -> job
+stop=0
+trap 'stop=1; for p in "${!job_of[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' INT TERM
+free=(); for ((k = 0; k < slots; k++)); do free+=("$k"); done
+state=(); for ((j = 0; j < total; j++)); do state+=(waiting); done
+bad=()
+while :; do
+  next=-1
+  if [ $stop = 0 ] && [ ${#bad[@]} = 0 ] && [ ${#free[@]} -gt 0 ]; then
+    for ((j = 0; j < total; j++)); do
+      dep=${J_AFTER[$j]}
+      if [ "${state[$j]}" = waiting ] && { [ "$dep" -lt 0 ] || [ "${state[$dep]}" = ok ]; }; then next=$j; break; fi
+    done
+  fi
+  if [ "$next" -ge 0 ]; then
+    slot=${free[0]}; free=("${free[@]:1}")
+    head="== [$((next + 1))/$total] ${J_NAME[$next]} -> ${J_DIR[$next]}${gpus[$slot]:+ (GPU ${gpus[$slot]})}"
+    if [ "$slots" -gt 1 ]; then
+      echo "$head; output in $(logf "$next")"
+      start "$next" "$slot" > "$(logf "$next")" 2>&1 &
     else
-      state[$j]=failed; bad+=("$j"); failed "$j" "$out/logs/$(echo "${J_NAME[$j]}" | tr ' ' '-').log"
+      echo "$head"
+      start "$next" "$slot" &
     fi
-  done
-  [ ${#bad[@]} = 0 ] || { echo "run_all.sh: ${#bad[@]} experiment(s) failed; the others finished or were not started" >&2; exit 1; }
+    slot_of[$!]=$slot; job_of[$!]=$next; state[$next]=running
+    continue
+  fi
+  [ ${#slot_of[@]} = 0 ] && break  # nothing running, nothing startable
+  pid=""; status=0
+  wait -n -p pid "${!job_of[@]}" || status=$?
+  [ -n "${pid:-}" ] || continue  # a signal interrupted the wait (the trap ran): wait again for the jobs
+  j=${job_of[$pid]}; free+=("${slot_of[$pid]}"); unset "slot_of[$pid]" "job_of[$pid]"
+  if [ "$status" = 0 ]; then
+    state[$j]=ok; [ "$slots" -gt 1 ] && echo "== done: ${J_NAME[$j]}"
+  elif [ $stop = 1 ]; then  # stopped by the SIGTERM passed on to it
+    state[$j]=interrupted
+  else
+    state[$j]=failed; bad+=("$j"); failed "$j" "$status"
+  fi
+done
+trap - INT TERM
+if [ $stop = 1 ]; then
+  echo "run_all.sh: interrupted; run the same command again to continue (finished experiments are skipped," \
+    "the others resume from their last finished epoch)" >&2
+  exit 130
+fi
+if [ ${#bad[@]} -gt 0 ]; then
+  echo "run_all.sh: ${#bad[@]} experiment(s) failed; the others finished or were not started" >&2
+  exit 1
 fi
 
 tasks=()
 [ "$only" != ser ] && tasks+=(--task nli.study)
 [ "$only" != nli ] && tasks+=(--task ser.study)
-python -m common.summary --out "$out" --seeds "$seeds" "${tasks[@]}" $([ $smoke = 1 ] && echo --smoke)
+"$py" -m common.summary --out "$out" --seeds "$seeds" "${tasks[@]}" $([ $smoke = 1 ] && echo --smoke)
 echo "== done: $out/summary.md"

@@ -1,19 +1,19 @@
-"""What makes a run safe to interrupt: one lock per output folder, verified checkpoints, and the
-rule that says a run is finished.
+"""What makes a run safe to interrupt: verified checkpoints, the arguments and inputs a run
+was made with, and the rule that says a run is finished. (The lock and the output-folder rules
+are in common/outdir.py.)
 
-- RunLock: an exclusive `fcntl.flock` on OUT/.lock held for the whole run. The OS releases it
-  when the process ends, however it ends, so a killed run never leaves a stale lock; a second
-  run on the same folder stops at once, naming the holder's process id.
 - Checkpoint: after each finished epoch the whole training state is written to
-  `checkpoint-epoch<N>.pt` (temporary file, fsync, rename) and its SHA-256 recorded in
-  `checkpoint.json`, which keeps the newest two. `--resume` verifies a file's size and checksum
-  before loading it (with `weights_only=True`); a damaged newest checkpoint falls back to the one
-  before, and says so; if none is usable the run stops with one line saying what to do.
+  `checkpoint-epoch<N>.pt` (temporary file, fsync, rename), its SHA-256 and size to a sidecar
+  `checkpoint-epoch<N>.pt.sha256`, and both to `checkpoint.json`, which keeps the newest two.
+  `--resume` verifies a file's size and checksum before loading it (with `weights_only=True`); a
+  damaged newest checkpoint falls back to the one before, and says so; a damaged
+  `checkpoint.json` falls back to the sidecars. If none is usable the run stops with one line
+  saying what to do. A checkpoint also holds the fingerprint of the inputs it was trained on
+  (common/inputs.py): a resume whose data changed is refused, naming the file.
 - Finished: a run is finished when `metrics.json` exists, the file written last, after the model,
   reports and plots; the checkpoints are removed after it (a leftover one is cleaned up by the
-  next `--resume`).
+  next `--resume`). A finished run is skipped only when its arguments and inputs are the same.
 """
-import fcntl
 import hashlib
 import json
 import os
@@ -23,38 +23,13 @@ import torch
 
 from common.distributed import Dist, gather
 from common.errors import RunFailed, UserError
-from common.files import read_text, sha256, write_json
+from common.files import fsync_folder, read_text, sha256, write_error, write_json
+from common.inputs import refuse_changed
 from common.rng import rng_state, set_rng_state
 
 MANIFEST = "checkpoint.json"
 FINISHED = "metrics.json"  # written last: its presence means every result file is in place
-
-
-class RunLock:
-    """Hold OUT/.lock exclusively while the run is alive (use as a context manager)."""
-
-    def __init__(self, out: Path):
-        self.out = out
-
-    def __enter__(self):
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.out / ".lock", "a+", encoding="utf-8")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
-            self.file.close()
-            raise UserError(f"--out {self.out} is in use by another run (process {holder}); wait for it to end, "
-                            "or give another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()  # closing releases the lock
+CHANGED = ("start the run over with --overwrite (it deletes this folder's partial run), or give another --out")
 
 
 # ---------------------------------------------------------------- arguments of a run
@@ -80,24 +55,31 @@ def check_same_args(old: dict, args, free: set, where: str) -> None:
                         "or give another --out (--overwrite would delete it)")
 
 
-def recorded_args(out: Path) -> dict | None:
+def recorded_config(out: Path) -> dict | None:
+    """config.json of the run in out (None when it has none)."""
     path = out / "config.json"
     if not path.exists():
         return None
     try:
-        return json.loads(read_text(path))["args"]
-    except (ValueError, KeyError, TypeError):
+        config = json.loads(read_text(path))
+        assert isinstance(config["args"], dict)
+        return config
+    except (ValueError, KeyError, TypeError, AssertionError):
         raise UserError(f"{path} is not readable; give another --out, or --overwrite to replace this run") from None
 
 
-def finished_run(out: Path, args, free: set) -> bool:
-    """True when out holds a finished run (metrics.json) of the same arguments (config.json)."""
+def finished_run(out: Path, args, free: set, inputs=None) -> bool:
+    """True when out holds a finished run (metrics.json) of the same arguments (config.json) and,
+    when `inputs()` (the current fingerprint) is given, of the same inputs."""
     if not (out / FINISHED).exists():
         return False
-    old = recorded_args(out)
+    old = recorded_config(out)
     if old is None:
         raise UserError(f"{out} has {FINISHED} but no config.json; give another --out, or --overwrite")
-    check_same_args(old, args, free, str(out))
+    check_same_args(old["args"], args, free, str(out))
+    if inputs is not None:
+        refuse_changed(old.get("inputs"), inputs(), f"the finished run in {out}",
+                       "Its results belong to the old inputs: run it again with --overwrite, or give another --out")
     return True
 
 
@@ -127,9 +109,10 @@ def save_verified(path: Path, state: dict) -> dict:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        fsync_folder(path.parent)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write (a full disk too) as RuntimeError
         tmp.unlink(missing_ok=True)
-        raise RunFailed(f"cannot write {path}: {getattr(e, 'strerror', None) or str(e).splitlines()[0]}") from None
+        raise RunFailed(f"cannot write {path}: {write_error(e)}") from None
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": hashing.sha.hexdigest()}
 
 
@@ -151,14 +134,16 @@ def load_verified(folder: Path, entry: dict) -> tuple[dict | None, str]:
 class Checkpoint:
     """The run's checkpoints in OUT: the state of every part given (model, optimizer, scaler:
     anything with state_dict/load_state_dict), every RNG (of every process under torchrun), the
-    per-epoch results so far. Saved after each finished epoch by rank 0;
-    the newest two are kept. Every process restores from the same verified file."""
+    per-epoch results so far, and the fingerprint of the inputs. Saved after each finished epoch
+    by rank 0; the newest two are kept. Every process restores from the same verified file."""
 
-    def __init__(self, args, free: set, d: Dist | None = None, **parts):
+    def __init__(self, args, free: set, d: Dist | None = None, inputs: dict | None = None, **parts):
         self.out, self.args, self.free, self.parts = args.out, args, free, parts
         self.d = d or Dist()
+        self.inputs = inputs or {}
 
     def _manifest(self) -> list[dict]:
+        """checkpoint.json's entries, newest first ([] when there is none). Raises ValueError when damaged."""
         path = self.out / MANIFEST
         if not path.exists():
             return []
@@ -166,20 +151,41 @@ class Checkpoint:
             entries = json.loads(read_text(path))["checkpoints"]
             assert all({"file", "epoch", "bytes", "sha256"} <= set(e) for e in entries)
             return entries
-        except (ValueError, KeyError, TypeError, AssertionError):
-            raise UserError(f"{path} is damaged, so no checkpoint can be verified; start the run over with "
-                            "--overwrite, or give another --out") from None
+        except (ValueError, KeyError, TypeError, AssertionError, UserError):
+            raise ValueError(f"{MANIFEST} is damaged") from None
+
+    def _sidecars(self) -> list[dict]:
+        """The entries the checkpoint files' own .sha256 files give, newest first."""
+        entries = []
+        for path in self.out.glob("checkpoint-epoch*.pt.sha256"):
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+                assert {"file", "epoch", "bytes", "sha256"} <= set(entry) and path.name == entry["file"] + ".sha256"
+                entries.append(entry)
+            except (OSError, ValueError, TypeError, AssertionError):
+                continue
+        return sorted(entries, key=lambda e: -e["epoch"])
+
+    def _entries(self, log) -> list[dict]:
+        try:
+            entries = self._manifest()
+        except ValueError:
+            entries = self._sidecars()
+            log(f"warning: {self.out / MANIFEST} is damaged; checking each checkpoint against its own .sha256 file "
+                f"instead ({len(entries)} found)")
+            return entries
+        return entries or self._sidecars()  # a run stopped after a checkpoint but before its manifest
 
     def restore(self, log) -> tuple[int, list, list]:
         """(first epoch to run, history, evals): from the newest good checkpoint with
         --resume, else a fresh start."""
         if not self.args.resume:
             return 1, [], []
-        entries = self._manifest()
+        entries = self._entries(log)
         recorded = {e["file"] for e in entries}
         for path in sorted(self.out.glob("checkpoint-epoch*.pt")):
             if path.name not in recorded:  # written, but the run stopped before recording it: never trusted
-                log(f"warning: {path.name} is not recorded in {MANIFEST} (the run stopped while saving it); not used")
+                log(f"warning: {path.name} has no recorded checksum (the run stopped while saving it); not used")
         if not entries:
             return 1, [], []
         damaged = []
@@ -189,6 +195,7 @@ class Checkpoint:
                 damaged.append(f"{entry['file']} ({why})")
                 continue
             check_same_args(state["args"], self.args, self.free, f"the checkpoint in {self.out}")
+            refuse_changed(state.get("inputs"), self.inputs, f"the checkpoint in {self.out}", CHANGED)
             if state.get("world", 1) != self.d.world:
                 raise UserError(f"the checkpoint in {self.out} was written by {state.get('world', 1)} process(es); "
                                 f"resume it with the same number (this run has {self.d.world})")
@@ -203,17 +210,25 @@ class Checkpoint:
                         "run over with --overwrite (it deletes this folder's partial run), or put back a good copy")
 
     def save(self, epoch: int, history: list, evals: list) -> None:
+        """Write this epoch's checkpoint, its .sha256 file and checkpoint.json (all durable), then
+        drop all but the newest two."""
         rngs = gather(rng_state())  # every process takes part; rank 0 writes
         if not self.d.main:
             return
-        state = {"epoch": epoch, "args": args_record(self.args), "world": self.d.world,
+        state = {"epoch": epoch, "args": args_record(self.args), "world": self.d.world, "inputs": self.inputs,
                  "rng": rngs if self.d.active else rngs[0], "history": history, "evals": evals,
                  **{name: part.state_dict() for name, part in self.parts.items()}}
         entry = {"epoch": epoch, **save_verified(self.out / f"checkpoint-epoch{epoch}.pt", state)}
-        keep = [entry] + [e for e in self._manifest() if e["file"] != entry["file"]][:1]
+        write_json(self.out / f"{entry['file']}.sha256", entry)
+        try:
+            earlier = self._manifest()
+        except ValueError:
+            earlier = self._sidecars()
+        keep = [entry] + [e for e in earlier if e["file"] != entry["file"]][:1]
         write_json(self.out / MANIFEST, {"checkpoints": keep})
-        for path in self.out.glob("checkpoint-epoch*.pt"):
-            if path.name not in {e["file"] for e in keep}:
+        names = {e["file"] for e in keep}
+        for path in self.out.glob("checkpoint-epoch*.pt*"):
+            if path.name.removesuffix(".sha256") not in names:
                 path.unlink(missing_ok=True)
 
     def remove(self) -> None:
@@ -223,7 +238,6 @@ class Checkpoint:
 
 def remove_checkpoints(out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
-    for path in out.glob("checkpoint-epoch*.pt"):
-        path.unlink(missing_ok=True)
-    for path in out.glob(".checkpoint-epoch*.tmp"):
-        path.unlink(missing_ok=True)
+    for pattern in ("checkpoint-epoch*.pt", "checkpoint-epoch*.pt.sha256", ".checkpoint-epoch*.tmp"):
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)

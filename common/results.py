@@ -13,9 +13,11 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_
                   "seconds", "items_per_s", "warmup_seconds", "items_per_s_steady"]
 
 
-def write_config(out: Path, args, derived: dict, info: dict) -> None:
-    """Arguments as given (paths resolved), settings derived from them, and versions / git commit."""
-    write_json(out / "config.json", {"args": args_record(args), "derived": derived, "run_info": info})
+def write_config(out: Path, args, derived: dict, info: dict, inputs: dict | None = None) -> None:
+    """Arguments as given (paths resolved), settings derived from them, versions / git commit, and
+    the fingerprint of every input file (common/inputs.py)."""
+    write_json(out / "config.json", {"args": args_record(args), "derived": derived, "run_info": info,
+                                     "inputs": inputs or {}})
 
 
 def csv_text(rows: list[dict], fields: list[str]) -> str:

@@ -1,60 +1,33 @@
 """The opening every run shares: the output-folder rules, the run log, provenance.
 
-    with Run(args, RESUME_FREE, d) as run:   # lock --out, check its state; nothing written yet
-        if run.finished: return               # --resume found this very run finished
+    with Run(args, RESUME_FREE, d, inputs=..., reads=...) as run:   # lock --out, check it; nothing written
+        if run.finished: return               # --resume found this very run finished (same arguments, inputs)
         ...read and check the inputs (log lines are kept in memory)...
-        run.begin()                           # --overwrite empties --out now; train.log opens
+        run.begin()                           # the marker; --overwrite empties --out now; train.log opens
 
 Nothing is written into --out (but its lock file) until `begin()`, so a mistake found while
 reading the inputs leaves the folder as it was and the corrected command is not refused.
+The folder rules (common/outdir.py): a non-empty --out must hold this project's marker, and
+--overwrite deletes only what a run wrote, never an input of this run.
 Under torchrun (`d`, common/distributed.py) only rank 0 looks at and writes --out; the other
 processes follow its decision and log nothing.
 """
+import importlib.metadata
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.checkpoint import RunLock, check_same_args, finished_run, recorded_args, remove_checkpoints
+from common.checkpoint import check_same_args, finished_run, recorded_config, remove_checkpoints
 from common.device import choose_attention_kernels, choose_device, choose_precision
 from common.distributed import Dist, broadcast
 from common.errors import RunFailed, UserError, log_errors_to
+from common.outdir import RunLock, check_out_dir, empty_out_dir, is_run, write_marker
 from common.rng import seed_everything
-
-LOCK = ".lock"
-
-
-def folder_contents(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.name != LOCK] if out.is_dir() else []
-
-
-def looks_like_run(out: Path) -> bool:
-    return (out / "train.log").exists() or (out / "config.json").exists()
-
-
-def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """A non-empty --out needs --resume (keep it) or --overwrite (empty it, which is allowed only
-    for a folder that holds an earlier run: train.log or config.json inside)."""
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other; give one")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if folder_contents(out):
-        if overwrite and not looks_like_run(out):
-            raise UserError(f"--overwrite: {out} does not look like a run folder (no train.log or config.json); "
-                            "refusing to delete it")
-        if not (resume or overwrite):
-            raise UserError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
-
-
-def empty_out_dir(out: Path) -> None:
-    for path in folder_contents(out):
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 class RunLog:
@@ -97,11 +70,14 @@ class RunLog:
 
 
 class Run:
-    """One training run's output folder, log, device, precision and seed (see the module docstring)."""
+    """One training run's output folder, log, device, precision and seed (see the module docstring).
+    `inputs()`: the fingerprint of what the run reads (common/inputs.py), compared with a finished
+    run's before it is skipped; `reads`: the paths it reads, which --overwrite must not delete."""
 
-    def __init__(self, args, free: set, d: Dist | None = None):
+    def __init__(self, args, free: set, d: Dist | None = None, *, program: str, inputs=None, reads: tuple = ()):
         self.args, self.free, self.out = args, free, args.out
         self.d = d or Dist()
+        self.program, self.inputs, self.reads = program, inputs, reads
         self.log = RunLog(quiet=not self.d.main)
         self.finished = False
         self.lock = None
@@ -109,7 +85,7 @@ class Run:
     def __enter__(self):
         if self.d.main:
             try:
-                check_out_dir(self.out, self.args.resume, self.args.overwrite)
+                check_out_dir(self.out, self.args.resume, self.args.overwrite, self.reads)
                 self.lock = RunLock(self.out).__enter__()
                 self._open()
             except BaseException as e:
@@ -135,32 +111,52 @@ class Run:
         seed_everything(self.args.seed)
 
     def _open(self):
-        check_out_dir(self.out, self.args.resume, self.args.overwrite)  # again, now that we hold the lock
+        check_out_dir(self.out, self.args.resume, self.args.overwrite, self.reads)  # again, now that we hold the lock
         if self.args.resume:
             if (self.out / "train.log").exists():
                 log_errors_to(self.out / "train.log")  # the run's own log: a refusal belongs in it too
-            if finished_run(self.out, self.args, self.free):
+            if finished_run(self.out, self.args, self.free, self.inputs):
                 remove_checkpoints(self.out)  # left behind if a run was stopped right after finishing
                 self.log(f"{self.out} already holds this finished run; nothing to do")
                 self.finished = True
                 return
-            old = recorded_args(self.out)
+            old = recorded_config(self.out)
             if old is not None:
-                check_same_args(old, self.args, self.free, str(self.out))
+                check_same_args(old["args"], self.args, self.free, str(self.out))
 
     def begin(self) -> None:
-        """The inputs are checked: empty --out for --overwrite, open train.log (rank 0 only)."""
+        """The inputs are checked: mark --out as a run, empty it for --overwrite, open train.log
+        (rank 0 only)."""
         if not self.d.main:
             return
-        if self.args.overwrite:
-            empty_out_dir(self.out)
+        left = empty_out_dir(self.out) if self.args.overwrite and is_run(self.out) else []
+        try:
+            write_marker(self.out, self.program)
+        except OSError as e:
+            raise RunFailed(f"cannot write {self.out}: {e.strerror or e}") from None
         for stale in self.out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         self.log.open(self.out / "train.log")
+        if left:
+            self.log(f"--overwrite left in place what no run wrote: {', '.join(left)}")
 
     def __exit__(self, *exc):
         if self.lock:
             self.lock.__exit__()
+
+
+def check_flags(parser, args, counts: tuple) -> None:
+    """The flags both trainers share: a finite, positive learning rate, a seed numpy accepts, and
+    counts (`counts`: flag names) of at least 1. argparse's error: usage and one line, exit 2."""
+    import math
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr {args.lr}: give a positive, finite learning rate")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed {args.seed}: give a whole number from 0 to {2**32 - 1}")
+    for flag in counts:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
 
 
 def run_info(device: torch.device) -> dict:
@@ -170,10 +166,8 @@ def run_info(device: torch.device) -> dict:
             "transformers": transformers.__version__, "numpy": np.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    for name in ("sklearn", "torchaudio", "audiomentations", "soundfile", "librosa"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            info[name] = getattr(mod, "__version__", "?")
+    for name in ("scikit-learn", "torchaudio", "audiomentations", "soundfile", "librosa"):
+        info[name] = package_version(name)
     repo = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
@@ -184,6 +178,14 @@ def run_info(device: torch.device) -> dict:
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
     return info
+
+
+def package_version(name: str) -> str:
+    """An installed package's version, read without importing it ("not installed" when absent)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def count_params(model: torch.nn.Module) -> dict:

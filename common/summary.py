@@ -33,8 +33,12 @@ def count(n: int) -> str:
 
 
 def load(folder: Path) -> dict | None:
+    """A run's metrics.json, or None when it has none or it cannot be read (damaged)."""
     path = folder / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    except (OSError, ValueError):
+        return None
 
 
 def links(root: Path, folder: Path) -> str:
@@ -50,7 +54,8 @@ def collect(root: Path, rel: str, seeds: int, missing: list, run_links: list) ->
         folder = root / rel / f"seed{seed}"
         m = load(folder)
         if m is None:
-            missing.append(f"{rel}/seed{seed}")
+            damaged = (folder / "metrics.json").exists()
+            missing.append(f"{rel}/seed{seed}" + (" (its metrics.json is damaged)" if damaged else ""))
         else:
             runs.append(m)
             run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(root, folder)}")

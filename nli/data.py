@@ -1,7 +1,5 @@
 """FarsTail: find or download the three files, read them with CSV quoting, check every row,
 tokenise each split once, and pad batches up to a few fixed lengths (buckets)."""
-import csv
-import io
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -11,7 +9,8 @@ import torch
 
 from common.device import pinned
 from common.errors import UserError
-from common.files import read_text, sha256
+from common.files import read_table, sha256
+from common.inputs import files_record
 
 # Fixed label ids, recorded in the saved model's id2label / label2id.
 CODES = ["e", "c", "n"]
@@ -78,16 +77,13 @@ def read_split(path: Path) -> Split:
     """Read one FarsTail file: tab-separated with standard CSV quoting (quoted fields may hold
     tabs, quotes and newlines), so csv's default quoting, not a split on tabs. UTF-8, with or
     without a byte-order mark. Every row is checked; an error names the file and line."""
-    text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
-    cols = reader.fieldnames or []
+    cols, rows = read_table(path, delimiter="\t")
     missing = [c for c in ("premise", "hypothesis", "label") if c not in cols]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})")
     hard_cols = [c for c in HARD_COLUMNS if c in cols]
     split = Split([], [], [], {HARD_COLUMNS[c]: [] for c in hard_cols})
-    for row in reader:
-        line = reader.line_num
+    for line, row in rows:
         label = (row["label"] or "").strip()
         if label not in CODES:
             raise UserError(f"{path}, line {line}: unknown label {label!r} (expected one of {', '.join(CODES)})")
@@ -108,10 +104,21 @@ def read_split(path: Path) -> Split:
 
 
 def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[str, Split]:
-    """The three splits, downloading any missing file first; `limit` keeps the first N rows of each."""
+    """The three splits, downloading any missing file first; `limit` keeps the first N rows of
+    each. A training split of one label cannot train a classifier: an error naming the file."""
     if any(not (data_dir / n).exists() for n in FILES.values()):
         download_farstail(data_dir, log)
-    return {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}
+    splits = {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}
+    present = sorted(set(splits["train"].label))
+    if len(present) < 2:
+        raise UserError(f"{data_dir / FILES['train']}: the training pairs{f' (first {limit})' if limit else ''} all "
+                        f"have the label {CODES[present[0]]!r}; a classifier needs at least two labels to train on")
+    return splits
+
+
+def farstail_record(data_dir: Path) -> dict:
+    """The fingerprint of the three files (size and SHA-256): what config.json and checkpoints keep."""
+    return files_record(data_dir, FILES.values())
 
 
 def load_tokenizer(model: str):
@@ -121,6 +128,18 @@ def load_tokenizer(model: str):
         return AutoTokenizer.from_pretrained(model)
     except OSError as e:
         raise UserError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+
+
+def check_max_length(max_length: int, tokenizer, positions: int | None) -> None:
+    """--max-length must hold the special tokens and a word piece of each sentence, and fit the
+    model's position embeddings."""
+    least = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if max_length < least:
+        raise UserError(f"--max-length {max_length}: a pair needs at least {least} word pieces (its special tokens "
+                        "and one of each sentence)")
+    if positions and max_length > positions:
+        raise UserError(f"--max-length {max_length}: the model has {positions} position embeddings; give at most "
+                        f"{positions}")
 
 
 def bucket_length(n: int, max_length: int) -> int:

@@ -45,6 +45,8 @@ def load_classifier(name: str, labels: list[str] | None = None):
                                     "label2id": {n: i for i, n in enumerate(labels)}}
     try:
         config = AutoConfig.from_pretrained(name, **kw)
+        if labels is None:
+            check_is_pair_classifier(config, name)
         pruned = getattr(config, "pruned_heads", None) or {}
         if not pruned:
             return AutoModelForSequenceClassification.from_pretrained(name, config=config)
@@ -57,6 +59,16 @@ def load_classifier(name: str, labels: list[str] | None = None):
     except OSError as e:
         raise UserError(f"--model {name}: cannot load it ({str(e).splitlines()[0]}); give a local folder made by "
                         "save_pretrained, or a hub id on a machine that reaches the hub") from None
+
+
+def check_is_pair_classifier(config, name: str) -> None:
+    """A trained NLI model: a text sequence classifier, not ser.train's emotion model (whose
+    config names its `classifier_head`) or an encoder without a classification head."""
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "classifier_head", None) or not any(a.endswith("ForSequenceClassification") for a in archs):
+        what = "ser.train's emotion model" if getattr(config, "classifier_head", None) else \
+            f"a {config.model_type} model ({', '.join(archs) or 'no architecture'})"
+        raise UserError(f"--model {name} is {what}, not a premise/hypothesis classifier written by nli.train")
 
 
 def keep_layers(model, n: int) -> None:

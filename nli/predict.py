@@ -6,7 +6,8 @@
 The TSV needs `premise` and `hypothesis` columns (CSV quoting, as FarsTail's files; UTF-8); the
 output repeats them with the predicted label and one probability column per label. Shortened and
 pruned models load through the same path (nli.model.load_classifier). --model may also name a
-run folder (its model/ is used). The output folder must exist: it is checked before predicting.
+run folder (its model/ is used). The output's folder must exist and --output must not be a
+folder: both are checked before predicting, and no folder is ever replaced.
 """
 import argparse
 import csv
@@ -15,28 +16,21 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from common.errors import UserError, user_errors
-from common.files import read_text, write_text
+from common.files import read_table, write_text
+from common.outdir import model_of_run
+from nli.data import check_max_length, load_tokenizer
 from nli.model import load_classifier
 
 BATCH = 64
 
 
-def model_folder(given: str) -> str:
-    """The model/ folder: as given, or the model/ inside a run folder."""
-    if Path(given, "model", "config.json").exists():
-        return str(Path(given, "model"))
-    if not Path(given, "config.json").exists():
-        raise UserError(f"--model {given}: no config.json there; give the model/ folder of a finished run")
-    return given
-
-
 def load(model_dir: str):
-    folder = model_folder(model_dir)
-    return load_classifier(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    """(model in eval mode, tokenizer) from a model/ folder written by nli.train, or its run folder."""
+    folder = str(model_of_run(model_dir, "nli.train"))
+    return load_classifier(folder).eval(), load_tokenizer(folder)
 
 
 @torch.inference_mode()
@@ -53,18 +47,16 @@ def probabilities(model, tokenizer, premises, hypotheses, max_length: int = 200)
 def read_pairs(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise UserError(f"--tsv {path}: no such file")
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t")
-    missing = {"premise", "hypothesis"} - set(reader.fieldnames or [])
+    cols, rows = read_table(path, delimiter="\t")
+    missing = {"premise", "hypothesis"} - set(cols)
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    rows = []
-    for r in reader:
+    for line, r in rows:
         if not (r["premise"] or "").strip() or not (r["hypothesis"] or "").strip():
-            raise UserError(f"{path}, line {reader.line_num}: empty premise or hypothesis")
-        rows.append(r)
+            raise UserError(f"{path}, line {line}: empty premise or hypothesis")
     if not rows:
         raise UserError(f"{path}: no pairs (only a header)")
-    return [r["premise"] for r in rows], [r["hypothesis"] for r in rows]
+    return [r["premise"] for _, r in rows], [r["hypothesis"] for _, r in rows]
 
 
 def main(argv=None):
@@ -79,9 +71,12 @@ def main(argv=None):
         p.error("give either PREMISE HYPOTHESIS or --tsv FILE")
     hf_logging.disable_progress_bar()
     with user_errors():
+        if a.output and a.output.is_dir():
+            raise UserError(f"--output {a.output} is a folder; give the name of the file to write")
         if a.output and not a.output.parent.is_dir():
             raise UserError(f"--output {a.output}: the folder {a.output.parent} does not exist")
         model, tokenizer = load(a.model)
+        check_max_length(a.max_length, tokenizer, getattr(model.config, "max_position_embeddings", None))
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if a.pair:
             probs = probabilities(model, tokenizer, [a.pair[0]], [a.pair[1]], a.max_length)[0]

@@ -29,15 +29,16 @@ import numpy as np
 from transformers.utils import logging as hf_logging
 
 from common.batching import LengthGroupedBatches
-from common.errors import user_errors
+from common.errors import UserError, user_errors
+from common.inputs import model_record
+from common.outdir import model_of_run
 from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import csv_text, write_config
 from common.run import Run, count_params, run_info
-from nli.data import encode, load_farstail, load_tokenizer
+from nli.data import LABELS, encode, farstail_record, load_farstail, load_tokenizer
 from nli.importance import head_importance, remaining_heads
 from nli.model import choose_by_importance, encoder_layers, load_classifier, prune_heads
-from nli.predict import model_folder
 from nli.train import predict_logits
 
 DROP = 0.01  # the head budget: test accuracy may fall this much (one point) below the whole model's
@@ -72,8 +73,6 @@ def parse_args(argv=None):
     for flag in ("seeds", "importance_batches", "batch_size", "limit"):
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
-    a.model = model_folder(a.model) if Path(a.model).exists() else a.model
-    a.out = a.out or Path(a.model).parent / "prune_curve"
     return a
 
 
@@ -155,19 +154,24 @@ def main(argv=None):
     args = parse_args(argv)
     hf_logging.disable_progress_bar()
     with user_errors():
+        args.model = model_of_run(args.model, "nli.train")  # a one-line error if it is not a trained model
+        args.out = args.out or args.model.parent / "prune_curve"
         curve(args)
 
 
 def curve(args):
-    with Run(args, {"resume", "overwrite", "device"}) as run:
+    inputs = lambda: {"data": farstail_record(args.data_dir), "model": model_record(str(args.model))}  # noqa: E731
+    with Run(args, {"resume", "overwrite", "device"}, program="nli.prune_curve", inputs=inputs,
+             reads=(args.data_dir, args.model)) as run:
         if run.finished:
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
-        model_folder(args.model)  # a folder made by nli.train: a one-line error if it is not one
+        base = load_classifier(str(args.model)).to(device).eval()
+        if [base.config.id2label[i] for i in range(base.config.num_labels)] != LABELS:
+            raise UserError(f"--model {args.model}: its labels are not FarsTail's {', '.join(LABELS)}")
         splits = load_farstail(args.data_dir, args.limit, log)
-        tokenizer = load_tokenizer(args.model)
+        tokenizer = load_tokenizer(str(args.model))
         data = {k: encode(tokenizer, v, args.max_length) for k, v in splits.items()}
-        base = load_classifier(args.model).to(device).eval()
         total = sum(len(remaining_heads(base, i)) for i in range(len(encoder_layers(base))))
         layers = len(encoder_layers(base))
         batches = LengthGroupedBatches(data["train"].lengths.tolist(), args.batch_size, args.seed).epoch(0)
@@ -177,7 +181,7 @@ def curve(args):
             return head_importance(model, data["train"], batches, device, dtype)
         run.begin()
         write_config(out, args, {"heads": total, "layers": layers, "device": str(device),
-                                 "importance_pairs": sum(map(len, batches))}, run_info(device))
+                                 "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
         log(f"{args.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs")
 
         scores = importance(base)

@@ -27,7 +27,7 @@ def write_results(out, args, model, tokenizer, history, evals, *, true, params, 
     def save_model(folder):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-    atomic_write(out / "model", save_model)
+    atomic_write(out / "model", save_model, replace_folder=True)  # (a resumed run may find its own model/)
     write_history(out, history)
 
     name = experiment_name(args)

@@ -48,9 +48,11 @@ from common.distributed import distributed, my_micro_batches, sync_unless, wrap
 from common.errors import RunFailed, user_errors
 from common.metrics import summarize
 from common.results import write_config
-from common.run import Run, count_params, run_info
+from common.inputs import model_record
+from common.run import Run, check_flags, count_params, run_info
 from common.step import Progress, Steps, TrainStep, make_optimizer, set_lr, use_cuda_graphs
-from nli.data import LABELS, bucket_length, collate, encode, load_farstail, load_tokenizer, token_stats
+from nli.data import (LABELS, bucket_length, check_max_length, collate, encode, farstail_record, load_farstail,
+                      load_tokenizer, token_stats)
 from nli.importance import head_importance
 from nli.model import apply_experiment, encoder_layers, load_classifier
 from nli.report import experiment_name, write_results
@@ -87,13 +89,12 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
     args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "grad_accum", "max_length", "limit", "keep_layers", "log_every",
-                 "importance_batches"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    check_flags(p, args, ("epochs", "batch_size", "grad_accum", "max_length", "limit", "keep_layers", "log_every",
+                          "importance_batches"))
     if args.freeze < 0:
         p.error("--freeze must be 0 or more")
+    if args.prune_heads is not None and not 0 < args.prune_heads < 1:  # (also refuses nan and 0)
+        p.error(f"--prune-heads {args.prune_heads}: give a fraction of the heads between 0 and 1, like 0.5")
     if args.prune_by == "importance" and not args.prune_heads:
         p.error("--prune-by importance chooses the heads that --prune-heads removes; give --prune-heads too")
     return args
@@ -102,7 +103,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     hf_logging.disable_progress_bar()  # our own bars only
-    with user_errors():
+    with user_errors(interrupted="interrupted; resume with --resume"):
         train(args)
 
 
@@ -174,15 +175,22 @@ def capture_examples(data, args, device, sdpa: bool) -> list[dict]:
     return [collate(data, [i], device, rows=args.batch_size, weight=0.0, sdpa_mask=sdpa) for _, i in sorted(first.items())]
 
 
+def inputs(args) -> dict:
+    """The fingerprint of what the run reads (config.json, checkpoints; common/inputs.py)."""
+    return {"data": farstail_record(args.data_dir), "model": model_record(args.model)}
+
+
 def train(args):
-    with distributed(args.device) as d, Run(args, RESUME_FREE, d) as run:  # torchrun; --out; device, precision, seeds
-        if run.finished:
+    with distributed(args.device) as d, Run(args, RESUME_FREE, d, program="nli.train", inputs=lambda: inputs(args),
+                                            reads=(args.data_dir, args.model)) as run:
+        if run.finished:  # (Run: torchrun; --out; device, precision, seeds)
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
 
         # 1. Data: read and check FarsTail, tokenise each split once.
         splits = load_farstail(args.data_dir, args.limit, log)
         tokenizer = load_tokenizer(args.model)
+        check_max_length(args.max_length, tokenizer, None)
         stats, piece_lengths = token_stats(tokenizer, splits["train"], args.max_length)
         data = {name: encode(tokenizer, split, args.max_length) for name, split in splits.items()}
         log(f"FarsTail: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} pairs; longest premise "
@@ -191,6 +199,7 @@ def train(args):
 
         # 2. Model and the experiment: keep layers, then prune heads (at random or by importance), then freeze.
         model = load_classifier(args.model, LABELS).to(device)
+        check_max_length(args.max_length, tokenizer, getattr(model.config, "max_position_embeddings", None))
         importance = None
         if args.prune_by == "importance":
             batches = LengthGroupedBatches(data["train"].lengths.tolist(), args.batch_size, args.seed).epoch(0)
@@ -212,7 +221,8 @@ def train(args):
         def lr_at(step: int) -> float:
             return args.lr * max(0.0, 1 - step / total_steps)
 
-        ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
+        read = inputs(args)
+        ckpt = Checkpoint(args, RESUME_FREE, d, inputs=read, model=model, optimizer=opt, scaler=scaler)
         ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
         start, history, evals = ckpt.restore(log)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=1.0)
@@ -227,7 +237,7 @@ def train(args):
                 "cuda_graphs": steps.status(graphs_why), "optimizer_batch": args.batch_size * args.grad_accum,
                 "processes": d.world, "steps": total_steps, "pruned_heads": heads, "head_importance": scores,
                 "layers": len(encoder_layers(model)), "params": params, "token_stats": stats,
-                "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device))
+                "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device), read)
         log(f"{experiment_name(args)}: {params['trainable']:,} of {params['total']:,} parameters train; "
             f"{precision_name(dtype)} on {device}; batch {args.batch_size} x {args.grad_accum}"
             f"{f' over {d.world} processes' if d.active else ''}; {total_steps} steps; "

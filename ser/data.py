@@ -20,11 +20,15 @@ import torch
 
 from common.device import pinned
 from common.errors import UserError
-from common.files import atomic_write, read_text
+from common.files import atomic_write, read_table
+from common.inputs import files_record
+from common.run import package_version
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
+MAX_SECONDS = 60.0  # longer clips are cut to their first 60 s (a 10-minute clip would need tens of GB)
 SILENCE = 1e-4  # a clip whose every sample is below this in magnitude is treated as silent
+LOUDEST = 100.0  # audio read as float lies within about ±1; samples beyond this are not audio
 # ShEMO's emotion letters, in the label order used everywhere (model ids, reports).
 EMOTIONS = {"A": "anger", "F": "fear", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise"}
 SHEMO_NAME = re.compile(r"^([FM])(\d+)([A-Z])(\d+)\.wav$", re.IGNORECASE)
@@ -49,14 +53,17 @@ def parse_shemo_name(name: str) -> dict | None:
     return {"gender": gender, "speaker": gender + number, "label": EMOTIONS[letter]}
 
 
-def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
-    """Every *.wav under folder (any sub-folders); returns the clips and the names that do not parse."""
+def shemo_wavs(folder: Path) -> list[Path]:
+    """Every *.wav under folder (any sub-folders), sorted."""
     if not folder.is_dir():
         raise UserError(f"--data-dir {folder}: no such folder (ShEMO: unzip it and point --data-dir at it)")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".wav")
+
+
+def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
+    """Every *.wav under folder (any sub-folders); returns the clips and the names that do not parse."""
     clips, bad = [], []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() != ".wav":
-            continue
+    for path in shemo_wavs(folder):
         info = parse_shemo_name(path.name)
         if info is None:
             bad.append(str(path))
@@ -71,14 +78,13 @@ def read_manifest(path: Path) -> list[Clip]:
     """CSV `path,label[,speaker]`, paths relative to the CSV's folder."""
     if not path.is_file():
         raise UserError(f"--manifest {path}: no such file")
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    cols = reader.fieldnames or []
+    cols, rows = read_table(path)
     if "path" not in cols or "label" not in cols:
         raise UserError(f"{path}: needs columns path,label[,speaker] (found: {', '.join(cols) or 'none'})")
     clips = []
-    for row in reader:
+    for line, row in rows:
         if not (row["path"] or "").strip() or not (row["label"] or "").strip():
-            raise UserError(f"{path}, line {reader.line_num}: empty path or label")
+            raise UserError(f"{path}, line {line}: empty path or label")
         clips.append(Clip(path.parent / row["path"].strip(), row["label"].strip(),
                           (row.get("speaker") or "").strip() or None))
     if not clips:
@@ -86,20 +92,52 @@ def read_manifest(path: Path) -> list[Clip]:
     return clips
 
 
+def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
+    """The fingerprint of the corpus (common/inputs.py): every clip by size and modification time,
+    and the manifest by its SHA-256."""
+    if data_dir is not None:
+        folder = Path(data_dir)
+        wavs = shemo_wavs(folder) if folder.is_dir() else []  # (a folder that is gone: common.inputs skips it)
+        return {"data": files_record(folder, [p.relative_to(folder).as_posix() for p in wavs], hashed=False)}
+    root = Path(manifest).parent
+    clips = [c.path.relative_to(root).as_posix() if c.path.is_relative_to(root) else str(c.path)
+             for c in read_manifest(Path(manifest))]
+    return {"manifest": files_record(root, [Path(manifest).name]), "data": files_record(root, clips, hashed=False)}
+
+
+def sample_problem(wave: np.ndarray) -> str | None:
+    """What makes these samples unusable for a model (None: nothing): none at all, NaN or
+    infinite ones, absurdly large ones, or silence. Details follow in parentheses."""
+    if wave.size == 0:
+        return "is empty"
+    if not np.isfinite(wave).all():
+        return "holds NaN or infinite samples"
+    peak = float(np.abs(wave).max())
+    if peak > LOUDEST:
+        return f"holds absurdly large samples (peak {peak:.3g}; audio read as float lies within about ±1)"
+    if peak < SILENCE:
+        return f"is silent (every sample below {SILENCE})"
+    return None
+
+
+def check_samples(wave: np.ndarray, path) -> None:
+    """ValueError naming the file unless its samples are usable (sample_problem)."""
+    problem = sample_problem(wave)
+    if problem:
+        raise ValueError(f"{path} {problem}")
+
+
 def read_audio(path: Path) -> np.ndarray:
     """A file as 16 kHz mono float32: channels averaged, resampled with torchaudio. Raises
-    ValueError (unreadable, empty, or holding NaN or infinite samples) so the caller decides
-    between skipping and stopping."""
+    ValueError (unreadable, empty, silent, or holding NaN, infinite or absurdly large samples),
+    naming the file, so the caller decides between skipping and stopping."""
     import soundfile as sf
     from torchaudio.functional import resample
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for missing, corrupt or unknown files
         raise ValueError(f"cannot read {path}: {e}") from None
-    if wave.size == 0:
-        raise ValueError(f"{path} is empty")
-    if not np.isfinite(wave).all():
-        raise ValueError(f"{path} holds NaN or infinite samples")
+    check_samples(wave, path)
     wave = wave.mean(axis=1)
     if rate != SAMPLE_RATE:
         wave = resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
@@ -112,24 +150,30 @@ def pad_short(wave: np.ndarray) -> np.ndarray:
     return np.pad(wave, (0, short)) if short > 0 else wave
 
 
+def crop_long(wave: np.ndarray) -> np.ndarray:
+    """The first MAX_SECONDS of a longer clip (training, evaluation and prediction alike)."""
+    return wave[:int(MAX_SECONDS * SAMPLE_RATE)]
+
+
 def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], list[np.ndarray], list[str]]:
     """Read every clip; unreadable, empty or silent files are skipped with a warning naming them
-    (an error with strict). Clips under MIN_SECONDS are zero-padded to it."""
+    (an error with strict). Clips under MIN_SECONDS are zero-padded to it; clips over MAX_SECONDS
+    are cut to it, each named in the log."""
     from tqdm import tqdm
     kept, waves, skipped = [], [], []
     for clip in tqdm(clips, desc="reading audio", unit="clip", dynamic_ncols=True):
         try:
             wave = read_audio(clip.path)
-            if np.abs(wave).max() < SILENCE:
-                raise ValueError(f"{clip.path} is silent (every sample below {SILENCE})")
         except ValueError as e:
             if strict:
                 raise UserError(f"{e} (--strict)") from None
             log(f"warning: skipping {e}")
             skipped.append(str(clip.path))
             continue
+        if len(wave) > MAX_SECONDS * SAMPLE_RATE:
+            log(f"warning: {clip.path} lasts {len(wave) / SAMPLE_RATE:.1f} s; only its first {MAX_SECONDS:g} s are used")
         kept.append(clip)
-        waves.append(pad_short(wave))
+        waves.append(pad_short(crop_long(wave)))
     if not kept:
         raise UserError("no readable clips: every file was skipped")
     return kept, waves, skipped
@@ -204,10 +248,10 @@ def augment(wave: np.ndarray, semitones: float, rate: float, method: str = "libr
 
 
 def augmentation_settings(method: str) -> dict:
-    """What defines an augmented copy besides its source and drawn parameters (config.json, cache key)."""
-    import audiomentations
+    """What defines an augmented copy besides its source and drawn parameters (config.json, cache
+    key). Read without importing audiomentations, which is needed only when copies are made."""
     return {"method": AUGMENT_METHODS[method], "pitch_semitones": list(PITCH_SEMITONES),
-            "stretch_rate": list(STRETCH_RATE), "audiomentations": audiomentations.__version__,
+            "stretch_rate": list(STRETCH_RATE), "audiomentations": package_version("audiomentations"),
             "sample_rate": SAMPLE_RATE}
 
 
@@ -239,26 +283,51 @@ def cache_key(wave: np.ndarray, step: dict, settings: dict) -> str:
     return h.hexdigest()[:32]
 
 
-def augmented_copies(waves: list[np.ndarray], plan: list[dict], cache_dir: Path, method: str = "librosa"
-                     ) -> list[np.ndarray]:
+def augmented_copies(waves: list[np.ndarray], plan: list[dict], cache_dir: Path, method: str = "librosa",
+                     log=print) -> list[np.ndarray]:
     """Compute each planned copy of waves[step["source"]] once and keep it in cache_dir (.npy,
-    written atomically)."""
+    written atomically). A cached file that does not load or holds no usable audio (truncated,
+    empty, NaN) is named in the log and computed again. Each copy is cut to MAX_SECONDS."""
     from tqdm import tqdm
+    if not plan:
+        return []
     settings = augmentation_settings(method)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    if settings["audiomentations"] == "not installed":
+        raise UserError("balancing needs audiomentations (pip install -r requirements.txt); or train without "
+                        "copies: --no-balance")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--cache-dir {cache_dir}: cannot create it ({e.strerror or e})") from None
     out = []
     for step in tqdm(plan, desc="balancing (augmenting)", unit="clip", dynamic_ncols=True):
         src = waves[step["source"]]
         path = cache_dir / f"{cache_key(src, step, settings)}.npy"
         if path.exists():
-            out.append(np.load(path))
-            continue
+            wave, why = _load_cached(path)
+            if wave is not None:
+                out.append(crop_long(wave))
+                continue
+            log(f"warning: cached copy {path} is damaged ({why}); computing it again")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wave = augment(src, step["semitones"], step["rate"], method)
         atomic_write(path, lambda tmp, wave=wave: _save_npy(tmp, wave))
-        out.append(wave)
+        out.append(crop_long(wave))
     return out
+
+
+def _load_cached(path: Path) -> tuple[np.ndarray | None, str]:
+    """(the cached copy, "") or (None, why it cannot be used)."""
+    try:
+        wave = np.load(path)
+    except Exception as e:  # truncated or empty files raise several types
+        return None, f"unreadable: {type(e).__name__}"
+    if wave.ndim != 1 or wave.dtype != np.float32 or wave.size == 0:
+        return None, f"shape {wave.shape}, {wave.dtype}"
+    if not np.isfinite(wave).all():
+        return None, "NaN or infinite samples"
+    return wave, ""
 
 
 def _save_npy(path: Path, wave: np.ndarray) -> None:
@@ -383,12 +452,12 @@ def read_corpus(clips: list[Clip], *, strict: bool, protocol: str, split: str, s
 
 
 def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path | None,
-                  method: str = "librosa") -> Dataset:
+                  method: str = "librosa", log=print) -> Dataset:
     """Compute the augmented copies (cached), write split.csv (unless None), and normalise every
     wave once."""
     clips, raw, names, items = corpus.clips, corpus.raw, corpus.names, corpus.items
     planned = list(dict.fromkeys(it for its in items.values() for it in its if it.step is not None))
-    made = augmented_copies(raw, [dict(it.step, source=it.clip) for it in planned], cache_dir, method)
+    made = augmented_copies(raw, [dict(it.step, source=it.clip) for it in planned], cache_dir, method, log)
     copy_of = dict(zip(planned, made))
     if split_csv is not None:
         write_split_csv(split_csv, clips, items)
@@ -447,25 +516,34 @@ def collate(waves: list[torch.Tensor], idx: list[int], labels: torch.Tensor, pad
 
 
 def check_shemo(folder: Path) -> dict[str, int]:
-    """Usable clips per emotion in a ShEMO folder: ShEMO-named .wav files whose header soundfile
-    can read and that hold samples. A UserError when fewer than two emotions have 3 clips each
-    (what a split needs). Reads headers only: seconds for the whole corpus."""
+    """Usable clips per emotion in a ShEMO folder: ShEMO-named .wav files whose samples soundfile
+    can read and training would keep (not empty, silent, NaN or absurdly large; check_samples).
+    A UserError when fewer than two emotions have 3 usable clips each (what a split needs).
+    Decodes every clip once (no resampling): well under a minute for ShEMO's 3,000 clips."""
     import soundfile as sf
+    from tqdm import tqdm
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder (ShEMO: unzip it and point --shemo or --data-dir at it)")
     clips, _ = scan_shemo(folder)
     counts: Counter = Counter()
-    for clip in clips:
+    why: Counter = Counter()  # what is wrong with the clips training would skip
+    for clip in tqdm(clips, desc="checking audio", unit="clip", dynamic_ncols=True, leave=False):
         try:
-            if sf.info(str(clip.path)).frames > 0:
-                counts[clip.label] += 1
-        except Exception:  # unreadable: training would skip it too
-            pass
+            wave, _ = sf.read(str(clip.path), dtype="float32", always_2d=True)
+            problem = sample_problem(wave)
+        except Exception:  # soundfile raises several types for corrupt or unknown files
+            problem = "cannot be read"
+        if problem:
+            why[problem.split(" (")[0]] += 1
+        else:
+            counts[clip.label] += 1
     usable = {k: v for k, v in sorted(counts.items()) if v >= 3}
     if len(usable) < 2:
-        raise UserError(f"{folder}: {sum(counts.values())} readable ShEMO-named clips "
-                        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}); at least two "
-                        "emotions with 3 clips each are needed")
+        unusable = "; ".join(f"{n} {w}" for w, n in why.most_common())
+        raise UserError(f"{folder}: {sum(counts.values())} usable ShEMO-named clips "
+                        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'})"
+                        f"{f'; unusable: {unusable}' if unusable else ''}; at least two emotions with 3 usable clips "
+                        "each are needed")
     return dict(sorted(counts.items()))
 
 

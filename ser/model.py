@@ -32,6 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
 
 from common.errors import UserError
+from common.outdir import model_of_run
 
 
 def masked_mean(hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -168,14 +169,13 @@ def save_classifier(model: EmotionClassifier, fe, labels: list[str], folder: Pat
 def load_classifier(folder: str) -> tuple[EmotionClassifier, object, list[str]]:
     """(model in eval mode, feature extractor, label names) from a folder written by save_classifier
     (or a run folder holding one as model/)."""
-    path = Path(folder)
-    if (path / "model" / "model.safetensors").exists():
-        path = folder = path / "model"
-    if not (path / "model.safetensors").exists() or not (path / "config.json").exists():
-        raise UserError(f"--model {folder}: not a model folder written by ser.train (no model.safetensors/config.json)")
+    path = model_of_run(folder, "ser.train")
     config = AutoConfig.from_pretrained(path)
+    if not getattr(config, "classifier_head", None) or not (path / "model.safetensors").exists():
+        raise UserError(f"--model {folder} is not an emotion model written by ser.train (its config is a "
+                        f"{config.model_type} model's, with no classifier_head)")
     labels = [config.id2label[i] for i in range(len(config.id2label))]
-    fe, _ = feature_extractor_for(str(folder))
+    fe, _ = feature_extractor_for(str(path))
     model = EmotionClassifier(AutoModel.from_config(config), len(labels), bool(fe.return_attention_mask))
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     return model.eval(), fe, labels

@@ -2,10 +2,11 @@
 
     python -m ser.predict --model runs/ser/leak-free-random/seed0/model clip.wav other.mp3 ...
 
-Any sample rate, mono or stereo, wav/flac/mp3 (read as in training: 16 kHz mono, normalised as the
-saved feature extractor says, zero-padded to whole seconds, as evaluation pads it). Prints the emotion and every label's probability per file. A file
-that cannot be read gets a message naming it; the readable ones are still printed, and the exit
-status is then 1.
+Any sample rate, mono or stereo, wav/flac/mp3 (read as in training: 16 kHz mono, cut to its first
+60 s, normalised as the saved feature extractor says, zero-padded to whole seconds, as evaluation
+pads it). Prints the emotion and every label's probability per file. A file that cannot be read,
+or is empty, silent or holds no usable samples, gets a message naming it and no label; the others
+are still printed, and the exit status is then 1.
 """
 import argparse
 import sys
@@ -15,14 +16,14 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from common.errors import user_errors
-from ser.data import collate, normalize, pad_short, read_audio
+from ser.data import MAX_SECONDS, SAMPLE_RATE, collate, crop_long, normalize, pad_short, read_audio
 from ser.model import load_classifier
 
 
 @torch.inference_mode()
 def classify(model, fe, wave: np.ndarray) -> torch.Tensor:
     """Probabilities for one clip, alone in its batch, padded to whole seconds as in evaluation."""
-    x = normalize(pad_short(wave), fe.do_normalize)
+    x = normalize(pad_short(crop_long(wave)), fe.do_normalize)
     b = collate([x], [0], torch.zeros(1, dtype=torch.long), float(fe.padding_value), torch.device("cpu"))
     return model(b["input_values"], b["lengths"]).float().softmax(-1)[0]
 
@@ -35,19 +36,21 @@ def main(argv=None):
     hf_logging.disable_progress_bar()
     with user_errors():
         model, fe, labels = load_classifier(a.model)
-    failed = 0
-    for path in a.files:
-        try:
-            wave = read_audio(path)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        probs = classify(model, fe, wave)
-        print(f"{path}: {labels[int(probs.argmax())]}  (" +
-              ", ".join(f"{n} {q:.3f}" for n, q in zip(labels, probs.tolist())) + ")", flush=True)
-    if failed:
-        raise SystemExit(1)
+        failed = 0
+        for path in a.files:
+            try:
+                wave = read_audio(path)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            probs = classify(model, fe, wave)
+            cut = f"  [its first {MAX_SECONDS:g} s of {len(wave) / SAMPLE_RATE:.1f} s]" \
+                if len(wave) > MAX_SECONDS * SAMPLE_RATE else ""
+            print(f"{path}: {labels[int(probs.argmax())]}  (" +
+                  ", ".join(f"{n} {q:.3f}" for n, q in zip(labels, probs.tolist())) + ")" + cut, flush=True)
+        if failed:
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def counts_table(counts: dict) -> str:
 
 def write_results(out, args, model, fe, history, evals, final_train, *, ids, names, params, counts, skipped, protocol,
                   seconds, recipe, graphs, split_items) -> None:
-    atomic_write(out / "model", lambda folder: save_classifier(model, fe, names, folder))
+    atomic_write(out / "model", lambda folder: save_classifier(model, fe, names, folder), replace_folder=True)
     write_history(out, history, HISTORY_FIELDS)
     record = metrics_record(
         task="ser", experiment=f"hubert-{args.protocol}" + (f"-{args.split}" if args.protocol != "study" else ""),

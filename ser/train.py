@@ -50,10 +50,11 @@ from common.distributed import barrier, distributed, my_micro_batches, sync_unle
 from common.errors import RunFailed, user_errors
 from common.metrics import summarize
 from common.results import write_config
-from common.run import Run, count_params, run_info
+from common.inputs import model_record
+from common.run import Run, check_flags, count_params, run_info
 from common.step import Progress, Steps, TrainStep, make_optimizer, set_lr, use_cuda_graphs
 from ser.data import (SAMPLE_RATE, augmentation_settings, bucket_batches, bucket_length, build_dataset, collate,
-                      read_corpus, read_manifest, scan_shemo)
+                      corpus_record, read_corpus, read_manifest, scan_shemo)
 from ser.model import build_classifier, feature_extractor_for
 from ser.report import write_results
 from ser.study import protocol_text
@@ -101,17 +102,14 @@ def parse_args(argv=None):
     if args.protocol == "study" and (args.split != "random" or args.no_balance):
         p.error("--protocol study balances the whole corpus and splits it at random; --split speaker and "
                 "--no-balance belong to --protocol leak-free")
-    for flag in ("epochs", "batch_size", "grad_accum", "limit", "log_every"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    check_flags(p, args, ("epochs", "batch_size", "grad_accum", "limit", "log_every"))
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     hf_logging.disable_progress_bar()
-    with user_errors():
+    with user_errors(interrupted="interrupted; resume with --resume"):
         train(args)
 
 
@@ -171,9 +169,19 @@ def capture_examples(waves, labels, args, pad, device) -> list[dict]:
     return [collate(waves, [i], labels, pad, device, rows=args.batch_size, weight=0.0) for _, i in sorted(first.items())]
 
 
+def inputs(args) -> dict:
+    """The fingerprint of what the run reads (config.json, checkpoints; common/inputs.py)."""
+    record = {**corpus_record(args.data_dir, args.manifest), "model": model_record(args.model)}
+    if args.feature_extractor:
+        record["feature_extractor"] = model_record(args.feature_extractor)
+    return record
+
+
 def train(args):
-    with distributed(args.device) as d, Run(args, RESUME_FREE, d) as run:  # torchrun; --out; device, precision, seeds
-        if run.finished:
+    with distributed(args.device) as d, Run(args, RESUME_FREE, d, program="ser.train", inputs=lambda: inputs(args),
+                                            reads=(args.data_dir or args.manifest, args.model,
+                                                   args.feature_extractor)) as run:
+        if run.finished:  # (Run: torchrun; --out; device, precision, seeds)
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
 
@@ -199,7 +207,7 @@ def train(args):
         if not d.main:
             barrier()  # under torchrun rank 0 makes the copies and split.csv; the others then read its cache
         data = build_dataset(corpus, cache_dir=args.cache_dir or out / "cache", do_normalize=fe.do_normalize,
-                             split_csv=out / "split.csv" if d.main else None, method=args.augment_method)
+                             split_csv=out / "split.csv" if d.main else None, method=args.augment_method, log=log)
         if d.main:
             barrier()
         names, waves, ids, counts = data.names, data.waves, data.labels, data.counts
@@ -219,7 +227,8 @@ def train(args):
         sampler = LengthGroupedBatches([len(w) for w in waves["train"]], args.batch_size * args.grad_accum, args.seed)
         steps_per_epoch = len(sampler)
 
-        ckpt = Checkpoint(args, RESUME_FREE, d, model=model, optimizer=opt, scaler=scaler)
+        read = inputs(args)
+        ckpt = Checkpoint(args, RESUME_FREE, d, inputs=read, model=model, optimizer=opt, scaler=scaler)
         ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
         start, history, evals = ckpt.restore(log)
         set_lr(opt, args.lr)
@@ -237,7 +246,7 @@ def train(args):
                 "attention_mask": bool(fe.return_attention_mask), "optimizer_batch": args.batch_size * args.grad_accum,
                 "processes": d.world, "labels": names, "params": params,
                 "clips": {k: len(v) for k, v in waves.items()}, "class_counts": counts, "protocol": protocol,
-                "augmentation": augmentation_settings(args.augment_method)}, run_info(device))
+                "augmentation": augmentation_settings(args.augment_method)}, run_info(device), read)
         log(f"{params['trainable']:,} of {params['total']:,} parameters train; {precision_name(dtype)} on {device}; "
             f"batch {args.batch_size} x {args.grad_accum}{f' over {d.world} processes' if d.active else ''}; "
             f"feature extractor: {fe_source}; CUDA graphs {steps.status(graphs_why)}")

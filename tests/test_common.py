@@ -11,10 +11,10 @@ import torch
 from common import checkpoint as ckpt_mod
 from common.batching import LengthGroupedBatches, sorted_batches
 from common.distributed import Dist, my_micro_batches
-from common.checkpoint import RunLock, load_verified, save_verified
+from common.checkpoint import load_verified, save_verified
 from common.errors import RunFailed, UserError
 from common.files import atomic_write, read_text, write_json
-from common.run import check_out_dir, empty_out_dir
+from common.outdir import MARKER, RunLock, check_out_dir, empty_out_dir, write_marker
 
 
 def test_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
@@ -48,25 +48,39 @@ def test_a_damaged_checkpoint_is_never_loaded(tmp_path, damage):
     assert state is None and why
 
 
-def test_non_empty_out_needs_resume_or_overwrite(tmp_path):
+def test_only_a_marked_run_folder_is_resumed_into_or_emptied_and_only_of_what_a_run_wrote(tmp_path):
     (tmp_path / "old.txt").write_text("x")
+    (tmp_path / "config.json").write_text("{}")  # as every save_pretrained model folder has
+    for resume, overwrite in ((False, False), (True, False), (False, True)):  # --overwrite --out . must not wipe a repo
+        with pytest.raises(UserError, match="holds no run of this project"):
+            check_out_dir(tmp_path, resume=resume, overwrite=overwrite)
+    with pytest.raises(UserError, match="holds no run"):
+        empty_out_dir(tmp_path)
+    write_marker(tmp_path, "nli.train")
     with pytest.raises(UserError, match="not empty"):
         check_out_dir(tmp_path, resume=False, overwrite=False)
     check_out_dir(tmp_path, resume=True, overwrite=False)
-    with pytest.raises(UserError, match="does not look like a run folder"):  # --overwrite --out . must not wipe a repo
-        check_out_dir(tmp_path, resume=False, overwrite=True)
-    (tmp_path / "train.log").write_text("an earlier run")
     check_out_dir(tmp_path, resume=False, overwrite=True)
-    (tmp_path / ".lock").write_text("")
-    empty_out_dir(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # the lock file alone counts as empty
-    check_out_dir(tmp_path, resume=False, overwrite=False)
+    (tmp_path / "model").mkdir()
+    with pytest.raises(UserError, match="would delete .*model, which this run reads"):
+        check_out_dir(tmp_path, resume=False, overwrite=True, inputs=(tmp_path / "model",))
+    (tmp_path / "curve").mkdir()
+    write_marker(tmp_path / "curve", "nli.prune_curve")  # a nested run goes with its parent
+    (tmp_path / "cache").mkdir()  # content-keyed augmented clips: kept
+    for name in ("train.log", "metrics.json", "curves.png", "checkpoint-epoch2.pt", ".lock"):
+        (tmp_path / name).write_text("")
+    assert empty_out_dir(tmp_path) == ["old.txt"]  # left in place, and named
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", MARKER, "cache", "old.txt"]
     with pytest.raises(UserError, match="contradict"):
         check_out_dir(tmp_path, resume=True, overwrite=True)
+    (tmp_path / "cache").rmdir()
+    (tmp_path / "old.txt").unlink()
+    (tmp_path / MARKER).unlink()
+    check_out_dir(tmp_path, resume=False, overwrite=False)  # the lock file alone counts as empty
 
 
 def test_a_second_process_cannot_take_the_lock_and_a_dead_one_leaves_none(tmp_path):
-    holder = ("import sys, time; from pathlib import Path; from common.checkpoint import RunLock\n"
+    holder = ("import sys, time; from pathlib import Path; from common.outdir import RunLock\n"
               "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
     root = Path(__file__).resolve().parent.parent
     p = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], cwd=root, stdout=subprocess.PIPE, text=True)

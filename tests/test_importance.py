@@ -142,5 +142,5 @@ def test_pruning_curve_of_a_missing_model_is_one_line(farstail_dir, tmp_path, ca
         prune_curve.main(["--model", str(tmp_path / "nowhere"), "--data-dir", str(farstail_dir),
                           "--out", str(tmp_path / "curve")])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "no config.json there" in err and "Traceback" not in err
+    assert e.value.code == 2 and "no such folder" in err and "Traceback" not in err
     assert not (tmp_path / "curve" / "train.log").exists()

@@ -124,7 +124,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_bert, farstail_
     args = ("--epochs", 3, "--lr", 1e-3, "--seed", 5)
     whole = weights(run(tiny_bert, farstail_dir, tmp_path / "whole", *args))
     real = interrupt_in_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run(tiny_bert, farstail_dir, tmp_path / "cut", *args)
     assert (tmp_path / "cut" / "checkpoint.json").exists() and not (tmp_path / "cut" / "metrics.json").exists()
     monkeypatch.setattr(nli.train, "train_epoch", real)
@@ -145,12 +145,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_bert, farstail_
 def test_resume_without_checkpoint_starts_over_and_other_arguments_are_refused(
         tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
     real = interrupt_in_epoch(monkeypatch, 1)  # killed before any checkpoint was written
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2)
     assert not (tmp_path / "run" / "checkpoint.json").exists()
     monkeypatch.setattr(nli.train, "train_epoch", real)
     interrupt_in_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2, "--resume")
     assert (tmp_path / "run" / "checkpoint.json").exists()
     with pytest.raises(SystemExit) as e:

@@ -65,7 +65,7 @@ def whole(tiny_bert, farstail_dir, tmp_path_factory):
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_bert, farstail_dir, tmp_path, monkeypatch,
                                                                 capsys, whole):
     undo = kill_in_epoch(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
     undo()
     newest = tmp_path / "run" / "checkpoint-epoch2.pt"
@@ -83,7 +83,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_bert, farst
 def test_no_usable_checkpoint_stops_resume_with_one_line(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys,
                                                          damage):
     undo = kill_in_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2)
     undo()
     only = tmp_path / "run" / "checkpoint-epoch1.pt"
@@ -95,7 +95,7 @@ def test_no_usable_checkpoint_stops_resume_with_one_line(tiny_bert, farstail_dir
 
 
 def test_a_second_run_on_the_same_folder_stops_at_once(tiny_bert, farstail_dir, tmp_path, capsys):
-    holder = ("import sys, time; from pathlib import Path; from common.checkpoint import RunLock\n"
+    holder = ("import sys, time; from pathlib import Path; from common.outdir import RunLock\n"
               "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
     (tmp_path / "run").mkdir()
     p = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE,
@@ -176,7 +176,7 @@ def test_killed_while_writing_results_then_resume_redoes_them(tiny_bert, farstai
             raise KeyboardInterrupt
         return real_replace(src, dst)
     monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
     monkeypatch.setattr(os, "replace", real_replace)
     run = tmp_path / "run"
@@ -211,7 +211,7 @@ def test_a_flag_error_leaves_nothing_so_the_corrected_command_runs(tiny_bert, fa
 
 def test_resume_accepts_the_same_folder_spelled_another_way(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
     undo = kill_in_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2)
     undo()
     monkeypatch.chdir(tmp_path)
@@ -261,3 +261,199 @@ def test_run_all_refuses_a_shemo_folder_without_usable_audio(tmp_path):
                         str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "does not hold usable ShEMO audio" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- round two: nothing lost, nothing mixed
+@pytest.fixture(scope="module")
+def finished(tiny_bert, farstail_dir, tmp_path_factory):
+    """A finished one-epoch NLI run, to predict with and to try to overwrite."""
+    return run_nli(tiny_bert, farstail_dir, tmp_path_factory.mktemp("finished") / "run", "--epochs", 1)
+
+
+def tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_nothing_a_user_made_is_deleted(tiny_bert, farstail_dir, finished, tmp_path, capsys):
+    # predict --output naming a folder (a finished run) is refused; the folder stays as it was
+    before = tree(finished)
+    err = fails(2, capsys, ["--model", str(finished), "--tsv", str(farstail_dir / "Val-word.csv"), "--output",
+                            str(finished)], call=predict.main)
+    assert "is a folder" in err and tree(finished) == before
+    # --overwrite of a model folder (it has a config.json, as every save_pretrained folder does)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    (model / "notes.txt").write_text("mine")
+    before = tree(model)
+    for flag in ("--overwrite", "--resume"):
+        err = fails(2, capsys, model, farstail_dir, model, "--epochs", 1, flag)
+        assert "holds no run of this project" in err
+    assert tree(model) == before
+    # a run folder whose model/ this run reads: --overwrite would delete an input
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    err = fails(2, capsys, run / "model", farstail_dir, run, "--epochs", 1, "--overwrite")
+    assert "would delete" in err and "which this run reads" in err
+    # --overwrite of a finished run deletes what the run wrote, and only that
+    (run / "my-notes.txt").write_text("mine")
+    run_nli(tiny_bert, farstail_dir, run, "--epochs", 1, "--overwrite")
+    assert (run / "my-notes.txt").read_text() == "mine" and (run / "metrics.json").exists()
+    assert "--overwrite left in place what no run wrote: my-notes.txt" in (run / "train.log").read_text()
+
+
+def test_a_resume_or_a_skip_never_mixes_two_datasets(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(farstail_dir, data)
+    undo = kill_in_epoch(monkeypatch, 2)
+    with pytest.raises(SystemExit, match="^130$"):
+        run_nli(tiny_bert, data, tmp_path / "run", "--epochs", 3)
+    assert "interrupted; resume with --resume" in capsys.readouterr().err
+    undo()
+    train = data / "Train-word.csv"
+    original = train.read_bytes()
+    train.write_text(train.read_text(encoding="utf-8").replace("\te\n", "\tn\n", 3), encoding="utf-8")
+    err = fails(2, capsys, tiny_bert, data, tmp_path / "run", "--epochs", 3, "--resume")
+    assert f"{train} changed" in err and "checkpoint" in err and "--overwrite" in err
+    train.write_bytes(original)  # the same data again: the resume goes on
+    run_nli(tiny_bert, data, tmp_path / "run", "--epochs", 3, "--resume")
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["inputs"]
+    assert recorded["data"]["files"]["Train-word.csv"].startswith(f"{len(original)} bytes, sha256 ")
+    assert "config.json" in recorded["model"]["files"]
+    # a finished run is skipped only while its inputs are the same
+    capsys.readouterr()
+    run_nli(tiny_bert, data, tmp_path / "run", "--epochs", 3, "--resume")
+    assert "already holds this finished run" in capsys.readouterr().out
+    with open(data / "Test-word.csv", "a", encoding="utf-8") as f:
+        f.write("کتاب است.\tکتاب است.\te\t0\t1\n")
+    err = fails(2, capsys, tiny_bert, data, tmp_path / "run", "--epochs", 3, "--resume")
+    assert f"{data / 'Test-word.csv'} changed" in err and "finished run" in err
+
+
+def test_a_zero_length_checkpoint_manifest_falls_back_to_each_checkpoints_own_checksum(
+        tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys, whole):
+    undo = kill_in_epoch(monkeypatch, 3)
+    with pytest.raises(SystemExit, match="^130$"):
+        run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
+    undo()
+    (tmp_path / "run" / "checkpoint.json").write_bytes(b"")  # as a power cut can leave it
+    resumed = weights(run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3, "--resume"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "checkpoint.json is damaged; checking each checkpoint against its own .sha256 file" in log
+    assert "resuming after epoch 2" in log
+
+
+def test_bad_values_are_one_line_and_leave_nothing_behind(tiny_bert, farstail_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    for flags, says in ((["--lr", "nan"], "--lr nan"), (["--lr", "-1"], "--lr -1.0"), (["--lr", "inf"], "--lr inf"),
+                        (["--seed", "-1"], "--seed -1"), (["--prune-heads", "nan"], "--prune-heads nan"),
+                        (["--prune-heads", "0"], "--prune-heads 0.0")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_nli(tiny_bert, farstail_dir, out, *flags)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and "Traceback" not in err, flags
+    for flags, says in ((["--max-length", "2"], "a pair needs at least 5 word pieces"),
+                        (["--max-length", "300"], "the model has 256 position embeddings")):
+        assert says in fails(2, capsys, tiny_bert, farstail_dir, out, *flags)
+    assert not (out / "train.log").exists()  # the corrected command is not refused
+    (tmp_path / "file").write_text("x")
+    assert "cannot create or write it" in fails(2, capsys, tiny_bert, farstail_dir, tmp_path / "file" / "sub")
+    one = tmp_path / "one-label"
+    shutil.copytree(farstail_dir, one)
+    train = one / "Train-word.csv"
+    text = train.read_text(encoding="utf-8")
+    train.write_text(text.replace("\tc\n", "\te\n").replace("\tn\n", "\te\n"), encoding="utf-8")
+    assert "all have the label 'e'" in fails(2, capsys, tiny_bert, one, out)
+    long_field = tmp_path / "long"
+    shutil.copytree(farstail_dir, long_field)  # a field longer than csv's default limit of 131,072 characters
+    val = long_field / "Val-word.csv"
+    lines = val.read_text(encoding="utf-8").splitlines()
+    lines[1] = "«" + "کتاب " * 30000 + "»" + lines[1][lines[1].index("\t"):]
+    val.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    m = json.loads((run_nli(tiny_bert, long_field, tmp_path / "ok", "--epochs", 1) / "metrics.json").read_text())
+    assert m["val"]["per_class"]["entailment"]["support"] > 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_is_one_line(tiny_bert, farstail_dir, tmp_path, capsys):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    assert "cannot create or write it" in fails(2, capsys, tiny_bert, farstail_dir, tmp_path / "ro" / "run")
+
+
+def test_a_full_disk_in_any_library_writer_is_one_line(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+    import common.checkpoint
+
+    def no_space(*a, **kw):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", no_space)
+    err = fails(1, capsys, tiny_bert, farstail_dir, tmp_path / "a", "--epochs", 1)
+    assert f"cannot write {tmp_path / 'a' / 'model'}: Error while serializing" in err
+    assert not list((tmp_path / "a").glob(".model.*"))  # nothing half-written left behind
+    monkeypatch.undo()
+
+    def unexpected_pos(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1024 vs 980")
+    monkeypatch.setattr(common.checkpoint.torch, "save", unexpected_pos)
+    err = fails(1, capsys, tiny_bert, farstail_dir, tmp_path / "b", "--epochs", 1)
+    assert "checkpoint-epoch1.pt: [enforce fail" in err and "(is the disk full?)" in err
+
+
+def test_a_model_of_the_other_task_or_an_unfinished_run_is_one_line(tiny_bert, tiny_hubert, farstail_dir, finished,
+                                                                     tmp_path, capsys):
+    from nli import prune_curve
+    from ser import predict as ser_predict
+    from ser.model import EmotionClassifier, save_classifier, study_feature_extractor
+    from transformers import HubertModel
+    ser_model = tmp_path / "ser-model"
+    save_classifier(EmotionClassifier(HubertModel.from_pretrained(tiny_hubert), 2, False), study_feature_extractor(),
+                    ["anger", "neutral"], ser_model)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000)
+    assert "ser.train's emotion model" in fails(2, capsys, ["--model", str(ser_model), "a", "b"], call=predict.main)
+    assert "ser.train's emotion model" in fails(
+        2, capsys, ["--model", str(ser_model), "--data-dir", str(farstail_dir)], call=prune_curve.main)
+    assert "not an emotion model" in fails(2, capsys, ["--model", str(finished), str(wav)], call=ser_predict.main)
+    assert "not an emotion model" in fails(2, capsys, ["--model", str(tiny_bert), str(wav)], call=ser_predict.main)
+    unfinished = tmp_path / "unfinished"
+    (unfinished).mkdir()
+    for name in ("config.json", "train.log", ".run-marker"):
+        shutil.copy(finished / name, unfinished / name)
+    assert "has not finished" in fails(2, capsys, ["--model", str(unfinished), "a", "b"], call=predict.main)
+    assert "has not finished" in fails(2, capsys, ["--model", str(unfinished), str(wav)], call=ser_predict.main)
+    (tmp_path / "empty").mkdir()
+    assert "no config.json there" in fails(
+        2, capsys, ["--model", str(tmp_path / "empty"), "--data-dir", str(farstail_dir)], call=prune_curve.main)
+
+
+def test_a_damaged_summary_input_is_listed_not_a_traceback(finished, tmp_path):
+    from common.summary import write_summary
+    run = tmp_path / "nli" / "all" / "seed0"
+    shutil.copytree(finished, run)
+    (run / "metrics.json").write_text('{"task": "nli", "val"', encoding="utf-8")
+    missing = write_summary(tmp_path, ["nli.study"])
+    assert "nli/all/seed0 (its metrics.json is damaged)" in missing
+    assert "its metrics.json is damaged" in (tmp_path / "summary.md").read_text()
+
+
+def test_ser_predict_gives_no_label_to_silence_or_non_audio(tiny_hubert, tmp_path, capsys):
+    from ser import predict as ser_predict
+    from ser.model import EmotionClassifier, save_classifier, study_feature_extractor
+    from transformers import HubertModel
+    save_classifier(EmotionClassifier(HubertModel.from_pretrained(tiny_hubert), 2, False), study_feature_extractor(),
+                    ["anger", "neutral"], tmp_path / "model")
+    sf.write(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(tmp_path / "huge.wav", np.array([3e38, -3e38] * 8000, np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "long.wav", (0.1 * np.sin(np.arange(61 * 16000) / 3)).astype(np.float32), 16000)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        ser_predict.main(["--model", str(tmp_path / "model")] + [str(tmp_path / n) for n in
+                                                                 ("silent.wav", "huge.wav", "long.wav")])
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and "Traceback" not in err and "nan" not in out
+    assert "silent.wav is silent" in err and "huge.wav holds absurdly large samples" in err
+    assert out.count("\n") == 1 and "long.wav: " in out and "[its first 60 s of 61.0 s]" in out

@@ -5,7 +5,10 @@ and the summary's tables."""
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,15 @@ def run_all(*args, env=None):
     env = {**os.environ, "SHEMO_DIR": "", **(env or {})}
     return subprocess.run(["bash", str(ROOT / "run_all.sh"), *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, env=env, timeout=600)
+
+
+def fake_python(tmp_path, jobs: str) -> dict:
+    """An environment whose PYTHON runs `jobs` (bash case branches on the command line) and hands
+    every other command to the real python: run_all.sh's jobs made to sleep or die on purpose."""
+    path = tmp_path / "python"
+    path.write_text(f"#!/usr/bin/env bash\ncase \"$*\" in\n{jobs}\nesac\nexec {sys.executable} \"$@\"\n")
+    path.chmod(0o755)
+    return {"PYTHON": str(path)}
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +167,54 @@ def test_side_by_side_failures_name_each_experiment_and_start_nothing_new(smoke,
     result = run_all("--smoke", "--only", "nli", "--slots", "2", "--out", tmp_path)
     assert result.returncode == 1
     for name, folder in (("nli all seed 0", "nli/all/seed0"), ("nli freeze9 seed 0", "nli/freeze9/seed0")):
-        assert f"experiment {name} failed; see {tmp_path / folder}/train.log" in result.stderr
+        assert f"experiment {name} failed (exit status 2); see {tmp_path / folder}/train.log" in result.stderr
     assert "unknown label 'q'" in result.stderr and "2 experiment(s) failed" in result.stderr
     assert "[1/7]" in result.stdout and "[3/7]" in result.stdout  # the curve waits for 'all'; it never ran
     assert "[2/7]" not in result.stdout and "[4/7]" not in result.stdout
     assert run_all("--gpus", "0,x", "--only", "nli").returncode == 2
+
+
+def test_a_job_that_dies_without_a_word_is_reported_and_the_running_one_is_waited_for(smoke, tmp_path):
+    out, _ = smoke
+    shutil.copytree(out / "inputs", tmp_path / "inputs")
+    mark = tmp_path / "slow-job-finished"
+    env = fake_python(tmp_path, f'  *nli.train*/nli/all/*) sleep 3; touch {mark}; exit 0 ;;\n'
+                                f'  *nli.train*/nli/freeze9/*) kill -9 $$ ;;')
+    result = run_all("--smoke", "--only", "nli", "--slots", "2", "--out", tmp_path, env=env)
+    assert result.returncode == 1 and mark.exists()  # it exited only after the running job had finished
+    assert "experiment nli freeze9 seed 0 failed (killed by signal 9 (KILL))" in result.stderr
+    assert "it printed no error line" in result.stderr and "2 experiment(s)" not in result.stderr
+    assert "[2/7]" not in result.stdout and "[4/7]" not in result.stdout  # nothing new started
+
+
+def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(smoke, tmp_path):
+    out, _ = smoke
+    shutil.copytree(out / "inputs", tmp_path / "inputs")
+    mark = tmp_path / "slow-job-finished"
+    env = {**os.environ, "SHEMO_DIR": "",
+           **fake_python(tmp_path, f'  *nli.train*/nli/all/*) trap \'kill $s; exit 143\' TERM; echo > {mark}.started; '
+                                   f'sleep 30 & s=$!; wait $s; touch {mark}; exit 0 ;;')}
+    first = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--smoke", "--only", "nli", "--out", str(tmp_path)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(300):
+            if Path(f"{mark}.started").exists():
+                break
+            time.sleep(0.1)
+        second = run_all("--smoke", "--only", "nli", "--out", tmp_path)
+        assert second.returncode == 2 and f"in use by another run_all.sh (process {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and "[1/7]" not in second.stdout
+        first.send_signal(signal.SIGTERM)  # as a scheduler stops a job (Ctrl-C sends SIGINT: the same path)
+        _, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 130 and "interrupted; run the same command again" in err
+    assert not mark.exists()  # the running job was stopped, not left behind
+    assert "failed" not in err
+
+
+def test_run_all_flag_without_a_value_is_one_line():
+    for flag in ("--seeds", "--out", "--slots"):
+        result = run_all(flag)
+        assert result.returncode == 2 and result.stderr.strip() == f"run_all.sh: {flag} needs " + \
+            {"--seeds": "a number", "--out": "a folder", "--slots": "a number"}[flag] + " (see --help)"

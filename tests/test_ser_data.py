@@ -101,3 +101,49 @@ def test_augmented_copies_are_cached_and_keyed_by_content_and_settings(tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == len(files) + 2  # new settings and new audio: new entries
     data.augmented_copies(waves, plan, tmp_path, method="signalsmith")
     assert len(list(tmp_path.glob("*.npy"))) == len(files) + 3  # another backend: another entry
+
+
+def test_absurd_samples_long_clips_and_silence_are_named(tmp_path):
+    huge = tmp_path / "F01A01.wav"
+    sf.write(huge, np.array([3e38, -3e38] * 8000, np.float32), 16000, subtype="FLOAT")  # finite, but not audio
+    long = tmp_path / "F01A02.wav"
+    sf.write(long, (0.1 * np.sin(np.arange(70 * 8000) / 3)).astype(np.float32), 8000)  # 70 s
+    with pytest.raises(ValueError, match=r"F01A01.wav holds absurdly large samples \(peak 3e\+38"):
+        read_audio(huge)
+    said = []
+    kept, waves, skipped = data.load_clips(scan_shemo(tmp_path)[0], strict=False, log=said.append)
+    assert skipped == [str(huge)] and [c.path for c in kept] == [long]
+    assert len(waves[0]) == data.MAX_SECONDS * data.SAMPLE_RATE  # cut to its first 60 s, and named
+    assert any(f"{long} lasts 70.0 s; only its first 60 s are used" in line for line in said)
+
+
+def test_damaged_cached_copies_are_named_and_made_again(tmp_path):
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(16000)).astype(np.float32)]
+    plans = [[{"source": 0, "label": "a", "semitones": s, "rate": 1.0}] for s in (-1.0, 0.5, 1.5)]
+    good = [data.augmented_copies(waves, plan, tmp_path)[0] for plan in plans]
+    files = sorted(tmp_path.glob("*.npy"))
+    assert len(files) == 3
+    by_name = {f: f.read_bytes() for f in files}
+    files[0].write_bytes(by_name[files[0]][:100])  # truncated
+    files[1].write_bytes(b"")  # empty
+    nan = np.load(files[2])
+    nan[5] = np.nan
+    np.save(files[2], nan)  # NaN-filled
+    said = []
+    again = [data.augmented_copies(waves, plan, tmp_path, log=said.append)[0] for plan in plans]
+    assert all(np.array_equal(a, b) for a, b in zip(good, again))
+    assert sorted(said) == sorted(f"warning: cached copy {f} is damaged ({why}); computing it again" for f, why in
+                                  zip(files, ("unreadable: ValueError", "unreadable: EOFError", "NaN or infinite samples")))
+    assert all(f.read_bytes() == by_name[f] for f in files)  # rebuilt in place
+
+
+def test_the_check_before_training_reads_the_samples(tmp_path):
+    from ser.synthetic import write_shemo
+    write_shemo(tmp_path / "ok", per_class=3, letters="AN")
+    assert data.check_shemo(tmp_path / "ok") == {"anger": 3, "neutral": 3}
+    write_shemo(tmp_path / "silent", per_class=3, letters="AN")
+    for f in (tmp_path / "silent").rglob("*.wav"):
+        sf.write(f, np.zeros(8000, np.float32), 16000)
+    with pytest.raises(UserError, match=r"0 usable ShEMO-named clips \(none\); unusable: 6 is silent"):
+        data.check_shemo(tmp_path / "silent")

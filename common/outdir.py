@@ -1,0 +1,142 @@
+"""The output folder of a run: its lock, the marker that says this project wrote it, and what
+--resume and --overwrite may do with it.
+
+- RunLock: an exclusive `fcntl.flock` on OUT/.lock held for the whole run. The OS releases it
+  when the process ends, however it ends, so a killed run never leaves a stale lock; a second
+  run on the same folder stops at once, naming the holder's process id. run_all.sh takes the
+  same lock on its own --out.
+- The marker (OUT/.run-marker) is written when a run starts writing into OUT. Only a folder
+  holding it may be resumed into or emptied by --overwrite: a model folder, a data folder or any
+  other folder with a config.json is never touched.
+- --overwrite deletes only what a run writes (the names in OUTPUTS, and nested run folders such
+  as prune_curve/ that carry their own marker); anything else in the folder is left in place and
+  named in the log. The cache of augmented clips (KEEP: content-keyed) is kept and reused.
+"""
+import fcntl
+import fnmatch
+import os
+import shutil
+import time
+from pathlib import Path
+
+from common.errors import UserError
+
+LOCK = ".lock"
+MARKER = ".run-marker"
+# What a run writes into its folder (fnmatch patterns): all of it, and only it, --overwrite deletes.
+OUTPUTS = ("config.json", "train.log", "steps.csv", "history.csv", "metrics.json", "report.txt", "split.csv",
+           "prune_curve.csv", "checkpoint.json", "checkpoint-epoch*.pt", "checkpoint-epoch*.pt.sha256", "*.png",
+           "model", ".*.tmp", ".*.old")
+# Kept by --overwrite: the marker (the folder stays a run's), SER's augmented clips (named by their content)
+KEEP = (MARKER, "cache")
+
+
+class RunLock:
+    """Hold OUT/.lock exclusively while the run is alive (use as a context manager)."""
+
+    def __init__(self, out: Path, what: str = "--out"):
+        self.out, self.what = Path(out), what
+
+    def __enter__(self):
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.out / LOCK, "a+", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"{self.what} {self.out}: cannot create or write it ({e.strerror or e})") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise UserError(f"{self.what} {self.out} is in use by another run (process {holder}); wait for it to "
+                            "end, or give another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # closing releases the lock
+
+
+def contents(out: Path) -> list[Path]:
+    """What the folder holds besides its lock file."""
+    return [p for p in out.iterdir() if p.name != LOCK] if out.is_dir() else []
+
+
+def is_run(out: Path) -> bool:
+    """The folder holds a run this project wrote (its marker)."""
+    return (Path(out) / MARKER).is_file()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_out_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -> None:
+    """A non-empty --out needs the marker of a run of this project, and then --resume (keep it)
+    or --overwrite (empty it). `inputs`: paths the run reads, which --overwrite must not delete."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not contents(out):
+        return
+    if not is_run(out):
+        raise UserError(f"--out {out} is not empty and holds no run of this project (no {MARKER} file); "
+                        "refusing to write into it or delete anything there; give a new or empty folder")
+    if not (resume or overwrite):
+        raise UserError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
+    if overwrite:
+        for path in inputs:
+            if path and Path(path).exists() and _inside(path, out):
+                raise UserError(f"--overwrite would delete {path}, which this run reads; give another --out")
+
+
+def write_marker(out: Path, program: str) -> None:
+    if not is_run(out):
+        (out / MARKER).write_text(f"This folder holds a run written by {program} ({time.strftime('%Y-%m-%d %H:%M')})."
+                                  "\n--overwrite may empty it of what the run wrote. Delete this file to protect it.\n",
+                                  encoding="utf-8")
+
+
+def owned(path: Path) -> bool:
+    """A run wrote this entry: one of OUTPUTS, or a nested run folder with its own marker."""
+    return any(fnmatch.fnmatch(path.name, p) for p in OUTPUTS) or (path.is_dir() and is_run(path))
+
+
+def empty_out_dir(out: Path) -> list[str]:
+    """Delete what an earlier run wrote in out (only a folder with the marker); returns the names
+    of the entries left in place because no run wrote them."""
+    if not is_run(out):
+        raise UserError(f"{out} holds no run of this project (no {MARKER} file); refusing to delete anything there")
+    left = []
+    for path in contents(out):
+        if path.name in KEEP:
+            continue
+        if not owned(path):
+            left.append(path.name)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return sorted(left)
+
+
+def model_of_run(given: str, program: str) -> Path:
+    """The model/ folder a finished run wrote, given that folder or the run folder holding it.
+    A run folder without model/ has not finished; a folder without config.json is no model."""
+    path = Path(given)
+    if (path / "model" / "config.json").exists():
+        return path / "model"
+    if not path.is_dir():
+        raise UserError(f"--model {given}: no such folder; give the model/ folder of a finished {program} run")
+    if is_run(path) or (path / "train.log").exists():
+        raise UserError(f"--model {given} holds a run that has not finished (no model/ yet); resume it with "
+                        "--resume, or wait for it to end")
+    if not (path / "config.json").exists():
+        raise UserError(f"--model {given}: no config.json there; give the model/ folder of a finished {program} run")
+    return path
