@@ -59,6 +59,8 @@ def main(argv=None):
               "train_seconds": speed["train_seconds"], "warmup_seconds": speed["warmup_seconds"],
               "cuda_graphs": speed["cuda_graphs"], "graph_shapes": speed["graph_shapes"],
               "capture_seconds": speed["capture_seconds"], "pairs": a.pairs, "epochs": a.epochs,
+              "eval_seconds": speed["eval_seconds"], "eval_pairs": cfg["derived"]["pairs"]["val"] + cfg["derived"]["pairs"]["test"],
+              "warmup_pairs": speed["warmup_items"],
               "per_epoch_train_loss": [float(r["train_loss"]) for r in epochs],
               "per_epoch_pairs_per_s": [float(r["items_per_s"]) for r in epochs],
               "device": cfg["run_info"]["device"], "precision": cfg["derived"]["precision"],

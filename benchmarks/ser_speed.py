@@ -68,7 +68,11 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     speed = m["speed"]
     result = {"clips_per_s": speed["items_per_s"], "audio_seconds_per_s": speed["audio_seconds_per_s"],
-              "clips_per_s_steady": speed["items_per_s_steady"], "train_seconds": speed["train_seconds"],
+              "clips_per_s_steady": speed["items_per_s_steady"],
+              "audio_seconds_per_s_steady": speed["audio_seconds_per_s_steady"],
+              "warmup_audio_seconds": speed["warmup_audio_seconds"], "eval_seconds": speed["eval_seconds"],
+              "eval_clips": cfg["derived"]["clips"]["val"] + cfg["derived"]["clips"]["test"],
+              "train_seconds": speed["train_seconds"],
               "warmup_seconds": speed["warmup_seconds"], "cuda_graphs": speed["cuda_graphs"],
               "graph_shapes": speed["graph_shapes"], "capture_seconds": speed["capture_seconds"], "epochs": a.epochs,
               "per_epoch_train_loss": [float(r["train_loss"]) for r in epochs],

@@ -21,9 +21,19 @@ replay). Capture warms each shape up on a side stream, then puts back the weight
 state, counters and every RNG exactly as they were, so capturing changes nothing in the run.
 Dropout keeps drawing fresh numbers on every replay (CUDA graphs advance the generator's
 offset per replay).
+
+When capture fails, the run says why in one line and trains eagerly. The warm-up runs with
+CUDA's sync debug mode set to "error", so a host-device synchronisation (an `.item()`, a copy to
+the host, a data-dependent shape) raises there, with its own traceback, before capture starts;
+the line names the first error of the chain and the file and line it was raised at (not the
+generic "operation failed due to a previous error during capture" that ending a broken capture
+raises). The stream, the graphs and their memory pool are released, and the optimizer goes back
+to eager mode.
 """
+import contextlib
 import csv
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -125,11 +135,75 @@ def use_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist | None = N
     return True, "on"
 
 
-def lr_on_device(optimizer, device: torch.device) -> None:
-    """Give every parameter group its own device tensor for the learning rate (graphs read it at
-    replay); Steps.capture calls it, after any checkpoint was loaded."""
+def follow_graph_mode(optimizer, graphs: bool, device: torch.device) -> None:
+    """Put AdamW in the mode this run trains in, whatever mode a loaded checkpoint was written in
+    (`load_state_dict` brings back the saved `capturable`, `fused` and learning rate): capturable,
+    with the learning rate as a device tensor, for CUDA graphs; else a float learning rate;
+    fused on CUDA. Each parameter's step count moves to where that mode keeps it."""
+    fused = device.type == "cuda"
     for group in optimizer.param_groups:
-        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        lr = float(group["lr"])  # (a device tensor in a graph run's checkpoint: read once, here)
+        group["lr"] = torch.tensor(lr, device=device) if graphs else lr
+        group["capturable"], group["fused"] = graphs, fused
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            on_device = graphs or fused
+            state["step"] = state["step"].to(device=device if on_device else "cpu", dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def sync_errors():
+    """Within: any host-device synchronisation raises (CUDA's sync debug mode "error")."""
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
+
+
+@contextlib.contextmanager
+def capturing(graph, pool, stream):
+    """Capture the CUDA work of the block into `graph` on `stream`. Unlike torch.cuda.graph, whose
+    exit ends the capture before it restores the stream (so a failed capture leaves the capture
+    stream current, and the error that ending it raises hides the real one), the stream is
+    always restored and the block's own error is the one raised."""
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool)
+        try:
+            yield
+        except BaseException:
+            try:
+                graph.capture_end()  # ends the broken capture; its own error says nothing new
+            except Exception:
+                pass
+            raise
+        graph.capture_end()
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The first error of a chain (following __cause__ and __context__)."""
+    seen = {id(e)}
+    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        e = nxt
+    return e
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for a failed capture: the root cause's type and message, and where it was raised."""
+    root = root_cause(e)
+    message = (str(root).strip().splitlines() or [""])[0][:200]
+    frames = traceback.extract_tb(root.__traceback__)
+    where = ""
+    if frames:
+        f = frames[-1]
+        path = Path(f.filename)
+        parts = path.parts
+        short = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else \
+            "/".join(parts[-2:])
+        where = f", raised at {short}:{f.lineno} in {f.name}"
+    return f"{type(root).__name__}: {message}{where}"
 
 
 def shape_key(batch: dict) -> tuple:
@@ -175,12 +249,12 @@ class Steps:
 
     def capture(self, examples: list[dict], log) -> None:
         """Capture one micro-step graph per example's shape and the update graph. On failure
-        the run says why in one log line and goes on eagerly; either way the model, optimizer,
-        counters and RNGs end exactly as they started."""
+        the run says why in one log line (failure_line) and goes on eagerly; either way the
+        model, optimizer, counters and RNGs end exactly as they started."""
         step, t0 = self.step, time.perf_counter()
         self.tried = True
-        lr_on_device(step.optimizer, step.device)  # a checkpoint brings the learning rate back as a CPU value
         saved = _snapshot(step)
+        made = []
         try:
             for p in step.params:  # gradients must exist before capture: graphs add into them in place
                 if p.grad is None:
@@ -188,26 +262,33 @@ class Steps:
             static = [to_device(ex, step.device) for ex in examples]
             side = torch.cuda.Stream(step.device)
             side.wait_stream(torch.cuda.current_stream(step.device))
-            with torch.cuda.stream(side):  # warm-up: autograd, cuBLAS workspaces, optimizer state
+            with torch.cuda.stream(side), sync_errors():  # warm-up: autograd, cuBLAS workspaces, optimizer state
                 for ex in static:
                     step.micro(ex)
                     step.micro(ex)
                 step.update()
             torch.cuda.current_stream(step.device).wait_stream(side)
+            torch.cuda.synchronize(step.device)
             pool = torch.cuda.graph_pool_handle()
             for ex in static:
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=pool):
+                made.append(torch.cuda.CUDAGraph())
+                with capturing(made[-1], pool, side):
                     step.micro(ex)
-                self.graphs[shape_key(ex)] = (g, ex)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
+                self.graphs[shape_key(ex)] = (made[-1], ex)
+            made.append(torch.cuda.CUDAGraph())
+            with capturing(made[-1], pool, side):
                 step.update()
-            self.update_graph = g
+            self.update_graph = made[-1]
         except Exception as e:  # any failure: never crash on it, train eagerly instead
             self.graphs, self.update_graph = {}, None
-            log(f"CUDA graphs off: capture failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
-                "training eagerly")
+            for g in made:
+                g.reset()
+            made = static = None
+            with contextlib.suppress(Exception):  # release the pool's memory
+                torch.cuda.synchronize(step.device)
+                torch.cuda.empty_cache()
+            follow_graph_mode(step.optimizer, False, step.device)
+            log(f"CUDA graphs off: capture failed ({failure_line(e)}); training eagerly")
         _restore(step, saved)
         torch.cuda.synchronize(step.device)
         self.capture_seconds = time.perf_counter() - t0
@@ -342,6 +423,7 @@ class Progress:
                "warmup_seconds": warm_s,
                "items_per_s_steady": (self.items - warm_items) / steady_s if steady_s > 0 else None}
         if self.audio:
+            out["audio_seconds"], out["warmup_audio"] = self.audio, warm_audio
             out["audio_seconds_per_s"] = self.audio / seconds
             out["audio_seconds_per_s_steady"] = (self.audio - warm_audio) / steady_s if steady_s > 0 else None
         return out

@@ -34,6 +34,7 @@ confusion_matrix.png, token_lengths.png, model/, metrics.json (see README.md).
 """
 import argparse
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ from common.metrics import summarize
 from common.results import write_config
 from common.inputs import model_record
 from common.run import Run, check_flags, count_params, run_info
-from common.step import Progress, Steps, TrainStep, make_optimizer, set_lr, use_cuda_graphs
+from common.step import Progress, Steps, TrainStep, follow_graph_mode, make_optimizer, set_lr, use_cuda_graphs
 from nli.data import (LABELS, bucket_length, check_max_length, collate, encode, farstail_record, load_farstail,
                       load_tokenizer, token_stats)
 from nli.importance import head_importance
@@ -225,6 +226,7 @@ def train(args):
         ckpt = Checkpoint(args, RESUME_FREE, d, inputs=read, model=model, optimizer=opt, scaler=scaler)
         ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
         start, history, evals = ckpt.restore(log)
+        follow_graph_mode(opt, graphs, device)  # (a checkpoint brings back the optimizer mode it was written in)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=1.0)
         step.step_no.fill_((start - 1) * steps_per_epoch)
         steps = Steps(step)
@@ -249,14 +251,16 @@ def train(args):
                                 every=args.log_every, log=log, steps_csv=out / "steps.csv", d=d, unit="pairs")
             fig = train_epoch(steps, ddp, d, data["train"], sampler.epoch(epoch), args, lr_at,
                               (epoch - 1) * steps_per_epoch, progress)
+            t0 = time.perf_counter()
             ev = {"val": evaluate(model, data["val"], device, dtype),
                   "test": evaluate(model, data["test"], device, dtype, splits["test"].hard)}
+            fig["eval_seconds"] = time.perf_counter() - t0
             evals.append(ev)
             history.append({"epoch": epoch, "train_loss": fig["train_loss"], "val_loss": ev["val"]["loss"],
                             "val_accuracy": ev["val"]["accuracy"], "val_macro_f1": ev["val"]["macro_f1"],
                             "test_accuracy": ev["test"]["accuracy"],
                             **{k: fig[k] for k in ("seconds", "items_per_s", "warmup_seconds", "items_per_s_steady",
-                                                   "items", "warmup_items")}})
+                                                   "items", "warmup_items", "eval_seconds")}})
             log(f"epoch {epoch}: train loss {fig['train_loss']:.4f}  val loss {ev['val']['loss']:.4f}  val acc "
                 f"{ev['val']['accuracy']:.4f}  test acc {ev['test']['accuracy']:.4f}  ({fig['items_per_s']:.1f} pairs/s"
                 + (f"; {fig['items_per_s_steady']:.1f} after warm-up" if fig["warmup_seconds"] else "") + ")")

@@ -117,6 +117,17 @@ class EmotionClassifier(nn.Module):
         return self.fc2(self.fc1(masked_mean(hidden, frames)))
 
 
+def freeze_feature_encoder(model: EmotionClassifier) -> None:
+    """No gradient for the convolutional front end, and no backward through it at all:
+    transformers' `_freeze_parameters` also clears the flag that makes the encoder ask for
+    gradients of its input (with `requires_grad_(False)` alone the CNN's backward still runs)."""
+    encoder = model.hubert.feature_extractor
+    if hasattr(encoder, "_freeze_parameters"):
+        encoder._freeze_parameters()
+    else:
+        encoder.requires_grad_(False)
+
+
 def study_feature_extractor() -> Wav2Vec2FeatureExtractor:
     """The study's settings (borrowed from facebook/wav2vec2-base-960h): 16 kHz, zero-mean
     unit-variance per clip, zero padding, no attention mask."""

@@ -38,8 +38,6 @@ def write_results(out, args, model, fe, history, evals, final_train, *, ids, nam
         evals=[{k: without_predictions(v) for k, v in e.items()} for e in evals], params=params,
         train=without_predictions(final_train), graphs=graphs, class_counts=counts, split_items=split_items,
         skipped_files=skipped)
-    audio = sum(r["audio_seconds_per_s"] * r["seconds"] for r in history)
-    record["speed"]["audio_seconds_per_s"] = round(audio / record["speed"]["train_seconds"], 2)
 
     final = {"train": final_train, **evals[-1]}
     plot_curves(history, out / "curves.png", "speech emotion recognition")

@@ -37,6 +37,7 @@ model/, metrics.json (written last).
 """
 import argparse
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -52,10 +53,10 @@ from common.metrics import summarize
 from common.results import write_config
 from common.inputs import model_record
 from common.run import Run, check_flags, count_params, run_info
-from common.step import Progress, Steps, TrainStep, make_optimizer, set_lr, use_cuda_graphs
+from common.step import Progress, Steps, TrainStep, follow_graph_mode, make_optimizer, set_lr, use_cuda_graphs
 from ser.data import (SAMPLE_RATE, augmentation_settings, bucket_batches, bucket_length, build_dataset, collate,
                       corpus_record, read_corpus, read_manifest, scan_shemo)
-from ser.model import build_classifier, feature_extractor_for
+from ser.model import build_classifier, feature_extractor_for, freeze_feature_encoder
 from ser.report import write_results
 from ser.study import protocol_text
 
@@ -199,7 +200,7 @@ def train(args):
         # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.
         model = build_classifier(args.model, corpus.names, bool(fe.return_attention_mask))
         if args.freeze_feature_encoder:
-            model.hubert.feature_extractor.requires_grad_(False)
+            freeze_feature_encoder(model)
         graphs, graphs_why = use_cuda_graphs(args.cuda_graphs, device, dtype, d)
         run.begin()  # inputs checked: only now is anything written into --out
 
@@ -231,6 +232,7 @@ def train(args):
         ckpt = Checkpoint(args, RESUME_FREE, d, inputs=read, model=model, optimizer=opt, scaler=scaler)
         ddp = wrap(model, d, device, args.seed)  # DDP under torchrun (one RNG stream per process), else the model
         start, history, evals = ckpt.restore(log)
+        follow_graph_mode(opt, graphs, device)  # (a checkpoint brings back the optimizer mode it was written in)
         set_lr(opt, args.lr)
         step = TrainStep(forward(ddp), trainable, opt, scaler, device, dtype, clip=None)
         step.step_no.fill_((start - 1) * steps_per_epoch)
@@ -256,7 +258,9 @@ def train(args):
             progress = Progress(steps, epoch=epoch, first=epoch == start, batches=steps_per_epoch,
                                 every=args.log_every, log=log, steps_csv=out / "steps.csv", d=d, unit="clips")
             fig = train_epoch(steps, ddp, d, waves["train"], ids["train"], sampler.epoch(epoch), args, pad, progress)
+            t0 = time.perf_counter()
             ev = {k: evaluate(model, waves[k], ids[k], names, device, dtype, pad) for k in ("val", "test")}
+            fig["eval_seconds"] = time.perf_counter() - t0
             evals.append(ev)
             history.append({"epoch": epoch, "train_loss": fig["train_loss"], "train_accuracy": fig["train_accuracy"],
                             "val_loss": ev["val"]["loss"], "val_accuracy": ev["val"]["accuracy"],
@@ -264,7 +268,8 @@ def train(args):
                             "test_accuracy": ev["test"]["accuracy"], "test_uar": ev["test"]["uar"],
                             **{k: fig[k] for k in ("seconds", "items_per_s", "warmup_seconds", "items_per_s_steady",
                                                    "items", "warmup_items", "audio_seconds_per_s",
-                                                   "audio_seconds_per_s_steady")}})
+                                                   "audio_seconds_per_s_steady", "audio_seconds", "warmup_audio",
+                                                   "eval_seconds")}})
             log(f"epoch {epoch}: train loss {fig['train_loss']:.4f} acc {fig['train_accuracy']:.4f}  val loss "
                 f"{ev['val']['loss']:.4f} acc {ev['val']['accuracy']:.4f} UAR {ev['val']['uar']:.4f}  test acc "
                 f"{ev['test']['accuracy']:.4f} UAR {ev['test']['uar']:.4f}  "

@@ -1,82 +1,115 @@
 """The CUDA-graph fast path on a GPU. Skipped without CUDA; benchmarks/device_check.sh runs them.
 
-Tolerances: bf16 autocast rounds activations to 8 bits of mantissa, so graph and eager runs are
-compared within 2% per-step loss and 5e-3 absolute on weights after 20 AdamW steps at lr 1e-3
-(they launch the same kernels, so in practice they agree far closer); resume under graphs is
-compared within 1e-3 (CUDA kernels with atomics are not bitwise reproducible run to run).
+Every run here is built the way training builds it: through the command line (`main(argv)`),
+so the attention kernels (common/device.py), buckets, filler rows, learning-rate schedule and
+checkpoints are the real ones. Graph and eager runs launch the same kernels, so they should
+agree closely; bf16 autocast and kernels with atomics are not bitwise reproducible, so:
+- per step (steps.csv, `--log-every 1`: the running mean loss of the epoch) within 2%;
+- per epoch (history.csv's train loss) within 1%, the issue's target;
+- final weights within 5e-3 after a few dozen AdamW steps at lr 1e-3.
+These tolerances were chosen before the first run on a GPU; NOTES.md records what it measured.
 """
+import csv
 import json
+import random
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 import nli.train
-from common.batching import LengthGroupedBatches
-from common.distributed import Dist, my_micro_batches
-from common.device import grad_scaler
-from common.step import Steps, TrainStep, make_optimizer, set_lr
-from nli.data import LABELS, collate, encode, read_split
-from nli.model import load_classifier
+import ser.train
+from nli.synthetic import WORDS, write_farstail, write_tiny_bert
+from ser.synthetic import write_shemo, write_tiny_hubert
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-CUDA = torch.device("cuda")
 
 
-def nli_steps(model_dir, graphs: bool, farstail_dir, lr=1e-3):
-    torch.manual_seed(0)
-    model = load_classifier(str(model_dir), LABELS).to(CUDA).train()
-    data = encode(AutoTokenizer.from_pretrained(model_dir), read_split(farstail_dir / "Train-word.csv"), 200)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, lr, CUDA, graphs)
-    step = TrainStep(nli.train.forward(model), params, opt, grad_scaler(CUDA, torch.bfloat16), CUDA, torch.bfloat16,
-                     clip=1.0)
-    steps = Steps(step)
-    if graphs:
-        class Args:
-            batch_size, max_length = 4, 200
-        steps.capture(nli.train.capture_examples(data, Args, CUDA, True), print)
-        assert steps.graphed
-    return model, data, steps
-
-
-def losses(model, data, steps, batches, size=4):
-    out = []
-    for batch in batches:
-        steps.step.totals.zero_()
-        for micro in my_micro_batches(batch, size, Dist())[0]:
-            steps.micro(collate(data, micro, CUDA, rows=size, weight=1 / len(batch)))
-        steps.update()
-        loss_sum, _, n = steps.step.totals.tolist()
-        out.append(loss_sum / n)
+def nli_run(model, data, out, *flags, graphs="on"):
+    nli.train.main(["--model", str(model), "--data-dir", str(data), "--out", str(out), "--lr", "1e-3",
+                    "--log-every", "1", "--cuda-graphs", graphs, *map(str, flags)])
     return out
 
 
-def test_graph_replay_equals_eager_over_20_steps(tiny_bert_no_dropout, farstail_dir):
-    runs = []
-    for graphs in (False, True):
-        model, data, steps = nli_steps(tiny_bert_no_dropout, graphs, farstail_dir)
-        batches = LengthGroupedBatches(data.lengths.tolist(), 8, seed=0).epoch(1) * 4  # 6 batches, 4 times
-        runs.append((losses(model, data, steps, batches[:20]), {k: v.float().cpu() for k, v in model.state_dict().items()}))
-    (eager_loss, eager_w), (graph_loss, graph_w) = runs
-    assert all(abs(a - b) <= 0.02 * abs(a) for a, b in zip(eager_loss, graph_loss)), (eager_loss, graph_loss)
-    worst = max((eager_w[k] - graph_w[k]).abs().max().item() for k in eager_w)
-    assert worst < 5e-3, worst
+def step_losses(out) -> list[float]:
+    return [float(r["loss"]) for r in csv.DictReader(open(out / "steps.csv"))]
 
 
-def test_dropout_draws_fresh_numbers_on_every_replay(tiny_bert, farstail_dir):
-    model, data, steps = nli_steps(tiny_bert, True, farstail_dir)
-    set_lr(steps.step.optimizer, 0.0)  # the weights stay put: only dropout can change the loss
-    batch = list(range(4))
-    first, second = losses(model, data, steps, [batch, batch])
-    assert first != second
+def epoch_losses(out) -> list[float]:
+    return [float(r["train_loss"]) for r in csv.DictReader(open(out / "history.csv"))]
 
 
-def test_resume_under_graphs_ends_near_the_uninterrupted_run(tiny_bert, farstail_dir, tmp_path, monkeypatch):
-    args = ["--model", str(tiny_bert), "--data-dir", str(farstail_dir), "--epochs", "2", "--lr", "1e-3",
-            "--cuda-graphs", "on", "--batch-size", "8"]
-    nli.train.main([*args, "--out", str(tmp_path / "whole")])
+def speed(out) -> dict:
+    return json.loads((out / "metrics.json").read_text())["speed"]
+
+
+def close(a: list, b: list, rel: float) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= rel * abs(x) for x, y in zip(a, b))
+
+
+def worst_weight_difference(a, b) -> float:
+    wa, wb = (load_file(x / "model" / "model.safetensors") for x in (a, b))
+    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+
+
+@pytest.fixture(scope="module")
+def long_pairs(tmp_path_factory):
+    """FarsTail-shaped data whose pairs span 10 to 220 word pieces: with --max-length 200 every
+    bucket (16, 32, ... 192, 200: 13 shapes) occurs, the longest pairs truncated to 200."""
+    folder = tmp_path_factory.mktemp("long")
+    write_farstail(folder, rows=(8, 16, 16))  # val and test as generated
+    rng = random.Random(0)
+    with open(folder / "Train-word.csv", "w", encoding="utf-8") as f:
+        f.write("premise\thypothesis\tlabel\n")
+        for i in range(13 * 24):
+            n = 8 + (i % 13) * 16 + rng.randint(0, 10)
+            premise = " ".join(rng.choice(WORDS) for _ in range(n))
+            hypothesis = " ".join(rng.sample(premise.split(), 3)) + (" نیست" if i % 3 == 1 else "")
+            f.write(f"{premise} است.\t{hypothesis}.\t{'ecn'[i % 3]}\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bert12(tmp_path_factory):
+    """A 12-layer tiny BERT (ParsBERT's depth), dropout off so that graph and eager runs compare."""
+    path = tmp_path_factory.mktemp("bert12")
+    write_tiny_bert(path, layers=12)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def test_graphs_equal_eager_under_the_real_schedule_at_batch_16_over_every_bucket(bert12, long_pairs, tmp_path):
+    flags = ("--batch-size", 16, "--epochs", 2)
+    eager = nli_run(bert12, long_pairs, tmp_path / "eager", *flags, graphs="off")
+    graph = nli_run(bert12, long_pairs, tmp_path / "graph", *flags)
+    s = speed(graph)
+    assert s["cuda_graphs"] is True and s["graph_shapes"] >= 9, s
+    lr = [float(r["lr"]) for r in csv.DictReader(open(graph / "steps.csv"))]
+    assert lr == sorted(lr, reverse=True) and lr[0] > lr[-1] > 0  # the linear decay, as eager has it
+    assert lr == [float(r["lr"]) for r in csv.DictReader(open(eager / "steps.csv"))]
+    assert len(step_losses(graph)) >= 20 and close(step_losses(eager), step_losses(graph), 0.02)
+    assert close(epoch_losses(eager), epoch_losses(graph), 0.01)
+    assert worst_weight_difference(eager, graph) < 5e-3
+
+
+@pytest.mark.parametrize("experiment", [("--freeze", 9), ("--keep-layers", 9), ("--prune-heads", 0.5)])
+def test_frozen_kept_and_pruned_models_under_graphs(bert12, farstail_dir, tmp_path, experiment):
+    flags = ("--batch-size", 8, "--epochs", 2, *experiment)
+    eager = nli_run(bert12, farstail_dir, tmp_path / "eager", *flags, graphs="off")
+    graph = nli_run(bert12, farstail_dir, tmp_path / "graph", *flags)
+    assert speed(graph)["cuda_graphs"] is True
+    assert close(epoch_losses(eager), epoch_losses(graph), 0.01)
+    assert worst_weight_difference(eager, graph) < 5e-3
+
+
+@pytest.mark.parametrize("modes", [("on", "off"), ("off", "on")])
+def test_a_resume_may_switch_graph_modes(tiny_bert_no_dropout, farstail_dir, tmp_path, monkeypatch, modes):
+    first, then = modes
+    flags = ("--batch-size", 8, "--epochs", 3)
+    whole = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "whole", *flags, graphs=then)
     real = nli.train.train_epoch
 
     def interrupted(*a, **kw):
@@ -84,42 +117,60 @@ def test_resume_under_graphs_ends_near_the_uninterrupted_run(tiny_bert, farstail
             raise KeyboardInterrupt
         return real(*a, **kw)
     monkeypatch.setattr(nli.train, "train_epoch", interrupted)
-    with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
-        nli.train.main([*args, "--out", str(tmp_path / "cut")])
+    with pytest.raises(SystemExit, match="^130$"):
+        nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, graphs=first)
     monkeypatch.setattr(nli.train, "train_epoch", real)
-    nli.train.main([*args, "--out", str(tmp_path / "cut"), "--resume"])
-    a, b = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("whole", "cut"))
-    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    print(f"largest weight difference, resumed vs uninterrupted graph run: {worst:.3g}")
-    assert worst < 1e-3, worst
-    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    assert m["speed"]["cuda_graphs"] is True and m["speed"]["graph_shapes"] >= 1
+    cut = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, "--resume", graphs=then)
+    log = (cut / "train.log").read_text()
+    assert "resuming after epoch 1" in log and log.count("CUDA graphs on") + log.count("CUDA graphs off") >= 2
+    assert speed(cut)["cuda_graphs"] is (then == "on") and "capture failed" not in log
+    assert close(epoch_losses(whole)[1:], epoch_losses(cut)[1:], 0.01)
+    assert worst_weight_difference(whole, cut) < 5e-3
 
 
-def test_ser_graphs_replay_fresh_layerdrop_and_specaugment(tiny_hubert, shemo_dir, tmp_path):
-    import ser.train
-    ser.train.main(["--model", str(tiny_hubert), "--data-dir", str(shemo_dir), "--out", str(tmp_path / "run"),
-                    "--epochs", "1", "--cuda-graphs", "on", "--lr", "1e-3"])
-    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert m["speed"]["cuda_graphs"] is True and m["speed"]["graph_shapes"] >= 1
-    from ser.data import collate
-    from ser.model import EmotionClassifier
-    from transformers import HubertModel
-    torch.manual_seed(0)
-    model = EmotionClassifier(HubertModel.from_pretrained(tiny_hubert), 6, False).to(CUDA).train()
-    params = list(model.parameters())
-    opt = make_optimizer(params, 0.0, CUDA, True)
-    step = TrainStep(ser.train.forward(model), params, opt, grad_scaler(CUDA, torch.bfloat16), CUDA, torch.bfloat16,
-                     clip=None)
-    steps = Steps(step)
-    waves, labels = [torch.randn(20000), torch.randn(30000)], torch.tensor([0, 1])
-    example = collate(waves, [0, 1], labels, 0.0, CUDA, rows=2)
-    steps.capture([example], print)
-    assert steps.graphed
-    seen = []
-    for _ in range(4):
-        step.totals.zero_()
-        steps.micro(collate(waves, [0, 1], labels, 0.0, CUDA, rows=2))
-        steps.update()
-        seen.append(step.totals[0].item())
-    assert len(set(seen)) > 1, seen  # LayerDrop, SpecAugment and dropout differ from replay to replay
+def test_a_host_sync_in_the_forward_falls_back_to_eager_and_is_named(tiny_bert, farstail_dir, tmp_path, monkeypatch):
+    real = nli.train.forward
+
+    def forward_that_reads_the_device(model):
+        f = real(model)
+
+        def call(b):
+            if float(b["weights"].sum()) < 0:  # a host sync, as a data-dependent branch would be
+                raise AssertionError("never")
+            return f(b)
+        return call
+    monkeypatch.setattr(nli.train, "forward", forward_that_reads_the_device)
+    out = nli_run(tiny_bert, farstail_dir, tmp_path / "run", "--batch-size", 8, "--epochs", 1)
+    log = (out / "train.log").read_text()
+    line = next(x for x in log.splitlines() if x.startswith("CUDA graphs off: capture failed"))
+    assert "synchroniz" in line and "test_cuda.py:" in line and "in call" in line, line
+    assert speed(out)["cuda_graphs"] is False and (out / "metrics.json").exists()  # trained eagerly
+
+
+def quiet_hubert(path: Path, **regulariser):
+    """Every dropout off; only the regulariser under test on."""
+    off = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+               final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+    write_tiny_hubert(path, **{**off, **regulariser})
+    return path
+
+
+@pytest.mark.parametrize("regulariser", [dict(), dict(layerdrop=0.5), dict(mask_time_prob=0.5)],
+                         ids=["none", "layerdrop", "specaugment"])
+def test_layerdrop_and_specaugment_draw_afresh_on_every_replay(tmp_path, regulariser):
+    """At a learning rate of 1e-30 the weights stay put, and every clip lasts 1.2 s (one bucket;
+    HuBERT's group norm is per clip), so an epoch's mean loss over the same clips changes only if
+    a random draw does: with every regulariser off the epochs agree; with LayerDrop or SpecAugment
+    alone on they differ (a draw frozen at capture would repeat every replay, as with none)."""
+    model = quiet_hubert(tmp_path / "hubert", **regulariser)
+    write_shemo(tmp_path / "data", per_class=6, speakers=2, seconds=(1.2, 1.2), letters="AN")
+    out = tmp_path / "run"
+    ser.train.main(["--model", str(model), "--data-dir", str(tmp_path / "data"), "--out", str(out), "--epochs", "4",
+                    "--lr", "1e-30", "--no-balance", "--cuda-graphs", "on", "--batch-size", "2"])
+    assert speed(out)["cuda_graphs"] is True
+    losses = epoch_losses(out)
+    spread = (max(losses) - min(losses)) / min(losses)
+    if regulariser:  # (measured on the CPU, eager: LayerDrop 0.5 about 1e-2, SpecAugment 0.5 about 8e-4)
+        assert spread > 2e-4, losses
+    else:  # only the order of summation differs
+        assert spread < 2e-5, losses

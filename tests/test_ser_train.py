@@ -299,3 +299,49 @@ def test_leak_free_protocols_never_train_on_a_held_out_clip(split):
     study = study_items(labels, seed=0, limit=None)
     assert {it.clip for it in study["test"]} & {it.clip for it in study["train"]}  # the study's protocol leaks
     assert any(it.step is not None for it in study["test"])
+
+
+def test_ser_trains_without_audiomentations_when_nothing_is_augmented(tiny_hubert, shemo_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    """The GPU machine has no audiomentations: it is needed only when copies are made."""
+    import importlib.metadata
+    import sys
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "audiomentations":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setitem(sys.modules, "audiomentations", None)  # import audiomentations raises ImportError
+    out = run(tiny_hubert, shemo_dir, tmp_path / "run", "--no-balance", "--limit", 12)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["run_info"]["audiomentations"] == "not installed"
+    assert cfg["derived"]["augmentation"]["audiomentations"] == "not installed"
+    write_shemo(tmp_path / "uneven", per_class={"A": 6, "N": 3, "S": 3}, speakers=2)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(tiny_hubert, tmp_path / "uneven", tmp_path / "balanced")
+    assert e.value.code == 2 and "balancing needs audiomentations" in capsys.readouterr().err
+
+
+def test_a_frozen_feature_encoder_gets_no_backward(tiny_hubert, shemo_dir, tmp_path, monkeypatch):
+    from ser.model import EmotionClassifier
+    seen = []
+    real = EmotionClassifier.forward
+
+    def watched(self, input_values, lengths):
+        handle = self.hubert.feature_extractor.register_forward_hook(
+            lambda m, a, out: seen.append(out.requires_grad))
+        try:
+            return real(self, input_values, lengths)
+        finally:
+            handle.remove()
+    monkeypatch.setattr(EmotionClassifier, "forward", watched)
+    out = run(tiny_hubert, shemo_dir, tmp_path / "run", "--freeze-feature-encoder", "--limit", 12, "--lr", 1e-3)
+    assert seen and not any(seen)  # the CNN's output needs no gradient: its backward never runs
+    before, after = load_file(tiny_hubert / "model.safetensors"), weights(out)
+    conv = [k for k in before if k.startswith("feature_extractor.")]
+    assert conv and all(torch.equal(before[k], after["hubert." + k]) for k in conv)
+    assert not torch.equal(before["encoder.layers.0.attention.q_proj.weight"],
+                           after["hubert.encoder.layers.0.attention.q_proj.weight"])

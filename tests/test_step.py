@@ -93,3 +93,54 @@ def test_cuda_graphs_auto_falls_back_to_eager_on_the_cpu(tiny_bert, farstail_dir
               "--epochs", "1", "--limit", "16"])
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["args"]["cuda_graphs"] == "auto" and cfg["derived"]["cuda_graphs"] == "off (no CUDA device)"
+
+
+def test_a_failed_capture_is_named_by_its_first_error_and_where_it_was_raised():
+    from common.step import failure_line
+
+    class FakeGraph:  # as torch.cuda.graph: ending a broken capture raises an error of its own
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    def forward_with_a_host_sync():
+        raise RuntimeError("called a synchronizing CUDA operation")  # what .item() raises under sync debug mode
+
+    with pytest.raises(RuntimeError) as e:
+        with FakeGraph():
+            forward_with_a_host_sync()
+    assert "previous error during capture" in str(e.value)  # what a plain log line would have said
+    line = failure_line(e.value)
+    assert line.startswith("RuntimeError: called a synchronizing CUDA operation, raised at ")
+    assert "test_step.py:" in line and "in forward_with_a_host_sync" in line
+
+
+@pytest.mark.parametrize("graphs_then", [True, False])
+def test_a_resumed_optimizer_follows_this_runs_graph_mode(graphs_then):
+    """A checkpoint holds the optimizer's mode (capturable, learning rate as a tensor or a float);
+    after loading it, the optimizer is put in the mode of the run that resumes."""
+    from common.step import follow_graph_mode
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    if graphs_then:  # as written by a graph run on a GPU: capturable, fused, the learning rate a tensor
+        for group in saved["param_groups"]:
+            group.update(capturable=True, fused=True, lr=torch.tensor(7e-4))
+    again = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["capturable"] is graphs_then  # what load_state_dict alone leaves
+    follow_graph_mode(again, False, CPU)  # this run: eager, on the CPU
+    group = again.param_groups[0]
+    assert group["capturable"] is False and group["fused"] is False and isinstance(group["lr"], float)
+    assert group["lr"] == pytest.approx(7e-4 if graphs_then else 1e-3)
+    assert all(s["step"].device.type == "cpu" and float(s["step"]) == 1 for s in again.state.values())
+    model(torch.randn(4, 3)).sum().backward()
+    again.step()  # and it steps
+    follow_graph_mode(again, True, CPU)  # the other way: what a graph run on a GPU would get
+    group = again.param_groups[0]
+    assert group["capturable"] is True and torch.is_tensor(group["lr"]) and float(group["lr"]) == pytest.approx(
+        7e-4 if graphs_then else 1e-3)
