@@ -64,12 +64,13 @@ for name in ${ser_protocols//,/ }; do
 done
 
 lock_out() {  # one run_all.sh per --out: hold OUT/.lock (the lock every run holds on its own folder) until exit
-  { mkdir -p "$out" && exec 9>>"$out/.lock"; } 2>/dev/null || usage "--out $out: cannot create or write it"
+  lock="$out/$("$py" -c 'from common.outdir import LOCK; print(LOCK)')"
+  { mkdir -p "$out" && exec 9>>"$lock"; } 2>/dev/null || usage "--out $out: cannot create or write it"
   if ! "$py" -c 'import fcntl; fcntl.flock(9, fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null; then
-    echo "run_all.sh: --out $out is in use by another run_all.sh (process $(head -n 1 "$out/.lock" 2>/dev/null || echo unknown)); wait for it to end, or give another --out" >&2
+    echo "run_all.sh: --out $out is in use by another run_all.sh (process $(head -n 1 "$lock" 2>/dev/null || echo unknown)); wait for it to end, or give another --out" >&2
     exit 2
   fi
-  echo $$ > "$out/.lock"  # the holder's process id, for the message above (the lock stays with fd 9)
+  echo $$ > "$lock"  # the holder's process id, for the message above (the lock stays with fd 9)
 }
 
 if [ $smoke = 1 ]; then

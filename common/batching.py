@@ -1,7 +1,9 @@
-"""Batch order for both tasks: length-grouped training batches with a per-epoch seed and a fixed
-length-sorted order for evaluation. (Cutting a batch into micro-batches, per process under
-torchrun: common/distributed.py, my_micro_batches.)"""
+"""Batch order for both tasks: length-grouped training batches with a per-epoch seed, each cut
+into micro-batches (this process's share of them under torchrun), and a fixed length-sorted order
+for evaluation."""
 import random
+
+from common.distributed import Dist
 
 
 class LengthGroupedBatches:
@@ -43,3 +45,14 @@ def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
+
+
+def micro_batches(batch: list[int], batch_size: int, d: Dist) -> tuple[list[list[int]], int]:
+    """This process's share of one optimizer batch, cut into micro-batches, and the rows each
+    micro-batch is filled up to. Every process gets the same number of micro-batches (an empty
+    one is all zero-weight filler rows), so each does exactly one gradient all-reduce per step.
+    One process: the batch cut into micro-batches of batch_size."""
+    share = batch[d.rank::d.world]
+    rows = -(-batch_size // d.world)
+    count = -(-(-(-len(batch) // d.world)) // rows)
+    return [share[k * rows:(k + 1) * rows] for k in range(count)], rows

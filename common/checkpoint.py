@@ -25,6 +25,7 @@ from common.distributed import Dist, gather
 from common.errors import RunFailed, UserError
 from common.files import fsync_folder, read_text, sha256, write_error, write_json
 from common.inputs import refuse_changed
+from common.spec import resolved
 from common.rng import rng_state, set_rng_state
 
 MANIFEST = "checkpoint.json"
@@ -33,22 +34,9 @@ CHANGED = ("start the run over with --overwrite (it deletes this folder's partia
 
 
 # ---------------------------------------------------------------- arguments of a run
-def _resolved(value):
-    """Paths compared by where they point, however they are spelled."""
-    if isinstance(value, Path) or (isinstance(value, str) and value and Path(value).exists()):
-        return str(Path(value).resolve())
-    return value
-
-
-def args_record(args) -> dict:
-    """The command-line arguments as JSON values, paths resolved, as config.json keeps them."""
-    return {k: _resolved(v) for k, v in vars(args).items()}
-
-
-def check_same_args(old: dict, args, free: set, where: str) -> None:
-    """Refuse to continue a run in `where` whose recorded arguments differ from these (except `free`)."""
-    new = args_record(args)
-    changed = [k for k in new if k not in free and _resolved(old.get(k)) != new[k]]
+def check_same_args(old: dict, new: dict, free: set, where: str) -> None:
+    """Refuse to continue a run in `where` whose recorded arguments differ from `new` (except `free`)."""
+    changed = [k for k in new if k not in free and resolved(old.get(k)) != new[k]]
     if changed:
         what = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r} there, {new[k]!r} now" for k in changed)
         raise UserError(f"{where} holds a run with other arguments ({what}); resume it with the same arguments, "
@@ -68,7 +56,7 @@ def recorded_config(out: Path) -> dict | None:
         raise UserError(f"{path} is not readable; give another --out, or --overwrite to replace this run") from None
 
 
-def finished_run(out: Path, args, free: set, inputs=None) -> bool:
+def finished_run(out: Path, args: dict, free: set, inputs=None) -> bool:
     """True when out holds a finished run (metrics.json) of the same arguments (config.json) and,
     when `inputs()` (the current fingerprint) is given, of the same inputs."""
     if not (out / FINISHED).exists():
@@ -135,10 +123,11 @@ class Checkpoint:
     """The run's checkpoints in OUT: the state of every part given (model, optimizer, scaler:
     anything with state_dict/load_state_dict), every RNG (of every process under torchrun), the
     per-epoch results so far, and the fingerprint of the inputs. Saved after each finished epoch
-    by rank 0; the newest two are kept. Every process restores from the same verified file."""
+    by rank 0; the newest two are kept. Every process restores from the same verified file.
+    `spec`: the run's RunSpec (common/run.py: out, resume, arguments, those a resume may change)."""
 
-    def __init__(self, args, free: set, d: Dist | None = None, inputs: dict | None = None, **parts):
-        self.out, self.args, self.free, self.parts = args.out, args, free, parts
+    def __init__(self, spec, d: Dist | None = None, inputs: dict | None = None, **parts):
+        self.out, self.spec, self.parts = spec.out, spec, parts
         self.d = d or Dist()
         self.inputs = inputs or {}
 
@@ -179,7 +168,7 @@ class Checkpoint:
     def restore(self, log) -> tuple[int, list, list]:
         """(first epoch to run, history, evals): from the newest good checkpoint with
         --resume, else a fresh start."""
-        if not self.args.resume:
+        if not self.spec.resume:
             return 1, [], []
         entries = self._entries(log)
         recorded = {e["file"] for e in entries}
@@ -194,7 +183,7 @@ class Checkpoint:
             if state is None:
                 damaged.append(f"{entry['file']} ({why})")
                 continue
-            check_same_args(state["args"], self.args, self.free, f"the checkpoint in {self.out}")
+            check_same_args(state["args"], self.spec.args, self.spec.free, f"the checkpoint in {self.out}")
             refuse_changed(state.get("inputs"), self.inputs, f"the checkpoint in {self.out}", CHANGED)
             if state.get("world", 1) != self.d.world:
                 raise UserError(f"the checkpoint in {self.out} was written by {state.get('world', 1)} process(es); "
@@ -215,7 +204,7 @@ class Checkpoint:
         rngs = gather(rng_state())  # every process takes part; rank 0 writes
         if not self.d.main:
             return
-        state = {"epoch": epoch, "args": args_record(self.args), "world": self.d.world, "inputs": self.inputs,
+        state = {"epoch": epoch, "args": self.spec.args, "world": self.d.world, "inputs": self.inputs,
                  "rng": rngs if self.d.active else rngs[0], "history": history, "evals": evals,
                  **{name: part.state_dict() for name, part in self.parts.items()}}
         entry = {"epoch": epoch, **save_verified(self.out / f"checkpoint-epoch{epoch}.pt", state)}

@@ -1,8 +1,9 @@
-"""Device, precision and attention-kernel choices, and moving batches to the device."""
+"""Device, precision, CUDA-graph and attention-kernel choices, and moving batches to the device."""
 import contextlib
 
 import torch
 
+from common.distributed import Dist
 from common.errors import UserError
 
 
@@ -25,6 +26,27 @@ def choose_precision(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def choose_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist | None = None) -> tuple[bool, str]:
+    """(on?, why) for --cuda-graphs auto|on|off. `on` where graphs cannot run is a user error."""
+    if choice == "off":
+        return False, "off (--cuda-graphs off)"
+    if d is not None and d.active:
+        if choice == "on":
+            raise UserError("--cuda-graphs on is not supported under torchrun yet (DDP's gradient all-reduce would "
+                            "have to be captured too); use auto or off")
+        return False, "off (not captured under torchrun/DDP yet)"
+    if device.type != "cuda":
+        if choice == "on":
+            raise UserError("--cuda-graphs on needs a CUDA device, and this run is on the CPU; use auto or off")
+        return False, "off (no CUDA device)"
+    if dtype == torch.float16:
+        if choice == "on":
+            raise UserError("--cuda-graphs on does not work with fp16, whose GradScaler reads the device every step; "
+                            "use --amp bf16 or --cuda-graphs off")
+        return False, "off (fp16: the GradScaler reads the device every step)"
+    return True, "on"
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -7,7 +7,7 @@ torchrun, every function here is a no-op and nothing changes.
 What a process does:
 - Every process builds the same batches (LengthGroupedBatches gives the same list for a (seed,
   epoch) everywhere) and takes its share of each optimizer batch: rows rank, rank + N, … cut into
-  micro-batches of ceil(--batch-size / N) rows. Each of its rows is weighted N / (rows in the
+  micro-batches of ceil(--batch-size / N) rows (common/batching.py, micro_batches). Each of its rows is weighted N / (rows in the
   optimizer batch); DDP averages gradients over the N processes, so the update is that of the
   whole batch's mean loss: N processes give the update one process gives with the same flags.
   `--grad-accum` skips the all-reduce on all but the last micro-batch (`no_sync`).
@@ -63,17 +63,6 @@ def init_distributed(device_choice: str) -> Dist:
 def close(d: Dist) -> None:
     if d.active and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def my_micro_batches(batch: list[int], batch_size: int, d: Dist) -> tuple[list[list[int]], int]:
-    """This process's share of one optimizer batch, cut into micro-batches, and the rows each
-    micro-batch is filled up to. Every process gets the same number of micro-batches (an empty
-    one is all zero-weight filler rows), so each does exactly one gradient all-reduce per step.
-    One process: the batch cut into micro-batches of batch_size."""
-    share = batch[d.rank::d.world]
-    rows = -(-batch_size // d.world)
-    count = -(-(-(-len(batch) // d.world)) // rows)
-    return [share[k * rows:(k + 1) * rows] for k in range(count)], rows
 
 
 def wrap(model, d: Dist, device: torch.device, seed: int):

@@ -1,23 +1,25 @@
 """Result files with one schema for both tasks: config.json, history.csv, metrics.json and the
 per-epoch table of report.txt (DESIGN.md, "Command line and outputs"). Every file is written
-atomically (common.files); metrics.json is written last by each loop and marks the run finished."""
+atomically (common.files); metrics.json is written last by each task's report and marks the run
+finished. A finished run's figures travel as one `RunResult` (each task adds its own fields in a
+subclass: nli/report.py, ser/report.py)."""
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from common.checkpoint import args_record
 from common.files import atomic_write, write_json
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
                   "seconds", "items_per_s", "warmup_seconds", "items_per_s_steady"]
+KEPT_FOR_THE_REPORT = ("pred", "subsets")  # a split's per-item predictions: report.txt and plots, not metrics.json
 
 
-def write_config(out: Path, args, derived: dict, info: dict, inputs: dict | None = None) -> None:
-    """Arguments as given (paths resolved), settings derived from them, versions / git commit, and
-    the fingerprint of every input file (common/inputs.py)."""
-    write_json(out / "config.json", {"args": args_record(args), "derived": derived, "run_info": info,
-                                     "inputs": inputs or {}})
+def write_config(out: Path, args: dict, derived: dict, info: dict, inputs: dict | None = None) -> None:
+    """Arguments as given (`args`: RunSpec.args, paths resolved), settings derived from them,
+    versions / git commit, and the fingerprint of every input file (common/inputs.py)."""
+    write_json(out / "config.json", {"args": args, "derived": derived, "run_info": info, "inputs": inputs or {}})
 
 
 def csv_text(rows: list[dict], fields: list[str]) -> str:
@@ -56,18 +58,49 @@ def speed_record(history: list[dict], graphs: dict) -> dict:
     return rec
 
 
-def metrics_record(*, task: str, experiment: str, seed: int, protocol: str, epochs: int, history: list[dict],
-                   evals: list[dict], params: dict, train: dict, graphs: dict, **extras) -> dict:
-    """metrics.json. `evals[i]` holds epoch i+1's {"val": summary, "test": summary}; `train`, `val`
-    and `test` describe the final model (as the study reported), `best` the epoch with the highest
-    validation accuracy (the first such epoch on a tie)."""
-    best_i = max(range(len(evals)), key=lambda i: (evals[i]["val"]["accuracy"], -i))
-    rec = {"task": task, "experiment": experiment, "seed": seed, "protocol": protocol, "epochs": epochs,
-           "best_epoch": best_i + 1, "params": params, "speed": speed_record(history, graphs),
-           "train": train, "val": evals[-1]["val"], "test": evals[-1]["test"],
-           "best": {"val": evals[best_i]["val"], "test": evals[best_i]["test"]}}
-    rec.update(extras)
-    return rec
+def summary_only(split: dict) -> dict:
+    """A split's figures without what is kept only for the report (per-item predictions)."""
+    return {k: v for k, v in split.items() if k not in KEPT_FOR_THE_REPORT}
+
+
+@dataclass
+class RunResult:
+    """A finished run's figures. `history`: one row per epoch (history.csv); `evals[i]`: epoch
+    i+1's {"val": figures, "test": figures} (common/metrics.py, with per-item predictions);
+    `train`: the final model's training figures; `graphs`: the step machinery's graph figures.
+    `train`, `val` and `test` in metrics.json describe the final model (as the study reported),
+    `best` the epoch with the highest validation accuracy (the first such epoch on a tie)."""
+    task: str
+    experiment: str
+    seed: int
+    protocol: str
+    history: list[dict]
+    evals: list[dict]
+    params: dict
+    graphs: dict
+    train: dict
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1]
+
+    @property
+    def best_epoch(self) -> int:
+        return max(range(len(self.evals)), key=lambda i: (self.evals[i]["val"]["accuracy"], -i)) + 1
+
+    def task_metrics(self) -> dict:
+        """The task's own keys of metrics.json (a subclass adds them)."""
+        return {}
+
+    def metrics(self) -> dict:
+        """metrics.json."""
+        best = self.evals[self.best_epoch - 1]
+        return {"task": self.task, "experiment": self.experiment, "seed": self.seed, "protocol": self.protocol,
+                "epochs": len(self.history), "best_epoch": self.best_epoch, "params": self.params,
+                "speed": speed_record(self.history, self.graphs), "train": summary_only(self.train),
+                "val": summary_only(self.final["val"]), "test": summary_only(self.final["test"]),
+                "best": {"val": summary_only(best["val"]), "test": summary_only(best["test"])},
+                **self.task_metrics()}
 
 
 def epoch_table(history: list[dict], columns: list[str]) -> str:

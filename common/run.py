@@ -1,6 +1,6 @@
 """The opening every run shares: the output-folder rules, the run log, provenance.
 
-    with Run(args, RESUME_FREE, d, inputs=..., reads=...) as run:   # lock --out, check it; nothing written
+    with Run(spec, d, inputs=..., reads=...) as run:   # lock --out, check it; nothing written
         if run.finished: return               # --resume found this very run finished (same arguments, inputs)
         ...read and check the inputs (log lines are kept in memory)...
         run.begin()                           # the marker; --overwrite empties --out now; train.log opens
@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from common.checkpoint import check_same_args, finished_run, recorded_config, remove_checkpoints
-from common.device import choose_attention_kernels, choose_device, choose_precision
+from common.device import choose_attention_kernels, choose_cuda_graphs, choose_device, choose_precision
 from common.distributed import Dist, broadcast
-from common.errors import RunFailed, UserError, log_errors_to
+from common.errors import RunFailed, log_errors_to
 from common.outdir import RunLock, check_out_dir, empty_out_dir, is_run, write_marker
 from common.rng import seed_everything
+from common.spec import RunSpec
 
 
 class RunLog:
@@ -70,14 +71,15 @@ class RunLog:
 
 
 class Run:
-    """One training run's output folder, log, device, precision and seed (see the module docstring).
-    `inputs()`: the fingerprint of what the run reads (common/inputs.py), compared with a finished
-    run's before it is skipped; `reads`: the paths it reads, which --overwrite must not delete."""
+    """One training run's output folder, log, device, precision, CUDA graphs and seed (see the
+    module docstring). `inputs()`: the fingerprint of what the run reads (common/inputs.py),
+    compared with a finished run's before it is skipped; `reads`: the paths it reads, which
+    --overwrite must not delete."""
 
-    def __init__(self, args, free: set, d: Dist | None = None, *, program: str, inputs=None, reads: tuple = ()):
-        self.args, self.free, self.out = args, free, args.out
+    def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs=None, reads: tuple = ()):
+        self.spec, self.out = spec, spec.out
         self.d = d or Dist()
-        self.program, self.inputs, self.reads = program, inputs, reads
+        self.inputs, self.reads = inputs, reads
         self.log = RunLog(quiet=not self.d.main)
         self.finished = False
         self.lock = None
@@ -85,7 +87,7 @@ class Run:
     def __enter__(self):
         if self.d.main:
             try:
-                check_out_dir(self.out, self.args.resume, self.args.overwrite, self.reads)
+                check_out_dir(self.out, self.spec.resume, self.spec.overwrite, self.reads)
                 self.lock = RunLock(self.out).__enter__()
                 self._open()
             except BaseException as e:
@@ -105,33 +107,34 @@ class Run:
     def _choose(self):
         if self.finished:
             return
-        self.device = choose_device(self.args.device, self.d.local_rank if self.d.active else None)
-        self.dtype = choose_precision(self.args.amp, self.device)
+        self.device = choose_device(self.spec.device, self.d.local_rank if self.d.active else None)
+        self.dtype = choose_precision(self.spec.amp, self.device)
+        self.graphs, self.graphs_why = choose_cuda_graphs(self.spec.cuda_graphs, self.device, self.dtype, self.d)
         choose_attention_kernels(self.device)
-        seed_everything(self.args.seed)
+        seed_everything(self.spec.seed)
 
     def _open(self):
-        check_out_dir(self.out, self.args.resume, self.args.overwrite, self.reads)  # again, now that we hold the lock
-        if self.args.resume:
+        check_out_dir(self.out, self.spec.resume, self.spec.overwrite, self.reads)  # again, now that we hold the lock
+        if self.spec.resume:
             if (self.out / "train.log").exists():
                 log_errors_to(self.out / "train.log")  # the run's own log: a refusal belongs in it too
-            if finished_run(self.out, self.args, self.free, self.inputs):
+            if finished_run(self.out, self.spec.args, self.spec.free, self.inputs):
                 remove_checkpoints(self.out)  # left behind if a run was stopped right after finishing
                 self.log(f"{self.out} already holds this finished run; nothing to do")
                 self.finished = True
                 return
             old = recorded_config(self.out)
             if old is not None:
-                check_same_args(old["args"], self.args, self.free, str(self.out))
+                check_same_args(old["args"], self.spec.args, self.spec.free, str(self.out))
 
     def begin(self) -> None:
         """The inputs are checked: mark --out as a run, empty it for --overwrite, open train.log
         (rank 0 only)."""
         if not self.d.main:
             return
-        left = empty_out_dir(self.out) if self.args.overwrite and is_run(self.out) else []
+        left = empty_out_dir(self.out) if self.spec.overwrite and is_run(self.out) else []
         try:
-            write_marker(self.out, self.program)
+            write_marker(self.out, self.spec.program)
         except OSError as e:
             raise RunFailed(f"cannot write {self.out}: {e.strerror or e}") from None
         for stale in self.out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
@@ -143,20 +146,6 @@ class Run:
     def __exit__(self, *exc):
         if self.lock:
             self.lock.__exit__()
-
-
-def check_flags(parser, args, counts: tuple) -> None:
-    """The flags both trainers share: a finite, positive learning rate, a seed numpy accepts, and
-    counts (`counts`: flag names) of at least 1. argparse's error: usage and one line, exit 2."""
-    import math
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        parser.error(f"--lr {args.lr}: give a positive, finite learning rate")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed {args.seed}: give a whole number from 0 to {2**32 - 1}")
-    for flag in counts:
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
 
 
 def run_info(device: torch.device) -> dict:

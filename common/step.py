@@ -1,4 +1,6 @@
-"""One training step for both loops, run eagerly or replayed from CUDA graphs.
+"""The training machinery both loops share: one step function, run eagerly or replayed from CUDA
+graphs, and `Training`, which builds it for a run (optimizer, checkpoint, DDP, graphs) and runs
+an epoch of steps.
 
 A step is, for each of its K micro-batches (--grad-accum), a forward and backward pass whose
 gradients add up in place, then one update: gradient norm (clipped when asked), AdamW, gradients
@@ -13,7 +15,8 @@ captured as CUDA graphs:
 - Inputs come padded to a few fixed lengths (buckets), so there are few shapes.
 - The learning rate lives in a device tensor when graphs are on (`set_lr` fills it).
 - Running figures (loss sum, correct count, items, last gradient norm, the first step whose loss
-  or gradient norm was not finite) stay on the device; `Progress` reads them every N steps.
+  or gradient norm was not finite) stay on the device; `Progress` (common/progress.py) reads
+  them every --log-every steps.
 
 `Steps` runs a `TrainStep` eagerly or, after `capture`, replays one CUDA graph per input shape
 for the micro-step and one for the update (about 800 kernel launches per step become one
@@ -29,31 +32,33 @@ the line names the first error of the chain and the file and line it was raised 
 generic "operation failed due to a previous error during capture" that ending a broken capture
 raises). The stream, the graphs and their memory pool are released, and the optimizer goes back
 to eager mode.
+
+Whether graphs are on has one answer: `Training.graphs` ("on", or "off (why)"): the run's
+choice (common/device.py, choose_cuda_graphs) unless capture failed.
 """
 import contextlib
-import csv
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from common.device import autocast, peak_memory_mib, to_device
-from common.distributed import Dist, all_reduce
-from common.errors import RunFailed, UserError
+from common.batching import micro_batches
+from common.checkpoint import Checkpoint
+from common.device import autocast, grad_scaler, to_device
+from common.distributed import sync_unless, wrap
+from common.progress import Progress
 from common.rng import rng_state, set_rng_state
-
-WARMUP_STEPS = 5  # the first optimizer steps of a process, timed apart from the steady state
-STEPS_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "grad_norm", "items_per_s", "peak_memory_mib"]
 
 
 class TrainStep:
     """forward + backward of one micro-batch (`micro`), and the optimizer update (`update`).
 
     `forward(batch) -> logits` is the task's model call; `batch` is a dict of device tensors that
-    holds at least `labels` and `weights` (see the module docstring)."""
+    holds at least `label_ids` and `weights` (see the module docstring)."""
 
     def __init__(self, forward, params: list, optimizer, scaler, device: torch.device, dtype, clip: float | None):
         self.forward, self.params, self.optimizer, self.scaler = forward, params, optimizer, scaler
@@ -70,12 +75,12 @@ class TrainStep:
     def micro(self, batch: dict) -> None:
         with autocast(self.device, self.dtype):
             logits = self.forward(batch)
-        ce = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+        ce = F.cross_entropy(logits.float(), batch["label_ids"], reduction="none")
         loss = (ce * batch["weights"]).sum()
         self.scaler.scale(loss).backward()
         real = batch["weights"] > 0
         ce_real = torch.where(real, ce.detach(), 0.0).sum()
-        correct = ((logits.detach().argmax(-1) == batch["labels"]) & real).sum()
+        correct = ((logits.detach().argmax(-1) == batch["label_ids"]) & real).sum()
         self.totals += torch.stack([ce_real, correct.float(), real.sum().float()])
         self.bad_now |= ~torch.isfinite(ce_real)
 
@@ -112,27 +117,6 @@ def make_optimizer(params: list, lr: float, device: torch.device, graphs: bool) 
         return torch.optim.AdamW(params, lr=torch.tensor(lr, device=device), weight_decay=0.0, fused=True,
                                  capturable=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.type == "cuda")
-
-
-def use_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist | None = None) -> tuple[bool, str]:
-    """(on?, why) for --cuda-graphs auto|on|off. `on` where graphs cannot run is a user error."""
-    if choice == "off":
-        return False, "off (--cuda-graphs off)"
-    if d is not None and d.active:
-        if choice == "on":
-            raise UserError("--cuda-graphs on is not supported under torchrun yet (DDP's gradient all-reduce would "
-                            "have to be captured too); use auto or off")
-        return False, "off (not captured under torchrun/DDP yet)"
-    if device.type != "cuda":
-        if choice == "on":
-            raise UserError("--cuda-graphs on needs a CUDA device, and this run is on the CPU; use auto or off")
-        return False, "off (no CUDA device)"
-    if dtype == torch.float16:
-        if choice == "on":
-            raise UserError("--cuda-graphs on does not work with fp16, whose GradScaler reads the device every step; "
-                            "use --amp bf16 or --cuda-graphs off")
-        return False, "off (fp16: the GradScaler reads the device every step)"
-    return True, "on"
 
 
 def follow_graph_mode(optimizer, graphs: bool, device: torch.device) -> None:
@@ -319,111 +303,107 @@ def _restore(step: TrainStep, saved: dict) -> None:
     set_rng_state(saved["rng"])
 
 
-def trim_steps_csv(path: Path, before_epoch: int) -> None:
-    """Keep the rows of epochs before `before_epoch` (a resumed run redoes the rest)."""
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+@dataclass(frozen=True)
+class Recipe:
+    """How the weights are updated: AdamW at `lr` (decaying linearly to 0 over all steps with
+    `decay`, else constant), micro-batches of `batch_size` rows, `grad_accum` of them a step,
+    gradient norm clipped to `clip` (None: not clipped), `steps_per_epoch` steps an epoch."""
+    lr: float
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    steps_per_epoch: int
+    decay: bool
+    clip: float | None
+
+    @property
+    def optimizer_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based, counted over the whole run)."""
+        return self.lr * max(0.0, 1 - step / self.total_steps) if self.decay else self.lr
 
 
-class Progress:
-    """One training epoch's figures. The device's running figures are read every `every` steps
-    and at the end (the only host-device syncs of the loop): a progress bar, a row of steps.csv
-    and a line in train.log (learning rate, loss, gradient norm, items/s, peak GPU memory), and
-    the non-finite check. The first WARMUP_STEPS steps of a process (and graph capture) are
-    timed apart, so throughput is given with and without warm-up."""
+class Training:
+    """The step machinery of one run, built in one place for both loops: AdamW over the trainable
+    parameters, the GradScaler, the checkpoint (resumed from with --resume), DDP under torchrun,
+    the step function, and CUDA graphs when the run asks for them.
 
-    def __init__(self, steps: Steps, *, epoch: int, first: bool, batches: int, every: int, log, steps_csv: Path,
-                 unit: str, d: Dist | None = None):
-        """`first`: the first epoch this process runs (graph capture and warm-up are counted in it).
-        Under torchrun the figures are summed over the processes; rank 0 shows and writes them."""
-        step = steps.step
-        self.step, self.epoch, self.batches, self.every, self.log = step, epoch, batches, every, log
-        self.d = d or Dist()
-        if first and self.d.main:
-            trim_steps_csv(steps_csv, epoch)  # a resumed run redoes this epoch and those after it
-        self.steps_csv, self.unit = steps_csv, unit
-        self.capture = steps.capture_seconds if first else 0.0
-        self.warmup_at = WARMUP_STEPS if first and batches > WARMUP_STEPS else 0
-        self.warm = (0.0, 0, 0.0)  # seconds, items, audio at the end of warm-up
-        self.i, self.items, self.audio, self.last = 0, 0, 0.0, None
-        step.totals.zero_()
-        self.bar = tqdm(total=batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True,
-                        disable=not self.d.main)
-        self.t0 = time.perf_counter()
-        self.mark = (self.t0, 0)
+        training = Training(model, forward, run, recipe, inputs, examples)
+        for epoch in training.epochs():
+            figures = training.train_epoch(epoch, batches, make_batch, unit="pairs")
+            ...evaluate...
+            evaluation = training.evaluate(figures, lambda: {"val": ..., "test": ...})
+            training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint
 
-    def _sync(self):
-        if self.step.device.type == "cuda":
-            torch.cuda.synchronize(self.step.device)
+    `forward(model) -> (batch -> logits)` is the task's model call; `examples()` gives one training
+    micro-batch per input shape, for graph capture. The optimizer follows the run's graph mode
+    after a checkpoint is loaded (follow_graph_mode), whatever mode wrote it."""
 
-    def step_done(self, items: int, lr: float, audio: float = 0.0) -> None:
-        self.i += 1
-        self.items += items
-        self.audio += audio
-        self.bar.update()
-        if self.i == self.warmup_at:
-            self._sync()
-            self.warm = (time.perf_counter() - self.t0, self.items, self.audio)
-        if self.i % self.every == 0 or self.i == self.batches:
-            self._read(lr)
+    def __init__(self, model, forward: Callable, run, recipe: Recipe, inputs: dict, examples: Callable[[], list]):
+        self.run, self.recipe, self.model = run, recipe, model
+        device, dtype, d = run.device, run.dtype, run.d
+        trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers get no optimizer state
+        self.optimizer = make_optimizer(trainable, recipe.lr, device, run.graphs)
+        scaler = grad_scaler(device, dtype)
+        self.checkpoint = Checkpoint(run.spec, d, inputs, model=model, optimizer=self.optimizer, scaler=scaler)
+        self.ddp = wrap(model, d, device, run.spec.seed)  # DDP under torchrun (one RNG stream per process)
+        self.start, self.history, self.evals = self.checkpoint.restore(run.log)
+        follow_graph_mode(self.optimizer, run.graphs, device)  # (a checkpoint brings back its own mode)
+        step = TrainStep(forward(self.ddp), trainable, self.optimizer, scaler, device, dtype, recipe.clip)
+        step.step_no.fill_((self.start - 1) * recipe.steps_per_epoch)
+        self.steps = Steps(step)
+        if run.graphs and self.start <= recipe.epochs:
+            model.train()
+            self.steps.capture(examples(), run.log)
 
-    def _read(self, lr: float) -> None:
-        s = self.step
-        figures = torch.cat([s.totals, s.grad_norm[None], s.bad_step[None], s.step_no[None]])
-        all_reduce(figures[:3])  # every process's share of the loss and counts (a no-op alone)
-        all_reduce(figures[4:5], "max")  # a non-finite value on any process stops them all
-        loss_sum, correct, n, norm, bad, done = figures.tolist()  # one sync
-        if bad >= 0:
-            self.bar.close()  # end the bar's line, so the error stands on its own line
-            epoch, at = int(bad) // self.batches + 1, int(bad) % self.batches + 1
-            raise RunFailed(f"the loss or gradient norm became NaN or infinite at epoch {epoch}, step {at}; the run "
-                            "stopped and wrote no results (the checkpoint of the last finished epoch is kept). "
-                            "A smaller --lr, or a look at the data, may help")
-        now = time.perf_counter()
-        rate = (self.items - self.mark[1]) / max(now - self.mark[0], 1e-9)
-        self.mark = (now, self.items)
-        peak = peak_memory_mib(s.device)
-        row = {"epoch": self.epoch, "step": int(done), "lr": f"{lr:.6g}", "loss": round(loss_sum / max(n, 1), 6),
-               "accuracy": round(correct / max(n, 1), 6), "grad_norm": round(norm, 6),
-               "items_per_s": round(rate, 2), "peak_memory_mib": None if peak is None else round(peak, 1)}
-        self.last = (loss_sum, correct, n)
-        if not self.d.main:
-            return
-        new = not self.steps_csv.exists()
-        try:
-            with open(self.steps_csv, "a", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
-                if new:
-                    w.writeheader()
-                w.writerow(row)
-        except OSError as e:
-            raise RunFailed(f"cannot write {self.steps_csv}: {e.strerror or e}") from None
-        self.log.file_only("step " + "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "step"))
-                           + f"  (epoch {self.epoch}, step {int(done)})")
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", **{f"{self.unit}_s": f"{rate:.1f}"})
+    @property
+    def graphs(self) -> str:
+        """"on", or "off (why)": the run's choice, unless capture failed."""
+        return self.steps.status(self.run.graphs_why)
 
-    def finish(self) -> dict:
-        """The epoch's figures: mean training loss and running accuracy over its items, seconds
-        (graph capture included), throughput with and without warm-up."""
-        self._sync()
-        seconds = time.perf_counter() - self.t0 + self.capture
-        self.bar.close()
-        loss_sum, correct, n = self.last
-        warm_s, warm_items, warm_audio = self.warm
-        warm_s += self.capture
-        steady_s = seconds - warm_s
-        out = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "seconds": seconds,
-               "items": self.items, "warmup_items": warm_items, "items_per_s": self.items / seconds,
-               "warmup_seconds": warm_s,
-               "items_per_s_steady": (self.items - warm_items) / steady_s if steady_s > 0 else None}
-        if self.audio:
-            out["audio_seconds"], out["warmup_audio"] = self.audio, warm_audio
-            out["audio_seconds_per_s"] = self.audio / seconds
-            out["audio_seconds_per_s_steady"] = (self.audio - warm_audio) / steady_s if steady_s > 0 else None
-        return out
+    def epochs(self) -> range:
+        """The epochs left to train (all of them, or those after a resumed checkpoint's)."""
+        return range(self.start, self.recipe.epochs + 1)
+
+    def train_epoch(self, epoch: int, batches: list[list[int]], make_batch: Callable, unit: str,
+                    audio_seconds: Callable | None = None) -> dict:
+        """One pass over `batches`: each step's learning rate, this process's micro-batches
+        (forward and backward; all of the batch in one process, its share under torchrun), the
+        update. `make_batch(idx, rows, weight)` gives a micro-batch of host tensors: the items
+        idx filled up to `rows` rows, each real one weighted `weight`. Returns the epoch's figures
+        (common/progress.py)."""
+        d, recipe = self.run.d, self.recipe
+        progress = Progress(self.steps, self.run, epoch=epoch, first=epoch == self.start, batches=len(batches),
+                            unit=unit)
+        self.ddp.train()
+        for n, batch in enumerate(batches):
+            lr = recipe.lr_at((epoch - 1) * recipe.steps_per_epoch + n)
+            set_lr(self.optimizer, lr)
+            micros, rows = micro_batches(batch, recipe.batch_size, d)
+            for j, idx in enumerate(micros):  # an empty share: zero-weight rows, for the all-reduce
+                with sync_unless(self.ddp, j < len(micros) - 1):  # gradients add up; one all-reduce per step
+                    self.steps.micro(make_batch(idx or batch[:1], rows, d.world / len(batch) if idx else 0.0))
+            self.steps.update()
+            progress.step_done(len(batch), lr, audio=audio_seconds(batch) if audio_seconds else 0.0)
+        return progress.finish()
+
+    def evaluate(self, figures: dict, evaluate: Callable[[], dict]) -> dict:
+        """The epoch's evaluation, `evaluate()` (-> {"val": figures, "test": figures}); its seconds
+        go into the epoch's `figures` (metrics.json's speed.eval_seconds)."""
+        t0 = time.perf_counter()
+        evaluation = evaluate()
+        figures["eval_seconds"] = time.perf_counter() - t0
+        return evaluation
+
+    def end_epoch(self, epoch: int, row: dict, evaluation: dict, line: str) -> None:
+        """Log the epoch's line, keep its history row and evaluation, and write its checkpoint."""
+        self.run.log(line)
+        self.history.append(row)
+        self.evals.append(evaluation)
+        self.checkpoint.save(epoch, self.history, self.evals)

@@ -17,7 +17,8 @@ from pathlib import Path
 from common.files import write_text
 
 
-def cell(values: list, digits: int = 4) -> str:
+def mean_std(values: list, digits: int = 4) -> str:
+    """A table cell: the value of one seed, or mean ± sample standard deviation over seeds."""
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
@@ -28,11 +29,12 @@ def cell(values: list, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def count(n: int) -> str:
+def short_count(n: int) -> str:
+    """A parameter count as 1.2M or 114.2k."""
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def load(folder: Path) -> dict | None:
+def read_metrics(folder: Path) -> dict | None:
     """A run's metrics.json, or None when it has none or it cannot be read (damaged)."""
     path = folder / "metrics.json"
     try:
@@ -47,12 +49,12 @@ def links(root: Path, folder: Path) -> str:
     return " · ".join([f"[report]({rel}/report.txt)"] + [f"[{p[:-4]}]({rel}/{p})" for p in pngs])
 
 
-def collect(root: Path, rel: str, seeds: int, missing: list, run_links: list) -> list[dict]:
+def seed_runs(root: Path, rel: str, seeds: int, missing: list, run_links: list) -> list[dict]:
     """metrics.json of root/rel/seed<k> for every seed; missing ones noted, found ones linked."""
     runs = []
     for seed in range(seeds):
         folder = root / rel / f"seed{seed}"
-        m = load(folder)
+        m = read_metrics(folder)
         if m is None:
             damaged = (folder / "metrics.json").exists()
             missing.append(f"{rel}/seed{seed}" + (" (its metrics.json is damaged)" if damaged else ""))
@@ -76,6 +78,16 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
         title += [f"**Missing results** (not finished or failed): {', '.join(missing)}", ""]
     write_text(root / "summary.md", "\n".join(title + body + differ) + "\n")
     return missing
+
+
+def list_main(program: str, description: str, rows: list, argv=None) -> None:
+    """`python -m nli.study --list` (or ser.study): one line per experiment, name<TAB>flags, as
+    run_all.sh reads them."""
+    p = argparse.ArgumentParser(prog=f"python -m {program}", description=description)
+    p.add_argument("--list", action="store_true", help="print name<TAB>flags for each experiment")
+    if p.parse_args(argv).list:
+        for row in rows:
+            print(f"{row.name}\t{row.flags}")
 
 
 def main(argv=None):

@@ -12,9 +12,9 @@ from common.errors import UserError
 from common.files import read_table, sha256
 from common.inputs import files_record
 
-# Fixed label ids, recorded in the saved model's id2label / label2id.
-CODES = ["e", "c", "n"]
-LABELS = ["entailment", "contradiction", "neutral"]
+# Fixed label ids (a label's id is its index), recorded in the saved model's id2label / label2id.
+CODES = ["e", "c", "n"]  # as FarsTail's files write them
+LABEL_NAMES = ["entailment", "contradiction", "neutral"]
 
 FILES = {"train": "Train-word.csv", "val": "Val-word.csv", "test": "Test-word.csv"}
 # The dataset's public repository at a pinned commit (not a branch), and the files' sha256 there.
@@ -36,16 +36,17 @@ BUCKET = 16
 class Split:
     premise: list[str]
     hypothesis: list[str]
-    label: list[int]
+    label_ids: list[int]
     hard: dict[str, list[int]] = field(default_factory=dict)  # test only: hard_hypothesis, hard_overlap
 
     def __len__(self):
-        return len(self.label)
+        return len(self.label_ids)
 
     def head(self, n: int | None) -> "Split":
         if n is None:
             return self
-        return Split(self.premise[:n], self.hypothesis[:n], self.label[:n], {k: v[:n] for k, v in self.hard.items()})
+        return Split(self.premise[:n], self.hypothesis[:n], self.label_ids[:n],
+                     {k: v[:n] for k, v in self.hard.items()})
 
 
 def download_farstail(data_dir: Path, log=print) -> None:
@@ -92,13 +93,13 @@ def read_split(path: Path) -> Split:
                 raise UserError(f"{path}, line {line}: empty {col}")
         split.premise.append(row["premise"].strip())
         split.hypothesis.append(row["hypothesis"].strip())
-        split.label.append(CODES.index(label))
+        split.label_ids.append(CODES.index(label))
         for c in hard_cols:
             value = (row[c] or "").strip()
             if value not in ("0", "1"):
                 raise UserError(f"{path}, line {line}: column {c} must be 0 or 1, got {value!r}")
             split.hard[HARD_COLUMNS[c]].append(int(value))
-    if not split.label:
+    if not split.label_ids:
         raise UserError(f"{path}: no rows")
     return split
 
@@ -109,7 +110,7 @@ def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[s
     if any(not (data_dir / n).exists() for n in FILES.values()):
         download_farstail(data_dir, log)
     splits = {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}
-    present = sorted(set(splits["train"].label))
+    present = sorted(set(splits["train"].label_ids))
     if len(present) < 2:
         raise UserError(f"{data_dir / FILES['train']}: the training pairs{f' (first {limit})' if limit else ''} all "
                         f"have the label {CODES[present[0]]!r}; a classifier needs at least two labels to train on")
@@ -149,19 +150,19 @@ def bucket_length(n: int, max_length: int) -> int:
 
 @dataclass
 class Encoded:
-    """One tokenised split, padded once: ids and segment ids as (pairs, width) matrices (width:
-    the bucket of the longest pair), each pair's length, and its label."""
+    """One tokenised split, padded once: token ids and segment ids as (pairs, width) matrices
+    (width: the bucket of the longest pair), each pair's length, and its label id."""
     ids: torch.Tensor
     types: torch.Tensor
     lengths: torch.Tensor
-    labels: torch.Tensor
+    label_ids: torch.Tensor
     max_length: int
 
     def __len__(self):
-        return len(self.labels)
+        return len(self.label_ids)
 
     def subset(self, idx: list[int]) -> "Encoded":
-        return Encoded(self.ids[idx], self.types[idx], self.lengths[idx], self.labels[idx], self.max_length)
+        return Encoded(self.ids[idx], self.types[idx], self.lengths[idx], self.label_ids[idx], self.max_length)
 
 
 def encode(tokenizer, split: Split, max_length: int) -> Encoded:
@@ -176,7 +177,7 @@ def encode(tokenizer, split: Split, max_length: int) -> Encoded:
     for row, (x, t) in enumerate(zip(enc["input_ids"], types)):
         ids[row, :len(x)] = torch.tensor(x)
         tt[row, :len(t)] = torch.tensor(t)
-    return Encoded(ids, tt, lengths, torch.tensor(split.label), max_length)
+    return Encoded(ids, tt, lengths, torch.tensor(split.label_ids), max_length)
 
 
 def collate(data: Encoded, idx: list[int], device: torch.device, *, rows: int | None = None, weight: float = 1.0,
@@ -197,9 +198,14 @@ def collate(data: Encoded, idx: list[int], device: torch.device, *, rows: int | 
     width = bucket_length(int(lengths.max()), data.max_length)
     mask = torch.arange(width)[None, :] < lengths[:, None]
     batch = {"input_ids": data.ids[take, :width], "token_type_ids": data.types[take, :width],
-             "attention_mask": mask[:, None, None, :] if sdpa_mask else mask.long(), "labels": data.labels[take],
+             "attention_mask": mask[:, None, None, :] if sdpa_mask else mask.long(), "label_ids": data.label_ids[take],
              "weights": torch.tensor([weight] * n + [0.0] * (rows - n))}
     return {k: pinned(v.contiguous(), device) for k, v in batch.items()}
+
+
+def label_counts(data: dict[str, Encoded]) -> dict:
+    """Pairs per label name in each split."""
+    return {k: {n: int((v.label_ids == i).sum()) for i, n in enumerate(LABEL_NAMES)} for k, v in data.items()}
 
 
 def token_stats(tokenizer, split: Split, max_length: int) -> tuple[dict, dict]:

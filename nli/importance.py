@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from common.device import autocast
 from common.errors import UserError
 from nli.data import collate
-from nli.model import encoder_layers
+from nli.model import encoder_layers, forward, uses_sdpa
 
 
 def remaining_heads(model, layer: int) -> list[int]:
@@ -57,9 +57,8 @@ def batch_loss(model, batch: dict, device, dtype) -> torch.Tensor:
     """Mean cross-entropy of one collated batch (host tensors), under the run's precision."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with autocast(device, dtype):
-        logits = model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
-                       attention_mask=b["attention_mask"]).logits
-    return F.cross_entropy(logits.float(), b["labels"])
+        logits = forward(model)(b)
+    return F.cross_entropy(logits.float(), b["label_ids"])
 
 
 def raw_importance(model, data, batches: list[list[int]], device, dtype) -> list[torch.Tensor]:
@@ -68,7 +67,7 @@ def raw_importance(model, data, batches: list[list[int]], device, dtype) -> list
         raise UserError("head importance needs at least one batch of examples")
     was_training = model.training
     model.eval()
-    sdpa = model.config._attn_implementation == "sdpa"
+    sdpa = uses_sdpa(model)
     with head_gates(model) as gates:
         total = [torch.zeros_like(g) for g in gates]
         for idx in batches:

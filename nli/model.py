@@ -34,18 +34,18 @@ def load_weights(model, folder: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def load_classifier(name: str, labels: list[str] | None = None):
+def load_classifier(name: str, label_names: list[str] | None = None):
     """A sequence classifier from a hub id or a save_pretrained folder.
 
-    `labels` sets a fresh classification head with those names (training); None keeps the
+    `label_names` sets a fresh classification head with those names (training); None keeps the
     folder's own head and label names (prediction). A folder whose config lists `pruned_heads`
     is rebuilt at full size, pruned to the same shapes, then loaded, since plain
     `from_pretrained` would meet weights of the wrong shape."""
-    kw = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                                    "label2id": {n: i for i, n in enumerate(labels)}}
+    kw = {} if label_names is None else {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                                         "label2id": {n: i for i, n in enumerate(label_names)}}
     try:
         config = AutoConfig.from_pretrained(name, **kw)
-        if labels is None:
+        if label_names is None:
             check_is_pair_classifier(config, name)
         pruned = getattr(config, "pruned_heads", None) or {}
         if not pruned:
@@ -160,22 +160,34 @@ def freeze_layers(model, n: int) -> None:
         layer.requires_grad_(False)
 
 
-def apply_experiment(model, keep: int | None, prune: float | None, freeze: int, seed: int,
-                     importance=None) -> tuple[dict[int, list[int]], dict | None]:
-    """The study's ablations in their one order: keep the first `keep` layers, then remove a
-    `prune` fraction of the heads, then freeze the first `freeze` layers. Heads are chosen at
-    random with `seed`, or, when `importance` is given (a function model -> {layer: {head:
-    score}}), the lowest-scoring ones. Returns (removed heads {layer: [heads]}, scores or None)."""
-    if keep:
-        keep_layers(model, keep)
+def apply_experiment(model, experiment, seed: int, importance=None) -> tuple[dict[int, list[int]], dict | None]:
+    """The study's ablations in their one order (`experiment`: nli/config.py's Experiment): keep
+    the first layers, then remove a fraction of the heads, then freeze the first layers. Heads
+    are chosen at random with `seed`, or, when `importance` is given (a function model ->
+    {layer: {head: score}}), the lowest-scoring ones. Returns (removed heads {layer: [heads]},
+    scores or None)."""
+    if experiment.keep_layers:
+        keep_layers(model, experiment.keep_layers)
     heads, scores = {}, None
-    if prune:
+    if experiment.prune_heads:
         layers, per_layer = len(encoder_layers(model)), model.config.num_attention_heads
         if importance is None:
-            heads = choose_heads(layers, per_layer, prune, seed)
+            heads = choose_heads(layers, per_layer, experiment.prune_heads, seed)
         else:
             scores = importance(model)
-            heads = choose_by_importance(scores, count_to_remove(prune, layers * per_layer, layers))
+            heads = choose_by_importance(scores, count_to_remove(experiment.prune_heads, layers * per_layer, layers))
         prune_heads(model, heads)
-    freeze_layers(model, freeze)
+    freeze_layers(model, experiment.freeze)
     return heads, scores
+
+
+def uses_sdpa(model) -> bool:
+    """Whether the model attends with SDPA (then batches carry a ready 4D boolean mask: nli/data.py)."""
+    model = getattr(model, "module", model)  # (under DDP)
+    return model.config._attn_implementation == "sdpa"
+
+
+def forward(model):
+    """The task's model call on one batch of device tensors: BERT pair classification logits."""
+    return lambda b: model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                           attention_mask=b["attention_mask"]).logits

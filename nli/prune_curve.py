@@ -36,10 +36,11 @@ from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import csv_text, write_config
 from common.run import Run, count_params, run_info
-from nli.data import LABELS, encode, farstail_record, load_farstail, load_tokenizer
+from common.spec import RunSpec, args_record
+from nli.data import LABEL_NAMES, encode, farstail_record, load_farstail, load_tokenizer
+from nli.evaluate import pair_logits
 from nli.importance import head_importance, remaining_heads
 from nli.model import choose_by_importance, encoder_layers, load_classifier, prune_heads
-from nli.train import predict_logits
 
 DROP = 0.01  # the head budget: test accuracy may fall this much (one point) below the whole model's
 FIELDS = ["method", "seed", "fraction", "heads_removed", "val_accuracy", "test_accuracy", "params", "pairs_per_s"]
@@ -95,10 +96,10 @@ def measure(base, heads: dict, data: dict, device, dtype) -> dict:
     out = {"heads_removed": sum(len(h) for h in heads.values()), "params": count_params(model)["total"]}
     start, pairs = time.perf_counter(), 0
     for split in ("val", "test"):
-        logits, _ = predict_logits(model, data[split], device, dtype)
-        out[f"{split}_accuracy"] = float((logits.argmax(1) == data[split].labels.numpy()).mean())
+        logits, _ = pair_logits(model, data[split], device, dtype)
+        out[f"{split}_accuracy"] = float((logits.argmax(1) == data[split].label_ids.numpy()).mean())
         pairs += len(data[split])
-    out["pairs_per_s"] = round(pairs / (time.perf_counter() - start), 1)  # (predict_logits ends on the host)
+    out["pairs_per_s"] = round(pairs / (time.perf_counter() - start), 1)  # (pair_logits ends on the host)
     return out
 
 
@@ -161,14 +162,16 @@ def main(argv=None):
 
 def curve(args):
     inputs = lambda: {"data": farstail_record(args.data_dir), "model": model_record(str(args.model))}  # noqa: E731
-    with Run(args, {"resume", "overwrite", "device"}, program="nli.prune_curve", inputs=inputs,
-             reads=(args.data_dir, args.model)) as run:
+    spec = RunSpec(program="nli.prune_curve", out=args.out, seed=args.seed, args=args_record(vars(args)),
+                   free=frozenset({"resume", "overwrite", "device"}), resume=args.resume, overwrite=args.overwrite,
+                   device=args.device, amp=args.amp, cuda_graphs="off")
+    with Run(spec, inputs=inputs, reads=(args.data_dir, args.model)) as run:
         if run.finished:
             return
         log, device, dtype, out = run.log, run.device, run.dtype, args.out
         base = load_classifier(str(args.model)).to(device).eval()
-        if [base.config.id2label[i] for i in range(base.config.num_labels)] != LABELS:
-            raise UserError(f"--model {args.model}: its labels are not FarsTail's {', '.join(LABELS)}")
+        if [base.config.id2label[i] for i in range(base.config.num_labels)] != LABEL_NAMES:
+            raise UserError(f"--model {args.model}: its labels are not FarsTail's {', '.join(LABEL_NAMES)}")
         splits = load_farstail(args.data_dir, args.limit, log)
         tokenizer = load_tokenizer(str(args.model))
         data = {k: encode(tokenizer, v, args.max_length) for k, v in splits.items()}
@@ -180,7 +183,7 @@ def curve(args):
         def importance(model):
             return head_importance(model, data["train"], batches, device, dtype)
         run.begin()
-        write_config(out, args, {"heads": total, "layers": layers, "device": str(device),
+        write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device),
                                  "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
         log(f"{args.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs")
 

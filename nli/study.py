@@ -4,19 +4,28 @@ NLI section of summary.md.
 
     python -m nli.study --list      # one line per experiment: name<TAB>nli.train flags
 """
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.summary import cell, collect, count, load
+from common.summary import list_main, mean_std, read_metrics, seed_runs, short_count
+from nli.config import Experiment
 
 
 @dataclass(frozen=True)
-class Experiment:
-    name: str  # as nli.train names it (experiment_name), and its folder under runs/nli/
+class StudyRow:
+    """One experiment of the study's table: what it is (its name and flags are derived from it),
+    in words, and the study's figures (one run; None where the study did not run it)."""
+    experiment: Experiment
     what: str
-    flags: str  # nli.train flags that make it
-    study: dict | None  # the study's figures (one run), None where the study did not run it
+    study: dict | None
+
+    @property
+    def name(self) -> str:  # its folder under runs/nli/
+        return self.experiment.name
+
+    @property
+    def flags(self) -> str:
+        return self.experiment.flags
 
 
 # The study's table (val acc, test acc, train loss, val loss, test loss, F1; two decimals) and the
@@ -27,16 +36,15 @@ def _study(val, test, train_loss, val_loss, test_loss, f1):
 
 
 EXPERIMENTS = [
-    Experiment("all", "all layers trained", "", _study(0.81, 0.826, 0.32, 0.74, 0.69, 0.82)),
-    Experiment("freeze9", "first 9 encoder layers frozen", "--freeze 9", _study(0.78, 0.790, 0.53, 0.59, 0.55, 0.79)),
-    Experiment("freeze12", "all 12 encoder layers frozen", "--freeze 12",
-               _study(0.61, 0.625, 0.69, 0.82, 0.77, 0.59)),
-    Experiment("keep9", "only the first 9 encoder layers kept", "--keep-layers 9",
-               _study(0.81, 0.820, 0.34, 0.73, 0.67, 0.82)),
-    Experiment("prune0.5", "half of all attention heads removed, chosen at random", "--prune-heads 0.5",
-               _study(0.78, 0.795, 0.18, 1.14, 0.57, 0.79)),
-    Experiment("prune0.5-importance", "the least important half of the heads removed (gradient head importance "
-               "of the starting model)", "--prune-heads 0.5 --prune-by importance", None),
+    StudyRow(Experiment(), "all layers trained", _study(0.81, 0.826, 0.32, 0.74, 0.69, 0.82)),
+    StudyRow(Experiment(freeze=9), "first 9 encoder layers frozen", _study(0.78, 0.790, 0.53, 0.59, 0.55, 0.79)),
+    StudyRow(Experiment(freeze=12), "all 12 encoder layers frozen", _study(0.61, 0.625, 0.69, 0.82, 0.77, 0.59)),
+    StudyRow(Experiment(keep_layers=9), "only the first 9 encoder layers kept",
+             _study(0.81, 0.820, 0.34, 0.73, 0.67, 0.82)),
+    StudyRow(Experiment(prune_heads=0.5), "half of all attention heads removed, chosen at random",
+             _study(0.78, 0.795, 0.18, 1.14, 0.57, 0.79)),
+    StudyRow(Experiment(prune_heads=0.5, prune_by="importance"), "the least important half of the heads removed "
+             "(gradient head importance of the starting model)", None),
 ]
 CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
 
@@ -76,17 +84,18 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
     run_links: list[str] = []
     first = None
     for e in EXPERIMENTS:
-        runs = collect(root, f"nli/{e.name}", seeds, missing, run_links)
+        runs = seed_runs(root, f"nli/{e.name}", seeds, missing, run_links)
         label = f"{e.name} ({e.what}{'; ' + e.flags if e.flags else ''})"
         if runs:
             first = first or runs[0]
-            col = lambda f: cell([f(m) for m in runs])  # noqa: E731
+            col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
             p = runs[0]["params"]
             lines.append("| " + " | ".join([
                 label, "ours", col(lambda m: m["val"]["accuracy"]), col(lambda m: m["test"]["accuracy"]),
                 col(lambda m: m["train"]["loss"]), col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]),
-                col(lambda m: m["test"]["macro_f1"]), f"{count(p['trainable'])} / {count(p['total'])}",
-                cell([m["speed"]["train_seconds"] for m in runs], 1), cell([m["speed"]["items_per_s"] for m in runs], 1),
+                col(lambda m: m["test"]["macro_f1"]), f"{short_count(p['trainable'])} / {short_count(p['total'])}",
+                mean_std([m["speed"]["train_seconds"] for m in runs], 1),
+                mean_std([m["speed"]["items_per_s"] for m in runs], 1),
                 col(lambda m: m["test_subsets"]["hard_hypothesis"]),
                 col(lambda m: m["test_subsets"]["hard_overlap"])]) + " |")
         else:
@@ -100,10 +109,10 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
                   "(test accuracy to three decimals from its text, the rest from its table). Train loss: ours is the "
                   "last epoch's mean, the study's Trainer's logged running loss. Hard subsets: FarsTail's own "
                   "hard(hypothesis) and hard(overlap) test columns."]
-    curves = [c for c in (load(root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve") for k in range(seeds)) if c]
+    curves = [c for c in (read_metrics(root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve") for k in range(seeds)) if c]
     if curves:
         heads = curves[0]["heads"]
-        budget = lambda m: cell([c["head_budget"][m]["heads"] for c in curves if m in c["head_budget"]], 0)  # noqa: E731
+        budget = lambda m: mean_std([c["head_budget"][m]["heads"] for c in curves if m in c["head_budget"]], 0)  # noqa: E731
         methods = [m for m in ("importance", "importance-iterative", "random") if m in curves[0]["head_budget"]]
         lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining "
                       f"(`python -m nli.prune_curve`; seed 0 shown): "
@@ -123,14 +132,5 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
     return lines + ["", *run_links, ""]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nli.study", description="The study's NLI experiments.")
-    p.add_argument("--list", action="store_true", help="print name<TAB>flags for each experiment")
-    a = p.parse_args(argv)
-    if a.list:
-        for e in EXPERIMENTS:
-            print(f"{e.name}\t{e.flags}")
-
-
 if __name__ == "__main__":
-    main()
+    list_main("nli.study", "The study's NLI experiments.", EXPERIMENTS)

@@ -117,6 +117,11 @@ class EmotionClassifier(nn.Module):
         return self.fc2(self.fc1(masked_mean(hidden, frames)))
 
 
+def forward(model):
+    """The task's model call on one batch of device tensors: emotion logits."""
+    return lambda b: model(b["input_values"], b["lengths"])
+
+
 def freeze_feature_encoder(model: EmotionClassifier) -> None:
     """No gradient for the convolutional front end, and no backward through it at all:
     transformers' `_freeze_parameters` also clears the flag that makes the encoder ask for
@@ -153,23 +158,23 @@ def feature_extractor_for(model: str, explicit: str | None = None) -> tuple[Wav2
     return fe, source
 
 
-def build_classifier(model: str, labels: list[str], use_attention_mask: bool) -> EmotionClassifier:
+def build_classifier(model: str, label_names: list[str], use_attention_mask: bool) -> EmotionClassifier:
     """A fresh classification head on a pretrained encoder (hub id or save_pretrained folder)."""
     try:
         hubert = AutoModel.from_pretrained(model)
     except OSError as e:
         raise UserError(f"--model {model}: cannot load it ({str(e).splitlines()[0]}); give a local folder made "
                         "by save_pretrained, or a hub id on a machine that reaches the hub") from None
-    return EmotionClassifier(hubert, len(labels), use_attention_mask)
+    return EmotionClassifier(hubert, len(label_names), use_attention_mask)
 
 
-def save_classifier(model: EmotionClassifier, fe, labels: list[str], folder: Path) -> None:
+def save_classifier(model: EmotionClassifier, fe, label_names: list[str], folder: Path) -> None:
     """Encoder config (with label names and the head's description), all weights as one
     safetensors file, and the feature extractor: everything load_classifier needs."""
     folder.mkdir(parents=True, exist_ok=True)
     config = model.hubert.config
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {n: i for i, n in enumerate(labels)}
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {n: i for i, n in enumerate(label_names)}
     config.classifier_head = "mean over time (padding excluded) -> Linear(hidden, C) -> Linear(C, C)"
     config.save_pretrained(folder)
     fe.save_pretrained(folder)
@@ -185,9 +190,9 @@ def load_classifier(folder: str) -> tuple[EmotionClassifier, object, list[str]]:
     if not getattr(config, "classifier_head", None) or not (path / "model.safetensors").exists():
         raise UserError(f"--model {folder} is not an emotion model written by ser.train (its config is a "
                         f"{config.model_type} model's, with no classifier_head)")
-    labels = [config.id2label[i] for i in range(len(config.id2label))]
+    label_names = [config.id2label[i] for i in range(len(config.id2label))]
     fe, _ = feature_extractor_for(str(path))
-    model = EmotionClassifier(AutoModel.from_config(config), len(labels), bool(fe.return_attention_mask))
+    model = EmotionClassifier(AutoModel.from_config(config), len(label_names), bool(fe.return_attention_mask))
     model.load_state_dict(load_file(str(path / "model.safetensors")))
-    return model.eval(), fe, labels
+    return model.eval(), fe, label_names
 

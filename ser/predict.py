@@ -16,7 +16,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from common.errors import user_errors
-from ser.data import MAX_SECONDS, SAMPLE_RATE, collate, crop_long, normalize, pad_short, read_audio
+from ser.audio import MAX_SECONDS, SAMPLE_RATE, crop_long, normalize, pad_short, read_audio
+from ser.data import collate
 from ser.model import load_classifier
 
 
@@ -35,7 +36,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     hf_logging.disable_progress_bar()
     with user_errors():
-        model, fe, labels = load_classifier(a.model)
+        model, fe, label_names = load_classifier(a.model)
         failed = 0
         for path in a.files:
             try:
@@ -47,8 +48,8 @@ def main(argv=None):
             probs = classify(model, fe, wave)
             cut = f"  [its first {MAX_SECONDS:g} s of {len(wave) / SAMPLE_RATE:.1f} s]" \
                 if len(wave) > MAX_SECONDS * SAMPLE_RATE else ""
-            print(f"{path}: {labels[int(probs.argmax())]}  (" +
-                  ", ".join(f"{n} {q:.3f}" for n, q in zip(labels, probs.tolist())) + ")" + cut, flush=True)
+            print(f"{path}: {label_names[int(probs.argmax())]}  (" +
+                  ", ".join(f"{n} {q:.3f}" for n, q in zip(label_names, probs.tolist())) + ")" + cut, flush=True)
         if failed:
             raise SystemExit(1)
 

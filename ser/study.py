@@ -1,46 +1,19 @@
 """The study's SER experiment in one place: its published figures, the three protocols run_all.sh
-runs per seed (the study's own, and ours two ways), what differs from the study, and the SER
-section of summary.md.
+runs per seed (the study's own, and ours two ways: ser/splits.py's Protocol), what differs from
+the study, and the SER section of summary.md.
 
     python -m ser.study --list      # one line per protocol: name<TAB>ser.train flags
 """
-import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
-from common.summary import cell, collect
+from common.summary import list_main, mean_std, seed_runs
+from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
 PUBLISHED = {"train": 0.963, "val": 0.899, "test": 0.912}
 
-
-@dataclass(frozen=True)
-class Protocol:
-    name: str  # its folder under runs/ser/
-    flags: str  # ser.train flags that make it
-    what: str
-
-
-PROTOCOLS = [
-    Protocol("study", "--protocol study",
-             "the study's: the whole corpus balanced by augmentation, then split 80/10/10 at random (not "
-             "stratified); copies of validation and test clips can be trained on, and the test split holds copies"),
-    Protocol("leak-free-random", "--protocol leak-free --split random",
-             "ours: a stratified random 80/10/10 split first, then the training split alone balanced; speakers "
-             "are shared between splits, as in the study"),
-    Protocol("leak-free-speaker", "--protocol leak-free --split speaker",
-             "ours: no speaker in two splits, then the training split alone balanced"),
-]
-
-
-def protocol_text(protocol: str, split: str, balance: bool) -> str:
-    """metrics.json's `protocol`: what the split and the balancing were."""
-    if protocol == "study":
-        return ("study: whole corpus balanced by pitch-shift/time-stretch copies, then a random 80/10/10 split "
-                "(not stratified); augmented copies in every split")
-    return (f"leak-free: {'stratified random' if split == 'random' else 'speaker-independent'} 80/10/10 split, then "
-            + ("no balancing" if not balance else "the training split balanced by pitch-shift/time-stretch copies")
-            + "; validation and test hold original clips only")
+# The protocols run_all.sh runs per seed: the study's own, and ours two ways (ser/splits.py).
+PROTOCOLS = [Protocol("study"), Protocol("leak-free", "random"), Protocol("leak-free", "speaker")]
 
 
 # Every way our SER runs differ from the study's, and why (summary.md, "What differs").
@@ -86,20 +59,20 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
     run_links: list[str] = []
     found = {}
     for p in PROTOCOLS:
-        runs = collect(root, f"ser/{p.name}", seeds, missing, run_links)
+        runs = seed_runs(root, f"ser/{p.name}", seeds, missing, run_links)
         if not runs:
             lines.append(f"| {p.name}: {p.what} | missing |" + " |" * 10)
             continue
         found[p.name] = runs
-        col = lambda f: cell([f(m) for m in runs])  # noqa: E731
+        col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
         test = runs[0]["split_items"]["test"]
         mix = ", ".join(f"{k} {v}" for k, v in runs[0]["class_counts"]["splits"]["test"].items())
         lines.append("| " + " | ".join([
             f"{p.name}: {p.what}", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["train"]["uar"]),
             col(lambda m: m["val"]["accuracy"]), col(lambda m: m["val"]["uar"]), col(lambda m: m["val"]["macro_f1"]),
             col(lambda m: m["test"]["accuracy"]), col(lambda m: m["test"]["uar"]), col(lambda m: m["test"]["macro_f1"]),
-            f"{test['items']} ({test['augmented']}): {mix}", cell([m["speed"]["items_per_s"] for m in runs], 1),
-            cell([m["speed"].get("audio_seconds_per_s") for m in runs], 1)]) + " |")
+            f"{test['items']} ({test['augmented']}): {mix}", mean_std([m["speed"]["items_per_s"] for m in runs], 1),
+            mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)]) + " |")
     lines.append(f"| the study's published run (its protocol, one seed) | {PUBLISHED['train']:.3f} | n/a | "
                  f"{PUBLISHED['val']:.3f} | n/a | n/a | {PUBLISHED['test']:.3f} | n/a | n/a | about half augmented "
                  "copies, nearly balanced (the corpus was balanced to the largest class first) | | |")
@@ -125,14 +98,5 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
     return lines + ["", *run_links, ""]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m ser.study", description="The study's SER protocols.")
-    p.add_argument("--list", action="store_true", help="print name<TAB>flags for each protocol")
-    a = p.parse_args(argv)
-    if a.list:
-        for proto in PROTOCOLS:
-            print(f"{proto.name}\t{proto.flags}")
-
-
 if __name__ == "__main__":
-    main()
+    list_main("ser.study", "The study's SER protocols.", PROTOCOLS)

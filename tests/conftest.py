@@ -53,3 +53,17 @@ def tiny_hubert(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-hubert")
     write_tiny_hubert(path)
     return path
+
+
+def interrupt_at_epoch(monkeypatch, epoch: int):
+    """Make training raise KeyboardInterrupt when `epoch` starts, as a Ctrl-C or a kill would
+    (the run then says "interrupted" and exits 130). Returns a function that undoes it."""
+    from common.step import Training
+    real = Training.train_epoch
+
+    def interrupted(self, at, *args, **kwargs):
+        if at == epoch:
+            raise KeyboardInterrupt
+        return real(self, at, *args, **kwargs)
+    monkeypatch.setattr(Training, "train_epoch", interrupted)
+    return lambda: monkeypatch.setattr(Training, "train_epoch", real)

@@ -8,15 +8,16 @@ import signal
 import sys
 
 import nli.train
+from common.step import Training
 
-real = nli.train.train_epoch
+real = Training.train_epoch
 
 
-def dying(*args, **kwargs):
-    if os.environ["RANK"] == os.environ["KILL_RANK"] and args[-1].epoch == int(os.environ["KILL_EPOCH"]):
+def dying(self, epoch, *args, **kwargs):
+    if os.environ["RANK"] == os.environ["KILL_RANK"] and epoch == int(os.environ["KILL_EPOCH"]):
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
+    return real(self, epoch, *args, **kwargs)
 
 
-nli.train.train_epoch = dying
+Training.train_epoch = dying
 nli.train.main(sys.argv[1:])

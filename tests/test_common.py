@@ -10,7 +10,8 @@ import torch
 
 from common import checkpoint as ckpt_mod
 from common.batching import LengthGroupedBatches, sorted_batches
-from common.distributed import Dist, my_micro_batches
+from common.batching import micro_batches
+from common.distributed import Dist
 from common.checkpoint import load_verified, save_verified
 from common.errors import RunFailed, UserError
 from common.files import atomic_write, read_text, write_json
@@ -108,11 +109,11 @@ def test_length_grouped_batches_cover_everything_and_follow_seed_and_epoch():
 
 def test_eval_order_is_length_sorted_and_micro_batches_have_fixed_size():
     assert sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
-    assert my_micro_batches(list(range(8)), 4, Dist()) == ([[0, 1, 2, 3], [4, 5, 6, 7]], 4)
-    assert my_micro_batches(list(range(5)), 4, Dist()) == ([[0, 1, 2, 3], [4]], 4)
+    assert micro_batches(list(range(8)), 4, Dist()) == ([[0, 1, 2, 3], [4, 5, 6, 7]], 4)
+    assert micro_batches(list(range(5)), 4, Dist()) == ([[0, 1, 2, 3], [4]], 4)
     # two processes: rows rank::2, micro-batches of 2, the same count on both (one may be empty)
-    assert my_micro_batches(list(range(5)), 4, Dist(0, 2)) == ([[0, 2], [4]], 2)
-    assert my_micro_batches(list(range(5)), 4, Dist(1, 2)) == ([[1, 3], []], 2)
+    assert micro_batches(list(range(5)), 4, Dist(0, 2)) == ([[0, 2], [4]], 2)
+    assert micro_batches(list(range(5)), 4, Dist(1, 2)) == ([[1, 3], []], 2)
 
 
 def test_failed_write_names_the_path_and_keeps_the_old_file(tmp_path):

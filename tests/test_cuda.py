@@ -22,6 +22,7 @@ import nli.train
 import ser.train
 from nli.synthetic import WORDS, write_farstail, write_tiny_bert
 from ser.synthetic import write_shemo, write_tiny_hubert
+from tests.conftest import interrupt_at_epoch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -110,16 +111,10 @@ def test_a_resume_may_switch_graph_modes(tiny_bert_no_dropout, farstail_dir, tmp
     first, then = modes
     flags = ("--batch-size", 8, "--epochs", 3)
     whole = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "whole", *flags, graphs=then)
-    real = nli.train.train_epoch
-
-    def interrupted(*a, **kw):
-        if a[-1].epoch == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-    monkeypatch.setattr(nli.train, "train_epoch", interrupted)
+    undo = interrupt_at_epoch(monkeypatch, 2)
     with pytest.raises(SystemExit, match="^130$"):
         nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, graphs=first)
-    monkeypatch.setattr(nli.train, "train_epoch", real)
+    undo()
     cut = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, "--resume", graphs=then)
     log = (cut / "train.log").read_text()
     assert "resuming after epoch 1" in log and log.count("CUDA graphs on") + log.count("CUDA graphs off") >= 2

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoTokenizer
 
 from nli import prune_curve
-from nli.data import LABELS, collate, encode, read_split
+from nli.config import Experiment
+from nli.data import LABEL_NAMES, collate, encode, read_split
 from nli.importance import batch_loss, head_gates, head_importance, raw_importance
 from nli.model import apply_experiment, choose_by_importance, keep_layers, load_classifier, prune_heads
 from nli.train import main as nli_main
@@ -22,14 +23,14 @@ def setup(tiny_bert_no_dropout, farstail_dir):
     tok = AutoTokenizer.from_pretrained(tiny_bert_no_dropout)
     data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
     torch.manual_seed(0)
-    model = load_classifier(str(tiny_bert_no_dropout), LABELS).eval()
+    model = load_classifier(str(tiny_bert_no_dropout), LABEL_NAMES).eval()
     return model, data
 
 
 def test_gates_at_one_change_no_logit(setup):
     model, data = setup
     batch = collate(data, list(range(8)), CPU)
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weights")}
+    inputs = {k: v for k, v in batch.items() if k not in ("label_ids", "weights")}
     with torch.no_grad():
         plain = model(**inputs).logits
     with head_gates(model) as gates:
@@ -67,7 +68,7 @@ def test_each_score_is_the_mean_absolute_gradient_a_finite_difference_measures(s
 
 def test_scores_of_pruned_and_shortened_models_use_original_head_numbers(tiny_bert_no_dropout, setup):
     _, data = setup
-    model = load_classifier(str(tiny_bert_no_dropout), LABELS)
+    model = load_classifier(str(tiny_bert_no_dropout), LABEL_NAMES)
     keep_layers(model, 3)
     prune_heads(model, {0: [1, 2], 2: [0]})
     scores = head_importance(model, data, [list(range(8))], CPU, None)
@@ -81,13 +82,14 @@ def test_scores_of_pruned_and_shortened_models_use_original_head_numbers(tiny_be
 
 def test_prune_by_importance_removes_the_lowest_heads_and_reloads(tiny_bert_no_dropout, setup, tmp_path):
     _, data = setup
-    model = load_classifier(str(tiny_bert_no_dropout), LABELS).eval()
+    model = load_classifier(str(tiny_bert_no_dropout), LABEL_NAMES).eval()
     seen = {}
 
     def importance(m):
         seen.update(head_importance(m, data, [list(range(8)), list(range(8, 16))], CPU, None))
         return seen
-    heads, scores = apply_experiment(model, None, 0.5, 0, seed=0, importance=importance)
+    heads, scores = apply_experiment(model, Experiment(prune_heads=0.5, prune_by="importance"), seed=0,
+                                     importance=importance)
     assert scores == seen and sum(map(len, heads.values())) == 8
     assert heads == choose_by_importance(scores, 8)
     removed = [scores[layer][h] for layer, hs in heads.items() for h in hs]
@@ -97,7 +99,7 @@ def test_prune_by_importance_removes_the_lowest_heads_and_reloads(tiny_bert_no_d
         assert max(removed) <= min(kept)
     model.save_pretrained(tmp_path / "m")
     again = load_classifier(str(tmp_path / "m")).eval()
-    inputs = {k: v for k, v in collate(data, list(range(6)), CPU).items() if k not in ("labels", "weights")}
+    inputs = {k: v for k, v in collate(data, list(range(6)), CPU).items() if k not in ("label_ids", "weights")}
     with torch.no_grad():
         assert torch.equal(again(**inputs).logits, model(**inputs).logits)
 

@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from common.errors import UserError
-from nli.data import LABELS
+from nli.data import LABEL_NAMES
 from nli.model import choose_heads, encoder_layers, keep_layers, load_classifier, prune_heads
 
 
@@ -28,11 +28,11 @@ def test_pruned_heads_equal_zeroed_output_columns_and_reload(tiny_bert, tmp_path
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     inputs = batch(tok)
     torch.manual_seed(0)
-    full = load_classifier(str(tiny_bert), LABELS).eval()
+    full = load_classifier(str(tiny_bert), LABEL_NAMES).eval()
     heads = {0: [1, 2], 2: [0], 3: [0, 1, 3]}
     size = full.config.hidden_size // full.config.num_attention_heads
 
-    masked = load_classifier(str(tiny_bert), LABELS).eval()
+    masked = load_classifier(str(tiny_bert), LABEL_NAMES).eval()
     masked.load_state_dict(full.state_dict())
     with torch.no_grad():
         for layer, hs in heads.items():
@@ -59,7 +59,7 @@ def test_pruned_heads_equal_zeroed_output_columns_and_reload(tiny_bert, tmp_path
 
 
 def test_keep_layers_saves_and_reloads_shorter_model(tiny_bert, tmp_path):
-    model = load_classifier(str(tiny_bert), LABELS).eval()
+    model = load_classifier(str(tiny_bert), LABEL_NAMES).eval()
     keep_layers(model, 2)
     model.save_pretrained(tmp_path)
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
@@ -68,9 +68,9 @@ def test_keep_layers_saves_and_reloads_shorter_model(tiny_bert, tmp_path):
     with torch.no_grad():
         assert torch.equal(again(**inputs).logits, model(**inputs).logits)
     with pytest.raises(UserError, match="--keep-layers 9"):
-        keep_layers(load_classifier(str(tiny_bert), LABELS), 9)
+        keep_layers(load_classifier(str(tiny_bert), LABEL_NAMES), 9)
 
 
 def test_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="--model"):
-        load_classifier(str(tmp_path / "nothing"), LABELS)
+        load_classifier(str(tmp_path / "nothing"), LABEL_NAMES)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import nli.train
 from nli import predict
 from nli.data import encode, read_split
+from nli.evaluate import pair_logits
 from nli.model import load_classifier
 from nli.train import main
+from tests.conftest import interrupt_at_epoch
 
 
 def run(model, data, out, *extra):
@@ -108,26 +109,16 @@ def test_grad_accum_equals_larger_batch(tiny_bert_no_dropout, farstail_dir, tmp_
     assert not torch.allclose(a[name], c[name], atol=1e-6)  # and batch 4 alone is a different run
 
 
-def interrupt_in_epoch(monkeypatch, epoch):
-    """Make training raise KeyboardInterrupt when `epoch` starts, as if the process were killed."""
-    real = nli.train.train_epoch
-
-    def interrupted(*a, **kw):
-        if a[-1].epoch == epoch:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-    monkeypatch.setattr(nli.train, "train_epoch", interrupted)
-    return real
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tiny_bert, farstail_dir, tmp_path, monkeypatch):
     args = ("--epochs", 3, "--lr", 1e-3, "--seed", 5)
     whole = weights(run(tiny_bert, farstail_dir, tmp_path / "whole", *args))
-    real = interrupt_in_epoch(monkeypatch, 2)
+    undo = interrupt_at_epoch(monkeypatch, 2)
     with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run(tiny_bert, farstail_dir, tmp_path / "cut", *args)
     assert (tmp_path / "cut" / "checkpoint.json").exists() and not (tmp_path / "cut" / "metrics.json").exists()
-    monkeypatch.setattr(nli.train, "train_epoch", real)
+    undo()
     with pytest.raises(SystemExit) as e:  # a non-empty --out is refused without --resume
         run(tiny_bert, farstail_dir, tmp_path / "cut", *args)
     assert e.value.code == 2
@@ -144,12 +135,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_bert, farstail_
 
 def test_resume_without_checkpoint_starts_over_and_other_arguments_are_refused(
         tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
-    real = interrupt_in_epoch(monkeypatch, 1)  # killed before any checkpoint was written
+    undo = interrupt_at_epoch(monkeypatch, 1)  # killed before any checkpoint was written
     with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2)
     assert not (tmp_path / "run" / "checkpoint.json").exists()
-    monkeypatch.setattr(nli.train, "train_epoch", real)
-    interrupt_in_epoch(monkeypatch, 2)
+    undo()
+    interrupt_at_epoch(monkeypatch, 2)
     with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 2, "--resume")
     assert (tmp_path / "run" / "checkpoint.json").exists()
@@ -165,8 +156,8 @@ def test_eval_logits_do_not_depend_on_batchmates(tiny_bert, farstail_dir):
     data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
     lengths = data.lengths.tolist()
     short, longest = lengths.index(min(lengths)), lengths.index(max(lengths))
-    alone = nli.train.predict_logits(model, data.subset([short]), torch.device("cpu"), None)[0]
-    beside = nli.train.predict_logits(model, data.subset([short, longest]), torch.device("cpu"), None)[0]
+    alone = pair_logits(model, data.subset([short]), torch.device("cpu"), None)[0]
+    beside = pair_logits(model, data.subset([short, longest]), torch.device("cpu"), None)[0]
     assert lengths[longest] > lengths[short] + 10
     assert torch.allclose(torch.from_numpy(alone[0]), torch.from_numpy(beside[0]), atol=1e-5)
 
@@ -204,11 +195,11 @@ def test_host_built_masks_give_the_same_logits_as_transformers_own(tiny_bert, fa
     assert four_d["attention_mask"].dim() == 4 and two_d["attention_mask"].dim() == 2
     assert four_d["input_ids"].shape[1] % 16 == 0  # padded to a bucket
     with torch.no_grad():
-        a = sdpa(**{k: v for k, v in four_d.items() if k not in ("labels", "weights")}).logits
-        b = sdpa(**{k: v for k, v in two_d.items() if k not in ("labels", "weights")}).logits
+        a = sdpa(**{k: v for k, v in four_d.items() if k not in ("label_ids", "weights")}).logits
+        b = sdpa(**{k: v for k, v in two_d.items() if k not in ("label_ids", "weights")}).logits
     assert torch.allclose(a, b, atol=1e-6)
     eager = AutoModelForSequenceClassification.from_pretrained(tiny_bert, attn_implementation="eager").eval()
     eager.load_state_dict(sdpa.state_dict())
-    le = nli.train.predict_logits(eager, data, cpu, None)[0]
-    ls = nli.train.predict_logits(sdpa, data, cpu, None)[0]
+    le = pair_logits(eager, data, cpu, None)[0]
+    ls = pair_logits(sdpa, data, cpu, None)[0]
     assert np.allclose(le, ls, atol=1e-5)

@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 import nli.train
+from common.step import Training
 from nli import predict
 from nli.train import main as nli_main
+from tests.conftest import interrupt_at_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,15 +47,7 @@ def fails(code, capsys, *args, call=run_nli):
     return lines[0]
 
 
-def kill_in_epoch(monkeypatch, epoch):
-    real = nli.train.train_epoch
-
-    def killed(*a, **kw):
-        if a[-1].epoch == epoch:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-    monkeypatch.setattr(nli.train, "train_epoch", killed)
-    return lambda: monkeypatch.setattr(nli.train, "train_epoch", real)
+kill_in_epoch = interrupt_at_epoch
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +112,13 @@ def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(
         f = real_forward(model)
         return lambda b: f(b) * (float("inf") if poisoned.on else 1.0)
     poisoned.on = False
-    real_epoch = nli.train.train_epoch
+    real_epoch = Training.train_epoch
 
-    def epoch(*a, **kw):
-        poisoned.on = a[-1].epoch == 2
-        return real_epoch(*a, **kw)
+    def epoch(self, at, *a, **kw):
+        poisoned.on = at == 2
+        return real_epoch(self, at, *a, **kw)
     monkeypatch.setattr(nli.train, "forward", poisoned)
-    monkeypatch.setattr(nli.train, "train_epoch", epoch)
+    monkeypatch.setattr(Training, "train_epoch", epoch)
     err = fails(1, capsys, tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
     assert "NaN or infinite at epoch 2, step 1" in err
     run = tmp_path / "run"

@@ -6,8 +6,10 @@ import pytest
 import soundfile as sf
 
 from common.errors import UserError
-from ser import data
-from ser.data import balance_plan, parse_shemo_name, read_audio, scan_shemo, split_by_speaker, split_random
+from ser import audio, data
+from ser.audio import Augmentation, read_audio
+from ser.data import parse_shemo_name, scan_shemo
+from ser.splits import balance_plan, split_by_speaker, split_random
 
 
 def test_shemo_names_parse_to_label_speaker_and_gender(tmp_path):
@@ -77,29 +79,28 @@ def test_speaker_split_shares_no_speaker_and_keeps_classes_even():
 def test_balancing_copies_only_training_clips_up_to_the_largest_class():
     labels = ["a"] * 7 + ["b"] * 3 + ["c"] * 1
     plan = balance_plan(labels, seed=0)
-    after = Counter(labels) + Counter(step["label"] for step in plan)
+    after = Counter(labels) + Counter(labels[source] for source, _ in plan)
     assert set(after.values()) == {7}
-    assert all(labels[step["source"]] == step["label"] for step in plan)
-    b_sources = [step["source"] for step in plan if step["label"] == "b"]
+    b_sources = [source for source, _ in plan if labels[source] == "b"]
     assert b_sources == [7, 8, 9, 7]  # the class's own clips in turn
-    assert all(-2 <= s["semitones"] <= 2 and 0.85 <= s["rate"] <= 1.15 for s in plan)
+    assert all(-2 <= d.semitones <= 2 and 0.85 <= d.rate <= 1.15 for _, d in plan)
 
 
 def test_augmented_copies_are_cached_and_keyed_by_content_and_settings(tmp_path):
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(16000)).astype(np.float32) for _ in range(2)]
-    plan = [{"source": 0, "label": "a", "semitones": 1.0, "rate": 0.9}]
-    first = data.augmented_copies(waves, plan, tmp_path)
+    plan = [(0, Augmentation(semitones=1.0, rate=0.9))]
+    first = audio.augmented_copies(waves, plan, tmp_path)
     files = sorted(tmp_path.glob("*.npy"))
     assert len(files) == len(plan) and abs(len(first[0]) - 16000 / 0.9) < 200  # stretched: length changes
-    again = data.augmented_copies(waves, plan, tmp_path)
+    again = audio.augmented_copies(waves, plan, tmp_path)
     assert np.array_equal(first[0], again[0]) and sorted(tmp_path.glob("*.npy")) == files
-    other = [dict(plan[0], rate=1.1)]
-    data.augmented_copies(waves, other, tmp_path)
+    other = [(0, Augmentation(semitones=1.0, rate=1.1))]
+    audio.augmented_copies(waves, other, tmp_path)
     changed = [waves[0] + 0.01] + waves[1:]
-    data.augmented_copies(changed, plan, tmp_path)
+    audio.augmented_copies(changed, plan, tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == len(files) + 2  # new settings and new audio: new entries
-    data.augmented_copies(waves, plan, tmp_path, method="signalsmith")
+    audio.augmented_copies(waves, plan, tmp_path, method="signalsmith")
     assert len(list(tmp_path.glob("*.npy"))) == len(files) + 3  # another backend: another entry
 
 
@@ -113,15 +114,15 @@ def test_absurd_samples_long_clips_and_silence_are_named(tmp_path):
     said = []
     kept, waves, skipped = data.load_clips(scan_shemo(tmp_path)[0], strict=False, log=said.append)
     assert skipped == [str(huge)] and [c.path for c in kept] == [long]
-    assert len(waves[0]) == data.MAX_SECONDS * data.SAMPLE_RATE  # cut to its first 60 s, and named
+    assert len(waves[0]) == audio.MAX_SECONDS * audio.SAMPLE_RATE  # cut to its first 60 s, and named
     assert any(f"{long} lasts 70.0 s; only its first 60 s are used" in line for line in said)
 
 
 def test_damaged_cached_copies_are_named_and_made_again(tmp_path):
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(16000)).astype(np.float32)]
-    plans = [[{"source": 0, "label": "a", "semitones": s, "rate": 1.0}] for s in (-1.0, 0.5, 1.5)]
-    good = [data.augmented_copies(waves, plan, tmp_path)[0] for plan in plans]
+    plans = [[(0, Augmentation(semitones=s, rate=1.0))] for s in (-1.0, 0.5, 1.5)]
+    good = [audio.augmented_copies(waves, plan, tmp_path)[0] for plan in plans]
     files = sorted(tmp_path.glob("*.npy"))
     assert len(files) == 3
     by_name = {f: f.read_bytes() for f in files}
@@ -131,7 +132,7 @@ def test_damaged_cached_copies_are_named_and_made_again(tmp_path):
     nan[5] = np.nan
     np.save(files[2], nan)  # NaN-filled
     said = []
-    again = [data.augmented_copies(waves, plan, tmp_path, log=said.append)[0] for plan in plans]
+    again = [audio.augmented_copies(waves, plan, tmp_path, log=said.append)[0] for plan in plans]
     assert all(np.array_equal(a, b) for a, b in zip(good, again))
     assert sorted(said) == sorted(f"warning: cached copy {f} is damaged ({why}); computing it again" for f, why in
                                   zip(files, ("unreadable: ValueError", "unreadable: EOFError", "NaN or infinite samples")))

@@ -9,11 +9,12 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-import ser.train
 from ser import predict
+from ser.evaluate import clip_logits
 from ser.model import EmotionClassifier, load_classifier, masked_mean, save_classifier, study_feature_extractor
 from ser.synthetic import tiny_hubert_config, write_shemo, write_tiny_hubert
 from ser.train import main
+from tests.conftest import interrupt_at_epoch
 
 
 def run(model, data, out, *extra):
@@ -150,16 +151,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_hubert, shemo_d
     # the tiny HuBERT keeps LayerDrop (torch RNG) and SpecAugment (numpy RNG): resume must restore both
     args = ("--epochs", 2, "--lr", 1e-3, "--seed", 3, "--limit", 24)
     whole = weights(run(tiny_hubert, shemo_dir, tmp_path / "whole", *args))
-    real = ser.train.train_epoch
-
-    def interrupted(*a, **kw):
-        if a[-1].epoch == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-    monkeypatch.setattr(ser.train, "train_epoch", interrupted)
+    undo = interrupt_at_epoch(monkeypatch, 2)
     with pytest.raises(SystemExit, match="^130$"):  # "interrupted; resume with --resume"
         run(tiny_hubert, shemo_dir, tmp_path / "cut", *args)
-    monkeypatch.setattr(ser.train, "train_epoch", real)
+    undo()
     resumed = weights(run(tiny_hubert, shemo_dir, tmp_path / "cut", *args, "--resume"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
@@ -232,13 +227,13 @@ def test_layerdrop_is_drawn_on_the_device_and_only_in_training(tmp_path):
 
 def test_evaluation_gives_each_clip_the_logits_ser_predict_gives_it(tiny_hubert, tmp_path):
     from transformers import HubertModel
-    from ser.data import normalize
+    from ser.audio import normalize
     torch.manual_seed(0)
     model = EmotionClassifier(HubertModel.from_pretrained(tiny_hubert), 3, use_attention_mask=False).eval()
     rng = np.random.default_rng(0)
     waves = [normalize((0.1 * rng.standard_normal(n)).astype(np.float32), True)
              for n in (8000, 15000, 16000, 17000, 30000, 9000, 40000)]
-    together = ser.train.predict_logits(model, waves, torch.device("cpu"), None, 0.0)
+    together = clip_logits(model, waves, torch.device("cpu"), None, 0.0)
     fe = study_feature_extractor()
     for wave, row in zip(waves, together):
         alone = predict.classify(model, fe, wave.numpy())  # normalising again changes nothing
@@ -288,17 +283,17 @@ def test_study_protocol_trains_on_copies_of_test_clips_and_split_csv_says_so(tin
 
 @pytest.mark.parametrize("split", ["random", "speaker"])
 def test_leak_free_protocols_never_train_on_a_held_out_clip(split):
-    from ser.data import leak_free_items, study_items
+    from ser.splits import leak_free_items, study_items
     rng = np.random.default_rng(0)
     labels = [str(x) for x in rng.choice(["a", "b", "c"], 300, p=[0.6, 0.3, 0.1])]
     speakers = [f"S{i % 12}" for i in range(300)]
     items = leak_free_items(labels, speakers, split=split, seed=0, limit=None, balance=True)
     held_out = {it.clip for k in ("val", "test") for it in items[k]}
-    assert all(it.step is None for k in ("val", "test") for it in items[k])
+    assert all(it.augmentation is None for k in ("val", "test") for it in items[k])
     assert not held_out & {it.clip for it in items["train"]}
     study = study_items(labels, seed=0, limit=None)
     assert {it.clip for it in study["test"]} & {it.clip for it in study["train"]}  # the study's protocol leaks
-    assert any(it.step is not None for it in study["test"])
+    assert any(it.augmentation is not None for it in study["test"])
 
 
 def test_ser_trains_without_audiomentations_when_nothing_is_augmented(tiny_hubert, shemo_dir, tmp_path, monkeypatch,

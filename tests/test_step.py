@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from common.batching import LengthGroupedBatches
 from common.rng import seed_everything
-from nli.data import LABELS, collate, encode, read_split
+from nli.config import Experiment
+from nli.data import LABEL_NAMES, collate, encode, read_split
 from nli.model import apply_experiment, load_classifier
 from nli.train import main as nli_main
 
@@ -25,22 +26,23 @@ def per_batch_padding(data, idx):
     return {"input_ids": data.ids[idx, :n], "token_type_ids": data.types[idx, :n], "attention_mask": mask.long()}
 
 
-@pytest.mark.parametrize("experiment", [dict(), dict(freeze=2), dict(keep=2), dict(prune=0.5)])
+@pytest.mark.parametrize("experiment", [Experiment(), Experiment(freeze=2), Experiment(keep_layers=2),
+                                        Experiment(prune_heads=0.5)], ids=lambda e: e.name)
 def test_bucketed_padding_gives_the_logits_and_loss_of_per_batch_padding(tiny_bert, farstail_dir, experiment):
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
-    model = load_classifier(str(tiny_bert), LABELS)
-    apply_experiment(model, experiment.get("keep"), experiment.get("prune"), experiment.get("freeze", 0), seed=1)
+    model = load_classifier(str(tiny_bert), LABEL_NAMES)
+    apply_experiment(model, experiment, seed=1)
     model.eval()
     idx = [3, 17, 29, 40, 5]  # lengths 12..35 word pieces: padded to 16..48, not to the longest
     bucketed = collate(data, idx, CPU, rows=8, weight=1 / len(idx))
     assert bucketed["input_ids"].shape == (8, 16 * -(-int(data.lengths[idx].max()) // 16))
     with torch.no_grad():
         plain = model(**per_batch_padding(data, idx)).logits
-        ours = model(**{k: v for k, v in bucketed.items() if k not in ("labels", "weights")}).logits
+        ours = model(**{k: v for k, v in bucketed.items() if k not in ("label_ids", "weights")}).logits
     assert torch.allclose(ours[:len(idx)], plain, atol=1e-5)  # padding is masked: fp32 noise only
-    ce = F.cross_entropy(ours, bucketed["labels"], reduction="none")
-    assert torch.allclose((ce * bucketed["weights"]).sum(), F.cross_entropy(plain, data.labels[idx]), atol=1e-6)
+    ce = F.cross_entropy(ours, bucketed["label_ids"], reduction="none")
+    assert torch.allclose((ce * bucketed["weights"]).sum(), F.cross_entropy(plain, data.label_ids[idx]), atol=1e-6)
 
 
 def test_step_function_trains_like_a_plain_loop(tiny_bert_no_dropout, farstail_dir, tmp_path):
@@ -53,7 +55,7 @@ def test_step_function_trains_like_a_plain_loop(tiny_bert_no_dropout, farstail_d
     ours = load_file(tmp_path / "run" / "model" / "model.safetensors")
 
     seed_everything(3)
-    model = load_classifier(str(tiny_bert_no_dropout), LABELS).train()
+    model = load_classifier(str(tiny_bert_no_dropout), LABEL_NAMES).train()
     data = encode(AutoTokenizer.from_pretrained(tiny_bert_no_dropout), read_split(farstail_dir / "Train-word.csv").head(30), 200)
     sampler = LengthGroupedBatches(data.lengths.tolist(), 8, seed=3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -61,7 +63,7 @@ def test_step_function_trains_like_a_plain_loop(tiny_bert_no_dropout, farstail_d
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total))
     for epoch in (1, 2):
         for batch in sampler.epoch(epoch):  # 30 pairs: the last batch of each epoch has 6
-            loss = F.cross_entropy(model(**per_batch_padding(data, batch)).logits, data.labels[batch])
+            loss = F.cross_entropy(model(**per_batch_padding(data, batch)).logits, data.label_ids[batch])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

@@ -1,0 +1,128 @@
+"""The figures of a training epoch as it runs: a progress bar, steps.csv and train.log every
+--log-every steps (the only host-device syncs of the loop), the non-finite check, and throughput
+with and without warm-up (the first WARMUP_STEPS steps of a process and graph capture)."""
+import csv
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from common.device import peak_memory_mib
+from common.distributed import all_reduce
+from common.errors import RunFailed
+
+WARMUP_STEPS = 5  # the first optimizer steps of a process, timed apart from the steady state
+STEPS_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "grad_norm", "items_per_s", "peak_memory_mib"]
+
+
+def trim_steps_csv(path: Path, before_epoch: int) -> None:
+    """Keep the rows of epochs before `before_epoch` (a resumed run redoes the rest)."""
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+class Progress:
+    """One training epoch's figures. The device's running figures are read every --log-every
+    steps and at the end (the only host-device syncs of the loop): a progress bar, a row of
+    steps.csv and a line in train.log (learning rate, loss, gradient norm, items/s, peak GPU
+    memory), and the non-finite check. The first WARMUP_STEPS steps of a process (and graph
+    capture) are timed apart, so throughput is given with and without warm-up."""
+
+    def __init__(self, steps, run, *, epoch: int, first: bool, batches: int, unit: str):
+        """`steps`: the run's Steps (common/step.py); `run`: its Run (log, output folder,
+        --log-every, processes). `first`: the first epoch this process runs (graph capture and
+        warm-up are counted in it). Under torchrun the figures are summed over the processes;
+        rank 0 shows and writes them."""
+        step = steps.step
+        self.step, self.epoch, self.batches, self.every, self.log = step, epoch, batches, run.spec.log_every, run.log
+        self.d = run.d
+        steps_csv = run.spec.out / "steps.csv"
+        if first and self.d.main:
+            trim_steps_csv(steps_csv, epoch)  # a resumed run redoes this epoch and those after it
+        self.steps_csv, self.unit = steps_csv, unit
+        self.capture = steps.capture_seconds if first else 0.0
+        self.warmup_at = WARMUP_STEPS if first and batches > WARMUP_STEPS else 0
+        self.warm = (0.0, 0, 0.0)  # seconds, items, audio at the end of warm-up
+        self.i, self.items, self.audio, self.last = 0, 0, 0.0, None
+        step.totals.zero_()
+        self.bar = tqdm(total=batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True,
+                        disable=not self.d.main)
+        self.t0 = time.perf_counter()
+        self.mark = (self.t0, 0)
+
+    def _sync(self):
+        if self.step.device.type == "cuda":
+            torch.cuda.synchronize(self.step.device)
+
+    def step_done(self, items: int, lr: float, audio: float = 0.0) -> None:
+        self.i += 1
+        self.items += items
+        self.audio += audio
+        self.bar.update()
+        if self.i == self.warmup_at:
+            self._sync()
+            self.warm = (time.perf_counter() - self.t0, self.items, self.audio)
+        if self.i % self.every == 0 or self.i == self.batches:
+            self._read(lr)
+
+    def _read(self, lr: float) -> None:
+        s = self.step
+        figures = torch.cat([s.totals, s.grad_norm[None], s.bad_step[None], s.step_no[None]])
+        all_reduce(figures[:3])  # every process's share of the loss and counts (a no-op alone)
+        all_reduce(figures[4:5], "max")  # a non-finite value on any process stops them all
+        loss_sum, correct, n, norm, bad, done = figures.tolist()  # one sync
+        if bad >= 0:
+            self.bar.close()  # end the bar's line, so the error stands on its own line
+            epoch, at = int(bad) // self.batches + 1, int(bad) % self.batches + 1
+            raise RunFailed(f"the loss or gradient norm became NaN or infinite at epoch {epoch}, step {at}; the run "
+                            "stopped and wrote no results (the checkpoint of the last finished epoch is kept). "
+                            "A smaller --lr, or a look at the data, may help")
+        now = time.perf_counter()
+        rate = (self.items - self.mark[1]) / max(now - self.mark[0], 1e-9)
+        self.mark = (now, self.items)
+        peak = peak_memory_mib(s.device)
+        row = {"epoch": self.epoch, "step": int(done), "lr": f"{lr:.6g}", "loss": round(loss_sum / max(n, 1), 6),
+               "accuracy": round(correct / max(n, 1), 6), "grad_norm": round(norm, 6),
+               "items_per_s": round(rate, 2), "peak_memory_mib": None if peak is None else round(peak, 1)}
+        self.last = (loss_sum, correct, n)
+        if not self.d.main:
+            return
+        new = not self.steps_csv.exists()
+        try:
+            with open(self.steps_csv, "a", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as e:
+            raise RunFailed(f"cannot write {self.steps_csv}: {e.strerror or e}") from None
+        self.log.file_only("step " + "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "step"))
+                           + f"  (epoch {self.epoch}, step {int(done)})")
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", **{f"{self.unit}_s": f"{rate:.1f}"})
+
+    def finish(self) -> dict:
+        """The epoch's figures: mean training loss and running accuracy over its items, seconds
+        (graph capture included), throughput with and without warm-up."""
+        self._sync()
+        seconds = time.perf_counter() - self.t0 + self.capture
+        self.bar.close()
+        loss_sum, correct, n = self.last
+        warm_s, warm_items, warm_audio = self.warm
+        warm_s += self.capture
+        steady_s = seconds - warm_s
+        out = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "seconds": seconds,
+               "items": self.items, "warmup_items": warm_items, "items_per_s": self.items / seconds,
+               "warmup_seconds": warm_s,
+               "items_per_s_steady": (self.items - warm_items) / steady_s if steady_s > 0 else None}
+        if self.audio:
+            out["audio_seconds"], out["warmup_audio"] = self.audio, warm_audio
+            out["audio_seconds_per_s"] = self.audio / seconds
+            out["audio_seconds_per_s_steady"] = (self.audio - warm_audio) / steady_s if steady_s > 0 else None
+        return out

@@ -1,0 +1,117 @@
+"""Every setting of an NLI run, in one typed block, built once from the command line.
+
+    python -m nli.train [--model NAME_OR_DIR] [--data-dir DIR] [--out DIR] [--epochs 3] [--batch-size 16]
+        [--lr 3e-5] [--max-length 200] [--seed 0] [--limit N] [--freeze N] [--keep-layers N]
+        [--prune-heads FRACTION] [--prune-by random|importance] [--importance-batches 32]
+        [--grad-accum K] [--amp auto|bf16|fp16|off] [--device auto|cpu|cuda] [--cuda-graphs auto|on|off]
+        [--log-every 50] [--resume] [--overwrite]
+
+The defaults are the study's recipe (HF Trainer's defaults). An `Experiment` is one ablation
+(keep layers, prune heads, freeze layers): its name and its flags are derived from it, here only.
+"""
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from common.spec import RunSpec, add_run_flags, check_flags, run_spec
+
+RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})  # a resume may change these
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The study's ablations, applied in one order: keep the first `keep_layers` encoder layers,
+    then remove a `prune_heads` fraction of the attention heads (chosen at random with the seed,
+    or the least important: `prune_by`), then freeze the first `freeze` layers."""
+    freeze: int = 0
+    keep_layers: int | None = None
+    prune_heads: float | None = None
+    prune_by: str = "random"
+
+    @property
+    def name(self) -> str:
+        """The experiment's name: its folder under runs/nli/ and metrics.json's `experiment`."""
+        by = "-importance" if self.prune_by == "importance" else ""
+        parts = [f"keep{self.keep_layers}" if self.keep_layers else "",
+                 f"prune{self.prune_heads:g}{by}" if self.prune_heads else "",
+                 f"freeze{self.freeze}" if self.freeze else ""]
+        return "-".join(p for p in parts if p) or "all"
+
+    @property
+    def flags(self) -> str:
+        """The nli.train flags that make it."""
+        parts = [f"--freeze {self.freeze}" if self.freeze else "",
+                 f"--keep-layers {self.keep_layers}" if self.keep_layers else "",
+                 f"--prune-heads {self.prune_heads:g}" if self.prune_heads else "",
+                 "--prune-by importance" if self.prune_by == "importance" else ""]
+        return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class NLIConfig:
+    model: str = "HooshvareLab/bert-fa-base-uncased"  # hub id or save_pretrained folder
+    data_dir: Path = Path("data/farstail")  # Train-word.csv, Val-word.csv, Test-word.csv (downloaded if missing)
+    out: Path = Path("runs/nli/all")
+    epochs: int = 3
+    batch_size: int = 16  # pairs per micro-batch
+    lr: float = 3e-5  # peak learning rate, decaying linearly to 0, no warm-up
+    max_length: int = 200  # word pieces per pair, special tokens included
+    seed: int = 0  # data order, dropout, head choice, initialisation
+    limit: int | None = None  # keep the first N rows of each split
+    experiment: Experiment = field(default_factory=Experiment)
+    importance_batches: int = 32  # training batches head importance is computed on
+    grad_accum: int = 1  # micro-batches per optimizer step
+    amp: str = "auto"
+    device: str = "auto"
+    cuda_graphs: str = "auto"
+    log_every: int = 50  # read loss, gradient norm and memory every N steps
+    resume: bool = False
+    overwrite: bool = False
+
+    def record(self) -> dict:
+        """The command line as config.json records it: one key per flag, in the flags' order."""
+        values = asdict(self)
+        experiment = values.pop("experiment")
+        keys = ["model", "data_dir", "out", "epochs", "batch_size", "lr", "max_length", "seed", "limit"]
+        return {**{k: values.pop(k) for k in keys}, **experiment, **values}
+
+    def run_spec(self) -> RunSpec:
+        return run_spec("nli.train", self, RESUME_FREE)
+
+
+def parse_args(argv=None) -> NLIConfig:
+    d = NLIConfig()
+    p = argparse.ArgumentParser(prog="python -m nli.train", description="Fine-tune ParsBERT on FarsTail.")
+    p.add_argument("--model", default=d.model, help="hub id or save_pretrained folder")
+    p.add_argument("--data-dir", type=Path, default=d.data_dir,
+                   help="folder with Train-word.csv, Val-word.csv, Test-word.csv (downloaded if missing)")
+    p.add_argument("--out", type=Path, default=d.out, help="output folder")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per micro-batch")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (linear decay to 0, no warm-up)")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help="word pieces per pair, special tokens included")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes data order, dropout, head choice, initialisation")
+    p.add_argument("--limit", type=int, help="keep the first N rows of each split (quick runs)")
+    p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder layers")
+    p.add_argument("--keep-layers", type=int, help="keep only the first N encoder layers")
+    p.add_argument("--prune-heads", type=float, help="remove this fraction of all attention heads")
+    p.add_argument("--prune-by", choices=["random", "importance"], default="random",
+                   help="which heads --prune-heads removes: drawn at random with the seed, or the least important")
+    p.add_argument("--importance-batches", type=int, default=d.importance_batches,
+                   help="training batches (of --batch-size) that head importance is computed on")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    add_run_flags(p)
+    a = p.parse_args(argv)
+    check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "max_length",
+                                                                "limit", "keep_layers", "log_every",
+                                                                "importance_batches")})
+    if a.freeze < 0:
+        p.error("--freeze must be 0 or more")
+    if a.prune_heads is not None and not 0 < a.prune_heads < 1:  # (also refuses nan and 0)
+        p.error(f"--prune-heads {a.prune_heads}: give a fraction of the heads between 0 and 1, like 0.5")
+    if a.prune_by == "importance" and not a.prune_heads:
+        p.error("--prune-by importance chooses the heads that --prune-heads removes; give --prune-heads too")
+    experiment = Experiment(a.freeze, a.keep_layers, a.prune_heads, a.prune_by)
+    flat = {k: v for k, v in vars(a).items() if k not in ("freeze", "keep_layers", "prune_heads", "prune_by")}
+    return NLIConfig(**flat, experiment=experiment)

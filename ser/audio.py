@@ -1,0 +1,172 @@
+"""Audio, as every part of the SER pipeline sees it: read as 16 kHz mono float32 (channels
+averaged, resampled with torchaudio), checked (not empty, silent, NaN or absurd), padded to at
+least MIN_SECONDS and cut to at most MAX_SECONDS, normalised per clip as the feature extractor
+says; and the augmented copies that balance classes (pitch shift, then time stretch, with
+audiomentations), computed once into a content-keyed cache.
+
+audiomentations is imported only when a copy is made, so a run without copies (--no-balance,
+or classes already even) needs none of it.
+"""
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.errors import UserError
+from common.files import atomic_write
+from common.run import package_version
+from ser.splits import PITCH_SEMITONES, STRETCH_RATE, Augmentation
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
+MAX_SECONDS = 60.0  # longer clips are cut to their first 60 s (a 10-minute clip would need tens of GB)
+SILENCE = 1e-4  # a clip whose every sample is below this in magnitude is treated as silent
+LOUDEST = 100.0  # audio read as float lies within about ±1; samples beyond this are not audio
+
+
+def sample_problem(wave: np.ndarray) -> str | None:
+    """What makes these samples unusable for a model (None: nothing): none at all, NaN or
+    infinite ones, absurdly large ones, or silence. Details follow in parentheses."""
+    if wave.size == 0:
+        return "is empty"
+    if not np.isfinite(wave).all():
+        return "holds NaN or infinite samples"
+    peak = float(np.abs(wave).max())
+    if peak > LOUDEST:
+        return f"holds absurdly large samples (peak {peak:.3g}; audio read as float lies within about ±1)"
+    if peak < SILENCE:
+        return f"is silent (every sample below {SILENCE})"
+    return None
+
+
+def check_samples(wave: np.ndarray, path) -> None:
+    """ValueError naming the file unless its samples are usable (sample_problem)."""
+    problem = sample_problem(wave)
+    if problem:
+        raise ValueError(f"{path} {problem}")
+
+
+def read_audio(path: Path) -> np.ndarray:
+    """A file as 16 kHz mono float32: channels averaged, resampled with torchaudio. Raises
+    ValueError (unreadable, empty, silent, or holding NaN, infinite or absurdly large samples),
+    naming the file, so the caller decides between skipping and stopping."""
+    import soundfile as sf
+    from torchaudio.functional import resample
+    try:
+        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for missing, corrupt or unknown files
+        raise ValueError(f"cannot read {path}: {e}") from None
+    check_samples(wave, path)
+    wave = wave.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        wave = resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def pad_short(wave: np.ndarray) -> np.ndarray:
+    """Zero-pad a clip shorter than MIN_SECONDS up to it (training and prediction alike)."""
+    short = int(MIN_SECONDS * SAMPLE_RATE) - len(wave)
+    return np.pad(wave, (0, short)) if short > 0 else wave
+
+
+def crop_long(wave: np.ndarray) -> np.ndarray:
+    """The first MAX_SECONDS of a longer clip (training, evaluation and prediction alike)."""
+    return wave[:int(MAX_SECONDS * SAMPLE_RATE)]
+
+
+def normalize(wave: np.ndarray, do_normalize: bool) -> torch.Tensor:
+    """Zero mean, unit variance per clip (Wav2Vec2FeatureExtractor's formula) when the feature
+    extractor asks for it; done once per clip, before any padding, not per batch."""
+    x = torch.from_numpy(wave)
+    if do_normalize:
+        x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+    return x
+
+
+AUGMENT_METHODS = {"librosa": "librosa_phase_vocoder", "signalsmith": "signalsmith_stretch"}
+
+
+def augment(wave: np.ndarray, draw: Augmentation, method: str = "librosa") -> np.ndarray:
+    """Pitch shift then time stretch (which changes the length), both always applied, with
+    audiomentations' `method` backend (librosa's phase vocoder, as the study used librosa, or
+    signalsmith_stretch, audiomentations' own default)."""
+    from audiomentations import PitchShift, TimeStretch
+    backend = AUGMENT_METHODS[method]
+    out = PitchShift(min_semitones=draw.semitones, max_semitones=draw.semitones, method=backend, p=1.0)(
+        wave, SAMPLE_RATE)
+    out = TimeStretch(min_rate=draw.rate, max_rate=draw.rate, leave_length_unchanged=False, method=backend, p=1.0)(
+        out, SAMPLE_RATE)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def augmentation_settings(method: str) -> dict:
+    """What defines an augmented copy besides its source and drawn parameters (config.json, cache
+    key). Read without importing audiomentations, which is needed only when copies are made."""
+    return {"method": AUGMENT_METHODS[method], "pitch_semitones": list(PITCH_SEMITONES),
+            "stretch_rate": list(STRETCH_RATE), "audiomentations": package_version("audiomentations"),
+            "sample_rate": SAMPLE_RATE}
+
+
+def cache_key(wave: np.ndarray, draw: Augmentation, settings: dict) -> str:
+    """Names an augmented clip by its source audio's content, the augmentation's parameters and
+    settings (method, ranges, audiomentations version), so a change of data, seed or settings
+    never reuses a stale file."""
+    h = hashlib.sha256(wave.tobytes())
+    h.update(json.dumps({"semitones": draw.semitones, "rate": draw.rate, **settings, "v": 2},
+                        sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def augmented_copies(waves: list[np.ndarray], plan: list[tuple[int, Augmentation]], cache_dir: Path,
+                     method: str = "librosa", log=print) -> list[np.ndarray]:
+    """Compute each planned copy ((index of its source in waves, draw)) once and keep it in
+    cache_dir (.npy, written atomically). A cached file that does not load or holds no usable audio (truncated,
+    empty, NaN) is named in the log and computed again. Each copy is cut to MAX_SECONDS."""
+    from tqdm import tqdm
+    if not plan:
+        return []
+    settings = augmentation_settings(method)
+    if settings["audiomentations"] == "not installed":
+        raise UserError("balancing needs audiomentations (pip install -r requirements.txt); or train without "
+                        "copies: --no-balance")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--cache-dir {cache_dir}: cannot create it ({e.strerror or e})") from None
+    out = []
+    for source, draw in tqdm(plan, desc="balancing (augmenting)", unit="clip", dynamic_ncols=True):
+        src = waves[source]
+        path = cache_dir / f"{cache_key(src, draw, settings)}.npy"
+        if path.exists():
+            wave, why = _load_cached(path)
+            if wave is not None:
+                out.append(crop_long(wave))
+                continue
+            log(f"warning: cached copy {path} is damaged ({why}); computing it again")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wave = augment(src, draw, method)
+        atomic_write(path, lambda tmp, wave=wave: _save_npy(tmp, wave))
+        out.append(crop_long(wave))
+    return out
+
+
+def _load_cached(path: Path) -> tuple[np.ndarray | None, str]:
+    """(the cached copy, "") or (None, why it cannot be used)."""
+    try:
+        wave = np.load(path)
+    except Exception as e:  # truncated or empty files raise several types
+        return None, f"unreadable: {type(e).__name__}"
+    if wave.ndim != 1 or wave.dtype != np.float32 or wave.size == 0:
+        return None, f"shape {wave.shape}, {wave.dtype}"
+    if not np.isfinite(wave).all():
+        return None, "NaN or infinite samples"
+    return wave, ""
+
+
+def _save_npy(path: Path, wave: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, wave)

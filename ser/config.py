@@ -1,0 +1,98 @@
+"""Every setting of a SER run, in one typed block, built once from the command line.
+
+    python -m ser.train [--model NAME_OR_DIR] [--feature-extractor NAME_OR_DIR] (--data-dir DIR | --manifest CSV)
+        [--out DIR] [--epochs 5] [--batch-size 2] [--lr 5e-6] [--seed 0] [--limit N]
+        [--protocol leak-free|study] [--split random|speaker] [--no-balance] [--augment-method librosa|signalsmith]
+        [--cache-dir DIR] [--strict] [--freeze-feature-encoder] [--grad-accum K] [--amp ...] [--device ...]
+        [--cuda-graphs ...] [--log-every 50] [--resume] [--overwrite]
+
+The defaults are the study's recipe (batch 2, 5 epochs, lr 5e-6). The protocol (--protocol,
+--split, --no-balance) is one object, ser/splits.py's `Protocol`.
+"""
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from common.spec import RunSpec, add_run_flags, check_flags, run_spec
+from ser.splits import Protocol
+
+RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})  # a resume may change these
+
+
+@dataclass(frozen=True)
+class SERConfig:
+    model: str = "facebook/hubert-base-ls960"  # hub id or save_pretrained folder
+    feature_extractor: str | None = None  # default: the model's own, else the study's settings
+    data_dir: Path | None = None  # ShEMO (*.wav named like F01A01.wav, any sub-folders)
+    manifest: Path | None = None  # or a CSV path,label[,speaker]
+    out: Path = Path("runs/ser/leak-free-random/seed0")
+    epochs: int = 5
+    batch_size: int = 2  # clips per micro-batch
+    lr: float = 5e-6  # constant
+    seed: int = 0  # split, augmentation, batch order, initialisation, LayerDrop and SpecAugment draws
+    limit: int | None = None  # a stratified sample of N clips of each split
+    protocol: Protocol = field(default_factory=Protocol)
+    augment_method: str = "librosa"  # audiomentations' backend for pitch shift and time stretch
+    cache_dir: Path | None = None  # augmented clips (default: OUT/cache)
+    strict: bool = False  # an unreadable, empty or silent file is an error
+    freeze_feature_encoder: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step
+    amp: str = "auto"
+    device: str = "auto"
+    cuda_graphs: str = "auto"
+    log_every: int = 50
+    resume: bool = False
+    overwrite: bool = False
+
+    def record(self) -> dict:
+        """The command line as config.json records it: one key per flag, in the flags' order."""
+        values = asdict(self)
+        protocol = values.pop("protocol")
+        keys = ["model", "feature_extractor", "data_dir", "manifest", "out", "epochs", "batch_size", "lr", "seed",
+                "limit"]
+        return {**{k: values.pop(k) for k in keys}, "protocol": protocol["kind"], "split": protocol["split"],
+                "no_balance": not protocol["balance"], **values}
+
+    def run_spec(self) -> RunSpec:
+        return run_spec("ser.train", self, RESUME_FREE)
+
+
+def parse_args(argv=None) -> SERConfig:
+    d = SERConfig()
+    p = argparse.ArgumentParser(prog="python -m ser.train", description="Fine-tune HuBERT for speech emotions.")
+    p.add_argument("--model", default=d.model, help="hub id or save_pretrained folder")
+    p.add_argument("--feature-extractor", help="hub id or folder of the feature extractor (default: the model's, "
+                   "else the study's: 16 kHz, per-clip normalisation, no attention mask)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", type=Path, help="ShEMO folder (*.wav named like F01A01.wav, any sub-folders)")
+    src.add_argument("--manifest", type=Path, help="CSV path,label[,speaker]; paths relative to the CSV")
+    p.add_argument("--out", type=Path, default=d.out, help="output folder")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the (balanced) training split")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per micro-batch")
+    p.add_argument("--lr", type=float, default=d.lr, help="constant learning rate")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes split, augmentation, batch order, initialisation")
+    p.add_argument("--limit", type=int, help="keep a stratified sample of N clips of each split (quick runs)")
+    p.add_argument("--protocol", choices=["leak-free", "study"], default="leak-free",
+                   help="leak-free: split, then balance the training split; study: balance the whole corpus, "
+                        "then split at random (as the study did)")
+    p.add_argument("--split", choices=["random", "speaker"], default="random",
+                   help="leak-free protocol: random (stratified 80/10/10) or speaker (no speaker in two splits)")
+    p.add_argument("--no-balance", action="store_true", help="leak-free protocol: do not augment the training split")
+    p.add_argument("--augment-method", choices=["librosa", "signalsmith"], default=d.augment_method,
+                   help="audiomentations backend for pitch shift and time stretch (librosa: phase vocoder)")
+    p.add_argument("--cache-dir", type=Path, help="augmented clips cache (default: OUT/cache)")
+    p.add_argument("--strict", action="store_true", help="an unreadable, empty or silent file is an error")
+    p.add_argument("--freeze-feature-encoder", action="store_true", help="freeze HuBERT's convolutional front end")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    add_run_flags(p)
+    a = p.parse_args(argv)
+    if a.data_dir is None and a.manifest is None:
+        p.error("give --data-dir (ShEMO) or --manifest CSV")
+    if a.protocol == "study" and (a.split != "random" or a.no_balance):
+        p.error("--protocol study balances the whole corpus and splits it at random; --split speaker and "
+                "--no-balance belong to --protocol leak-free")
+    check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "limit",
+                                                                "log_every")})
+    protocol = Protocol(a.protocol, a.split, not a.no_balance)
+    flat = {k: v for k, v in vars(a).items() if k not in ("protocol", "split", "no_balance")}
+    return SERConfig(**flat, protocol=protocol)

@@ -1,0 +1,225 @@
+"""Which item goes where: the splits (stratified random, by speaker, the study's), the balance
+plan (the augmented copies that even the classes), and the protocols that combine them, each one
+structured object (`Protocol`) that the command line, the data code, the report and the summary
+all read. split.csv records the outcome.
+
+Splitting comes first in our protocols: augmenting before the split (as the study did) lets
+copies of a test clip into training and inflates test accuracy. The study's protocol is kept
+beside them, run the same way, so the two can be compared on the same data.
+"""
+import csv
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from common.files import atomic_write
+
+# Balancing: every augmented copy gets a pitch shift and a time stretch (ser/audio.py), with
+# parameters drawn from these ranges (ours: the study gives none).
+PITCH_SEMITONES = (-2.0, 2.0)
+STRETCH_RATE = (0.85, 1.15)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One augmented copy's draw: a pitch shift in semitones, then a time stretch by `rate`."""
+    semitones: float
+    rate: float
+
+
+@dataclass(frozen=True)
+class Item:
+    """One example: clip number `clip` of the corpus as read, or (with `augmentation`) an
+    augmented copy of it."""
+    clip: int
+    augmentation: Augmentation | None = None
+
+
+def split_random(label_names: list[str], seed: int) -> dict[str, list[int]]:
+    """Stratified 80/10/10: within each class, a seeded shuffle, then 10% test, 10% validation
+    (at least one clip each), the rest training."""
+    rng = random.Random(seed)
+    out = {"train": [], "val": [], "test": []}
+    for label in sorted(set(label_names)):
+        idx = [i for i, y in enumerate(label_names) if y == label]
+        if len(idx) < 3:
+            raise UserError(f"class {label!r} has {len(idx)} clip(s); at least 3 are needed to split 80/10/10")
+        rng.shuffle(idx)
+        n = max(1, round(0.1 * len(idx)))
+        out["test"] += idx[:n]
+        out["val"] += idx[n:2 * n]
+        out["train"] += idx[2 * n:]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def split_by_speaker(label_names: list[str], speakers: list[str | None], seed: int) -> dict[str, list[int]]:
+    """No speaker in two splits. Speakers, largest first (ties in seeded order), each go to the
+    split whose per-class targets (80/10/10 of each class) they fill best, so classes are as
+    even across splits as the speakers allow."""
+    if any(s is None for s in speakers):
+        raise UserError("--split speaker needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
+    names = sorted(set(speakers))
+    if len(names) < 3:
+        raise UserError(f"--split speaker needs at least 3 speakers, found {len(names)}")
+    classes = sorted(set(label_names))
+    count = {s: {c: 0 for c in classes} for s in names}
+    for y, s in zip(label_names, speakers):
+        count[s][y] += 1
+    total = {c: sum(count[s][c] for s in names) for c in classes}
+    frac = {"train": 0.8, "val": 0.1, "test": 0.1}
+    have = {k: {c: 0 for c in classes} for k in frac}
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    names.sort(key=lambda s: -sum(count[s].values()))
+    assign = {}
+    for s in names:
+        # an empty split takes the next speaker; otherwise the split with the most unmet need for this speaker's classes
+        empty = [k for k in ("test", "val") if not any(have[k].values())]
+        best = empty[0] if empty else max(frac, key=lambda k: sum(
+            count[s][c] * (frac[k] * total[c] - have[k][c]) / max(total[c], 1) for c in classes))
+        assign[s] = best
+        for c in classes:
+            have[best][c] += count[s][c]
+    out = {k: [i for i, s in enumerate(speakers) if assign[s] == k] for k in frac}
+    return out
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the corpus becomes training, validation and test items (--protocol, --split,
+    --no-balance):
+    - `study`: as the study did, the whole corpus is balanced with augmented copies, then every item
+      is split at random (scikit-learn's train_test_split 0.2 then 0.5, not stratified), so copies
+      of validation and test clips are trained on;
+    - `leak-free`: the clips are split first (`split` random: stratified 80/10/10; speaker: no
+      speaker in two splits), then the training split alone is balanced (unless not `balance`),
+      so no copy of a validation or test clip is trained on."""
+    kind: str = "leak-free"
+    split: str = "random"
+    balance: bool = True
+
+    @property
+    def name(self) -> str:
+        """Its folder under runs/ser/ and metrics.json's `experiment`."""
+        if self.kind == "study":
+            return "study"
+        return f"leak-free-{self.split}" + ("" if self.balance else "-no-balance")
+
+    @property
+    def flags(self) -> str:
+        """The ser.train flags that make it."""
+        if self.kind == "study":
+            return "--protocol study"
+        return f"--protocol leak-free --split {self.split}" + ("" if self.balance else " --no-balance")
+
+    @property
+    def description(self) -> str:
+        """metrics.json's `protocol`: what the split and the balancing were."""
+        if self.kind == "study":
+            return ("study: whole corpus balanced by pitch-shift/time-stretch copies, then a random 80/10/10 split "
+                    "(not stratified); augmented copies in every split")
+        return (f"leak-free: {'stratified random' if self.split == 'random' else 'speaker-independent'} 80/10/10 "
+                "split, then " + ("the training split balanced by pitch-shift/time-stretch copies" if self.balance
+                                  else "no balancing") + "; validation and test hold original clips only")
+
+    @property
+    def what(self) -> str:
+        """The summary's words for it, beside the study's own figures."""
+        if self.kind == "study":
+            return ("the study's: the whole corpus balanced by augmentation, then split 80/10/10 at random (not "
+                    "stratified); copies of validation and test clips can be trained on, and the test split holds "
+                    "copies")
+        if self.split == "random":
+            return ("ours: a stratified random 80/10/10 split first, then the training split alone balanced; "
+                    "speakers are shared between splits, as in the study")
+        return "ours: no speaker in two splits, then the training split alone balanced"
+
+    def items(self, label_names: list[str], speakers: list, seed: int, limit: int | None) -> dict[str, list[Item]]:
+        """Each split's items (`label_names`, `speakers`: of every clip read); --limit keeps a
+        stratified N of each split."""
+        if self.kind == "study":
+            return study_items(label_names, seed=seed, limit=limit)
+        return leak_free_items(label_names, speakers, split=self.split, seed=seed, limit=limit, balance=self.balance)
+
+
+def stratified_head(idx: list, label_of, n: int | None, seed: int) -> list:
+    """A stratified sample of n of idx (--limit), in idx's order: each class keeps its share, at
+    least one element. `label_of(x)` gives an element's label."""
+    if n is None or n >= len(idx):
+        return idx
+    rng = random.Random(seed)
+    by: dict[str, list[int]] = {}
+    for pos, x in enumerate(idx):
+        by.setdefault(label_of(x), []).append(pos)
+    keep = []
+    for _, members in sorted(by.items()):
+        rng.shuffle(members)
+        keep += members[:max(1, round(n * len(members) / len(idx)))]
+    return [idx[p] for p in sorted(keep)]
+
+
+def balance_plan(label_names: list[str], seed: int) -> list[tuple[int, Augmentation]]:
+    """The augmented copies that bring every class up to the largest class's count: (source, draw)
+    pairs, the source an index into label_names, taken from the class's own clips in turn, each
+    copy with its own seeded pitch shift and stretch rate."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(label_names):
+        by_class.setdefault(y, []).append(i)
+    target = max(len(v) for v in by_class.values())
+    plan = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        for k in range(target - len(members)):
+            plan.append((members[k % len(members)], Augmentation(rng.uniform(*PITCH_SEMITONES),
+                                                                 rng.uniform(*STRETCH_RATE))))
+    return plan
+
+
+def leak_free_items(label_names: list[str], speakers: list, *, split: str, seed: int, limit: int | None,
+                    balance: bool) -> dict[str, list[Item]]:
+    """Ours: split the clips first (stratified random, or by speaker), keep --limit of each split,
+    then add augmented copies of training clips only, so no copy of a validation or test clip is
+    ever trained on."""
+    parts = split_random(label_names, seed) if split == "random" else split_by_speaker(label_names, speakers, seed)
+    parts = {k: stratified_head(v, label_names.__getitem__, limit, seed) for k, v in parts.items()}
+    items = {k: [Item(i) for i in v] for k, v in parts.items()}
+    if balance:
+        train = parts["train"]
+        items["train"] += [Item(train[s], draw) for s, draw in balance_plan([label_names[i] for i in train], seed)]
+    return items
+
+
+def study_items(label_names: list[str], *, seed: int, limit: int | None) -> dict[str, list[Item]]:
+    """The study's: balance the whole corpus with augmented copies up to the largest class, then
+    split every item at random (scikit-learn's train_test_split, test_size 0.2 then 0.5, not
+    stratified, random_state = --seed). Copies of a validation or test clip can land in training,
+    and the test split holds copies too."""
+    from sklearn.model_selection import train_test_split
+    pool = [Item(i) for i in range(len(label_names))] + [Item(s, draw) for s, draw in balance_plan(label_names, seed)]
+    train, rest = train_test_split(pool, test_size=0.2, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.5, random_state=seed)
+    label_of = lambda item: label_names[item.clip]  # noqa: E731
+    return {k: stratified_head(v, label_of, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
+
+
+def write_split_csv(path: Path, clips: list, items: dict[str, list[Item]]) -> None:
+    """Every item's split, source file and augmentation, and which other splits hold the same
+    source clip (as itself or as a copy): the record that shows whether a validation or test
+    clip reached training. (`clips`: the corpus's clips, ser/data.py.)"""
+    where: dict[int, set] = {}
+    for name, its in items.items():
+        for it in its:
+            where.setdefault(it.clip, set()).add(name)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["split", "label", "speaker", "path", "augmentation", "source_also_in"])
+    for name, its in items.items():
+        for it in its:
+            clip, aug = clips[it.clip], it.augmentation
+            described = "" if aug is None else f"pitch {aug.semitones:+.2f} semitones, stretch x{aug.rate:.3f}"
+            w.writerow([name, clip.label, clip.speaker or "", clip.path, described,
+                        ";".join(sorted(where[it.clip] - {name}))])
+    atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))
