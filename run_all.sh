@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce every table of the study: the NLI experiments and SER under three protocols, then summary.md.
+# Run the study's experiments: its NLI table (five ablations, its pruning as weight masking, and ours beside
+# them) and its SER result under its protocol and two leak-free ones, then summary.md. The study's figures
+# need its pretrained ParsBERT and HuBERT (hub ids by default; offline, pass folders); --smoke uses tiny models.
 #
 #   bash run_all.sh                      # the real study (needs ShEMO: --shemo DIR or SHEMO_DIR)
 #   bash run_all.sh --smoke              # every experiment end to end, offline, tiny models, minutes on a CPU
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --ser-protocols) ser_protocols=$(value "$1" "${2:-}" "a comma-separated list") || exit 2; shift ;;
     --gpus) ids=$(value "$1" "${2:-}" "GPU ids, like 0,1,2,3") || exit 2; IFS=, read -ra gpus <<< "$ids"; shift ;;
     --slots) slots=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) usage "unknown option $1" ;;
   esac
   shift
@@ -79,11 +81,12 @@ if [ $smoke = 1 ]; then
   inputs="$out/inputs"
   if [ ! -e "$inputs/done" ]; then
     echo "== building tiny models and generated data in $inputs"
-    "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 240 80 80
+    "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 160 80 80
     "$py" -m ser.synthetic --data "$inputs/shemo" --model "$inputs/tiny-hubert" --per-class 8 --uneven
     touch "$inputs/done"
   fi
-  nli_args=(--model "$inputs/tiny-bert" --data-dir "$inputs/farstail" --epochs 4 --lr 3e-3)
+  # (Trainer logs its loss every 500 steps; the 20 steps of a smoke run are logged every 5)
+  nli_args=(--model "$inputs/tiny-bert" --data-dir "$inputs/farstail" --epochs 2 --lr 3e-3 --trainer-logging-steps 5)
   curve_args=(--data-dir "$inputs/farstail" --importance-batches 4 --fractions 0.2,0.4,0.6 --seeds 2)
   ser_args=(--model "$inputs/tiny-hubert" --data-dir "$inputs/shemo" --epochs 2 --lr 1e-3)
 else

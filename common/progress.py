@@ -117,7 +117,10 @@ class Progress:
         warm_s, warm_items, warm_audio = self.warm
         warm_s += self.capture
         steady_s = seconds - warm_s
-        out = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "seconds": seconds,
+        first = (self.epoch - 1) * self.batches  # each optimizer step's mean loss (as Trainer's logging averages them)
+        losses = all_reduce(self.step.step_losses[first:first + self.batches].clone()) / self.d.world
+        out = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "step_losses": losses.tolist(),
+               "seconds": seconds,
                "items": self.items, "warmup_items": warm_items, "items_per_s": self.items / seconds,
                "warmup_seconds": warm_s,
                "items_per_s_steady": (self.items - warm_items) / steady_s if steady_s > 0 else None}

@@ -58,6 +58,14 @@ def speed_record(history: list[dict], graphs: dict) -> dict:
     return rec
 
 
+def logged_like_trainer(step_losses: list[float], every: int) -> list[dict]:
+    """The training loss as HF Trainer logs it with logging_steps=`every` (its default 500): at
+    steps every, 2·every, ..., the mean of the per-step losses since the previous log. A run of
+    fewer than `every` steps logs nothing."""
+    return [{"steps": f"{end - every + 1}-{end}", "loss": sum(step_losses[end - every:end]) / every}
+            for end in range(every, len(step_losses) + 1, every)]
+
+
 def summary_only(split: dict) -> dict:
     """A split's figures without what is kept only for the report (per-item predictions)."""
     return {k: v for k, v in split.items() if k not in KEPT_FOR_THE_REPORT}

@@ -15,8 +15,8 @@ captured as CUDA graphs:
 - Inputs come padded to a few fixed lengths (buckets), so there are few shapes.
 - The learning rate lives in a device tensor when graphs are on (`set_lr` fills it).
 - Running figures (loss sum, correct count, items, last gradient norm, the first step whose loss
-  or gradient norm was not finite) stay on the device; `Progress` (common/progress.py) reads
-  them every --log-every steps.
+  or gradient norm was not finite, and each optimizer step's mean loss) stay on the device;
+  `Progress` (common/progress.py) reads them every --log-every steps and at each epoch's end.
 
 `Steps` runs a `TrainStep` eagerly or, after `capture`, replays one CUDA graph per input shape
 for the micro-step and one for the update (about 800 kernel launches per step become one
@@ -68,9 +68,16 @@ class TrainStep:
         self.bad_step = torch.full((), -1.0, device=device)  # first step with a non-finite loss or norm
         self.step_no = torch.zeros((), device=device)  # optimizer steps done in this run
         self.bad_now = torch.zeros((), dtype=torch.bool, device=device)
+        self.step_loss = torch.zeros((), device=device)  # this step's mean loss, summed over its micro-batches
+        self.step_losses = torch.zeros(1, device=device)  # per optimizer step (keep_step_losses sizes it)
+
+    def keep_step_losses(self, steps: int) -> None:
+        """Keep each optimizer step's mean loss, as HF Trainer's logging averages them."""
+        self.step_losses = torch.zeros(steps, device=self.device)
 
     def counters(self) -> list[torch.Tensor]:
-        return [self.totals, self.grad_norm, self.bad_step, self.step_no, self.bad_now]
+        return [self.totals, self.grad_norm, self.bad_step, self.step_no, self.bad_now, self.step_loss,
+                self.step_losses]
 
     def micro(self, batch: dict) -> None:
         with autocast(self.device, self.dtype):
@@ -78,6 +85,7 @@ class TrainStep:
         ce = F.cross_entropy(logits.float(), batch["label_ids"], reduction="none")
         loss = (ce * batch["weights"]).sum()
         self.scaler.scale(loss).backward()
+        self.step_loss += loss.detach()
         real = batch["weights"] > 0
         ce_real = torch.where(real, ce.detach(), 0.0).sum()
         correct = ((logits.detach().argmax(-1) == batch["label_ids"]) & real).sum()
@@ -95,6 +103,9 @@ class TrainStep:
         bad = self.bad_now if self.scaler.is_enabled() else self.bad_now | ~torch.isfinite(norm)
         self.bad_step.copy_(torch.where((self.bad_step < 0) & bad, self.step_no, self.bad_step))
         self.bad_now.zero_()
+        at = self.step_no.long().clamp(max=len(self.step_losses) - 1).view(1)
+        self.step_losses.index_copy_(0, at, self.step_loss.view(1))
+        self.step_loss.zero_()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=False)  # the same gradient tensors every step (graphs need them)
@@ -356,6 +367,7 @@ class Training:
         self.start, self.history, self.evals = self.checkpoint.restore(run.log)
         follow_graph_mode(self.optimizer, run.graphs, device)  # (a checkpoint brings back its own mode)
         step = TrainStep(forward(self.ddp), trainable, self.optimizer, scaler, device, dtype, recipe.clip)
+        step.keep_step_losses(recipe.total_steps)
         step.step_no.fill_((self.start - 1) * recipe.steps_per_epoch)
         self.steps = Steps(step)
         if run.graphs and self.start <= recipe.epochs:

@@ -80,14 +80,16 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
     return missing
 
 
-def list_main(program: str, description: str, rows: list, argv=None) -> None:
+def list_main(program: str, description: str, rows: list, differences: list[str], argv=None) -> None:
     """`python -m nli.study --list` (or ser.study): one line per experiment, name<TAB>flags, as
-    run_all.sh reads them."""
+    run_all.sh reads them; without --list, every difference from the study, one per paragraph."""
     p = argparse.ArgumentParser(prog=f"python -m {program}", description=description)
     p.add_argument("--list", action="store_true", help="print name<TAB>flags for each experiment")
     if p.parse_args(argv).list:
         for row in rows:
             print(f"{row.name}\t{row.flags}")
+        return
+    print("\n\n".join(f"- {line}" for line in differences))
 
 
 def main(argv=None):

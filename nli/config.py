@@ -15,14 +15,16 @@ from pathlib import Path
 
 from common.spec import RunSpec, add_run_flags, check_flags, run_spec
 
-RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})  # a resume may change these
+RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every", "trainer_logging_steps"})
 
 
 @dataclass(frozen=True)
 class Experiment:
     """The study's ablations, applied in one order: keep the first `keep_layers` encoder layers,
     then remove a `prune_heads` fraction of the attention heads (chosen at random with the seed,
-    or the least important: `prune_by`), then freeze the first `freeze` layers."""
+    or the least important: `prune_by`) or, with `prune_by` "masking", mask that fraction of the
+    entries of every attention weight at random as the study did (no head removed), then freeze
+    the first `freeze` layers."""
     freeze: int = 0
     keep_layers: int | None = None
     prune_heads: float | None = None
@@ -31,7 +33,7 @@ class Experiment:
     @property
     def name(self) -> str:
         """The experiment's name: its folder under runs/nli/ and metrics.json's `experiment`."""
-        by = "-importance" if self.prune_by == "importance" else ""
+        by = "" if self.prune_by == "random" else f"-{self.prune_by}"
         parts = [f"keep{self.keep_layers}" if self.keep_layers else "",
                  f"prune{self.prune_heads:g}{by}" if self.prune_heads else "",
                  f"freeze{self.freeze}" if self.freeze else ""]
@@ -43,7 +45,7 @@ class Experiment:
         parts = [f"--freeze {self.freeze}" if self.freeze else "",
                  f"--keep-layers {self.keep_layers}" if self.keep_layers else "",
                  f"--prune-heads {self.prune_heads:g}" if self.prune_heads else "",
-                 "--prune-by importance" if self.prune_by == "importance" else ""]
+                 f"--prune-by {self.prune_by}" if self.prune_by != "random" else ""]
         return " ".join(p for p in parts if p)
 
 
@@ -60,6 +62,7 @@ class NLIConfig:
     limit: int | None = None  # keep the first N rows of each split
     experiment: Experiment = field(default_factory=Experiment)
     importance_batches: int = 32  # training batches head importance is computed on
+    trainer_logging_steps: int = 500  # the training loss is also reported as HF Trainer logs it, every N steps
     grad_accum: int = 1  # micro-batches per optimizer step
     amp: str = "auto"
     device: str = "auto"
@@ -96,22 +99,27 @@ def parse_args(argv=None) -> NLIConfig:
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder layers")
     p.add_argument("--keep-layers", type=int, help="keep only the first N encoder layers")
     p.add_argument("--prune-heads", type=float, help="remove this fraction of all attention heads")
-    p.add_argument("--prune-by", choices=["random", "importance"], default="random",
-                   help="which heads --prune-heads removes: drawn at random with the seed, or the least important")
+    p.add_argument("--prune-by", choices=["random", "importance", "masking"], default="random",
+                   help="which heads --prune-heads removes: drawn at random with the seed, or the least important; "
+                        "masking: remove none, mask that fraction of every attention weight's entries at random with "
+                        "torch.nn.utils.prune, as the study did")
     p.add_argument("--importance-batches", type=int, default=d.importance_batches,
                    help="training batches (of --batch-size) that head importance is computed on")
+    p.add_argument("--trainer-logging-steps", type=int, default=d.trainer_logging_steps,
+                   help="also report the training loss as HF Trainer logs it: the mean over each N steps (Trainer's "
+                        "logging_steps, 500 by default, as in the study)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     add_run_flags(p)
     a = p.parse_args(argv)
     check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "max_length",
                                                                 "limit", "keep_layers", "log_every",
-                                                                "importance_batches")})
+                                                                "importance_batches", "trainer_logging_steps")})
     if a.freeze < 0:
         p.error("--freeze must be 0 or more")
     if a.prune_heads is not None and not 0 < a.prune_heads < 1:  # (also refuses nan and 0)
         p.error(f"--prune-heads {a.prune_heads}: give a fraction of the heads between 0 and 1, like 0.5")
-    if a.prune_by == "importance" and not a.prune_heads:
-        p.error("--prune-by importance chooses the heads that --prune-heads removes; give --prune-heads too")
+    if a.prune_by != "random" and not a.prune_heads:
+        p.error(f"--prune-by {a.prune_by} goes with --prune-heads (the fraction); give --prune-heads too")
     experiment = Experiment(a.freeze, a.keep_layers, a.prune_heads, a.prune_by)
     flat = {k: v for k, v in vars(a).items() if k not in ("freeze", "keep_layers", "prune_heads", "prune_by")}
     return NLIConfig(**flat, experiment=experiment)

@@ -1,5 +1,6 @@
-"""ParsBERT (any BERT-family encoder) for sequence-pair classification, and the study's three
-ablations done for real: keep the first N layers, remove attention heads, freeze layers.
+"""ParsBERT (any BERT-family encoder) for sequence-pair classification, and the study's
+ablations: keep the first N layers, remove attention heads (for real), freeze layers; and the
+study's own "pruning", random weight masking with torch.nn.utils.prune, as its own experiment.
 
 transformers 5.x removed `prune_heads`, `config.pruned_heads` and `head_mask`. Heads are removed
 here by slicing each attention block's query/key/value rows and its output projection's columns
@@ -10,6 +11,7 @@ with `prune_linear_layer` (what the old `prune_heads` did); the v5 attention cod
 """
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -150,6 +152,38 @@ def prune_heads(model, heads: dict[int, list[int]]) -> None:
     model.config.pruned_heads = {str(layer): sorted(h) for layer, h in sorted(done.items()) if h}
 
 
+def mask_attention_weights(model, fraction: float) -> dict:
+    """The study's pruning, as its code did it: `torch.nn.utils.prune.random_unstructured` with
+    amount `fraction` on every parameter whose name contains "attention" and ends in "weight" (the
+    query, key, value and output projections of every layer and, read literally as the study's
+    code reads, `attention.output.LayerNorm.weight`). The masked entries are drawn at random
+    (torch's generator, fixed by --seed), stay zero through training (the weight is
+    `weight_orig * weight_mask` at every forward), and no head or computation is removed.
+    Returns what was masked: tensors, entries, masked entries."""
+    from torch.nn.utils import prune
+    if not 0 < fraction < 1:
+        raise UserError(f"--prune-heads {fraction}: give a fraction between 0 and 1")
+    targets = [name for name, _ in model.named_parameters() if "attention" in name and name.endswith("weight")]
+    if not targets:
+        raise UserError("the model has no parameter whose name contains 'attention' and ends in 'weight' to mask")
+    for name in targets:
+        prune.random_unstructured(model.get_submodule(name.rsplit(".", 1)[0]), "weight", amount=fraction)
+    masks = [model.get_submodule(name.rsplit(".", 1)[0]).weight_mask for name in targets]
+    total = sum(m.numel() for m in masks)
+    masked = sum(int((m == 0).sum()) for m in masks)
+    return {"tensors": len(targets), "entries": total, "masked": masked, "fraction": masked / total}
+
+
+def make_masks_permanent(model) -> None:
+    """Fold torch.nn.utils.prune's masks into the weights (the masked entries stay zero), so the
+    model saves and reloads as a plain one with the same logits."""
+    from torch.nn.utils import prune
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+
+
 def freeze_layers(model, n: int) -> None:
     """The first n encoder layers get no gradient (and so no optimizer state); embeddings, the
     other layers, pooler and classifier train."""
@@ -160,25 +194,38 @@ def freeze_layers(model, n: int) -> None:
         layer.requires_grad_(False)
 
 
-def apply_experiment(model, experiment, seed: int, importance=None) -> tuple[dict[int, list[int]], dict | None]:
+@dataclass
+class Applied:
+    """What an experiment did to the model: the heads removed ({layer: [heads]}, numbered as in
+    the unpruned model), their importance scores (with --prune-by importance), and what masking
+    masked (with --prune-by masking)."""
+    pruned_heads: dict = field(default_factory=dict)
+    head_scores: dict | None = None
+    masked_weights: dict | None = None
+
+
+def apply_experiment(model, experiment, seed: int, importance=None) -> Applied:
     """The study's ablations in their one order (`experiment`: nli/config.py's Experiment): keep
-    the first layers, then remove a fraction of the heads, then freeze the first layers. Heads
-    are chosen at random with `seed`, or, when `importance` is given (a function model ->
-    {layer: {head: score}}), the lowest-scoring ones. Returns (removed heads {layer: [heads]},
-    scores or None)."""
+    the first layers, then remove a fraction of the heads (or, with prune_by "masking", mask that
+    fraction of the attention weights' entries, as the study did), then freeze the first layers.
+    Heads are chosen at random with `seed`, or, when `importance` is given (a function model ->
+    {layer: {head: score}}), the lowest-scoring ones."""
     if experiment.keep_layers:
         keep_layers(model, experiment.keep_layers)
-    heads, scores = {}, None
-    if experiment.prune_heads:
+    done = Applied()
+    if experiment.prune_heads and experiment.prune_by == "masking":
+        done.masked_weights = mask_attention_weights(model, experiment.prune_heads)
+    elif experiment.prune_heads:
         layers, per_layer = len(encoder_layers(model)), model.config.num_attention_heads
         if importance is None:
-            heads = choose_heads(layers, per_layer, experiment.prune_heads, seed)
+            done.pruned_heads = choose_heads(layers, per_layer, experiment.prune_heads, seed)
         else:
-            scores = importance(model)
-            heads = choose_by_importance(scores, count_to_remove(experiment.prune_heads, layers * per_layer, layers))
-        prune_heads(model, heads)
+            done.head_scores = importance(model)
+            done.pruned_heads = choose_by_importance(done.head_scores, count_to_remove(
+                experiment.prune_heads, layers * per_layer, layers))
+        prune_heads(model, done.pruned_heads)
     freeze_layers(model, experiment.freeze)
-    return heads, scores
+    return done
 
 
 def uses_sdpa(model) -> bool:

@@ -9,6 +9,7 @@ from common.metrics import confusion, report_text
 from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
 from common.results import RunResult, epoch_table, write_history
 from nli.data import LABEL_NAMES
+from nli.model import Applied
 
 PROTOCOL = "FarsTail official splits; final-epoch model reported, test never used for selection"
 SUBSETS = ["hard_hypothesis", "easy_hypothesis", "hard_overlap", "easy_overlap"]
@@ -22,8 +23,7 @@ class NLIResult(RunResult):
     token_stats: dict = field(default_factory=dict)
     piece_lengths: dict = field(default_factory=dict)
     label_counts: dict = field(default_factory=dict)
-    pruned_heads: dict = field(default_factory=dict)
-    head_scores: dict | None = None
+    applied: Applied = field(default_factory=Applied)  # what the experiment did to the model
     heads_in_model: int = 0
     recipe: str = ""
 
@@ -66,6 +66,10 @@ def report(cfg, result: NLIResult, record: dict) -> str:
              f"macro F1 {final['test']['macro_f1']:.4f}",
              f"best validation epoch {record['best_epoch']}: val accuracy {record['best']['val']['accuracy']:.4f}, "
              f"test accuracy {record['best']['test']['accuracy']:.4f}",
+             f"training loss as HF Trainer logs it (the mean of each {cfg.trainer_logging_steps} steps; the study's "
+             "table shows the last value logged): " + (", ".join(
+                 f"steps {w['steps']} {w['loss']:.4f}" for w in result.train["trainer_logged"]) or
+                 f"none (the run has fewer than {cfg.trainer_logging_steps} steps)"),
              "test accuracy on FarsTail's subsets: " + ", ".join(
                  f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in record["test_subsets"].items()),
              f"parameters: {result.params['trainable']:,} trainable of {result.params['total']:,}",
@@ -77,7 +81,13 @@ def report(cfg, result: NLIResult, record: dict) -> str:
              f"training split: longest premise {stats['max_premise_tokens']}, longest hypothesis "
              f"{stats['max_hypothesis_tokens']} word pieces; {stats['truncated_pairs']} pairs truncated to "
              f"{cfg.max_length}", ""]
-    heads, scores = result.pruned_heads, result.head_scores
+    heads, scores, masked = result.applied.pruned_heads, result.applied.head_scores, result.applied.masked_weights
+    if masked:
+        lines += [f"masked weights (the study's method, torch.nn.utils.prune.random_unstructured): {masked['masked']:,} "
+                  f"of {masked['entries']:,} entries ({masked['fraction']:.4f}) in the {masked['tensors']} parameters "
+                  "whose names contain 'attention' and end in 'weight' (including attention.output.LayerNorm.weight, "
+                  "as the study's code reads), masked at random before training and kept at zero throughout; no head "
+                  "is removed and no computation saved", ""]
     if heads:
         n = sum(len(h) for h in heads.values())
         how = ("the lowest by gradient head importance on training batches of the starting model"

@@ -3,6 +3,7 @@ tests read it from here), the study's published figures, what differs from the s
 NLI section of summary.md.
 
     python -m nli.study --list      # one line per experiment: name<TAB>nli.train flags
+    python -m nli.study             # every difference from the study, and why
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,14 @@ from nli.config import Experiment
 
 @dataclass(frozen=True)
 class StudyRow:
-    """One experiment of the study's table: what it is (its name and flags are derived from it),
-    in words, and the study's figures (one run; None where the study did not run it)."""
+    """One experiment of the table: what it is (its name and flags are derived from it), in words,
+    the study's figures for it (one run; None where the study did not run it), the label of the
+    study's row, and notes on cells where the study contradicts itself."""
     experiment: Experiment
     what: str
     study: dict | None
+    study_label: str = "study"
+    notes: tuple = ()
 
     @property
     def name(self) -> str:  # its folder under runs/nli/
@@ -28,60 +32,81 @@ class StudyRow:
         return self.experiment.flags
 
 
-# The study's table (val acc, test acc, train loss, val loss, test loss, F1; two decimals) and the
-# test accuracy its text gives to three decimals (used for test accuracy).
-def _study(val, test, train_loss, val_loss, test_loss, f1):
-    return {"val_accuracy": val, "test_accuracy": test, "train_loss": train_loss, "val_loss": val_loss,
-            "test_loss": test_loss, "macro_f1": f1}
+# The study's figures: validation accuracy to three decimals from its log; test accuracy to three
+# decimals from its text (the table's value where they differ); train loss (the last value HF
+# Trainer logged: the mean of steps 501-1000 of 1365), validation and test loss and macro F1 from
+# its table (two decimals).
+def _study(val, test, trainer_logged_loss, val_loss, test_loss, f1):
+    return {"val_accuracy": val, "test_accuracy": test, "trainer_logged_loss": trainer_logged_loss,
+            "val_loss": val_loss, "test_loss": test_loss, "macro_f1": f1}
 
 
+TRAINER_LOGGING_STEPS = 500  # HF Trainer's default logging_steps, which the study's train loss comes from
 EXPERIMENTS = [
-    StudyRow(Experiment(), "all layers trained", _study(0.81, 0.826, 0.32, 0.74, 0.69, 0.82)),
-    StudyRow(Experiment(freeze=9), "first 9 encoder layers frozen", _study(0.78, 0.790, 0.53, 0.59, 0.55, 0.79)),
-    StudyRow(Experiment(freeze=12), "all 12 encoder layers frozen", _study(0.61, 0.625, 0.69, 0.82, 0.77, 0.59)),
+    StudyRow(Experiment(), "all layers trained", _study(0.812, 0.826, 0.32, 0.74, 0.69, 0.82)),
+    StudyRow(Experiment(freeze=9), "first 9 encoder layers frozen", _study(0.784, 0.78, 0.53, 0.59, 0.55, 0.79),
+             notes=("the study's test accuracy for freeze9 is 0.78 in its table and 0.7896 in its log; the table's "
+                    "value is shown",)),
+    StudyRow(Experiment(freeze=12), "all 12 encoder layers frozen", _study(0.613, 0.625, 0.69, 0.82, 0.77, 0.59)),
     StudyRow(Experiment(keep_layers=9), "only the first 9 encoder layers kept",
-             _study(0.81, 0.820, 0.34, 0.73, 0.67, 0.82)),
-    StudyRow(Experiment(prune_heads=0.5), "half of all attention heads removed, chosen at random",
-             _study(0.78, 0.795, 0.18, 1.14, 0.57, 0.79)),
-    StudyRow(Experiment(prune_heads=0.5, prune_by="importance"), "the least important half of the heads removed "
-             "(gradient head importance of the starting model)", None),
+             _study(0.807, 0.820, 0.34, 0.73, 0.67, 0.82)),
+    StudyRow(Experiment(prune_heads=0.5), "ours: half of all attention heads removed structurally, chosen at random",
+             _study(0.780, 0.795, 0.18, 1.14, 0.57, 0.79),
+             study_label="study: its pruning, 50% of attention weight entries masked (the next row's method)",
+             notes=("the study's validation loss for its pruned model is 1.14 in its table and 1.147 in its log; the "
+                    "table's value is shown",)),
+    StudyRow(Experiment(prune_heads=0.5, prune_by="masking"), "the study's method: random 50% of the entries of "
+             "every attention weight masked with torch.nn.utils.prune, no head removed", None),
+    StudyRow(Experiment(prune_heads=0.5, prune_by="importance"), "ours: the least important half of the heads "
+             "removed (gradient head importance of the starting model)", None),
 ]
 CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
 
-COLUMNS = ["val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss", "macro_f1"]
+# The study row's cells, in the table's column order ("" where it published nothing comparable).
+STUDY_CELLS = ["val_accuracy", "test_accuracy", "", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
 
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
-    "Seeds: the study ran each experiment once; we run `--seeds N` and give mean ± std, because single runs "
-    "differ by about a point, as much as some ablations differ from each other.",
-    "Head pruning: the study masked 50% of attention weights at random, which removes no head and saves no "
-    "computation; we remove half of the heads (smaller matrices, fewer parameters). They are different "
-    "experiments.",
-    "The study's pruned row looks as if it did not start from the pretrained weights (its first logged loss "
-    "0.356 against 0.648 for full fine-tuning, its validation loss rising to 1.14), so its 0.795 is a weak "
-    "reference.",
-    "Training loss: the study's is HF Trainer's logged running loss (the mean since its previous logging "
-    "step); ours is the mean over the last epoch's batches. The two are close but not the same quantity.",
+    "Seeds: the study ran each experiment once, with HF Trainer's default seed 42; we run `--seeds N` (seeds "
+    "0 ... N-1) and give mean ± std, so a difference between ablations can be set against the spread between seeds.",
+    "Pruning: the study's \"pruning\" masked 50% of the entries of every attention weight at random "
+    "(torch.nn.utils.prune.random_unstructured on every parameter whose name contains \"attention\" and ends in "
+    "\"weight\", read literally also attention.output.LayerNorm.weight), which removes no head and saves no "
+    "computation. `prune0.5-masking` runs exactly that; `prune0.5` removes half of the heads structurally "
+    "(smaller matrices, fewer parameters), which is what a pruning ablation usually means. They are different "
+    "experiments, and the table shows both beside the study's row.",
+    "An observation, not a fact: the study's log for its pruned model starts at a training loss of 0.356 at step "
+    "500, about where its fully fine-tuned model had got to (0.32 at step 1000), not where a fresh start from the "
+    "pretrained weights logs at step 500 (0.648 for its full model). This suggests the pruned model was "
+    "fine-tuned from an already fine-tuned model; its validation loss also rises to 1.14.",
+    "Training loss: the study's is what HF Trainer logged, the mean of each 500 steps (logging_steps); with 1,365 "
+    "steps the last value logged, the one its table shows, is the mean of steps 501-1000, mostly epoch 2. The "
+    "table gives ours computed the same way from our per-step losses (\"train loss, Trainer's log\"), beside "
+    "the mean of our last epoch, a different quantity.",
+    "Published cells where the study contradicts itself: freeze9's test accuracy is 0.78 in its table and 0.7896 "
+    "in its log, and its pruned model's validation loss 1.14 in the table and 1.147 in the log; we quote the "
+    "table. Validation accuracies are quoted to three decimals from its logs.",
     "Batch composition: Trainer drew batches with a random sampler; we group pairs of similar length (groups "
-    "shuffled each epoch) so little padding is computed. Which pairs share a batch differs, so runs differ "
-    "by seed-level noise, not systematically.",
+    "shuffled each epoch) so little padding is computed. Which pairs share a batch differs; whether that shifts "
+    "results on the real model has not been measured.",
     "Padding: the study padded every pair to 200 tokens; we pad each batch to the next multiple of 16. "
-    "Padding is masked, so this changes results only by floating-point noise.",
+    "Padding is masked, so this changes results only by floating-point noise (tests/test_step.py).",
     "Precision: bf16 autocast on GPUs that support it (the study: fp32); weights and optimizer state stay "
     "fp32.",
     "Same as the study: Trainer's defaults otherwise (batch 16, lr 3e-5 decaying linearly to 0 without "
     "warm-up, AdamW without weight decay, gradient clipping 1.0, 3 epochs, max length 200), the final model "
-    "reported, freezing only encoder layers, keeping layers 0-8.",
+    "reported, freezing only encoder layers, keeping layers 0-8, label ids e/c/n = 0/1/2.",
 ]
 
 
 def section(root: Path, seeds: int, missing: list) -> list[str]:
     """The NLI part of summary.md: ours and the study's figures row by row, label counts, links."""
-    head = ("| experiment | run | val acc | test acc | train loss | val loss | test loss | test macro F1 | "
-            "trainable / total params | train time (s) | pairs/s | test acc, hard hypothesis | "
-            "test acc, hard overlap |")
-    lines = ["## NLI: ParsBERT on FarsTail", "", head, "|" + "---|" * 13]
+    head = ("| experiment | run | val acc | test acc | train loss (last epoch) | train loss, Trainer's log | val loss "
+            "| test loss | test macro F1 | trainable / total params | train time (s) | pairs/s | "
+            "test acc, hard hypothesis | test acc, hard overlap |")
+    lines = ["## NLI: ParsBERT on FarsTail", "", head, "|" + "---|" * 14]
     run_links: list[str] = []
+    notes: list[str] = []
     first = None
     for e in EXPERIMENTS:
         runs = seed_runs(root, f"nli/{e.name}", seeds, missing, run_links)
@@ -92,23 +117,29 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
             p = runs[0]["params"]
             lines.append("| " + " | ".join([
                 label, "ours", col(lambda m: m["val"]["accuracy"]), col(lambda m: m["test"]["accuracy"]),
-                col(lambda m: m["train"]["loss"]), col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]),
+                col(lambda m: m["train"]["loss"]), col(lambda m: m["train"].get("trainer_logged_last")),
+                col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]),
                 col(lambda m: m["test"]["macro_f1"]), f"{short_count(p['trainable'])} / {short_count(p['total'])}",
                 mean_std([m["speed"]["train_seconds"] for m in runs], 1),
                 mean_std([m["speed"]["items_per_s"] for m in runs], 1),
                 col(lambda m: m["test_subsets"]["hard_hypothesis"]),
                 col(lambda m: m["test_subsets"]["hard_overlap"])]) + " |")
         else:
-            lines.append(f"| {label} | ours: missing |" + " |" * 11)
+            lines.append(f"| {label} | ours: missing |" + " |" * 12)
         if e.study:
-            lines.append("| | study | " + " | ".join(f"{e.study[c]:.3f}".rstrip("0").rstrip(".")
-                                                  if c == "test_accuracy" else f"{e.study[c]:.2f}"
-                                                  for c in COLUMNS) + " | | | | | |")
+            lines.append(f"| | {e.study_label} | " + " | ".join(study_cell(e.study, c) for c in STUDY_CELLS)
+                         + " | | | | | |")
+        notes += [f"{e.name}: {n}" for n in e.notes]
+    logged = first["train"].get("trainer_logged") if first else None
+    window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {TRAINER_LOGGING_STEPS} steps"
     n = f"{seeds} seeds (mean ± std)" if seeds > 1 else "one seed"
     lines += ["", f"Ours: the final model after the last epoch, {n}. Study: one run each, the figures it published "
-                  "(test accuracy to three decimals from its text, the rest from its table). Train loss: ours is the "
-                  "last epoch's mean, the study's Trainer's logged running loss. Hard subsets: FarsTail's own "
-                  "hard(hypothesis) and hard(overlap) test columns."]
+                  "(validation accuracy to three decimals from its log, test accuracy to three decimals from its "
+                  "text, the rest from its table). Train loss (last epoch): the mean over our last epoch's batches. "
+                  "Train loss, Trainer's log: the mean of the last full window of Trainer's logging_steps as HF "
+                  f"Trainer logs it (here {window}), the quantity the study's table shows. Hard subsets: FarsTail's "
+                  "own hard(hypothesis) and hard(overlap) test columns."]
+    lines += [f"- Note: {n}." for n in notes]
     curves = [c for c in (read_metrics(root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve") for k in range(seeds)) if c]
     if curves:
         heads = curves[0]["heads"]
@@ -132,5 +163,15 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
     return lines + ["", *run_links, ""]
 
 
+def study_cell(figures: dict, key: str) -> str:
+    """A study figure as it published it: accuracies to three decimals, losses and F1 to two."""
+    if not key:
+        return ""
+    value = figures[key]
+    if key == "val_accuracy":
+        return f"{value:.3f}"
+    return f"{value:.3f}".rstrip("0").rstrip(".") if key == "test_accuracy" else f"{value:.2f}"
+
+
 if __name__ == "__main__":
-    list_main("nli.study", "The study's NLI experiments.", EXPERIMENTS)
+    list_main("nli.study", "The study's NLI experiments.", EXPERIMENTS, DIFFERENCES)

@@ -5,6 +5,7 @@
     python -m nli.train --out runs/nli/keep9 --keep-layers 9    # only the first 9 layers kept
     python -m nli.train --out runs/nli/prune --prune-heads 0.5  # half the heads removed, at random
     python -m nli.train --out runs/nli/pi --prune-heads 0.5 --prune-by importance  # the least important half
+    python -m nli.train --out runs/nli/pm --prune-heads 0.5 --prune-by masking     # the study's: 50% of weights masked
 
 The recipe is the study's (HF Trainer defaults; every setting in nli/config.py): premise and
 hypothesis tokenised together and truncated to --max-length 200, batch 16, 3 epochs, AdamW (lr
@@ -25,6 +26,8 @@ gradients clipped to norm 1.0.
 - Ablations apply in one order: keep layers, then prune heads, then freeze. Heads to remove are
   drawn at random with the seed, or (--prune-by importance) are the lowest-scoring by gradient
   head importance on --importance-batches training batches of the starting model (nli/importance.py).
+  --prune-by masking is the study's own method instead: no head removed, that fraction of every
+  attention weight's entries masked at random with torch.nn.utils.prune for the whole run.
 - Each epoch: train, then evaluate validation and test (nli/evaluate.py). Test is reported,
   never used to choose. The final model's figures are the headline (as in the study);
   metrics.json's `best` holds the epoch with the best validation accuracy.
@@ -41,7 +44,7 @@ from common.device import precision_name
 from common.distributed import distributed
 from common.errors import user_errors
 from common.inputs import model_record
-from common.results import write_config
+from common.results import logged_like_trainer, write_config
 from common.run import Run, count_params, run_info
 from common.step import Recipe, Training
 from nli.config import NLIConfig, parse_args
@@ -49,7 +52,7 @@ from nli.data import (LABEL_NAMES, bucket_length, check_max_length, collate, enc
                       load_farstail, load_tokenizer, token_stats)
 from nli.evaluate import evaluate
 from nli.importance import head_importance
-from nli.model import apply_experiment, encoder_layers, forward, load_classifier, uses_sdpa
+from nli.model import apply_experiment, encoder_layers, forward, load_classifier, make_masks_permanent, uses_sdpa
 from nli.report import PROTOCOL, NLIResult, write_results
 
 
@@ -91,10 +94,11 @@ def train(cfg: NLIConfig):
             f"{stats['max_premise_tokens']} and hypothesis {stats['max_hypothesis_tokens']} word pieces; "
             f"{stats['truncated_pairs']} training pairs truncated to {cfg.max_length}")
 
-        # 2. Model and the experiment: keep layers, then prune heads (at random or by importance), then freeze.
+        # 2. Model and the experiment: keep layers, then prune heads (at random, by importance, or the study's
+        #    masking), then freeze.
         model = load_classifier(cfg.model, LABEL_NAMES).to(device)
         check_max_length(cfg.max_length, tokenizer, getattr(model.config, "max_position_embeddings", None))
-        heads, scores = apply_experiment(model, cfg.experiment, cfg.seed, importance_of(data["train"], cfg, run))
+        applied = apply_experiment(model, cfg.experiment, cfg.seed, importance_of(data["train"], cfg, run))
         run.begin()  # inputs checked: only now is anything written into --out
         params = count_params(model)
 
@@ -107,7 +111,8 @@ def train(cfg: NLIConfig):
             write_config(out, run.spec.args, {
                 "experiment": cfg.experiment.name, "device": str(device), "precision": precision_name(dtype),
                 "cuda_graphs": training.graphs, "optimizer_batch": recipe.optimizer_batch, "processes": d.world,
-                "steps": recipe.total_steps, "pruned_heads": heads, "head_importance": scores,
+                "steps": recipe.total_steps, "pruned_heads": applied.pruned_heads,
+                "head_importance": applied.head_scores, "masked_weights": applied.masked_weights,
                 "layers": len(encoder_layers(model)), "params": params, "token_stats": stats,
                 "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device), read)
         log(f"{cfg.experiment.name}: {params['trainable']:,} of {params['total']:,} parameters train; "
@@ -129,10 +134,11 @@ def train(cfg: NLIConfig):
         result = NLIResult(
             task="nli", experiment=cfg.experiment.name, seed=cfg.seed, protocol=PROTOCOL, history=training.history,
             evals=training.evals, params=params, graphs=training.steps.info(),
-            train={"loss": training.history[-1]["train_loss"]}, test_label_ids=data["test"].label_ids.numpy(),
-            token_stats=stats, piece_lengths=piece_lengths, pruned_heads=heads, head_scores=scores,
+            train=train_loss(training.history, cfg.trainer_logging_steps), test_label_ids=data["test"].label_ids.numpy(),
+            token_stats=stats, piece_lengths=piece_lengths, applied=applied,
             heads_in_model=model.config.num_attention_heads * len(encoder_layers(model)),
             label_counts=label_counts(data), recipe=recipe_text(cfg, run, training.steps.graphed))
+        make_masks_permanent(model)  # (--prune-by masking: the model saves as a plain one, zeros in place)
         write_results(out, cfg, model, tokenizer, result)
         training.checkpoint.remove()
         log(f"done: test accuracy {result.final['test']['accuracy']:.4f}; results in {out}")
@@ -145,6 +151,14 @@ def importance_of(train_data, cfg: NLIConfig, run):
         return None
     batches = LengthGroupedBatches(train_data.lengths.tolist(), cfg.batch_size, cfg.seed).epoch(0)
     return lambda m: head_importance(m, train_data, batches[:cfg.importance_batches], run.device, run.dtype)
+
+
+def train_loss(history: list[dict], every: int) -> dict:
+    """metrics.json's `train`: the last epoch's mean loss (ours), and the loss as HF Trainer logs
+    it every `every` steps (the study's table shows the last value Trainer logged)."""
+    logged = logged_like_trainer([x for row in history for x in row["step_losses"]], every)
+    return {"loss": history[-1]["train_loss"], "trainer_logged": logged,
+            "trainer_logged_last": logged[-1]["loss"] if logged else None}
 
 
 def recipe_text(cfg: NLIConfig, run, graphs: bool) -> str:
@@ -160,7 +174,7 @@ def history_row(epoch: int, fig: dict, ev: dict) -> dict:
             "val_accuracy": ev["val"]["accuracy"], "val_macro_f1": ev["val"]["macro_f1"],
             "test_accuracy": ev["test"]["accuracy"],
             **{k: fig[k] for k in ("seconds", "items_per_s", "warmup_seconds", "items_per_s_steady", "items",
-                                   "warmup_items", "eval_seconds")}}
+                                   "warmup_items", "eval_seconds", "step_losses")}}
 
 
 def epoch_line(epoch: int, fig: dict, ev: dict) -> str:

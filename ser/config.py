@@ -51,7 +51,7 @@ class SERConfig:
         keys = ["model", "feature_extractor", "data_dir", "manifest", "out", "epochs", "batch_size", "lr", "seed",
                 "limit"]
         return {**{k: values.pop(k) for k in keys}, "protocol": protocol["kind"], "split": protocol["split"],
-                "no_balance": not protocol["balance"], **values}
+                "no_balance": not protocol["balance"], "split_seed": protocol["split_seed"], **values}
 
     def run_spec(self) -> RunSpec:
         return run_spec("ser.train", self, RESUME_FREE)
@@ -78,6 +78,8 @@ def parse_args(argv=None) -> SERConfig:
     p.add_argument("--split", choices=["random", "speaker"], default="random",
                    help="leak-free protocol: random (stratified 80/10/10) or speaker (no speaker in two splits)")
     p.add_argument("--no-balance", action="store_true", help="leak-free protocol: do not augment the training split")
+    p.add_argument("--split-seed", type=int, help="the seed of the split (default: the study's random_state 10 under "
+                   "--protocol study, --seed under leak-free); training is seeded by --seed either way")
     p.add_argument("--augment-method", choices=["librosa", "signalsmith"], default=d.augment_method,
                    help="audiomentations backend for pitch shift and time stretch (librosa: phase vocoder)")
     p.add_argument("--cache-dir", type=Path, help="augmented clips cache (default: OUT/cache)")
@@ -93,6 +95,8 @@ def parse_args(argv=None) -> SERConfig:
                 "--no-balance belong to --protocol leak-free")
     check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "limit",
                                                                 "log_every")})
-    protocol = Protocol(a.protocol, a.split, not a.no_balance)
-    flat = {k: v for k, v in vars(a).items() if k not in ("protocol", "split", "no_balance")}
+    if a.split_seed is not None and not 0 <= a.split_seed < 2**32:
+        p.error(f"--split-seed {a.split_seed}: give a whole number from 0 to {2**32 - 1}")
+    protocol = Protocol(a.protocol, a.split, not a.no_balance, a.split_seed)
+    flat = {k: v for k, v in vars(a).items() if k not in ("protocol", "split", "no_balance", "split_seed")}
     return SERConfig(**flat, protocol=protocol)

@@ -133,16 +133,24 @@ def freeze_feature_encoder(model: EmotionClassifier) -> None:
         encoder.requires_grad_(False)
 
 
+STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz, zero padding, do_normalize=True, "
+                   "no attention mask), built in code (no hub here)")
+
+
 def study_feature_extractor() -> Wav2Vec2FeatureExtractor:
-    """The study's settings (borrowed from facebook/wav2vec2-base-960h): 16 kHz, zero-mean
-    unit-variance per clip, zero padding, no attention mask."""
+    """The study's settings: it built its extractor from facebook/wav2vec2-base-960h, not from the
+    HuBERT checkpoint: 16 kHz, zero-mean unit-variance per clip, zero padding, no attention mask."""
     return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                     return_attention_mask=False)
 
 
-def feature_extractor_for(model: str, explicit: str | None = None) -> tuple[Wav2Vec2FeatureExtractor, str]:
-    """The feature extractor named by --feature-extractor, else the model's own, else the study's.
-    Returns it and a description of where it came from (written to config.json)."""
+def feature_extractor_for(model: str, explicit: str | None = None, study: bool = False
+                          ) -> tuple[Wav2Vec2FeatureExtractor, str]:
+    """The feature extractor named by --feature-extractor; else under the study's protocol
+    (`study`) the study's settings; else the model's own, else the study's. Returns it and a
+    description of where it came from (written to config.json)."""
+    if study and not explicit:
+        return study_feature_extractor(), STUDY_EXTRACTOR
     if explicit:
         try:
             fe, source = AutoFeatureExtractor.from_pretrained(explicit), explicit
@@ -152,7 +160,7 @@ def feature_extractor_for(model: str, explicit: str | None = None) -> tuple[Wav2
         try:
             fe, source = AutoFeatureExtractor.from_pretrained(model), f"{model} (the model's own)"
         except (OSError, ValueError):
-            fe, source = study_feature_extractor(), "study default (wav2vec2-base-960h settings)"
+            fe, source = study_feature_extractor(), "the model has none: " + STUDY_EXTRACTOR
     if fe.sampling_rate != 16000:
         raise UserError(f"feature extractor {source} expects {fe.sampling_rate} Hz; this pipeline feeds 16 kHz")
     return fe, source

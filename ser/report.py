@@ -59,7 +59,7 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
                        out / f"confusion_matrix_{k}.png", f"{k} split, final model")
     plot_counts({"corpus as read": counts["corpus"], "train before balancing": counts["before"],
                  **{f"{k} (used)": v for k, v in counts["splits"].items()}},
-                out / "class_distribution.png", f"clips per class ({cfg.protocol.kind} protocol)", "clips")
+                out / "class_distribution.png", f"clips per class (protocol {cfg.protocol.name})", "clips")
     plot_histograms({"clips": result.clip_seconds}, out / "clip_lengths.png", "seconds",
                     "clip lengths (all readable clips)")
     write_text(out / "report.txt", report(cfg, result, record))

@@ -18,6 +18,7 @@ from common.files import atomic_write
 
 # Balancing: every augmented copy gets a pitch shift and a time stretch (ser/audio.py), with
 # parameters drawn from these ranges (ours: the study gives none).
+STUDY_RANDOM_STATE = 10  # the study's train_test_split(..., random_state=10), both splits
 PITCH_SEMITONES = (-2.0, 2.0)
 STRETCH_RATE = (0.85, 1.15)
 
@@ -91,14 +92,23 @@ class Protocol:
     """How the corpus becomes training, validation and test items (--protocol, --split,
     --no-balance):
     - `study`: as the study did, the whole corpus is balanced with augmented copies, then every item
-      is split at random (scikit-learn's train_test_split 0.2 then 0.5, not stratified), so copies
-      of validation and test clips are trained on;
+      is split at random (scikit-learn's train_test_split 0.2 then 0.5, not stratified,
+      random_state 10 as the study's), so copies of validation and test clips are trained on;
     - `leak-free`: the clips are split first (`split` random: stratified 80/10/10; speaker: no
       speaker in two splits), then the training split alone is balanced (unless not `balance`),
-      so no copy of a validation or test clip is trained on."""
+      so no copy of a validation or test clip is trained on.
+    `split_seed` (--split-seed) fixes the split: by default the study's random_state 10 under
+    `study`, and the training seed under `leak-free`."""
     kind: str = "leak-free"
     split: str = "random"
     balance: bool = True
+    split_seed: int | None = None
+
+    def seed_of_split(self, seed: int) -> int:
+        """The seed the split is drawn with, given the run's training seed."""
+        if self.split_seed is not None:
+            return self.split_seed
+        return STUDY_RANDOM_STATE if self.kind == "study" else seed
 
     @property
     def name(self) -> str:
@@ -140,8 +150,9 @@ class Protocol:
         """Each split's items (`label_names`, `speakers`: of every clip read); --limit keeps a
         stratified N of each split."""
         if self.kind == "study":
-            return study_items(label_names, seed=seed, limit=limit)
-        return leak_free_items(label_names, speakers, split=self.split, seed=seed, limit=limit, balance=self.balance)
+            return study_items(label_names, seed=seed, split_seed=self.seed_of_split(seed), limit=limit)
+        return leak_free_items(label_names, speakers, split=self.split, seed=self.seed_of_split(seed), limit=limit,
+                               balance=self.balance)
 
 
 def stratified_head(idx: list, label_of, n: int | None, seed: int) -> list:
@@ -192,15 +203,20 @@ def leak_free_items(label_names: list[str], speakers: list, *, split: str, seed:
     return items
 
 
-def study_items(label_names: list[str], *, seed: int, limit: int | None) -> dict[str, list[Item]]:
-    """The study's: balance the whole corpus with augmented copies up to the largest class, then
-    split every item at random (scikit-learn's train_test_split, test_size 0.2 then 0.5, not
-    stratified, random_state = --seed). Copies of a validation or test clip can land in training,
+def study_items(label_names: list[str], *, seed: int, split_seed: int, limit: int | None) -> dict[str, list[Item]]:
+    """The study's: balance the whole corpus with augmented copies up to the largest class (the
+    copies' draws seeded by `seed`), then split every item at random as its code does:
+
+        train_indices, test_indices = train_test_split(indices, test_size=0.2, random_state=10)
+        test_indices, eval_indices = train_test_split(test_indices, test_size=0.5, random_state=10)
+
+    not stratified; the *first* part of the second split is its test set (635 test and 636
+    evaluation items in its printout). Copies of a validation or test clip can land in training,
     and the test split holds copies too."""
     from sklearn.model_selection import train_test_split
     pool = [Item(i) for i in range(len(label_names))] + [Item(s, draw) for s, draw in balance_plan(label_names, seed)]
-    train, rest = train_test_split(pool, test_size=0.2, random_state=seed)
-    val, test = train_test_split(rest, test_size=0.5, random_state=seed)
+    train, rest = train_test_split(pool, test_size=0.2, random_state=split_seed)
+    test, val = train_test_split(rest, test_size=0.5, random_state=split_seed)
     label_of = lambda item: label_names[item.clip]  # noqa: E731
     return {k: stratified_head(v, label_of, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
 

@@ -89,7 +89,7 @@ def train(cfg: SERConfig):
 
         # 1. Data: find and read the clips, decide each item's split under the protocol.
         found = scan_shemo(cfg.data_dir) if cfg.data_dir else (read_manifest(cfg.manifest), [])
-        fe, fe_source = feature_extractor_for(cfg.model, cfg.feature_extractor)
+        fe, fe_source = feature_extractor_for(cfg.model, cfg.feature_extractor, study=cfg.protocol.kind == "study")
         corpus = read_corpus(found, cfg.protocol, cfg.seed, cfg.limit, cfg.strict, log)
 
         # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.

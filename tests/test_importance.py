@@ -88,8 +88,8 @@ def test_prune_by_importance_removes_the_lowest_heads_and_reloads(tiny_bert_no_d
     def importance(m):
         seen.update(head_importance(m, data, [list(range(8)), list(range(8, 16))], CPU, None))
         return seen
-    heads, scores = apply_experiment(model, Experiment(prune_heads=0.5, prune_by="importance"), seed=0,
-                                     importance=importance)
+    done = apply_experiment(model, Experiment(prune_heads=0.5, prune_by="importance"), seed=0, importance=importance)
+    heads, scores = done.pruned_heads, done.head_scores
     assert scores == seen and sum(map(len, heads.values())) == 8
     assert heads == choose_by_importance(scores, 8)
     removed = [scores[layer][h] for layer, hs in heads.items() for h in hs]

@@ -68,6 +68,10 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     for name in PROTOCOLS:
         assert f"| {name}: " in summary and f"ser/{name}/seed0/confusion_matrix_test.png" in summary
     assert "**Measured on these runs**" in summary and "| split | entailment | contradiction | neutral |" in summary
+    assert "train loss, Trainer's log" in summary and "here steps 16-20" in summary  # 20 steps logged every 5
+    row = next(line for line in summary.splitlines() if line.startswith("| all ("))
+    logged = json.loads((out / "nli/all/seed0/metrics.json").read_text())["train"]["trainer_logged_last"]
+    assert f"| {logged:.4f} |" in row
     curve = out / "nli/all/seed0/prune_curve"
     assert (curve / "prune_curve.png").exists() and "![pruning curve](nli/all/seed0/prune_curve/prune_curve.png)" in summary
     budget = json.loads((curve / "metrics.json").read_text())["head_budget"]
@@ -126,10 +130,15 @@ def test_summary_gives_every_study_figure_and_every_difference(smoke):
     for e in [e for e in nli_study.EXPERIMENTS if e.study]:
         row = next(line for line in summary.splitlines() if line.startswith(f"| {e.name} ("))
         study_row = summary.splitlines()[summary.splitlines().index(row) + 1]
-        assert study_row.startswith("| | study |")
-        for column in nli_study.COLUMNS:
-            value = e.study[column]
-            assert (f"{value:.3f}".rstrip("0").rstrip(".") if column == "test_accuracy" else f"{value:.2f}") in study_row
+        cells = [c.strip() for c in study_row.split("|")[1:-1]]
+        assert cells[:2] == ["", e.study_label]
+        assert cells[2:2 + len(nli_study.STUDY_CELLS)] == [nli_study.study_cell(e.study, c) for c in nli_study.STUDY_CELLS]
+        for note in e.notes:
+            assert note in summary
+    # the study's pruning is masking: its row stands between our head removal and our run of its method
+    lines = summary.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| prune0.5 ("))
+    assert "masked" in lines[at + 1] and lines[at + 2].startswith("| prune0.5-masking (the study's method")
     for value in ser_study.PUBLISHED.values():
         assert f"{value:.3f}" in summary
     for line in nli_study.DIFFERENCES + ser_study.DIFFERENCES:
@@ -169,8 +178,8 @@ def test_side_by_side_failures_name_each_experiment_and_start_nothing_new(smoke,
     for name, folder in (("nli all seed 0", "nli/all/seed0"), ("nli freeze9 seed 0", "nli/freeze9/seed0")):
         assert f"experiment {name} failed (exit status 2); see {tmp_path / folder}/train.log" in result.stderr
     assert "unknown label 'q'" in result.stderr and "2 experiment(s) failed" in result.stderr
-    assert "[1/7]" in result.stdout and "[3/7]" in result.stdout  # the curve waits for 'all'; it never ran
-    assert "[2/7]" not in result.stdout and "[4/7]" not in result.stdout
+    assert "[1/8]" in result.stdout and "[3/8]" in result.stdout  # the curve waits for 'all'; it never ran
+    assert "[2/8]" not in result.stdout and "[4/8]" not in result.stdout
     assert run_all("--gpus", "0,x", "--only", "nli").returncode == 2
 
 
@@ -184,7 +193,7 @@ def test_a_job_that_dies_without_a_word_is_reported_and_the_running_one_is_waite
     assert result.returncode == 1 and mark.exists()  # it exited only after the running job had finished
     assert "experiment nli freeze9 seed 0 failed (killed by signal 9 (KILL))" in result.stderr
     assert "it printed no error line" in result.stderr and "2 experiment(s)" not in result.stderr
-    assert "[2/7]" not in result.stdout and "[4/7]" not in result.stdout  # nothing new started
+    assert "[2/8]" not in result.stdout and "[4/8]" not in result.stdout  # nothing new started
 
 
 def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(smoke, tmp_path):
@@ -203,7 +212,7 @@ def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(sm
             time.sleep(0.1)
         second = run_all("--smoke", "--only", "nli", "--out", tmp_path)
         assert second.returncode == 2 and f"in use by another run_all.sh (process {first.pid})" in second.stderr
-        assert len(second.stderr.strip().splitlines()) == 1 and "[1/7]" not in second.stdout
+        assert len(second.stderr.strip().splitlines()) == 1 and "[1/8]" not in second.stdout
         first.send_signal(signal.SIGTERM)  # as a scheduler stops a job (Ctrl-C sends SIGINT: the same path)
         _, err = first.communicate(timeout=60)
     finally:
