@@ -7,6 +7,7 @@
 #   bash run_all.sh --smoke              # every experiment end to end, offline, tiny models, minutes on a CPU
 #   options: --seeds N (seeds 0..N-1, tables show mean ± std)  --only nli|ser  --shemo DIR  --out DIR
 #            --ser-protocols NAME,... (default: every protocol python -m ser.study --list gives)
+#            --ser-folds K (also K speaker-independent folds, each tested once, a row of its own; smoke: 3)
 #            --gpus 0,1,2,3 (independent experiments side by side, one per GPU)  --slots N (N side by side, same device)
 #
 # The experiment lists live in nli/study.py and ser/study.py (python -m nli.study --list).
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""; gpus=(); slots=1
+smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""; ser_folds=""; gpus=(); slots=1
 usage() { echo "run_all.sh: $1 (see --help)" >&2; exit 2; }
 value() {  # value FLAG NEXT-ARGUMENT WHAT: the flag's value, or one line and exit 2
   { [ -n "${2:-}" ] && [[ "$2" != --* ]]; } || usage "$1 needs $3"
@@ -30,9 +31,10 @@ while [ $# -gt 0 ]; do
     --shemo) shemo=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
     --out) out=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
     --ser-protocols) ser_protocols=$(value "$1" "${2:-}" "a comma-separated list") || exit 2; shift ;;
+    --ser-folds) ser_folds=$(value "$1" "${2:-}" "a number of folds (3 or more)") || exit 2; shift ;;
     --gpus) ids=$(value "$1" "${2:-}" "GPU ids, like 0,1,2,3") || exit 2; IFS=, read -ra gpus <<< "$ids"; shift ;;
     --slots) slots=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) usage "unknown option $1" ;;
   esac
   shift
@@ -43,6 +45,9 @@ py=${PYTHON:-$(command -v python || command -v python3 || true)}
 case "$only" in ""|nli|ser) ;; *) usage "--only takes nli or ser" ;; esac
 [[ "$seeds" =~ ^[1-9][0-9]*$ ]] || usage "--seeds takes a positive number"
 [[ "$slots" =~ ^[1-9][0-9]*$ ]] || usage "--slots takes a positive number"
+# the smoke run shows every row, the folds' too (unless --ser-protocols picks some)
+[ $smoke = 1 ] && [ -z "$ser_folds" ] && [ -z "$ser_protocols" ] && ser_folds=3
+[ -z "$ser_folds" ] || [[ "$ser_folds" =~ ^[0-9]+$ && "$ser_folds" -ge 3 ]] || usage "--ser-folds takes a number of folds, 3 or more"
 for g in "${gpus[@]}"; do [[ "$g" =~ ^[0-9]+$ ]] || usage "--gpus takes GPU ids, like 0,1,2,3"; done
 [ ${#gpus[@]} -gt 0 ] && slots=${#gpus[@]}  # one job per GPU
 if [ "$slots" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
@@ -57,8 +62,10 @@ export PYTHONUNBUFFERED=1
 nli_names=(); nli_flags=(); ser_names=(); ser_flags=()
 while IFS=$'\t' read -r name flags; do nli_names+=("$name"); nli_flags+=("$flags"); done < <("$py" -m nli.study --list)
 while IFS=$'\t' read -r name flags; do
-  if [ -z "$ser_protocols" ] || [[ ",$ser_protocols," == *",$name,"* ]]; then ser_names+=("$name"); ser_flags+=("$flags"); fi
-done < <("$py" -m ser.study --list)
+  if [ -z "$ser_protocols" ] || [[ ",$ser_protocols," == *",$name,"* ]] || [[ "$flags" == *--folds* ]]; then
+    ser_names+=("$name"); ser_flags+=("$flags")
+  fi
+done < <("$py" -m ser.study --list ${ser_folds:+--folds "$ser_folds"})
 curve_of=$("$py" -c "from nli.study import CURVE_OF; print(CURVE_OF)")
 known=$("$py" -m ser.study --list | cut -f1 | paste -sd, -)
 for name in ${ser_protocols//,/ }; do
@@ -81,8 +88,9 @@ if [ $smoke = 1 ]; then
   inputs="$out/inputs"
   if [ ! -e "$inputs/done" ]; then
     echo "== building tiny models and generated data in $inputs"
-    "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 160 80 80
+    "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 160 80 80 & made=$!
     "$py" -m ser.synthetic --data "$inputs/shemo" --model "$inputs/tiny-hubert" --per-class 8 --uneven
+    wait "$made"
     touch "$inputs/done"
   fi
   # (Trainer logs its loss every 500 steps; the 20 steps of a smoke run are logged every 5)

@@ -55,7 +55,7 @@ step() {
 step "1. the study's recipe on this card (Trainer fp32 pad 200; SER batch 2 fp32)" 150 "$OUT/peer.log" \
   bash -c "python3 .bench/peer/peer_baseline.py --recipes-only --nli-pairs $peer_pairs --ser-steps $peer_steps > '$OUT/peer.log' 2>&1"
 step "2. CUDA tests (graphs vs eager, fresh randomness per replay, resume across modes, failed capture)" 170 \
-  "$OUT/cuda_tests.log" bash -c "python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py > '$OUT/cuda_tests.log' 2>&1"
+  "$OUT/cuda_tests.log" bash -c "python3 -m pytest -q -x -p no:cacheprovider -o addopts='' tests/test_cuda.py > '$OUT/cuda_tests.log' 2>&1"
 nli="python3 -m benchmarks.nli_speed --data-dir '$PEER_DATA/farstail' --tokenizer '$PEER_DATA/parsbert-v1' --pairs $pairs"
 ser="python3 -m benchmarks.ser_speed --clips $clips"
 step "3. NLI, $pairs pairs, batch 16, graphs $on" 110 "$LOGS/nli_graphs.log" \

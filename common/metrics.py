@@ -1,42 +1,73 @@
-"""Classification figures from labels and predictions, the same for both tasks."""
-import warnings
+"""Classification figures from labels and predictions, the same for both tasks.
 
+One rule for a class that a split does not hold (common with small SER splits): its recall and
+F1 are undefined, so every macro figure (UAR, macro precision, recall and F1) averages over the
+classes present in the split's true labels, and the absent classes are listed (`absent`). A
+class that is present but never predicted has precision 0. UAR is then scikit-learn's
+`balanced_accuracy_score`. Computed with numpy (no scikit-learn import in a training process).
+"""
 import numpy as np
-from sklearn.metrics import (balanced_accuracy_score, classification_report, confusion_matrix,
-                             precision_recall_fscore_support)
-
-
-def summarize(y_true, y_pred, names: list[str], loss: float | None = None) -> dict:
-    """accuracy, UAR (unweighted average recall: the mean recall over the classes present, as
-    scikit-learn's balanced_accuracy_score), loss, macro F1 and per-class precision / recall / F1 /
-    support, keyed by label name."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    ids = list(range(len(names)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    with warnings.catch_warnings():  # a predicted class absent from y_true is fine here
-        warnings.simplefilter("ignore")
-        uar = float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan")
-    out = {"accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"), "uar": uar}
-    if loss is not None:
-        out["loss"] = float(loss)
-    out["macro_f1"] = float(np.mean(f))
-    out["per_class"] = {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                        for i, n in enumerate(names)}
-    return out
 
 
 def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     """Rows: true label; columns: predicted label."""
-    return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def report_text(y_true, y_pred, names: list[str]) -> str:
-    """sklearn's classification report with label names, then the confusion matrix as text."""
-    rep = classification_report(y_true, y_pred, labels=list(range(len(names))), target_names=names,
-                                digits=4, zero_division=0)
-    cm = confusion(y_true, y_pred, len(names))
-    width = max(8, *(len(n) for n in names)) + 1
-    lines = ["confusion matrix (rows: true, columns: predicted)",
-             " " * width + "".join(n[:width - 1].rjust(width) for n in names)]
-    lines += [n.ljust(width) + "".join(str(v).rjust(width) for v in row) for n, row in zip(names, cm)]
-    return rep.rstrip() + "\n\n" + "\n".join(lines)
+def per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, F1, support) per class from a confusion matrix; 0 where undefined."""
+    tp, support, predicted = np.diag(cm).astype(float), cm.sum(1).astype(float), cm.sum(0).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
+    return precision, recall, f1, support
+
+
+def summarize(y_true, y_pred, label_names: list[str], loss: float | None = None) -> dict:
+    """accuracy, UAR (unweighted average recall: the mean recall over the classes present), loss,
+    macro F1 (over the classes present) and per-class precision / recall / F1 / support, keyed by
+    label name; `absent`: the classes the split does not hold."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    cm = confusion(y_true, y_pred, len(label_names))
+    p, r, f, s = per_class(cm)
+    present = s > 0
+    nan = float("nan")
+    out = {"accuracy": float(np.trace(cm) / len(y_true)) if len(y_true) else nan,
+           "uar": float(r[present].mean()) if present.any() else nan}
+    if loss is not None:
+        out["loss"] = float(loss)
+    out["macro_f1"] = float(f[present].mean()) if present.any() else nan
+    out["per_class"] = {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                        for i, n in enumerate(label_names)}
+    out["absent"] = [n for i, n in enumerate(label_names) if not present[i]]
+    return out
+
+
+def report_text(y_true, y_pred, label_names: list[str]) -> str:
+    """A classification report (as scikit-learn prints one: per class, then accuracy and the macro
+    and support-weighted averages, the macro ones over the classes present), then the confusion
+    matrix as text."""
+    cm = confusion(y_true, y_pred, len(label_names))
+    p, r, f, s = per_class(cm)
+    present = s > 0
+    width = max(len("weighted avg"), *(len(n) for n in label_names))
+    row = lambda name, values, support: (f"{name:>{width}} " + "".join(  # noqa: E731
+        f" {v:>9.4f}" if v is not None else " " * 10 for v in values) + f" {support:>9}")
+    lines = [" " * width + " " + "".join(f" {h:>9}" for h in ("precision", "recall", "f1-score", "support")), ""]
+    lines += [row(n, (p[i], r[i], f[i]), int(s[i])) for i, n in enumerate(label_names)]
+    total = int(s.sum())
+    lines += ["", row("accuracy", (None, None, np.trace(cm) / max(total, 1)), total),
+              row("macro avg", (p[present].mean(), r[present].mean(), f[present].mean()) if present.any()
+                  else (0.0, 0.0, 0.0), total),
+              row("weighted avg", tuple(float((v * s).sum() / max(total, 1)) for v in (p, r, f)), total)]
+    absent = [n for i, n in enumerate(label_names) if not present[i]]
+    if absent:
+        lines += ["", f"(macro averages over the {int(present.sum())} classes this split holds; absent: "
+                      f"{', '.join(absent)})"]
+    cell = max(8, *(len(n) for n in label_names)) + 1
+    lines += ["", "confusion matrix (rows: true, columns: predicted)",
+              " " * cell + "".join(n[:cell - 1].rjust(cell) for n in label_names)]
+    lines += [n.ljust(cell) + "".join(str(v).rjust(cell) for v in cm_row) for n, cm_row in zip(label_names, cm)]
+    return "\n".join(lines)

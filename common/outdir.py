@@ -24,9 +24,9 @@ from common.errors import UserError
 LOCK = ".lock"
 MARKER = ".run-marker"
 # What a run writes into its folder (fnmatch patterns): all of it, and only it, --overwrite deletes.
-OUTPUTS = ("config.json", "train.log", "steps.csv", "history.csv", "metrics.json", "report.txt", "split.csv",
-           "prune_curve.csv", "checkpoint.json", "checkpoint-epoch*.pt", "checkpoint-epoch*.pt.sha256", "*.png",
-           "model", ".*.tmp", ".*.old")
+OUTPUTS = ("config.json", "train.log", "steps.csv", "history.csv", "predictions.csv", "metrics.json", "report.txt",
+           "split.csv", "prune_curve.csv", "folds.csv", "checkpoint.json", "checkpoint-epoch*.pt",
+           "checkpoint-epoch*.pt.sha256", "*.png", "model", ".*.tmp", ".*.old")
 # Kept by --overwrite: the marker (the folder stays a run's), SER's augmented clips (named by their content)
 KEEP = (MARKER, "cache")
 

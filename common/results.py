@@ -1,15 +1,20 @@
-"""Result files with one schema for both tasks: config.json, history.csv, metrics.json and the
-per-epoch table of report.txt (DESIGN.md, "Command line and outputs"). Every file is written
-atomically (common.files); metrics.json is written last by each task's report and marks the run
-finished. A finished run's figures travel as one `RunResult` (each task adds its own fields in a
-subclass: nli/report.py, ser/report.py)."""
+"""Result files with one schema for both tasks: config.json, history.csv, predictions.csv,
+metrics.json and the per-epoch table of report.txt (DESIGN.md, "Command line and outputs"). Every
+file is written atomically (common.files); metrics.json is written last by each task's report and
+marks the run finished. A finished run's figures travel as one `RunResult` (each task adds its
+own fields in a subclass: nli/report.py, ser/report.py). Test figures carry 95% bootstrap
+intervals (common/stats.py); predictions.csv keeps every evaluated item's prediction, which the
+summary's paired tests between runs read."""
 import csv
 import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from common.files import atomic_write, write_json
+from common.stats import RESAMPLES, intervals
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
                   "seconds", "items_per_s", "warmup_seconds", "items_per_s_steady"]
@@ -31,9 +36,13 @@ def csv_text(rows: list[dict], fields: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_history(out: Path, rows: list[dict], fields: list[str] = HISTORY_FIELDS) -> None:
+def write_text_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     text = csv_text(rows, fields)
-    atomic_write(out / "history.csv", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_history(out: Path, rows: list[dict], fields: list[str] = HISTORY_FIELDS) -> None:
+    write_text_csv(out / "history.csv", rows, fields)
 
 
 def speed_record(history: list[dict], graphs: dict) -> dict:
@@ -77,7 +86,8 @@ class RunResult:
     i+1's {"val": figures, "test": figures} (common/metrics.py, with per-item predictions);
     `train`: the final model's training figures; `graphs`: the step machinery's graph figures.
     `train`, `val` and `test` in metrics.json describe the final model (as the study reported),
-    `best` the epoch with the highest validation accuracy (the first such epoch on a tie)."""
+    `best` the epoch with the highest validation accuracy (the first such epoch on a tie).
+    `label_ids`: each evaluated split's true label ids, in its item order."""
     task: str
     experiment: str
     seed: int
@@ -87,6 +97,8 @@ class RunResult:
     params: dict
     graphs: dict
     train: dict
+    label_names: list
+    label_ids: dict
 
     @property
     def final(self) -> dict:
@@ -100,15 +112,47 @@ class RunResult:
         """The task's own keys of metrics.json (a subclass adds them)."""
         return {}
 
+    def item_extras(self, split: str) -> list[dict]:
+        """Per item of a split, the task's own columns of predictions.csv (a subclass adds them)."""
+        return [{} for _ in self.label_ids[split]]
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        """The final model's predicted label ids of each evaluated split."""
+        splits = {"train": self.train, **self.final} if "pred" in self.train else self.final
+        return {k: np.asarray(v["pred"]) for k, v in splits.items() if k in self.label_ids}
+
     def metrics(self) -> dict:
-        """metrics.json."""
+        """metrics.json (the test figures with their 95% bootstrap intervals)."""
         best = self.evals[self.best_epoch - 1]
+        test = {**summary_only(self.final["test"]), "intervals": intervals(
+            self.label_ids["test"], self.predictions()["test"], len(self.label_names))}
         return {"task": self.task, "experiment": self.experiment, "seed": self.seed, "protocol": self.protocol,
                 "epochs": len(self.history), "best_epoch": self.best_epoch, "params": self.params,
                 "speed": speed_record(self.history, self.graphs), "train": summary_only(self.train),
-                "val": summary_only(self.final["val"]), "test": summary_only(self.final["test"]),
+                "val": summary_only(self.final["val"]), "test": test,
                 "best": {"val": summary_only(best["val"]), "test": summary_only(best["test"])},
                 **self.task_metrics()}
+
+    def write_predictions(self, out: Path) -> None:
+        """predictions.csv: split, item (its index in the split), true and predicted label, and the
+        task's own columns, for every evaluated item of the final model."""
+        rows = []
+        for split, pred in self.predictions().items():
+            for i, (t, p, extra) in enumerate(zip(self.label_ids[split], pred, self.item_extras(split))):
+                rows.append({"split": split, "item": i, "true": self.label_names[int(t)],
+                             "predicted": self.label_names[int(p)], **extra})
+        fields = ["split", "item", "true", "predicted"] + [k for k in (rows[0] if rows else {}) if k not in (
+            "split", "item", "true", "predicted")]
+        write_text_csv(out / "predictions.csv", rows, fields)
+
+
+def with_intervals(split: dict) -> str:
+    """"test accuracy 0.7100 [0.6800, 0.7400], UAR ..., macro F1 ...": a split's figures with their
+    95% bootstrap intervals over its items (metrics.json's test `intervals`)."""
+    return ", ".join(f"{name} {split[k]:.4f} [{split['intervals'][k][0]:.4f}, {split['intervals'][k][1]:.4f}]"
+                     for k, name in (("accuracy", "test accuracy"), ("uar", "UAR"), ("macro_f1", "macro F1"))) + \
+        f" (95% intervals: percentile bootstrap over the {sum(v['support'] for v in split['per_class'].values())} " \
+        f"test items, {RESAMPLES:,} resamples)"
 
 
 def epoch_table(history: list[dict], columns: list[str]) -> str:

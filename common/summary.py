@@ -5,16 +5,25 @@ over seeds, lists missing runs and writes the file.
 
     python -m common.summary --out runs --task nli.study --task ser.study [--seeds N] [--smoke]
 
-With several seeds each cell is mean ± standard deviation over seeds (sample std). A run counts
-when its metrics.json exists (written last, so the run finished); others are listed as missing.
+With several seeds each cell is mean ± standard deviation over seeds (sample std). Test figures
+carry their 95% bootstrap interval over the test items in brackets (with several seeds, the
+interval of the seed-averaged figure); `comparisons` sets runs against one on the same test items
+(McNemar's exact test, Holm's correction; common/stats.py). A run counts when its metrics.json
+exists (written last, so the run finished); others are listed as missing.
 """
 import argparse
+import csv
 import importlib
 import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from common.files import write_text
+from common.stats import holm, intervals, paired
+
+SIGNIFICANCE = 0.05  # after Holm's correction
 
 
 def mean_std(values: list, digits: int = 4) -> str:
@@ -59,9 +68,89 @@ def seed_runs(root: Path, rel: str, seeds: int, missing: list, run_links: list) 
             damaged = (folder / "metrics.json").exists()
             missing.append(f"{rel}/seed{seed}" + (" (its metrics.json is damaged)" if damaged else ""))
         else:
-            runs.append(m)
+            runs.append({**m, "_folder": str(folder)})
             run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(root, folder)}")
     return runs
+
+
+def test_predictions(run: dict) -> list[dict] | None:
+    """The test rows of a run's predictions.csv (None when it has none)."""
+    path = Path(run["_folder"]) / "predictions.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == "test"]
+
+
+def test_items(runs: list[dict]) -> tuple | None:
+    """What identifies the test items of runs (all seeds must agree): the true labels and any
+    other item columns, in order; None without predictions."""
+    keys = set()
+    for run in runs:
+        rows = test_predictions(run)
+        if rows is None:
+            return None
+        keys.add(tuple(tuple(v for k, v in r.items() if k not in ("predicted",)) for r in rows))
+    return keys.pop() if len(keys) == 1 else None
+
+
+def correctness(runs: list[dict]) -> np.ndarray | None:
+    """Per test item, the share of the runs (seeds) that get it right."""
+    rows = [test_predictions(run) for run in runs]
+    if any(r is None for r in rows):
+        return None
+    return np.mean([[r["true"] == r["predicted"] for r in rs] for rs in rows], axis=0)
+
+
+def with_interval(runs: list[dict], key: str) -> str:
+    """A test figure's cell: mean (± std over seeds) and its 95% bootstrap interval."""
+    cell = mean_std([m["test"][key] for m in runs])
+    if len(runs) == 1:
+        low, high = runs[0]["test"].get("intervals", {}).get(key, (None, None))
+    else:  # the interval of the seed-averaged figure: every seed's predictions resampled together
+        names = list(runs[0]["test"]["per_class"])
+        rows = [test_predictions(m) for m in runs]
+        if any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+            return cell
+        true = [names.index(r["true"]) for r in rows[0]]
+        low, high = intervals(true, [[names.index(r["predicted"]) for r in rs] for rs in rows], len(names))[key]
+    return cell if low is None else f"{cell} [{low:.4f}, {high:.4f}]"
+
+
+def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
+    """Every run set of `found` ({name: runs}) against `reference` on the same test items: the
+    accuracy difference (name − reference) with its paired bootstrap interval, McNemar's exact p
+    and Holm's adjusted p over all of them, and whether that is below SIGNIFICANCE. Sets whose test
+    items differ from the reference's are left out."""
+    if reference not in found:
+        return {}
+    base, items = correctness(found[reference]), test_items(found[reference])
+    out = {}
+    for name, runs in found.items():
+        if name == reference or base is None or test_items(runs) != items:
+            continue
+        out[name] = paired(correctness(runs), base)
+    for (name, result), p in zip(out.items(), holm([r["p"] for r in out.values()])):
+        result.update(holm_p=p, significant=p < SIGNIFICANCE)
+    return out
+
+
+def comparison_cell(result: dict | None) -> str:
+    if result is None:
+        return ""
+    low, high = result["interval"]
+    return (f"{result['difference']:+.4f} [{low:+.4f}, {high:+.4f}], p {result['p']:.3g} (Holm {result['holm_p']:.3g})"
+            + (" *" if result["significant"] else ""))
+
+
+def comparison_words(reference: str, count: int, items: str) -> str:
+    """What the comparison column means, in words a student understands."""
+    return (f"Against {reference}: the difference in test accuracy, its 95% paired bootstrap interval, and the p-value "
+            f"of McNemar's exact test on the {items} one model gets right and the other wrong: how likely so "
+            f"lopsided a split of those disagreements would be if the two models were equally good. Holm's "
+            f"correction adjusts the p-values for the {count} comparisons made at once; a * marks a difference whose "
+            f"adjusted p is below {SIGNIFICANCE}, unlikely to be chance. A difference without * may still be real, "
+            "but this test set cannot tell it from chance.")
 
 
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
@@ -80,13 +169,17 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
     return missing
 
 
-def list_main(program: str, description: str, rows: list, differences: list[str], argv=None) -> None:
+def list_main(program: str, description: str, rows: list, differences: list[str], folds=None, argv=None) -> None:
     """`python -m nli.study --list` (or ser.study): one line per experiment, name<TAB>flags, as
-    run_all.sh reads them; without --list, every difference from the study, one per paragraph."""
+    run_all.sh reads them (`folds(K)`: the rows --folds K adds); without --list, every difference
+    from the study, one per paragraph."""
     p = argparse.ArgumentParser(prog=f"python -m {program}", description=description)
     p.add_argument("--list", action="store_true", help="print name<TAB>flags for each experiment")
-    if p.parse_args(argv).list:
-        for row in rows:
+    if folds:
+        p.add_argument("--folds", type=int, help="also list the speaker-independent K-fold run")
+    a = p.parse_args(argv)
+    if a.list:
+        for row in rows + (folds(a.folds) if folds and a.folds else []):
             print(f"{row.name}\t{row.flags}")
         return
     print("\n\n".join(f"- {line}" for line in differences))

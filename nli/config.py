@@ -24,17 +24,20 @@ class Experiment:
     then remove a `prune_heads` fraction of the attention heads (chosen at random with the seed,
     or the least important: `prune_by`) or, with `prune_by` "masking", mask that fraction of the
     entries of every attention weight at random as the study did (no head removed), then freeze
-    the first `freeze` layers."""
+    the first `freeze` layers. `hypothesis_only`: the model never sees the premise (the
+    dataset-artifact baseline: how much a model gets from the hypothesis alone)."""
     freeze: int = 0
     keep_layers: int | None = None
     prune_heads: float | None = None
     prune_by: str = "random"
+    hypothesis_only: bool = False
 
     @property
     def name(self) -> str:
         """The experiment's name: its folder under runs/nli/ and metrics.json's `experiment`."""
         by = "" if self.prune_by == "random" else f"-{self.prune_by}"
-        parts = [f"keep{self.keep_layers}" if self.keep_layers else "",
+        parts = ["hypothesis-only" if self.hypothesis_only else "",
+                 f"keep{self.keep_layers}" if self.keep_layers else "",
                  f"prune{self.prune_heads:g}{by}" if self.prune_heads else "",
                  f"freeze{self.freeze}" if self.freeze else ""]
         return "-".join(p for p in parts if p) or "all"
@@ -45,7 +48,8 @@ class Experiment:
         parts = [f"--freeze {self.freeze}" if self.freeze else "",
                  f"--keep-layers {self.keep_layers}" if self.keep_layers else "",
                  f"--prune-heads {self.prune_heads:g}" if self.prune_heads else "",
-                 f"--prune-by {self.prune_by}" if self.prune_by != "random" else ""]
+                 f"--prune-by {self.prune_by}" if self.prune_by != "random" else "",
+                 "--hypothesis-only" if self.hypothesis_only else ""]
         return " ".join(p for p in parts if p)
 
 
@@ -103,6 +107,8 @@ def parse_args(argv=None) -> NLIConfig:
                    help="which heads --prune-heads removes: drawn at random with the seed, or the least important; "
                         "masking: remove none, mask that fraction of every attention weight's entries at random with "
                         "torch.nn.utils.prune, as the study did")
+    p.add_argument("--hypothesis-only", action="store_true",
+                   help="leave the premise out: the hypothesis-only baseline (same recipe)")
     p.add_argument("--importance-batches", type=int, default=d.importance_batches,
                    help="training batches (of --batch-size) that head importance is computed on")
     p.add_argument("--trainer-logging-steps", type=int, default=d.trainer_logging_steps,
@@ -120,6 +126,7 @@ def parse_args(argv=None) -> NLIConfig:
         p.error(f"--prune-heads {a.prune_heads}: give a fraction of the heads between 0 and 1, like 0.5")
     if a.prune_by != "random" and not a.prune_heads:
         p.error(f"--prune-by {a.prune_by} goes with --prune-heads (the fraction); give --prune-heads too")
-    experiment = Experiment(a.freeze, a.keep_layers, a.prune_heads, a.prune_by)
-    flat = {k: v for k, v in vars(a).items() if k not in ("freeze", "keep_layers", "prune_heads", "prune_by")}
+    experiment = Experiment(a.freeze, a.keep_layers, a.prune_heads, a.prune_by, a.hypothesis_only)
+    flat = {k: v for k, v in vars(a).items() if k not in ("freeze", "keep_layers", "prune_heads", "prune_by",
+                                                           "hypothesis_only")}
     return NLIConfig(**flat, experiment=experiment)

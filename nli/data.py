@@ -165,10 +165,14 @@ class Encoded:
         return Encoded(self.ids[idx], self.types[idx], self.lengths[idx], self.label_ids[idx], self.max_length)
 
 
-def encode(tokenizer, split: Split, max_length: int) -> Encoded:
+def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = False) -> Encoded:
     """Tokenise premise and hypothesis together ([CLS] p [SEP] h [SEP]), truncated to max_length,
-    once, into padded matrices that every batch is sliced from."""
-    enc = tokenizer(split.premise, split.hypothesis, truncation=True, max_length=max_length)
+    once, into padded matrices that every batch is sliced from. With `hypothesis_only` the premise
+    is left out altogether ([CLS] h [SEP]): the hypothesis-only baseline."""
+    if hypothesis_only:
+        enc = tokenizer(split.hypothesis, truncation=True, max_length=max_length)
+    else:
+        enc = tokenizer(split.premise, split.hypothesis, truncation=True, max_length=max_length)
     types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
     lengths = torch.tensor([len(x) for x in enc["input_ids"]])
     width = bucket_length(int(lengths.max()), max_length)

@@ -35,11 +35,13 @@ def load(model_dir: str):
 
 @torch.inference_mode()
 def probabilities(model, tokenizer, premises, hypotheses, max_length: int = 200) -> torch.Tensor:
-    """Softmax probabilities, one row per pair (batches padded to their own longest pair)."""
+    """Softmax probabilities, one row per pair (batches padded to their own longest pair). A
+    hypothesis-only model (its config says so) is given the hypotheses alone, as it was trained."""
     out = []
+    alone = getattr(model.config, "hypothesis_only", False)
     for i in range(0, len(premises), BATCH):
-        enc = tokenizer(premises[i:i + BATCH], hypotheses[i:i + BATCH], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
+        texts = (hypotheses[i:i + BATCH],) if alone else (premises[i:i + BATCH], hypotheses[i:i + BATCH])
+        enc = tokenizer(*texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         out.append(model(**enc).logits.float().softmax(-1))
     return torch.cat(out)
 

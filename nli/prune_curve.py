@@ -12,9 +12,10 @@ and validation and test accuracy, parameters and inference pairs/s are measured:
   model after each step, and the next step's heads taken from it;
 - random: heads drawn at random, once per seed 0 … --seeds−1 (the same seed, the same heads).
 Fraction 0 is the model as it is. No layer ever loses its last head (a fraction that would need
-that is skipped). The head budget of a way of choosing is the largest number of heads removed
-before test accuracy falls more than one point below the whole model's (random: the mean over
-seeds), counting only fractions up to the first that falls below.
+that is skipped). The head budget of a way of choosing is chosen on the validation split: the
+largest number of heads removed before validation accuracy falls more than one point below the
+whole model's (random: the mean over seeds), counting only fractions up to the first that falls
+below; test accuracy is reported at that budget, never used to choose it.
 
 Outputs in --out (default: prune_curve/ beside the model folder): config.json, train.log,
 prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json (written last).
@@ -42,7 +43,7 @@ from nli.evaluate import pair_logits
 from nli.importance import head_importance, remaining_heads
 from nli.model import choose_by_importance, encoder_layers, load_classifier, prune_heads
 
-DROP = 0.01  # the head budget: test accuracy may fall this much (one point) below the whole model's
+DROP = 0.01  # the head budget: validation accuracy may fall this much (one point) below the whole model's
 FIELDS = ["method", "seed", "fraction", "heads_removed", "val_accuracy", "test_accuracy", "params", "pairs_per_s"]
 
 
@@ -141,13 +142,15 @@ def plot_head_importance(scores: dict, layers: int, heads: int, path: Path) -> N
     save(fig, path)
 
 
-def budget(rows: list[dict], whole: float) -> dict:
-    """Heads removed (and fraction) before test accuracy first falls more than DROP below `whole`."""
-    ok = {"heads": 0, "fraction": 0.0}
+def budget(rows: list[dict], whole: dict) -> dict:
+    """Heads removed (and fraction) before validation accuracy first falls more than DROP below
+    the whole model's (`whole`: its row), with the validation and test accuracy there."""
+    ok = {"heads": 0, "fraction": 0.0, "val_accuracy": whole["val_accuracy"], "test_accuracy": whole["test_accuracy"]}
     for r in sorted(rows, key=lambda r: r["fraction"]):
-        if r["test_accuracy"] < whole - DROP:
+        if r["val_accuracy"] < whole["val_accuracy"] - DROP:
             break
-        ok = {"heads": r["heads_removed"], "fraction": r["fraction"]}
+        ok = {"heads": r["heads_removed"], "fraction": r["fraction"], "val_accuracy": r["val_accuracy"],
+              "test_accuracy": r["test_accuracy"]}
     return ok
 
 
@@ -225,9 +228,10 @@ def write_curve(out, args, rows, scores, whole, total, layers, per_layer) -> Non
     for f in sorted({r["fraction"] for r in rows if r["method"] == "random"}):
         rs = [r for r in rows if r["method"] == "random" and r["fraction"] == f]
         mean_random.append({"fraction": f, "heads_removed": rs[0]["heads_removed"],
+                            "val_accuracy": float(np.mean([r["val_accuracy"] for r in rs])),
                             "test_accuracy": float(np.mean([r["test_accuracy"] for r in rs]))})
-    budgets = {m: budget(mean_random if m == "random" else [r for r in rows if r["method"] == m],
-                         whole["test_accuracy"]) for m in methods}
+    budgets = {m: budget(mean_random if m == "random" else [r for r in rows if r["method"] == m], whole)
+               for m in methods}
     write_text(out / "prune_curve.csv", csv_text(rows, FIELDS))
     plot_prune_curve(rows, whole["test_accuracy"], out / "prune_curve.png",
                      f"heads removed without retraining ({total} heads)")
@@ -239,10 +243,11 @@ def write_curve(out, args, rows, scores, whole, total, layers, per_layer) -> Non
     lines += [f"{r['method']:<22} {str(r['seed']):>4}  {r['fraction']:8.2f}  {r['heads_removed']:5d}  "
               f"{r['val_accuracy']:.4f}    {r['test_accuracy']:.4f}    {r['params']:<10,}  {r['pairs_per_s']}"
               for r in rows]
-    lines += ["", f"head budget (heads removed before test accuracy falls more than {100 * DROP:g} point below the "
-                  f"whole model's {whole['test_accuracy']:.4f}):"]
-    lines += [f"  {m}: {b['heads']} of {total} heads ({b['fraction']:g})" + (" (mean over seeds)" if m == "random" else "")
-              for m, b in budgets.items()]
+    lines += ["", f"head budget, chosen on validation (heads removed before validation accuracy falls more than "
+                  f"{100 * DROP:g} point below the whole model's {whole['val_accuracy']:.4f}), and test accuracy there "
+                  f"(the whole model's: {whole['test_accuracy']:.4f}):"]
+    lines += [f"  {m}: {b['heads']} of {total} heads ({b['fraction']:g}): val {b['val_accuracy']:.4f}, test "
+              f"{b['test_accuracy']:.4f}" + (" (mean over seeds)" if m == "random" else "") for m, b in budgets.items()]
     write_text(out / "report.txt", "\n".join(lines) + "\n")
     write_json(out / "metrics.json", {"task": "nli", "experiment": "prune-curve", "heads": total, "layers": layers,
                                       "whole": whole, "head_budget": budgets, "points": rows,

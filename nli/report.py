@@ -7,7 +7,7 @@ import numpy as np
 from common.files import atomic_write, write_json, write_text
 from common.metrics import confusion, report_text
 from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
-from common.results import RunResult, epoch_table, write_history
+from common.results import RunResult, epoch_table, with_intervals, write_history
 from nli.data import LABEL_NAMES
 from nli.model import Applied
 
@@ -18,8 +18,9 @@ SUBSETS = ["hard_hypothesis", "easy_hypothesis", "hard_overlap", "easy_overlap"]
 @dataclass
 class NLIResult(RunResult):
     """A finished NLI run: the common figures, and what the report says of the data and the
-    experiment (token statistics, label counts, removed heads and their scores)."""
-    test_label_ids: np.ndarray = None
+    experiment (token statistics, label counts, removed heads and their scores; the test split's
+    hard-subset flags for predictions.csv)."""
+    hard: dict = field(default_factory=dict)
     token_stats: dict = field(default_factory=dict)
     piece_lengths: dict = field(default_factory=dict)
     label_counts: dict = field(default_factory=dict)
@@ -31,6 +32,11 @@ class NLIResult(RunResult):
         subsets = self.final["test"].get("subsets") or dict.fromkeys(SUBSETS)
         return {"token_stats": self.token_stats, "test_subsets": subsets, "label_counts": self.label_counts}
 
+    def item_extras(self, split: str) -> list[dict]:
+        if split != "test" or not self.hard:
+            return super().item_extras(split)
+        return [dict(zip(self.hard, flags)) for flags in zip(*self.hard.values())]
+
 
 def write_results(out, cfg, model, tokenizer, result: NLIResult) -> None:
     """Every result file of the run in `out` (`cfg`: the run's NLIConfig), metrics.json last."""
@@ -39,9 +45,10 @@ def write_results(out, cfg, model, tokenizer, result: NLIResult) -> None:
         tokenizer.save_pretrained(folder)
     atomic_write(out / "model", save_model, replace_folder=True)  # (a resumed run may find its own model/)
     write_history(out, result.history)
+    result.write_predictions(out)
     record = result.metrics()
     name, final = result.experiment, result.final
-    true, pred = result.test_label_ids, np.asarray(final["test"]["pred"])
+    true, pred = result.label_ids["test"], np.asarray(final["test"]["pred"])
     plot_curves(result.history, out / "curves.png", f"FarsTail, {name}")
     plot_confusion(confusion(true, pred, len(LABEL_NAMES)), LABEL_NAMES, out / "confusion_matrix.png",
                    f"FarsTail test, {name}")
@@ -62,8 +69,7 @@ def report(cfg, result: NLIResult, record: dict) -> str:
              "model after that epoch, in eval mode; test is reported only, never used to choose", "",
              epoch_table(result.history, ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
                                           "test_accuracy", "seconds", "items_per_s", "items_per_s_steady"]), "",
-             f"final model: test loss {final['test']['loss']:.4f}, test accuracy {final['test']['accuracy']:.4f}, "
-             f"macro F1 {final['test']['macro_f1']:.4f}",
+             f"final model: test loss {final['test']['loss']:.4f}, " + with_intervals(record["test"]),
              f"best validation epoch {record['best_epoch']}: val accuracy {record['best']['val']['accuracy']:.4f}, "
              f"test accuracy {record['best']['test']['accuracy']:.4f}",
              f"training loss as HF Trainer logs it (the mean of each {cfg.trainer_logging_steps} steps; the study's "
@@ -100,6 +106,6 @@ def report(cfg, result: NLIResult, record: dict) -> str:
         lines += ["note: the study masked 50% of attention weights at random instead, which removes no head and "
                   "saves no computation; these heads are removed structurally (smaller matrices), so the two "
                   "results are not the same experiment.", ""]
-    lines += ["test split, final model:", report_text(result.test_label_ids, np.asarray(final["test"]["pred"]),
+    lines += ["test split, final model:", report_text(result.label_ids["test"], np.asarray(final["test"]["pred"]),
                                                        LABEL_NAMES), ""]
     return "\n".join(lines)

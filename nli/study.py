@@ -8,7 +8,8 @@ NLI section of summary.md.
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.summary import list_main, mean_std, read_metrics, seed_runs, short_count
+from common.summary import (comparison_cell, comparison_words, comparisons, list_main, mean_std, read_metrics,
+                            seed_runs, short_count, with_interval)
 from nli.config import Experiment
 
 
@@ -59,8 +60,11 @@ EXPERIMENTS = [
              "every attention weight masked with torch.nn.utils.prune, no head removed", None),
     StudyRow(Experiment(prune_heads=0.5, prune_by="importance"), "ours: the least important half of the heads "
              "removed (gradient head importance of the starting model)", None),
+    StudyRow(Experiment(hypothesis_only=True), "ours: the premise left out, the dataset-artifact baseline: what a "
+             "model gets from the hypothesis alone", None),
 ]
 CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
+REFERENCE = "all"  # every other experiment is compared with this one on the same test pairs
 
 # The study row's cells, in the table's column order ("" where it published nothing comparable).
 STUDY_CELLS = ["val_accuracy", "test_accuracy", "", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
@@ -101,34 +105,36 @@ DIFFERENCES = [
 
 def section(root: Path, seeds: int, missing: list) -> list[str]:
     """The NLI part of summary.md: ours and the study's figures row by row, label counts, links."""
-    head = ("| experiment | run | val acc | test acc | train loss (last epoch) | train loss, Trainer's log | val loss "
-            "| test loss | test macro F1 | trainable / total params | train time (s) | pairs/s | "
-            "test acc, hard hypothesis | test acc, hard overlap |")
-    lines = ["## NLI: ParsBERT on FarsTail", "", head, "|" + "---|" * 14]
+    head = ("| experiment | run | val acc | test acc [95% CI] | train loss (last epoch) | train loss, Trainer's log "
+            "| val loss | test loss | test macro F1 [95% CI] | trainable / total params | train time (s) | pairs/s | "
+            f"test acc, hard hypothesis | test acc, hard overlap | test acc − {REFERENCE}'s [95% CI], McNemar p |")
+    lines = ["## NLI: ParsBERT on FarsTail", "", head, "|" + "---|" * 15]
     run_links: list[str] = []
     notes: list[str] = []
-    first = None
+    found = {e.name: seed_runs(root, f"nli/{e.name}", seeds, missing, run_links) for e in EXPERIMENTS}
+    found = {k: v for k, v in found.items() if v}
+    against = comparisons(REFERENCE, found)
+    first = next(iter(found.values()), [None])[0]
     for e in EXPERIMENTS:
-        runs = seed_runs(root, f"nli/{e.name}", seeds, missing, run_links)
+        runs = found.get(e.name)
         label = f"{e.name} ({e.what}{'; ' + e.flags if e.flags else ''})"
         if runs:
-            first = first or runs[0]
             col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
             p = runs[0]["params"]
             lines.append("| " + " | ".join([
-                label, "ours", col(lambda m: m["val"]["accuracy"]), col(lambda m: m["test"]["accuracy"]),
+                label, "ours", col(lambda m: m["val"]["accuracy"]), with_interval(runs, "accuracy"),
                 col(lambda m: m["train"]["loss"]), col(lambda m: m["train"].get("trainer_logged_last")),
-                col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]),
-                col(lambda m: m["test"]["macro_f1"]), f"{short_count(p['trainable'])} / {short_count(p['total'])}",
+                col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]), with_interval(runs, "macro_f1"),
+                f"{short_count(p['trainable'])} / {short_count(p['total'])}",
                 mean_std([m["speed"]["train_seconds"] for m in runs], 1),
                 mean_std([m["speed"]["items_per_s"] for m in runs], 1),
-                col(lambda m: m["test_subsets"]["hard_hypothesis"]),
-                col(lambda m: m["test_subsets"]["hard_overlap"])]) + " |")
+                col(lambda m: m["test_subsets"]["hard_hypothesis"]), col(lambda m: m["test_subsets"]["hard_overlap"]),
+                comparison_cell(against.get(e.name))]) + " |")
         else:
-            lines.append(f"| {label} | ours: missing |" + " |" * 12)
+            lines.append(f"| {label} | ours: missing |" + " |" * 13)
         if e.study:
             lines.append(f"| | {e.study_label} | " + " | ".join(study_cell(e.study, c) for c in STUDY_CELLS)
-                         + " | | | | | |")
+                         + " | | | | | | |")
         notes += [f"{e.name}: {n}" for n in e.notes]
     logged = first["train"].get("trainer_logged") if first else None
     window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {TRAINER_LOGGING_STEPS} steps"
@@ -138,20 +144,28 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
                   "text, the rest from its table). Train loss (last epoch): the mean over our last epoch's batches. "
                   "Train loss, Trainer's log: the mean of the last full window of Trainer's logging_steps as HF "
                   f"Trainer logs it (here {window}), the quantity the study's table shows. Hard subsets: FarsTail's "
-                  "own hard(hypothesis) and hard(overlap) test columns."]
+                  "own hard(hypothesis) and hard(overlap) test columns. Intervals: 95%, percentile bootstrap over "
+                  "the test pairs (common/stats.py)."]
+    if against:
+        lines += ["", comparison_words(f"`{REFERENCE}`", len(against), "test pairs")
+                  + (f" With {seeds} seeds, the difference is that of the seed-averaged accuracies and McNemar's test "
+                     "takes the pairs each gets right in most seeds." if seeds > 1 else "")]
     lines += [f"- Note: {n}." for n in notes]
     curves = [c for c in (read_metrics(root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve") for k in range(seeds)) if c]
     if curves:
         heads = curves[0]["heads"]
-        budget = lambda m: mean_std([c["head_budget"][m]["heads"] for c in curves if m in c["head_budget"]], 0)  # noqa: E731
+        at = lambda m, k, d: mean_std([c["head_budget"][m][k] for c in curves if m in c["head_budget"]], d)  # noqa: E731
         methods = [m for m in ("importance", "importance-iterative", "random") if m in curves[0]["head_budget"]]
         lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining "
                       f"(`python -m nli.prune_curve`; seed 0 shown): "
                       f"![pruning curve](nli/{CURVE_OF}/seed0/prune_curve/prune_curve.png)", "",
-                  f"Heads that can go before test accuracy falls more than one point below the whole model's, of "
-                  f"{heads}: " + "; ".join(f"{m} {budget(m)}" for m in methods)
-                  + " (random: the mean over its draws). Importance is computed on training pairs, never the test "
-                    f"split. Importance per head: [heat map](nli/{CURVE_OF}/seed0/prune_curve/head_importance.png), "
+                  f"Heads that can go before validation accuracy falls more than one point below the whole model's, of "
+                  f"{heads}, and test accuracy there (whole model: "
+                  f"{mean_std([c['whole']['test_accuracy'] for c in curves])}): " + "; ".join(
+                      f"{m} {at(m, 'heads', 0)} (test {at(m, 'test_accuracy', 4)})" for m in methods)
+                  + " (random: the mean over its draws). The budget is chosen on validation, the test split only "
+                    "reported; importance is computed on training pairs. Importance per head: "
+                    f"[heat map](nli/{CURVE_OF}/seed0/prune_curve/head_importance.png), "
                     f"[report](nli/{CURVE_OF}/seed0/prune_curve/report.txt)."]
     if first and "label_counts" in first:
         counts = first["label_counts"]

@@ -89,7 +89,8 @@ def train(cfg: NLIConfig):
         tokenizer = load_tokenizer(cfg.model)
         check_max_length(cfg.max_length, tokenizer, None)
         stats, piece_lengths = token_stats(tokenizer, splits["train"], cfg.max_length)
-        data = {name: encode(tokenizer, split, cfg.max_length) for name, split in splits.items()}
+        data = {name: encode(tokenizer, split, cfg.max_length, cfg.experiment.hypothesis_only)
+                for name, split in splits.items()}
         log(f"FarsTail: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} pairs; longest premise "
             f"{stats['max_premise_tokens']} and hypothesis {stats['max_hypothesis_tokens']} word pieces; "
             f"{stats['truncated_pairs']} training pairs truncated to {cfg.max_length}")
@@ -134,11 +135,13 @@ def train(cfg: NLIConfig):
         result = NLIResult(
             task="nli", experiment=cfg.experiment.name, seed=cfg.seed, protocol=PROTOCOL, history=training.history,
             evals=training.evals, params=params, graphs=training.steps.info(),
-            train=train_loss(training.history, cfg.trainer_logging_steps), test_label_ids=data["test"].label_ids.numpy(),
+            train=train_loss(training.history, cfg.trainer_logging_steps), label_names=LABEL_NAMES,
+            label_ids={k: data[k].label_ids.numpy() for k in ("val", "test")}, hard=splits["test"].hard,
             token_stats=stats, piece_lengths=piece_lengths, applied=applied,
             heads_in_model=model.config.num_attention_heads * len(encoder_layers(model)),
             label_counts=label_counts(data), recipe=recipe_text(cfg, run, training.steps.graphed))
         make_masks_permanent(model)  # (--prune-by masking: the model saves as a plain one, zeros in place)
+        model.config.hypothesis_only = cfg.experiment.hypothesis_only  # (nli.predict then feeds the hypothesis alone)
         write_results(out, cfg, model, tokenizer, result)
         training.checkpoint.remove()
         log(f"done: test accuracy {result.final['test']['accuracy']:.4f}; results in {out}")

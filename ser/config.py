@@ -51,7 +51,8 @@ class SERConfig:
         keys = ["model", "feature_extractor", "data_dir", "manifest", "out", "epochs", "batch_size", "lr", "seed",
                 "limit"]
         return {**{k: values.pop(k) for k in keys}, "protocol": protocol["kind"], "split": protocol["split"],
-                "no_balance": not protocol["balance"], "split_seed": protocol["split_seed"], **values}
+                "no_balance": not protocol["balance"], "split_seed": protocol["split_seed"], "folds": protocol["folds"],
+                **({"fold": protocol["fold"]} if protocol["fold"] else {}), **values}
 
     def run_spec(self) -> RunSpec:
         return run_spec("ser.train", self, RESUME_FREE)
@@ -80,6 +81,8 @@ def parse_args(argv=None) -> SERConfig:
     p.add_argument("--no-balance", action="store_true", help="leak-free protocol: do not augment the training split")
     p.add_argument("--split-seed", type=int, help="the seed of the split (default: the study's random_state 10 under "
                    "--protocol study, --seed under leak-free); training is seeded by --seed either way")
+    p.add_argument("--folds", type=int, help="with --split speaker: K speaker-independent folds, each tested once "
+                   "(K runs in OUT/fold1 ... OUT/foldK, and their summary in OUT)")
     p.add_argument("--augment-method", choices=["librosa", "signalsmith"], default=d.augment_method,
                    help="audiomentations backend for pitch shift and time stretch (librosa: phase vocoder)")
     p.add_argument("--cache-dir", type=Path, help="augmented clips cache (default: OUT/cache)")
@@ -97,6 +100,9 @@ def parse_args(argv=None) -> SERConfig:
                                                                 "log_every")})
     if a.split_seed is not None and not 0 <= a.split_seed < 2**32:
         p.error(f"--split-seed {a.split_seed}: give a whole number from 0 to {2**32 - 1}")
-    protocol = Protocol(a.protocol, a.split, not a.no_balance, a.split_seed)
-    flat = {k: v for k, v in vars(a).items() if k not in ("protocol", "split", "no_balance", "split_seed")}
+    if a.folds is not None and (a.folds < 3 or a.protocol != "leak-free" or a.split != "speaker"):
+        p.error("--folds K needs K of at least 3 (one fold tests, the next validates, the rest train) and "
+                "--protocol leak-free --split speaker")
+    protocol = Protocol(a.protocol, a.split, not a.no_balance, a.split_seed, a.folds)
+    flat = {k: v for k, v in vars(a).items() if k not in ("protocol", "split", "no_balance", "split_seed", "folds")}
     return SERConfig(**flat, protocol=protocol)

@@ -19,7 +19,7 @@ from common.files import read_table
 from common.inputs import files_record
 from ser.audio import (MAX_SECONDS, SAMPLE_RATE, augmented_copies, crop_long, normalize, pad_short, read_audio,
                        sample_problem)
-from ser.splits import Item, Protocol, write_split_csv
+from ser.splits import Item, Protocol, item_records, write_split_csv
 
 # ShEMO's emotion letters, in the label order used everywhere (model ids, reports).
 EMOTIONS = {"A": "anger", "F": "fear", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise"}
@@ -141,6 +141,7 @@ class Dataset:
     clip_seconds: list[float]  # every readable clip's length
     skipped: list[str]
     misnamed: list[str]
+    records: dict[str, list[dict]]  # per split, each item as split.csv describes it (ser/splits.py)
 
     @property
     def skipped_files(self) -> list[str]:
@@ -148,8 +149,10 @@ class Dataset:
 
     @property
     def split_items(self) -> dict:
-        """Items per split, and how many of them are augmented copies."""
-        return {k: {"items": len(v), "augmented": self.copies[k]} for k, v in self.waves.items()}
+        """Items per split, how many of them are augmented copies, and how many speakers they hold."""
+        return {k: {"items": len(v), "augmented": self.copies[k],
+                    "speakers": len({r["speaker"] for r in self.records[k]} - {""}) or None}
+                for k, v in self.waves.items()}
 
 
 def read_corpus(found: tuple[list[Clip], list[str]], protocol: Protocol, seed: int, limit: int | None, strict: bool,
@@ -176,8 +179,9 @@ def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_
     planned = list(dict.fromkeys(it for its in items.values() for it in its if it.augmentation is not None))
     made = augmented_copies(raw, [(it.clip, it.augmentation) for it in planned], cache_dir, method, log)
     copy_of = dict(zip(planned, made))
+    records = item_records(clips, items)
     if split_csv is not None:
-        write_split_csv(split_csv, clips, items)
+        write_split_csv(split_csv, records)
     waves = {k: [normalize(raw[it.clip] if it.augmentation is None else copy_of[it], do_normalize) for it in its]
              for k, its in items.items()}
     label_ids = {k: torch.tensor([names.index(clips[it.clip].label) for it in its], dtype=torch.long)
@@ -187,7 +191,7 @@ def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_
               "before": per_class([it for it in items["train"] if it.augmentation is None]),
               "after": per_class(items["train"]), "splits": {k: per_class(v) for k, v in items.items()}}
     return Dataset(names, waves, label_ids, {k: sum(it.augmentation is not None for it in v) for k, v in items.items()},
-                   counts, [len(w) / SAMPLE_RATE for w in raw], corpus.skipped, corpus.misnamed)
+                   counts, [len(w) / SAMPLE_RATE for w in raw], corpus.skipped, corpus.misnamed, records)
 
 
 def bucket_length(n: int, bucket: int = SAMPLE_RATE) -> int:

@@ -7,7 +7,8 @@ import numpy as np
 from common.files import atomic_write, write_json, write_text
 from common.metrics import confusion, report_text
 from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
-from common.results import RunResult, epoch_table, write_history
+from common.results import RunResult, epoch_table, with_intervals, write_history
+from common.stats import accuracy_interval
 from ser.model import save_classifier
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "val_uar",
@@ -17,9 +18,11 @@ HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 @dataclass
 class SERResult(RunResult):
     """A finished SER run: the common figures (`train`: the final model on the training split),
-    and what the report says of the corpus and the split."""
-    label_names: list = field(default_factory=list)
-    label_ids: dict = field(default_factory=dict)  # per split
+    and what the report says of the corpus and the split (`records`: each split's items as
+    split.csv describes them; `measure_leak`: the study's protocol, whose test split is split by
+    how much of each item training saw)."""
+    records: dict = field(default_factory=dict)
+    measure_leak: bool = False
     class_counts: dict = field(default_factory=dict)
     split_items: dict = field(default_factory=dict)
     skipped_files: list = field(default_factory=list)
@@ -27,12 +30,41 @@ class SERResult(RunResult):
     recipe: str = ""
 
     def task_metrics(self) -> dict:
-        return {"class_counts": self.class_counts, "split_items": self.split_items, "skipped_files": self.skipped_files}
+        out = {"class_counts": self.class_counts, "split_items": self.split_items, "skipped_files": self.skipped_files}
+        if self.measure_leak:
+            out["test_leak"] = self.leak_split()
+        return out
+
+    def item_extras(self, split: str) -> list[dict]:
+        return [{k: r[k] for k in ("path", "speaker", "augmentation", "source_also_in")} for r in self.records[split]]
+
+    def leak_split(self) -> dict:
+        """The leak measured inside one run's test split (the study's protocol): test accuracy of
+        (a) original clips against augmented copies, and (b) items whose source clip also has a
+        copy (or itself) in training against those whose source does not; each with its items
+        and a 95% bootstrap interval. Each pair of groups makes up the whole test split."""
+        records, correct = self.records["test"], self.predictions()["test"] == self.label_ids["test"]
+        copy = np.array([bool(r["augmentation"]) for r in records])
+        seen = np.array(["train" in r["source_also_in"].split(";") for r in records])
+        groups = {"original clips": ~copy, "augmented copies": copy, "source clip also in training": seen,
+                  "source clip not in training": ~seen}
+        return {name: {"items": int(mask.sum()), "accuracy": float(correct[mask].mean()) if mask.any() else None,
+                       "interval": accuracy_interval(correct[mask])} for name, mask in groups.items()}
 
     @property
     def splits(self) -> dict:
         """The final model's figures on every split."""
         return {"train": self.train, **self.final}
+
+
+def leak_lines(leak: dict | None) -> list[str]:
+    """report.txt's lines on the leak inside the test split (the study's protocol)."""
+    if not leak:
+        return []
+    cell = lambda g: (f"{g['accuracy']:.4f} [{g['interval'][0]:.4f}, {g['interval'][1]:.4f}] over {g['items']} "  # noqa: E731
+                      "items" if g["items"] else "no items")
+    return ["the leak inside this test split (test accuracy, 95% bootstrap interval): "
+            + "; ".join(f"{name} {cell(g)}" for name, g in leak.items())]
 
 
 def counts_table(counts: dict) -> str:
@@ -52,10 +84,11 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
     names, counts = result.label_names, result.class_counts
     atomic_write(out / "model", lambda folder: save_classifier(model, fe, names, folder), replace_folder=True)
     write_history(out, result.history, HISTORY_FIELDS)
+    result.write_predictions(out)
     record = result.metrics()
     plot_curves(result.history, out / "curves.png", "speech emotion recognition")
     for k, ev in result.splits.items():
-        plot_confusion(confusion(result.label_ids[k].numpy(), np.asarray(ev["pred"]), len(names)), names,
+        plot_confusion(confusion(result.label_ids[k], np.asarray(ev["pred"]), len(names)), names,
                        out / f"confusion_matrix_{k}.png", f"{k} split, final model")
     plot_counts({"corpus as read": counts["corpus"], "train before balancing": counts["before"],
                  **{f"{k} (used)": v for k, v in counts["splits"].items()}},
@@ -80,13 +113,17 @@ def report(cfg, result: SERResult, record: dict) -> str:
                                           "items_per_s"]), "",
              "final model: " + ", ".join(f"{k} accuracy {v['accuracy']:.4f}, UAR {v['uar']:.4f}, macro F1 "
                                          f"{v['macro_f1']:.4f}" for k, v in splits.items()),
+             "final model on the test split: " + with_intervals(record["test"]),
              "per-class recall, test: " + ", ".join(f"{n} {v['recall']:.4f}"
-                                                    for n, v in splits["test"]["per_class"].items()),
+                                                    for n, v in splits["test"]["per_class"].items())
+             + (f" (absent from the test split: {', '.join(splits['test']['absent'])}; UAR and macro F1 average the "
+                "classes present)" if splits["test"]["absent"] else ""),
              f"best validation epoch {record['best_epoch']}: val accuracy {record['best']['val']['accuracy']:.4f}, "
              f"test accuracy {record['best']['test']['accuracy']:.4f}", "",
              "clips per class:", counts_table(result.class_counts),
-             "items per split (augmented copies among them): " + ", ".join(
-                 f"{k} {v['items']} ({v['augmented']})" for k, v in result.split_items.items()), "",
+             "items per split (augmented copies among them; speakers): " + ", ".join(
+                 f"{k} {v['items']} ({v['augmented']}; {v['speakers'] or 'n/a'})" for k, v in result.split_items.items()),
+             *leak_lines(record.get("test_leak")), "",
              f"parameters: {result.params['trainable']:,} trainable of {result.params['total']:,}",
              f"training speed: {speed['items_per_s']} clips/s ({speed['audio_seconds_per_s']} audio-s/s) over "
              f"{speed['train_seconds']} s, {speed['items_per_s_steady']} clips/s without the "
@@ -94,6 +131,6 @@ def report(cfg, result: SERResult, record: dict) -> str:
              f"{graphs['graph_shapes']} shapes)",
              f"skipped files: {len(result.skipped_files)}" + "".join(f"\n  {s}" for s in result.skipped_files), ""]
     for k, ev in splits.items():
-        lines += [f"{k} split, final model:", report_text(result.label_ids[k].numpy(), np.asarray(ev["pred"]),
+        lines += [f"{k} split, final model:", report_text(result.label_ids[k], np.asarray(ev["pred"]),
                                                           result.label_names), ""]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ beside them, run the same way, so the two can be compared on the same data.
 import csv
 import io
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,11 +99,16 @@ class Protocol:
       speaker in two splits), then the training split alone is balanced (unless not `balance`),
       so no copy of a validation or test clip is trained on.
     `split_seed` (--split-seed) fixes the split: by default the study's random_state 10 under
-    `study`, and the training seed under `leak-free`."""
+    `study`, and the training seed under `leak-free`.
+    `folds` (--folds K, with the speaker split): K speaker-independent folds, no speaker in two;
+    fold k tests on fold k, validates on the next fold and trains on the others (balanced alone).
+    `fold` is the one a run trains (ser.train --folds runs each in turn)."""
     kind: str = "leak-free"
     split: str = "random"
     balance: bool = True
     split_seed: int | None = None
+    folds: int | None = None
+    fold: int | None = None
 
     def seed_of_split(self, seed: int) -> int:
         """The seed the split is drawn with, given the run's training seed."""
@@ -115,14 +121,18 @@ class Protocol:
         """Its folder under runs/ser/ and metrics.json's `experiment`."""
         if self.kind == "study":
             return "study"
-        return f"leak-free-{self.split}" + ("" if self.balance else "-no-balance")
+        name = f"leak-free-{self.split}" + ("" if self.balance else "-no-balance")
+        if self.folds:
+            return name + (f"-fold{self.fold}of{self.folds}" if self.fold else "-folds")
+        return name
 
     @property
     def flags(self) -> str:
         """The ser.train flags that make it."""
         if self.kind == "study":
             return "--protocol study"
-        return f"--protocol leak-free --split {self.split}" + ("" if self.balance else " --no-balance")
+        return (f"--protocol leak-free --split {self.split}" + ("" if self.balance else " --no-balance")
+                + (f" --folds {self.folds}" if self.folds else ""))
 
     @property
     def description(self) -> str:
@@ -130,9 +140,12 @@ class Protocol:
         if self.kind == "study":
             return ("study: whole corpus balanced by pitch-shift/time-stretch copies, then a random 80/10/10 split "
                     "(not stratified); augmented copies in every split")
-        return (f"leak-free: {'stratified random' if self.split == 'random' else 'speaker-independent'} 80/10/10 "
-                "split, then " + ("the training split balanced by pitch-shift/time-stretch copies" if self.balance
-                                  else "no balancing") + "; validation and test hold original clips only")
+        split = (f"speaker-independent {self.folds}-fold split (fold {self.fold or 'k'} tested, the next validating, "
+                 "the others training)" if self.folds else
+                 f"{'stratified random' if self.split == 'random' else 'speaker-independent'} 80/10/10 split")
+        return (f"leak-free: {split}, then " + ("the training split balanced by pitch-shift/time-stretch copies"
+                                                if self.balance else "no balancing")
+                + "; validation and test hold original clips only")
 
     @property
     def what(self) -> str:
@@ -144,6 +157,9 @@ class Protocol:
         if self.split == "random":
             return ("ours: a stratified random 80/10/10 split first, then the training split alone balanced; "
                     "speakers are shared between splits, as in the study")
+        if self.folds:
+            return (f"ours: {self.folds} speaker-independent folds, each tested once (no speaker in two folds), each "
+                    "fold's training part balanced alone")
         return "ours: no speaker in two splits, then the training split alone balanced"
 
     def items(self, label_names: list[str], speakers: list, seed: int, limit: int | None) -> dict[str, list[Item]]:
@@ -151,6 +167,9 @@ class Protocol:
         stratified N of each split."""
         if self.kind == "study":
             return study_items(label_names, seed=seed, split_seed=self.seed_of_split(seed), limit=limit)
+        if self.fold:
+            parts = fold_split(label_names, speakers, self.fold, self.folds, self.seed_of_split(seed))
+            return balanced(parts, label_names, seed, limit, self.balance)
         return leak_free_items(label_names, speakers, split=self.split, seed=self.seed_of_split(seed), limit=limit,
                                balance=self.balance)
 
@@ -195,12 +214,41 @@ def leak_free_items(label_names: list[str], speakers: list, *, split: str, seed:
     then add augmented copies of training clips only, so no copy of a validation or test clip is
     ever trained on."""
     parts = split_random(label_names, seed) if split == "random" else split_by_speaker(label_names, speakers, seed)
+    return balanced(parts, label_names, seed, limit, balance)
+
+
+def balanced(parts: dict[str, list[int]], label_names: list[str], seed: int, limit: int | None, balance: bool
+             ) -> dict[str, list[Item]]:
+    """Each split's clips as items (--limit: a stratified N of each), the training split alone
+    topped up with augmented copies of its own clips when `balance`."""
     parts = {k: stratified_head(v, label_names.__getitem__, limit, seed) for k, v in parts.items()}
     items = {k: [Item(i) for i in v] for k, v in parts.items()}
     if balance:
         train = parts["train"]
         items["train"] += [Item(train[s], draw) for s, draw in balance_plan([label_names[i] for i in train], seed)]
     return items
+
+
+def speaker_folds(label_names: list[str], speakers: list, folds: int, seed: int) -> list[list[int]]:
+    """K folds of the clips with no speaker in two (scikit-learn's StratifiedGroupKFold, shuffled
+    with `seed`: classes as even across folds as the speakers allow); each fold's clip indices."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    if any(s is None for s in speakers):
+        raise UserError("--folds needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
+    if len(set(speakers)) < folds:
+        raise UserError(f"--folds {folds}: the corpus has {len(set(speakers))} speakers; give at most that many folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # (a class with fewer clips than folds: it warns, and still splits)
+        warnings.simplefilter("ignore")
+        return [sorted(test.tolist()) for _, test in splitter.split(label_names, label_names, groups=speakers)]
+
+
+def fold_split(label_names: list[str], speakers: list, fold: int, folds: int, seed: int) -> dict[str, list[int]]:
+    """Fold `fold` (1-based) of `folds`: it is tested, the next fold validates, the others train."""
+    parts = speaker_folds(label_names, speakers, folds, seed)
+    test, val = parts[fold - 1], parts[fold % folds]
+    return {"train": sorted(i for k, p in enumerate(parts) if k not in (fold - 1, fold % folds) for i in p),
+            "val": val, "test": test}
 
 
 def study_items(label_names: list[str], *, seed: int, split_seed: int, limit: int | None) -> dict[str, list[Item]]:
@@ -221,21 +269,35 @@ def study_items(label_names: list[str], *, seed: int, split_seed: int, limit: in
     return {k: stratified_head(v, label_of, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
 
 
-def write_split_csv(path: Path, clips: list, items: dict[str, list[Item]]) -> None:
-    """Every item's split, source file and augmentation, and which other splits hold the same
-    source clip (as itself or as a copy): the record that shows whether a validation or test
-    clip reached training. (`clips`: the corpus's clips, ser/data.py.)"""
+RECORD_FIELDS = ["label", "speaker", "path", "augmentation", "source_also_in"]
+
+
+def item_records(clips: list, items: dict[str, list[Item]]) -> dict[str, list[dict]]:
+    """Each split's items as split.csv describes them: label, speaker, source file, augmentation,
+    and which other splits hold the same source clip (as itself or as a copy), the record that
+    shows whether a validation or test clip reached training. (`clips`: the corpus's, ser/data.py.)"""
     where: dict[int, set] = {}
     for name, its in items.items():
         for it in its:
             where.setdefault(it.clip, set()).add(name)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["split", "label", "speaker", "path", "augmentation", "source_also_in"])
+    records = {}
     for name, its in items.items():
+        records[name] = []
         for it in its:
             clip, aug = clips[it.clip], it.augmentation
-            described = "" if aug is None else f"pitch {aug.semitones:+.2f} semitones, stretch x{aug.rate:.3f}"
-            w.writerow([name, clip.label, clip.speaker or "", clip.path, described,
-                        ";".join(sorted(where[it.clip] - {name}))])
+            records[name].append({
+                "label": clip.label, "speaker": clip.speaker or "", "path": str(clip.path),
+                "augmentation": "" if aug is None else f"pitch {aug.semitones:+.2f} semitones, stretch x{aug.rate:.3f}",
+                "source_also_in": ";".join(sorted(where[it.clip] - {name}))})
+    return records
+
+
+def write_split_csv(path: Path, records: dict[str, list[dict]]) -> None:
+    """split.csv: every item's split, then its item_records fields."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["split"] + RECORD_FIELDS)
+    for name, rows in records.items():
+        for r in rows:
+            w.writerow([name] + [r[k] for k in RECORD_FIELDS])
     atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))

@@ -7,7 +7,7 @@ the study, and the SER section of summary.md.
 """
 from pathlib import Path
 
-from common.summary import list_main, mean_std, seed_runs
+from common.summary import comparison_cell, comparison_words, comparisons, list_main, mean_std, seed_runs, with_interval
 from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
@@ -68,43 +68,50 @@ DIFFERENCES = [
 
 
 def section(root: Path, seeds: int, missing: list) -> list[str]:
-    """The SER part of summary.md: every protocol beside the study's figures, the class counts,
-    and the measured difference between the study's protocol and ours."""
+    """The SER part of summary.md: every protocol beside the study's figures (test figures with
+    95% intervals), the speaker-independent folds when they were run, the leak measured inside the
+    study's own test split, the class counts, and the difference between the study's protocol
+    and ours with what it mixes."""
     lines = ["## SER: HuBERT on ShEMO", "",
-             "| protocol | train acc | train UAR | val acc | val UAR | val macro F1 | test acc | test UAR | "
-             "test macro F1 | test split: items (augmented), per class | clips/s | audio-s/s |",
-             "|" + "---|" * 12]
+             "| protocol | train acc | train UAR | val acc | val UAR | val macro F1 | test acc [95% CI] | "
+             "test UAR [95% CI] | test macro F1 [95% CI] | test split: items (augmented), per class | speakers "
+             "train / val / test | clips/s | audio-s/s |", "|" + "---|" * 13]
     run_links: list[str] = []
     found = {}
     for p in PROTOCOLS:
         runs = seed_runs(root, f"ser/{p.name}", seeds, missing, run_links)
         if not runs:
-            lines.append(f"| {p.name}: {p.what} | missing |" + " |" * 10)
+            lines.append(f"| {p.name}: {p.what} | missing |" + " |" * 11)
             continue
         found[p.name] = runs
         col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-        test = runs[0]["split_items"]["test"]
+        items = runs[0]["split_items"]
         mix = ", ".join(f"{k} {v}" for k, v in runs[0]["class_counts"]["splits"]["test"].items())
         lines.append("| " + " | ".join([
             f"{p.name}: {p.what}", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["train"]["uar"]),
             col(lambda m: m["val"]["accuracy"]), col(lambda m: m["val"]["uar"]), col(lambda m: m["val"]["macro_f1"]),
-            col(lambda m: m["test"]["accuracy"]), col(lambda m: m["test"]["uar"]), col(lambda m: m["test"]["macro_f1"]),
-            f"{test['items']} ({test['augmented']}): {mix}", mean_std([m["speed"]["items_per_s"] for m in runs], 1),
+            with_interval(runs, "accuracy"), with_interval(runs, "uar"), with_interval(runs, "macro_f1"),
+            f"{items['test']['items']} ({items['test']['augmented']}): {mix}",
+            " / ".join(str(items[k].get("speakers") or "n/a") for k in ("train", "val", "test")),
+            mean_std([m["speed"]["items_per_s"] for m in runs], 1),
             mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)]) + " |")
+    folds = FOLDS.name
+    folded = seed_runs(root, f"ser/{folds}", seeds, missing, run_links) if (root / "ser" / folds).is_dir() else []
+    if folded:
+        lines.append(fold_row(folded))
     lines.append(f"| the study's published run (its protocol, one seed) | {PUBLISHED['train']:.3f} | n/a | "
                  f"{PUBLISHED['val']:.3f} | n/a | n/a | {PUBLISHED['test']:.3f} | n/a | n/a | about half augmented "
-                 "copies, nearly balanced (the corpus was balanced to the largest class first) | | |")
-    mean = lambda runs, k: sum(m["test"][k] for m in runs) / len(runs)  # noqa: E731
-    if "study" in found and len(found) > 1:
-        s_acc, s_uar = mean(found["study"], "accuracy"), mean(found["study"], "uar")
-        parts = [f"{name} {mean(r, 'accuracy'):.4f} (UAR {mean(r, 'uar'):.4f}; the study's protocol minus this: "
-                 f"{100 * (s_acc - mean(r, 'accuracy')):+.1f} points of accuracy, "
-                 f"{100 * (s_uar - mean(r, 'uar')):+.1f} of UAR)" for name, r in found.items() if name != "study"]
-        n = f"{seeds} seeds" if seeds > 1 else "one seed"
-        lines += ["", f"**Measured on these runs** ({n}), test accuracy: the study's protocol {s_acc:.4f} (UAR "
-                  f"{s_uar:.4f}); " + "; ".join(parts) + ". The test sets differ, so each difference mixes the leak "
-                  "(copies of test clips in training), copies inside the study's test split, a balanced against a "
-                  "natural class mix, and seed noise; it is not the size of the leak alone."]
+                 "copies, nearly balanced (the corpus was balanced to the largest class first) | | | |")
+    lines += leak_inside_the_study(found.get("study"))
+    lines += fold_lines(folded)
+    lines += protocol_difference(found, seeds)
+    against = {name: comparisons(name, found) for name in found}
+    pairs = {(a, b): r for a, res in against.items() for b, r in res.items() if a < b}
+    lines += ["", "Paired tests: " + ("; ".join(f"{b} against {a}: {comparison_cell(r)}" for (a, b), r in pairs.items())
+                                      + ". " + comparison_words("each other", len(pairs), "test clips") if pairs else
+                                      "no two of these protocols test on the same items (each splits the corpus its "
+                                      "own way), so none is compared by a paired test; the leak is measured inside the "
+                                      "study's own test split instead (above).")]
     any_run = next(iter(found.values()), None)
     if any_run:
         c = any_run[0]["class_counts"]
@@ -115,9 +122,68 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
                 f"{k} {sum(v.values())} ({', '.join(f'{n} {x}' for n, x in v.items())})" for k, v in s.items()))
     n = f"{seeds} seeds (mean ± std)" if seeds > 1 else "one seed"
     lines += ["", f"Ours: the final model, {n}. UAR: unweighted average recall (balanced accuracy), the mean of "
-                  "the per-class recalls."]
+                  "the per-class recalls. A class a split does not hold is left out of its UAR and macro F1 (and "
+                  "named in the run's report). Intervals: 95%, percentile bootstrap over the test items."]
     return lines + ["", *run_links, ""]
 
 
+FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder of run_all.sh --ser-folds K)
+
+
+def fold_row(runs: list[dict]) -> str:
+    """The folds' row: mean ± std over the folds (of every seed), pooled intervals (every clip tested once)."""
+    per_fold = [f for m in runs for f in m["per_fold"]]
+    cell = lambda k: (mean_std([f[f"test_{k}"] for f in per_fold]) + " [{:.4f}, {:.4f}] (pooled)".format(  # noqa: E731
+        *runs[0]["pooled"]["intervals"][k]))
+    speakers = " / ".join(mean_std([f[f"{k}_speakers"] for f in per_fold], 1) for k in ("train", "val", "test"))
+    return ("| " + " | ".join([f"{runs[0]['experiment']}: {runs[0]['folds']} speaker-independent folds, each tested "
+                               "once; mean ± std over the folds", "", "", "", "", "", cell("accuracy"), cell("uar"),
+                               cell("macro_f1"), f"every clip once ({sum(f['test_items'] for f in runs[0]['per_fold'])})",
+                               f"{speakers} (mean per fold)", "", ""]) + " |")
+
+
+def fold_lines(runs: list[dict]) -> list[str]:
+    """Per fold figures and accuracy by the speaker's gender."""
+    if not runs:
+        return []
+    m = runs[0]
+    return ["", f"**Speaker-independent folds** (seed {m['seed']}): test accuracy per fold "
+            + ", ".join(f"fold {f['fold']} {f['test_accuracy']:.4f} (UAR {f['test_uar']:.4f}; speakers "
+                        f"{f['train_speakers']}/{f['val_speakers']}/{f['test_speakers']})" for f in m["per_fold"])
+            + "; by the speaker's gender, every fold's test clips pooled: " + ("; ".join(
+                f"{g} {v['accuracy']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] over {v['items']} clips"
+                for g, v in m["by_gender"].items()) or "n/a") + "."]
+
+
+def leak_inside_the_study(runs: list[dict] | None) -> list[str]:
+    """The leak measured inside the study protocol's own test split, with intervals."""
+    if not runs or "test_leak" not in runs[0]:
+        return []
+    leak = runs[0]["test_leak"]
+    cell = lambda g: (f"{g['accuracy']:.4f} [{g['interval'][0]:.4f}, {g['interval'][1]:.4f}] over {g['items']} "  # noqa: E731
+                      "items" if g["items"] else "no items")
+    return ["", f"**The leak inside the study's own test split** (seed {runs[0]['seed']}; one test split, so no two "
+                "test sets are compared): test accuracy of " + "; ".join(f"{k}, {cell(v)}" for k, v in leak.items())
+            + ". Original clips against copies, and clips whose source training also saw against those it did not, "
+              "split the same test items two ways."]
+
+
+def protocol_difference(found: dict, seeds: int) -> list[str]:
+    """The difference between the study's protocol and ours, and what it mixes."""
+    if "study" not in found or len(found) < 2:
+        return []
+    mean = lambda runs, k: sum(m["test"][k] for m in runs) / len(runs)  # noqa: E731
+    s_acc, s_uar = mean(found["study"], "accuracy"), mean(found["study"], "uar")
+    parts = [f"{name} {mean(r, 'accuracy'):.4f} (UAR {mean(r, 'uar'):.4f}; the study's protocol minus this: "
+             f"{100 * (s_acc - mean(r, 'accuracy')):+.1f} points of accuracy, "
+             f"{100 * (s_uar - mean(r, 'uar')):+.1f} of UAR)" for name, r in found.items() if name != "study"]
+    n = f"{seeds} seeds" if seeds > 1 else "one seed"
+    return ["", f"**Measured on these runs** ({n}), test accuracy: the study's protocol {s_acc:.4f} (UAR "
+            f"{s_uar:.4f}); " + "; ".join(parts) + ". The test sets differ, so each difference mixes the leak "
+            "(copies of test clips in training), copies inside the study's test split, a balanced against a natural "
+            "class mix, and seed noise; it is not the size of the leak alone."]
+
+
 if __name__ == "__main__":
-    list_main("ser.study", "The study's SER protocols.", PROTOCOLS, DIFFERENCES)
+    list_main("ser.study", "The study's SER protocols.", PROTOCOLS, DIFFERENCES,
+              folds=lambda k: [Protocol("leak-free", "speaker", folds=k)])

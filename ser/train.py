@@ -3,6 +3,7 @@
     python -m ser.train --data-dir path/to/shemo --out runs/ser/leak-free-random/seed0
     python -m ser.train --data-dir path/to/shemo --protocol study --out runs/ser/study/seed0
     python -m ser.train --manifest ../shared/data/emodb/manifest.csv --split speaker --out runs/emodb
+    python -m ser.train --data-dir path/to/shemo --split speaker --folds 5 --out runs/ser/folds  # each fold tested once
 
 The model is the study's: 16 kHz audio, HuBERT → mean over time → Linear(hidden, C) →
 Linear(C, C), batch 2, 5 epochs, lr 5e-6, cross-entropy (every setting: ser/config.py). The study
@@ -52,6 +53,7 @@ from ser.audio import SAMPLE_RATE, augmentation_settings
 from ser.config import SERConfig, parse_args
 from ser.data import bucket_length, build_dataset, collate, corpus_record, read_corpus, read_manifest, scan_shemo
 from ser.evaluate import evaluate
+from ser.folds import run_folds
 from ser.model import build_classifier, feature_extractor_for, forward, freeze_feature_encoder
 from ser.report import SERResult, write_results
 
@@ -60,7 +62,10 @@ def main(argv=None):
     cfg = parse_args(argv)
     hf_logging.disable_progress_bar()
     with user_errors(interrupted="interrupted; resume with --resume"):
-        train(cfg)
+        if cfg.protocol.folds:  # K speaker-independent folds, each a run of train() (ser/folds.py)
+            run_folds(cfg, train, inputs)
+        else:
+            train(cfg)
 
 
 def inputs(cfg: SERConfig) -> dict:
@@ -140,7 +145,8 @@ def train(cfg: SERConfig):
             task="ser", experiment=cfg.protocol.name, seed=cfg.seed, protocol=cfg.protocol.description,
             history=training.history, evals=training.evals, params=params, graphs=training.steps.info(),
             train=evaluate(model, waves["train"], ids["train"], data.label_names, device, dtype, pad),
-            label_names=data.label_names, label_ids=ids, class_counts=data.counts, split_items=data.split_items,
+            label_names=data.label_names, label_ids={k: v.numpy() for k, v in ids.items()}, records=data.records,
+            measure_leak=cfg.protocol.kind == "study", class_counts=data.counts, split_items=data.split_items,
             skipped_files=data.skipped_files, clip_seconds=data.clip_seconds,
             recipe=recipe_text(cfg, run, training, fe_source))
         write_results(out, cfg, model, fe, result)

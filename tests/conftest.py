@@ -3,6 +3,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a test must never reach a hub
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores (pytest.ini): one thread each, not two
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
@@ -67,3 +69,9 @@ def interrupt_at_epoch(monkeypatch, epoch: int):
         return real(self, at, *args, **kwargs)
     monkeypatch.setattr(Training, "train_epoch", interrupted)
     return lambda: monkeypatch.setattr(Training, "train_epoch", real)
+
+
+def pytest_collection_modifyitems(items):
+    """The longest file first (its smoke run is a minute), so that the two workers of pytest.ini
+    finish at about the same time instead of one waiting for it at the end."""
+    items.sort(key=lambda item: item.path.name != "test_run_all.py")

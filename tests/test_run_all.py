@@ -47,8 +47,8 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     out, result = smoke
-    n = len(EXPERIMENTS) + 1 + len(PROTOCOLS)  # +1: the pruning curve
-    assert f"[{n}/{n}] ser leak-free-speaker seed 0" in result.stdout
+    n = len(EXPERIMENTS) + 1 + len(PROTOCOLS) + 1  # +1: the pruning curve; +1: the speaker folds (smoke: 3)
+    assert f"[{n}/{n}] ser leak-free-speaker-folds seed 0" in result.stdout
     for name in EXPERIMENTS:
         run = out / "nli" / name / "seed0"
         m = json.loads((run / "metrics.json").read_text())
@@ -75,8 +75,21 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     curve = out / "nli/all/seed0/prune_curve"
     assert (curve / "prune_curve.png").exists() and "![pruning curve](nli/all/seed0/prune_curve/prune_curve.png)" in summary
     budget = json.loads((curve / "metrics.json").read_text())["head_budget"]
-    line = next(x for x in summary.splitlines() if x.startswith("Heads that can go before test accuracy falls"))
-    assert f"importance {budget['importance']['heads']};" in line and f"random {budget['random']['heads']}" in line
+    line = next(x for x in summary.splitlines() if x.startswith("Heads that can go before validation accuracy falls"))
+    assert f"importance {budget['importance']['heads']} (test {budget['importance']['test_accuracy']:.4f});" in line
+    assert f"random {budget['random']['heads']} (test" in line
+    # the statistics: intervals, paired tests against `all` (Holm), the leak inside the study's split, the folds
+    test = json.loads((out / "nli/freeze9/seed0/metrics.json").read_text())["test"]
+    low, high = test["intervals"]["accuracy"]
+    row = next(line for line in summary.splitlines() if line.startswith("| freeze9 ("))
+    assert f"{test['accuracy']:.4f} [{low:.4f}, {high:.4f}]" in row and "(Holm " in row and "McNemar" in summary
+    assert "| hypothesis-only (" in summary
+    leak = json.loads((out / "ser/study/seed0/metrics.json").read_text())["test_leak"]
+    assert "**The leak inside the study's own test split**" in summary and f"over {leak['augmented copies']['items']}" \
+        in summary
+    folds = json.loads((out / "ser/leak-free-speaker-folds/seed0/metrics.json").read_text())
+    assert "| leak-free-speaker-folds: 3 speaker-independent folds" in summary and "**Speaker-independent folds**" \
+        in summary and f"{folds['mean']['accuracy']:.4f} ± {folds['std']['accuracy']:.4f}" in summary
 
 
 def test_rerun_skips_finished_runs(smoke):
@@ -178,8 +191,8 @@ def test_side_by_side_failures_name_each_experiment_and_start_nothing_new(smoke,
     for name, folder in (("nli all seed 0", "nli/all/seed0"), ("nli freeze9 seed 0", "nli/freeze9/seed0")):
         assert f"experiment {name} failed (exit status 2); see {tmp_path / folder}/train.log" in result.stderr
     assert "unknown label 'q'" in result.stderr and "2 experiment(s) failed" in result.stderr
-    assert "[1/8]" in result.stdout and "[3/8]" in result.stdout  # the curve waits for 'all'; it never ran
-    assert "[2/8]" not in result.stdout and "[4/8]" not in result.stdout
+    assert "[1/9]" in result.stdout and "[3/9]" in result.stdout  # the curve waits for 'all'; it never ran
+    assert "[2/9]" not in result.stdout and "[4/9]" not in result.stdout
     assert run_all("--gpus", "0,x", "--only", "nli").returncode == 2
 
 
@@ -193,7 +206,7 @@ def test_a_job_that_dies_without_a_word_is_reported_and_the_running_one_is_waite
     assert result.returncode == 1 and mark.exists()  # it exited only after the running job had finished
     assert "experiment nli freeze9 seed 0 failed (killed by signal 9 (KILL))" in result.stderr
     assert "it printed no error line" in result.stderr and "2 experiment(s)" not in result.stderr
-    assert "[2/8]" not in result.stdout and "[4/8]" not in result.stdout  # nothing new started
+    assert "[2/9]" not in result.stdout and "[4/9]" not in result.stdout  # nothing new started
 
 
 def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(smoke, tmp_path):
@@ -212,7 +225,7 @@ def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(sm
             time.sleep(0.1)
         second = run_all("--smoke", "--only", "nli", "--out", tmp_path)
         assert second.returncode == 2 and f"in use by another run_all.sh (process {first.pid})" in second.stderr
-        assert len(second.stderr.strip().splitlines()) == 1 and "[1/8]" not in second.stdout
+        assert len(second.stderr.strip().splitlines()) == 1 and "[1/9]" not in second.stdout
         first.send_signal(signal.SIGTERM)  # as a scheduler stops a job (Ctrl-C sends SIGINT: the same path)
         _, err = first.communicate(timeout=60)
     finally:

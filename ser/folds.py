@@ -1,0 +1,111 @@
+"""Speaker-independent folds (`ser.train --split speaker --folds K`): K runs of ser.train, fold k
+testing on fold k's speakers, validating on the next fold's and training on the others' (each
+fold's training part balanced alone; ser/splits.py), in OUT/fold1 ... OUT/foldK, then their
+summary in OUT: per fold and mean ± std of test accuracy, UAR and macro F1; speakers and clips in
+every split of every fold; and, since every clip is tested exactly once, the figures over all
+folds' test items pooled, with 95% bootstrap intervals, and test accuracy by the speaker's
+gender (ShEMO's names carry it: F01 is a woman, M01 a man).
+
+A resumed run skips the folds that finished and continues the others; metrics.json (written
+last) marks the whole set finished.
+"""
+import csv
+import os
+import re
+from dataclasses import replace
+
+import numpy as np
+
+from common.errors import UserError, log_errors_to
+from common.files import write_json, write_text
+from common.metrics import summarize
+from common.results import write_config, write_text_csv
+from common.run import Run, run_info
+from common.stats import accuracy_interval, intervals
+from common.summary import read_metrics
+
+FOLD_FIELDS = ["fold", "test_accuracy", "test_uar", "test_macro_f1", "val_accuracy", "train_items", "val_items",
+               "test_items", "train_speakers", "val_speakers", "test_speakers"]
+GENDER = re.compile(r"^([FM])\d+$")  # ShEMO's speaker ids: F01, M12
+
+
+def run_folds(cfg, train, inputs) -> None:
+    """Train every fold (`train`: ser.train's train(cfg); `inputs`: its fingerprint function),
+    then write the folds' summary into cfg.out."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--folds runs its folds one after another in one process; start it without torchrun")
+    folds = cfg.protocol.folds
+    with Run(cfg.run_spec(), inputs=lambda: inputs(cfg), reads=(cfg.data_dir or cfg.manifest, cfg.model)) as run:
+        if run.finished:
+            return
+        run.begin()
+        write_config(cfg.out, run.spec.args, {"folds": folds, "protocol": cfg.protocol.description,
+                                              "runs": [f"fold{k}" for k in range(1, folds + 1)]},
+                     run_info(run.device), inputs(cfg))
+        for k in range(1, folds + 1):
+            fold = replace(cfg, out=cfg.out / f"fold{k}", protocol=replace(cfg.protocol, fold=k), overwrite=False)
+            run.log(f"== fold {k} of {folds} -> {fold.out}")
+            train(fold)
+            log_errors_to(cfg.out / "train.log")  # (the fold's run had its own log)
+        write_fold_results(cfg, run.log)
+
+
+def fold_figures(k: int, m: dict) -> dict:
+    """folds.csv's row of fold k from its metrics.json."""
+    items, test = m["split_items"], m["test"]
+    return {"fold": k, "test_accuracy": test["accuracy"], "test_uar": test["uar"], "test_macro_f1": test["macro_f1"],
+            "val_accuracy": m["val"]["accuracy"], **{f"{s}_items": items[s]["items"] for s in items},
+            **{f"{s}_speakers": items[s]["speakers"] for s in items}}
+
+
+def write_fold_results(cfg, log) -> None:
+    """folds.csv, report.txt and metrics.json (last) of the folds in cfg.out."""
+    rows, pooled, names = [], [], None
+    for k in range(1, cfg.protocol.folds + 1):
+        m = read_metrics(cfg.out / f"fold{k}")
+        if m is None:
+            raise UserError(f"fold {k} has no readable metrics.json in {cfg.out / f'fold{k}'}; resume it with --resume")
+        names = list(m["test"]["per_class"])
+        rows.append(fold_figures(k, m))
+        with open(cfg.out / f"fold{k}" / "predictions.csv", newline="", encoding="utf-8") as f:
+            pooled += [r for r in csv.DictReader(f) if r["split"] == "test"]
+    true = np.array([names.index(r["true"]) for r in pooled])
+    pred = np.array([names.index(r["predicted"]) for r in pooled])
+    overall = {**summarize(true, pred, names), "intervals": intervals(true, pred, len(names))}
+    correct = true == pred
+    genders = np.array([(GENDER.match(r["speaker"]) or [None, None])[1] for r in pooled])
+    by_gender = {g: {"items": int((genders == g).sum()), "accuracy": float(correct[genders == g].mean()),
+                     "interval": accuracy_interval(correct[genders == g])} for g in ("F", "M") if (genders == g).any()}
+    figures = {k: [r[f"test_{k}"] for r in rows] for k in ("accuracy", "uar", "macro_f1")}
+    record = {"task": "ser", "experiment": cfg.protocol.name, "seed": cfg.seed, "protocol": cfg.protocol.description,
+              "folds": cfg.protocol.folds, "per_fold": rows,
+              "mean": {k: float(np.mean(v)) for k, v in figures.items()},
+              "std": {k: float(np.std(v, ddof=1)) for k, v in figures.items()},
+              "pooled": overall, "by_gender": by_gender}
+    write_text_csv(cfg.out / "folds.csv", rows, FOLD_FIELDS)
+    write_text(cfg.out / "report.txt", fold_report(cfg, record))
+    write_json(cfg.out / "metrics.json", record)  # last: marks the set of folds finished
+    log(f"done: test accuracy over {cfg.protocol.folds} folds {record['mean']['accuracy']:.4f} ± "
+        f"{record['std']['accuracy']:.4f}, UAR {record['mean']['uar']:.4f} ± {record['std']['uar']:.4f}; "
+        f"results in {cfg.out}")
+
+
+def fold_report(cfg, record: dict) -> str:
+    """report.txt of the folds."""
+    pooled = record["pooled"]
+    lines = [f"Speech emotion recognition, {record['folds']} speaker-independent folds, model {cfg.model}, seed "
+             f"{cfg.seed}", f"protocol: {record['protocol']}", "",
+             "fold  test acc  test UAR  test F1  val acc  items train/val/test  speakers train/val/test"]
+    lines += [f"{r['fold']:>4}  {r['test_accuracy']:.4f}    {r['test_uar']:.4f}    {r['test_macro_f1']:.4f}   "
+              f"{r['val_accuracy']:.4f}   {r['train_items']}/{r['val_items']}/{r['test_items']}"
+              f"{'':>10}{r['train_speakers']}/{r['val_speakers']}/{r['test_speakers']}" for r in record["per_fold"]]
+    lines += ["", "mean ± std over folds: " + ", ".join(
+                  f"{k} {record['mean'][k]:.4f} ± {record['std'][k]:.4f}" for k in ("accuracy", "uar", "macro_f1")),
+              "every clip tested once, all folds pooled: " + ", ".join(
+                  f"{k} {pooled[k]:.4f} [{pooled['intervals'][k][0]:.4f}, {pooled['intervals'][k][1]:.4f}]"
+                  for k in ("accuracy", "uar", "macro_f1")) + " (95% bootstrap intervals)",
+              "test accuracy by the speaker's gender: " + ("; ".join(
+                  f"{g} {v['accuracy']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] over {v['items']} clips"
+                  for g, v in record["by_gender"].items()) or "n/a (speakers not named as ShEMO's)"),
+              "", "each fold's own report: " + ", ".join(f"fold{r['fold']}/report.txt" for r in record["per_fold"]), ""]
+    return "\n".join(lines)
