@@ -68,14 +68,15 @@ def seed_runs(root: Path, rel: str, seeds: int, missing: list, run_links: list) 
             damaged = (folder / "metrics.json").exists()
             missing.append(f"{rel}/seed{seed}" + (" (its metrics.json is damaged)" if damaged else ""))
         else:
-            runs.append({**m, "_folder": str(folder)})
+            runs.append({**m, "_test": test_predictions(folder)})
             run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(root, folder)}")
     return runs
 
 
-def test_predictions(run: dict) -> list[dict] | None:
-    """The test rows of a run's predictions.csv (None when it has none)."""
-    path = Path(run["_folder"]) / "predictions.csv"
+def test_predictions(folder: Path) -> list[dict] | None:
+    """The test rows of a run's predictions.csv (None when it has none), read once per run by
+    seed_runs and kept in its record as `_test`."""
+    path = folder / "predictions.csv"
     if not path.exists():
         return None
     with open(path, newline="", encoding="utf-8") as f:
@@ -87,34 +88,37 @@ def test_items(runs: list[dict]) -> tuple | None:
     other item columns, in order; None without predictions."""
     keys = set()
     for run in runs:
-        rows = test_predictions(run)
-        if rows is None:
+        if run["_test"] is None:
             return None
-        keys.add(tuple(tuple(v for k, v in r.items() if k not in ("predicted",)) for r in rows))
+        keys.add(tuple(tuple(v for k, v in r.items() if k not in ("predicted",)) for r in run["_test"]))
     return keys.pop() if len(keys) == 1 else None
 
 
 def correctness(runs: list[dict]) -> np.ndarray | None:
     """Per test item, the share of the runs (seeds) that get it right."""
-    rows = [test_predictions(run) for run in runs]
-    if any(r is None for r in rows):
+    if any(run["_test"] is None for run in runs):
         return None
-    return np.mean([[r["true"] == r["predicted"] for r in rs] for rs in rows], axis=0)
+    return np.mean([[r["true"] == r["predicted"] for r in run["_test"]] for run in runs], axis=0)
 
 
-def with_interval(runs: list[dict], key: str) -> str:
-    """A test figure's cell: mean (± std over seeds) and its 95% bootstrap interval."""
-    cell = mean_std([m["test"][key] for m in runs])
+TESTED = ("accuracy", "uar", "macro_f1")  # the test figures given with an interval
+
+
+def test_cells(runs: list[dict]) -> dict[str, str]:
+    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% bootstrap
+    interval."""
+    cells = {key: mean_std([m["test"][key] for m in runs]) for key in TESTED}
     if len(runs) == 1:
-        low, high = runs[0]["test"].get("intervals", {}).get(key, (None, None))
+        found = runs[0]["test"].get("intervals", {})
     else:  # the interval of the seed-averaged figure: every seed's predictions resampled together
         names = list(runs[0]["test"]["per_class"])
-        rows = [test_predictions(m) for m in runs]
+        rows = [m["_test"] for m in runs]
         if any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
-            return cell
+            return cells
         true = [names.index(r["true"]) for r in rows[0]]
-        low, high = intervals(true, [[names.index(r["predicted"]) for r in rs] for rs in rows], len(names))[key]
-    return cell if low is None else f"{cell} [{low:.4f}, {high:.4f}]"
+        found = intervals(true, [[names.index(r["predicted"]) for r in rs] for rs in rows], len(names))
+    return {key: f"{cell} [{found[key][0]:.4f}, {found[key][1]:.4f}]" if key in found else cell
+            for key, cell in cells.items()}
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.summary import (comparison_cell, comparison_words, comparisons, list_main, mean_std, read_metrics,
-                            seed_runs, short_count, with_interval)
+                            seed_runs, short_count, test_cells)
 from nli.config import Experiment
 
 
@@ -120,11 +120,11 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
         label = f"{e.name} ({e.what}{'; ' + e.flags if e.flags else ''})"
         if runs:
             col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-            p = runs[0]["params"]
+            p, test = runs[0]["params"], test_cells(runs)
             lines.append("| " + " | ".join([
-                label, "ours", col(lambda m: m["val"]["accuracy"]), with_interval(runs, "accuracy"),
+                label, "ours", col(lambda m: m["val"]["accuracy"]), test["accuracy"],
                 col(lambda m: m["train"]["loss"]), col(lambda m: m["train"].get("trainer_logged_last")),
-                col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]), with_interval(runs, "macro_f1"),
+                col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]), test["macro_f1"],
                 f"{short_count(p['trainable'])} / {short_count(p['total'])}",
                 mean_std([m["speed"]["train_seconds"] for m in runs], 1),
                 mean_std([m["speed"]["items_per_s"] for m in runs], 1),

@@ -7,7 +7,7 @@ the study, and the SER section of summary.md.
 """
 from pathlib import Path
 
-from common.summary import comparison_cell, comparison_words, comparisons, list_main, mean_std, seed_runs, with_interval
+from common.summary import comparison_cell, comparison_words, comparisons, list_main, mean_std, seed_runs, test_cells
 from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
@@ -85,12 +85,12 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
             continue
         found[p.name] = runs
         col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-        items = runs[0]["split_items"]
+        items, test = runs[0]["split_items"], test_cells(runs)
         mix = ", ".join(f"{k} {v}" for k, v in runs[0]["class_counts"]["splits"]["test"].items())
         lines.append("| " + " | ".join([
             f"{p.name}: {p.what}", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["train"]["uar"]),
             col(lambda m: m["val"]["accuracy"]), col(lambda m: m["val"]["uar"]), col(lambda m: m["val"]["macro_f1"]),
-            with_interval(runs, "accuracy"), with_interval(runs, "uar"), with_interval(runs, "macro_f1"),
+            test["accuracy"], test["uar"], test["macro_f1"],
             f"{items['test']['items']} ({items['test']['augmented']}): {mix}",
             " / ".join(str(items[k].get("speakers") or "n/a") for k in ("train", "val", "test")),
             mean_std([m["speed"]["items_per_s"] for m in runs], 1),
