@@ -155,6 +155,15 @@ def with_intervals(split: dict) -> str:
         f"test items, {RESAMPLES:,} resamples)"
 
 
+def accuracy_over(group: dict, unit: str) -> str:
+    """"0.7100 [0.6800, 0.7400] over 120 clips": a group's test accuracy with its 95% bootstrap
+    interval and size ({"items", "accuracy", "interval"}), or "no clips" for an empty group."""
+    if not group["items"]:
+        return f"no {unit}"
+    low, high = group["interval"]
+    return f"{group['accuracy']:.4f} [{low:.4f}, {high:.4f}] over {group['items']} {unit}"
+
+
 def epoch_table(history: list[dict], columns: list[str]) -> str:
     """The per-epoch table of report.txt, one row per epoch, in fixed-width columns."""
     def fmt(v):

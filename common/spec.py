@@ -67,6 +67,11 @@ def check_flags(parser, lr: float, seed: int, counts: dict) -> None:
         parser.error(f"--lr {lr}: give a positive, finite learning rate")
     if not 0 <= seed < 2**32:
         parser.error(f"--seed {seed}: give a whole number from 0 to {2**32 - 1}")
+    check_counts(parser, counts)
+
+
+def check_counts(parser, counts: dict) -> None:
+    """Counts ({flag: value}, None when not given) of at least 1, else argparse's error."""
     for flag, value in counts.items():
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")

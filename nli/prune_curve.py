@@ -37,7 +37,7 @@ from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import csv_text, write_config
 from common.run import Run, count_params, run_info
-from common.spec import RunSpec, args_record
+from common.spec import RunSpec, args_record, check_counts
 from nli.data import LABEL_NAMES, encode, farstail_record, load_farstail, load_tokenizer
 from nli.evaluate import pair_logits
 from nli.importance import head_importance, remaining_heads
@@ -72,9 +72,7 @@ def parse_args(argv=None):
         p.error(f"--fractions {a.fractions}: give comma-separated numbers, like 0.1,0.5")
     if not given or not all(0 < f < 1 for f in given):
         p.error("--fractions: each must lie between 0 and 1")
-    for flag in ("seeds", "importance_batches", "batch_size", "limit"):
-        if getattr(a, flag) is not None and getattr(a, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    check_counts(p, {k: getattr(a, k) for k in ("seeds", "importance_batches", "batch_size", "limit")})
     return a
 
 
@@ -187,7 +185,7 @@ def curve(args):
             return head_importance(model, data["train"], batches, device, dtype)
         run.begin()
         write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device),
-                                 "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
+                                      "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
         log(f"{args.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs")
 
         scores = importance(base)

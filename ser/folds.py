@@ -9,7 +9,6 @@ gender (ShEMO's names carry it: F01 is a woman, M01 a man).
 A resumed run skips the folds that finished and continues the others; metrics.json (written
 last) marks the whole set finished.
 """
-import csv
 import os
 import re
 from dataclasses import replace
@@ -19,10 +18,10 @@ import numpy as np
 from common.errors import UserError, log_errors_to
 from common.files import write_json, write_text
 from common.metrics import summarize
-from common.results import write_config, write_text_csv
+from common.results import accuracy_over, write_config, write_text_csv
 from common.run import Run, run_info
 from common.stats import accuracy_interval, intervals
-from common.summary import read_metrics
+from common.summary import read_metrics, test_predictions
 
 FOLD_FIELDS = ["fold", "test_accuracy", "test_uar", "test_macro_f1", "val_accuracy", "train_items", "val_items",
                "test_items", "train_speakers", "val_speakers", "test_speakers"]
@@ -62,13 +61,14 @@ def write_fold_results(cfg, log) -> None:
     """folds.csv, report.txt and metrics.json (last) of the folds in cfg.out."""
     rows, pooled, names = [], [], None
     for k in range(1, cfg.protocol.folds + 1):
-        m = read_metrics(cfg.out / f"fold{k}")
-        if m is None:
-            raise UserError(f"fold {k} has no readable metrics.json in {cfg.out / f'fold{k}'}; resume it with --resume")
+        folder = cfg.out / f"fold{k}"
+        m, tested = read_metrics(folder), test_predictions(folder)
+        if m is None or tested is None:
+            raise UserError(f"fold {k} has no readable {'metrics.json' if m is None else 'predictions.csv'} in "
+                            f"{folder}; resume it with --resume")
         names = list(m["test"]["per_class"])
         rows.append(fold_figures(k, m))
-        with open(cfg.out / f"fold{k}" / "predictions.csv", newline="", encoding="utf-8") as f:
-            pooled += [r for r in csv.DictReader(f) if r["split"] == "test"]
+        pooled += tested
     true = np.array([names.index(r["true"]) for r in pooled])
     pred = np.array([names.index(r["predicted"]) for r in pooled])
     overall = {**summarize(true, pred, names), "intervals": intervals(true, pred, len(names))}
@@ -105,7 +105,7 @@ def fold_report(cfg, record: dict) -> str:
                   f"{k} {pooled[k]:.4f} [{pooled['intervals'][k][0]:.4f}, {pooled['intervals'][k][1]:.4f}]"
                   for k in ("accuracy", "uar", "macro_f1")) + " (95% bootstrap intervals)",
               "test accuracy by the speaker's gender: " + ("; ".join(
-                  f"{g} {v['accuracy']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] over {v['items']} clips"
-                  for g, v in record["by_gender"].items()) or "n/a (speakers not named as ShEMO's)"),
+                  f"{g} {accuracy_over(v, 'clips')}" for g, v in record["by_gender"].items())
+                  or "n/a (speakers not named as ShEMO's)"),
               "", "each fold's own report: " + ", ".join(f"fold{r['fold']}/report.txt" for r in record["per_fold"]), ""]
     return "\n".join(lines)

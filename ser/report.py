@@ -7,7 +7,7 @@ import numpy as np
 from common.files import atomic_write, write_json, write_text
 from common.metrics import confusion, report_text
 from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
-from common.results import RunResult, epoch_table, with_intervals, write_history
+from common.results import RunResult, accuracy_over, epoch_table, with_intervals, write_history
 from common.stats import accuracy_interval
 from ser.model import save_classifier
 
@@ -61,10 +61,8 @@ def leak_lines(leak: dict | None) -> list[str]:
     """report.txt's lines on the leak inside the test split (the study's protocol)."""
     if not leak:
         return []
-    cell = lambda g: (f"{g['accuracy']:.4f} [{g['interval'][0]:.4f}, {g['interval'][1]:.4f}] over {g['items']} "  # noqa: E731
-                      "items" if g["items"] else "no items")
     return ["the leak inside this test split (test accuracy, 95% bootstrap interval): "
-            + "; ".join(f"{name} {cell(g)}" for name, g in leak.items())]
+            + "; ".join(f"{name} {accuracy_over(g, 'items')}" for name, g in leak.items())]
 
 
 def counts_table(counts: dict) -> str:

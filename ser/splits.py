@@ -7,15 +7,13 @@ Splitting comes first in our protocols: augmenting before the split (as the stud
 copies of a test clip into training and inflates test accuracy. The study's protocol is kept
 beside them, run the same way, so the two can be compared on the same data.
 """
-import csv
-import io
 import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.files import atomic_write
+from common.results import write_text_csv
 
 # Balancing: every augmented copy gets a pitch shift and a time stretch (ser/audio.py), with
 # parameters drawn from these ranges (ours: the study gives none).
@@ -294,10 +292,5 @@ def item_records(clips: list, items: dict[str, list[Item]]) -> dict[str, list[di
 
 def write_split_csv(path: Path, records: dict[str, list[dict]]) -> None:
     """split.csv: every item's split, then its item_records fields."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["split"] + RECORD_FIELDS)
-    for name, rows in records.items():
-        for r in rows:
-            w.writerow([name] + [r[k] for k in RECORD_FIELDS])
-    atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))
+    write_text_csv(path, [{"split": name, **r} for name, rows in records.items() for r in rows],
+                   ["split"] + RECORD_FIELDS)

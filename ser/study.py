@@ -7,6 +7,7 @@ the study, and the SER section of summary.md.
 """
 from pathlib import Path
 
+from common.results import accuracy_over
 from common.summary import comparison_cell, comparison_words, comparisons, list_main, mean_std, seed_runs, test_cells
 from ser.splits import Protocol
 
@@ -151,8 +152,7 @@ def fold_lines(runs: list[dict]) -> list[str]:
             + ", ".join(f"fold {f['fold']} {f['test_accuracy']:.4f} (UAR {f['test_uar']:.4f}; speakers "
                         f"{f['train_speakers']}/{f['val_speakers']}/{f['test_speakers']})" for f in m["per_fold"])
             + "; by the speaker's gender, every fold's test clips pooled: " + ("; ".join(
-                f"{g} {v['accuracy']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] over {v['items']} clips"
-                for g, v in m["by_gender"].items()) or "n/a") + "."]
+                f"{g} {accuracy_over(v, 'clips')}" for g, v in m["by_gender"].items()) or "n/a") + "."]
 
 
 def leak_inside_the_study(runs: list[dict] | None) -> list[str]:
@@ -160,10 +160,8 @@ def leak_inside_the_study(runs: list[dict] | None) -> list[str]:
     if not runs or "test_leak" not in runs[0]:
         return []
     leak = runs[0]["test_leak"]
-    cell = lambda g: (f"{g['accuracy']:.4f} [{g['interval'][0]:.4f}, {g['interval'][1]:.4f}] over {g['items']} "  # noqa: E731
-                      "items" if g["items"] else "no items")
     return ["", f"**The leak inside the study's own test split** (seed {runs[0]['seed']}; one test split, so no two "
-                "test sets are compared): test accuracy of " + "; ".join(f"{k}, {cell(v)}" for k, v in leak.items())
+                "test sets are compared): test accuracy of " + "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in leak.items())
             + ". Original clips against copies, and clips whose source training also saw against those it did not, "
               "split the same test items two ways."]
 
