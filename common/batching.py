@@ -46,7 +46,6 @@ def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-
 def micro_batches(batch: list[int], batch_size: int, d: Dist) -> tuple[list[list[int]], int]:
     """This process's share of one optimizer batch, cut into micro-batches, and the rows each
     micro-batch is filled up to. Every process gets the same number of micro-batches (an empty
