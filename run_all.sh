@@ -221,6 +221,6 @@ fi
 
 tasks=()
 [ "$only" != ser ] && tasks+=(--task nli.study)
-[ "$only" != nli ] && tasks+=(--task ser.study)
+[ "$only" != nli ] && tasks+=(--task "ser.study${ser_protocols:+:$ser_protocols}")
 "$py" -m common.summary --out "$out" --seeds "$seeds" "${tasks[@]}" $([ $smoke = 1 ] && echo --smoke)
 echo "== done: $out/summary.md"

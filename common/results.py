@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.files import atomic_write, write_json
-from common.stats import RESAMPLES, intervals
+from common.stats import RESAMPLES, interval_text, intervals
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
                   "seconds", "items_per_s", "warmup_seconds", "items_per_s_steady"]
@@ -149,7 +149,7 @@ class RunResult:
 def with_intervals(split: dict) -> str:
     """"test accuracy 0.7100 [0.6800, 0.7400], UAR ..., macro F1 ...": a split's figures with their
     95% bootstrap intervals over its items (metrics.json's test `intervals`)."""
-    return ", ".join(f"{name} {split[k]:.4f} [{split['intervals'][k][0]:.4f}, {split['intervals'][k][1]:.4f}]"
+    return ", ".join(f"{name} {split[k]:.4f} {interval_text(split['intervals'][k])}"
                      for k, name in (("accuracy", "test accuracy"), ("uar", "UAR"), ("macro_f1", "macro F1"))) + \
         f" (95% intervals: percentile bootstrap over the {sum(v['support'] for v in split['per_class'].values())} " \
         f"test items, {RESAMPLES:,} resamples)"
@@ -160,8 +160,7 @@ def accuracy_over(group: dict, unit: str) -> str:
     interval and size ({"items", "accuracy", "interval"}), or "no clips" for an empty group."""
     if not group["items"]:
         return f"no {unit}"
-    low, high = group["interval"]
-    return f"{group['accuracy']:.4f} [{low:.4f}, {high:.4f}] over {group['items']} {unit}"
+    return f"{group['accuracy']:.4f} {interval_text(group['interval'])} over {group['items']} {unit}"
 
 
 def epoch_table(history: list[dict], columns: list[str]) -> str:

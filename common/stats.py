@@ -4,18 +4,31 @@
   over the test items (RESAMPLES resamples of the items with replacement, a fixed seed, so the
   same predictions always give the same interval). Given the predictions of several seeds on the
   same items, each resample averages the figure over the seeds: the interval of the seed-averaged
-  figure. UAR and macro F1 follow common/metrics.py's rule for absent classes in every resample.
+  figure; seeds that tested different items (`seed_intervals`) are each resampled on their own
+  items and labels. No interval for a single item. UAR and macro F1 follow common/metrics.py's rule for absent classes in every resample.
 - `paired`: two models on the same test items: the exact McNemar test (a two-sided binomial test,
   `scipy.stats.binomtest`, on the items one gets right and the other wrong) and the paired
-  bootstrap interval of the accuracy difference.
+  bootstrap interval of the accuracy difference. With several seeds an item counts as right for a
+  model when at least half of its seeds get it right (ties counted as right).
 - `holm`: Holm's step-down correction of p-values for several comparisons made together.
 """
 import numpy as np
 
 RESAMPLES = 10_000
 LEVEL = 0.95
+MAJORITY = 0.5  # seed-averaged McNemar: right when right in at least this share of the seeds (ties: right)
 SEED = 0  # the bootstrap's own seed: an interval is a function of the predictions alone
+MIN_ITEMS = 2  # one item resamples to itself: a zero-width "interval" that says nothing, so none is given
 CHUNK = 500  # resamples drawn at once (memory: CHUNK × items × seeds booleans per class)
+
+
+def interval_text(bounds, signed: bool = False) -> str:
+    """"[0.6800, 0.7400]" (signed: "[-0.0100, +0.0300]"), or a word where no interval was computed."""
+    low, high = bounds
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"[no interval: fewer than {MIN_ITEMS} items]"
+    f = "+.4f" if signed else ".4f"
+    return f"[{low:{f}}, {high:{f}}]"
 
 
 def _resamples(n_items: int, seed: int = SEED):
@@ -52,19 +65,33 @@ def _figures(true: np.ndarray, preds: np.ndarray, n_classes: int) -> dict[str, n
 
 def intervals(true, preds, n_classes: int) -> dict[str, list[float]]:
     """95% bootstrap intervals of accuracy, UAR and macro F1 over the test items. `true`: (n,)
-    label ids; `preds`: (n,) predictions, or (seeds, n) predictions of several seeds."""
-    true, preds = np.asarray(true), np.atleast_2d(np.asarray(preds))
+    label ids; `preds`: (n,) predictions, or (seeds, n) predictions of several seeds on the same
+    items (resampled together). Fewer than MIN_ITEMS items give no interval (nan)."""
+    return seed_intervals([true], [preds], n_classes)
+
+
+def seed_intervals(trues: list, preds: list, n_classes: int) -> dict[str, list[float]]:
+    """The interval of the seed-averaged figures when the seeds tested different items (each
+    seed's own split): each seed's items are resampled on their own, scored against that seed's
+    own labels, and each resample's figure is the mean over the seeds. `trues[s]`: (n_s,) label
+    ids of seed s; `preds[s]`: its (n_s,) predictions (or (k, n_s): k runs on those items)."""
+    trues = [np.asarray(t) for t in trues]
+    preds = [np.atleast_2d(np.asarray(p)) for p in preds]
+    if min(len(t) for t in trues) < MIN_ITEMS:
+        return {k: [float("nan")] * 2 for k in ("accuracy", "uar", "macro_f1")}
     values = {"accuracy": [], "uar": [], "macro_f1": []}
-    for idx in _resamples(len(true)):
-        for k, v in _figures(true[idx], preds[:, idx], n_classes).items():
-            values[k].append(v)
+    for draws in zip(*(_resamples(len(t), SEED + s) for s, t in enumerate(trues))):
+        per_seed = [_figures(t[idx], p[:, idx], n_classes) for t, p, idx in zip(trues, preds, draws)]
+        for k in values:
+            values[k].append(np.mean([f[k] for f in per_seed], axis=0))
     return {k: _percentiles(np.concatenate(v)) for k, v in values.items()}
 
 
 def accuracy_interval(correct) -> list[float]:
-    """95% bootstrap interval of the mean of per-item correctness (0/1, or seed-averaged)."""
+    """95% bootstrap interval of the mean of per-item correctness (0/1, or seed-averaged); none
+    (nan) for fewer than MIN_ITEMS items."""
     correct = np.asarray(correct, dtype=float)
-    if not len(correct):
+    if len(correct) < MIN_ITEMS:
         return [float("nan")] * 2
     return _percentiles(np.concatenate([correct[idx].mean(-1) for idx in _resamples(len(correct))]))
 
@@ -81,12 +108,13 @@ def mcnemar(correct_a, correct_b) -> dict:
 
 def paired(correct_a, correct_b) -> dict:
     """A against B on the same items: accuracy difference (A − B), its paired bootstrap interval,
-    and McNemar's exact test. Per-item correctness may be averaged over seeds (then McNemar takes
-    the items each gets right by majority)."""
+    and McNemar's exact test. Per-item correctness may be averaged over seeds: then McNemar counts
+    an item as right for a model when at least half of its seeds get it right (MAJORITY; with an
+    even number of seeds, a tie counts as right)."""
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
     diff = a - b
     return {"difference": float(diff.mean()), "interval": accuracy_interval(diff),
-            **mcnemar(a >= 0.5, b >= 0.5)}
+            **mcnemar(a >= MAJORITY, b >= MAJORITY)}
 
 
 def holm(pvalues: list[float]) -> list[float]:

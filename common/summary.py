@@ -1,7 +1,8 @@
-"""summary.md from the runs under one folder (as run_all.sh lays them out). It knows no task:
-each task's study module (`nli.study`, `ser.study`) gives its section (`section(root, seeds,
-missing)`) and its list of differences from the study (`DIFFERENCES`); this module averages
-over seeds, lists missing runs and writes the file.
+"""summary.md from the runs under one folder (as run_all.sh lays them out). The task modules
+named on the command line (`nli.study`, `ser.study`; none is imported here by name) give their
+section (`section(root, seeds, missing, only)`: `only` the rows asked for, None for all) and
+their differences from the study (`DIFFERENCES`); this module reads and checks each run's files,
+averages over seeds, lists missing or damaged runs and writes the file.
 
     python -m common.summary --out runs --task nli.study --task ser.study [--seeds N] [--smoke]
 
@@ -9,7 +10,8 @@ With several seeds each cell is mean ± standard deviation over seeds (sample st
 carry their 95% bootstrap interval over the test items in brackets (with several seeds, the
 interval of the seed-averaged figure); `comparisons` sets runs against one on the same test items
 (McNemar's exact test, Holm's correction; common/stats.py). A run counts when its metrics.json
-exists (written last, so the run finished); others are listed as missing.
+exists (written last, so the run finished) and holds the keys its section reads, and its
+predictions.csv reproduces its test figures; others are listed as missing or damaged.
 """
 import argparse
 import csv
@@ -21,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from common.files import write_text
-from common.stats import holm, intervals, paired
+from common.metrics import summarize
+from common.stats import holm, interval_text, intervals, paired, seed_intervals
 
 SIGNIFICANCE = 0.05  # after Holm's correction
 
@@ -58,34 +61,81 @@ def links(root: Path, folder: Path) -> str:
     return " · ".join([f"[report]({rel}/report.txt)"] + [f"[{p[:-4]}]({rel}/{p})" for p in pngs])
 
 
-def seed_runs(root: Path, rel: str, seeds: int, missing: list, run_links: list) -> list[dict]:
-    """metrics.json of root/rel/seed<k> for every seed; missing ones noted, found ones linked."""
+class Damaged(ValueError):
+    """A run's result files that cannot be what the run wrote; the run is listed, not used."""
+
+
+def check_shape(m: dict, required: tuple) -> None:
+    """Raise Damaged unless metrics.json holds every `required` key (dotted paths): a number, or a
+    dict where the path ends in {} and a list where it ends in [] (a file of another version or
+    edited by hand has other keys)."""
+    for path in required:
+        kind = {"{": dict, "[": list}.get(path[-2:-1], (int, float))
+        value = m
+        for key in path.rstrip("{}[]").split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise Damaged(f"its metrics.json has no {path.rstrip('{}[]')} of the right kind")
+
+
+def seed_runs(root: Path, rel: str, seeds: int, missing: list, run_links: list, required: tuple = ()) -> list[dict]:
+    """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)
+    and its seed (`_seed`); missing or damaged runs are named in `missing`, found ones linked."""
     runs = []
     for seed in range(seeds):
         folder = root / rel / f"seed{seed}"
         m = read_metrics(folder)
-        if m is None:
-            damaged = (folder / "metrics.json").exists()
-            missing.append(f"{rel}/seed{seed}" + (" (its metrics.json is damaged)" if damaged else ""))
-        else:
-            runs.append({**m, "_test": test_predictions(folder)})
-            run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(root, folder)}")
+        try:
+            if m is None:
+                if (folder / "metrics.json").exists():
+                    raise Damaged("its metrics.json is damaged")
+                missing.append(f"{rel}/seed{seed}")
+                continue
+            check_shape(m, required)
+            runs.append({**m, "_test": test_predictions(folder, m), "_seed": seed})
+        except Damaged as e:
+            missing.append(f"{rel}/seed{seed} ({e})")
+            continue
+        run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(root, folder)}")
     return runs
 
 
-def test_predictions(folder: Path) -> list[dict] | None:
-    """The test rows of a run's predictions.csv (None when it has none), read once per run by
-    seed_runs and kept in its record as `_test`."""
+def test_predictions(folder: Path, m: dict | None = None) -> list[dict] | None:
+    """The test rows of a run's predictions.csv (None when it has none). Given the run's metrics.json
+    (`m`), the rows must hold its labels and reproduce its test accuracy and macro F1 over as many
+    items, or the run is Damaged (an edited or swapped file would give wrong paired tests)."""
     path = folder / "predictions.csv"
     if not path.exists():
         return None
-    with open(path, newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if r["split"] == "test"]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    except (OSError, UnicodeDecodeError, KeyError, csv.Error) as e:
+        raise Damaged(f"its predictions.csv cannot be read: {e}") from None
+    if m is None:
+        return rows
+    names = list(m["test"]["per_class"])
+    unknown = {str(r.get(k)) for r in rows for k in ("true", "predicted")} - set(names)
+    if unknown:
+        raise Damaged(f"its predictions.csv holds labels the run does not have: {', '.join(sorted(unknown))}")
+    found = summarize([names.index(r["true"]) for r in rows], [names.index(r["predicted"]) for r in rows], names)
+    expected = sum(c.get("support", 0) for c in m["test"]["per_class"].values())
+    if len(rows) != expected or any(abs(found[k] - m["test"][k]) > 1e-9 for k in ("accuracy", "macro_f1")):
+        raise Damaged(f"its predictions.csv gives test accuracy {found['accuracy']:.4f} over {len(rows)} items, its "
+                      f"metrics.json {m['test']['accuracy']:.4f} over {expected}")
+    return rows
+
+
+def seeds_note(runs: list[dict], seeds: int) -> str:
+    """" (seeds 0, 2: 2 of 3)" when a row's figures come from fewer seeds than were asked for."""
+    if len(runs) >= seeds:
+        return ""
+    return f" (seed{'s' * (len(runs) > 1)} {', '.join(str(m['_seed']) for m in runs)}: {len(runs)} of {seeds})"
 
 
 def test_items(runs: list[dict]) -> tuple | None:
     """What identifies the test items of runs (all seeds must agree): the true labels and any
-    other item columns, in order; None without predictions."""
+    other item columns, in order; None without predictions or when the seeds tested different items."""
     keys = set()
     for run in runs:
         if run["_test"] is None:
@@ -106,19 +156,22 @@ TESTED = ("accuracy", "uar", "macro_f1")  # the test figures given with an inter
 
 def test_cells(runs: list[dict]) -> dict[str, str]:
     """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% bootstrap
-    interval."""
+    interval. With several seeds, the interval of the seed-averaged figure: on the same test items
+    every seed's predictions are resampled together; on different items (each seed its own split)
+    each seed is resampled with its own items and labels."""
     cells = {key: mean_std([m["test"][key] for m in runs]) for key in TESTED}
     if len(runs) == 1:
         found = runs[0]["test"].get("intervals", {})
-    else:  # the interval of the seed-averaged figure: every seed's predictions resampled together
-        names = list(runs[0]["test"]["per_class"])
-        rows = [m["_test"] for m in runs]
-        if any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
-            return cells
-        true = [names.index(r["true"]) for r in rows[0]]
-        found = intervals(true, [[names.index(r["predicted"]) for r in rs] for rs in rows], len(names))
-    return {key: f"{cell} [{found[key][0]:.4f}, {found[key][1]:.4f}]" if key in found else cell
-            for key, cell in cells.items()}
+    elif any(m["_test"] is None for m in runs):
+        found = {}
+    else:
+        n = len(runs[0]["test"]["per_class"])
+        ids = lambda m, col: [list(m["test"]["per_class"]).index(r[col]) for r in m["_test"]]  # noqa: E731
+        if test_items(runs) is not None:
+            found = intervals(ids(runs[0], "true"), [ids(m, "predicted") for m in runs], n)
+        else:
+            found = seed_intervals([ids(m, "true") for m in runs], [ids(m, "predicted") for m in runs], n)
+    return {key: f"{cell} {interval_text(found[key])}" if key in found else cell for key, cell in cells.items()}
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
@@ -142,8 +195,7 @@ def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]
 def comparison_cell(result: dict | None) -> str:
     if result is None:
         return ""
-    low, high = result["interval"]
-    return (f"{result['difference']:+.4f} [{low:+.4f}, {high:+.4f}], p {result['p']:.3g} (Holm {result['holm_p']:.3g})"
+    return (f"{result['difference']:+.4f} {interval_text(result['interval'], signed=True)}, p {result['p']:.3g} (Holm {result['holm_p']:.3g})"
             + (" *" if result["significant"] else ""))
 
 
@@ -161,14 +213,15 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
     """Write root/summary.md from the given task modules; returns the runs expected but missing."""
     missing: list[str] = []
     body, differ = [], ["## What differs from the study, and why", ""]
-    for name in tasks:
+    for task in tasks:
+        name, _, rows = task.partition(":")
         module = importlib.import_module(name)
-        body += module.section(root, seeds, missing)
+        body += module.section(root, seeds, missing, set(rows.split(",")) if rows else None)
         differ += [f"- {line}" for line in module.DIFFERENCES]
     title = ["# Summary" + (" (SMOKE RUN: tiny random models on generated data; the numbers mean nothing)"
                             if smoke else ""), ""]
     if missing:
-        title += [f"**Missing results** (not finished or failed): {', '.join(missing)}", ""]
+        title += [f"**Missing results** (not finished, failed or damaged): {', '.join(missing)}", ""]
     write_text(root / "summary.md", "\n".join(title + body + differ) + "\n")
     return missing
 
@@ -192,7 +245,8 @@ def list_main(program: str, description: str, rows: list, differences: list[str]
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m common.summary", description="Write summary.md for a runs folder.")
     p.add_argument("--out", type=Path, default=Path("runs"))
-    p.add_argument("--task", action="append", required=True, help="a task's study module, e.g. nli.study")
+    p.add_argument("--task", action="append", required=True,
+                   help="a task's study module, e.g. nli.study, or ser.study:study,leak-free-random for some of its rows")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)

@@ -153,10 +153,11 @@ def prune_heads(model, heads: dict[int, list[int]]) -> None:
 
 
 def mask_attention_weights(model, fraction: float) -> dict:
-    """The study's pruning, as its code did it: `torch.nn.utils.prune.random_unstructured` with
-    amount `fraction` on every parameter whose name contains "attention" and ends in "weight" (the
-    query, key, value and output projections of every layer and, read literally as the study's
-    code reads, `attention.output.LayerNorm.weight`). The masked entries are drawn at random
+    """The study's described pruning (its text, not its code, which it does not show), applied to
+    the model it is given: `torch.nn.utils.prune.random_unstructured` with amount `fraction` on
+    every parameter whose name contains "attention" and ends in "weight" (the query, key, value
+    and output projections of every layer and, reading the description literally,
+    `attention.output.LayerNorm.weight`). The masked entries are drawn at random
     (torch's generator, fixed by --seed), stay zero through training (the weight is
     `weight_orig * weight_mask` at every forward), and no head or computation is removed.
     Returns what was masked: tensors, entries, masked entries."""

@@ -92,7 +92,7 @@ def report(cfg, result: NLIResult, record: dict) -> str:
         lines += [f"masked weights (the study's method, torch.nn.utils.prune.random_unstructured): {masked['masked']:,} "
                   f"of {masked['entries']:,} entries ({masked['fraction']:.4f}) in the {masked['tensors']} parameters "
                   "whose names contain 'attention' and end in 'weight' (including attention.output.LayerNorm.weight, "
-                  "as the study's code reads), masked at random before training and kept at zero throughout; no head "
+                  "reading the study's description literally), masked at random before training and kept at zero throughout; no head "
                   "is removed and no computation saved", ""]
     if heads:
         n = sum(len(h) for h in heads.values())

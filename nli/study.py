@@ -5,11 +5,12 @@ NLI section of summary.md.
     python -m nli.study --list      # one line per experiment: name<TAB>nli.train flags
     python -m nli.study             # every difference from the study, and why
 """
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.summary import (comparison_cell, comparison_words, comparisons, list_main, mean_std, read_metrics,
-                            seed_runs, short_count, test_cells)
+                            seed_runs, seeds_note, short_count, test_cells)
 from nli.config import Experiment
 
 
@@ -42,7 +43,6 @@ def _study(val, test, trainer_logged_loss, val_loss, test_loss, f1):
             "val_loss": val_loss, "test_loss": test_loss, "macro_f1": f1}
 
 
-TRAINER_LOGGING_STEPS = 500  # HF Trainer's default logging_steps, which the study's train loss comes from
 EXPERIMENTS = [
     StudyRow(Experiment(), "all layers trained", _study(0.812, 0.826, 0.32, 0.74, 0.69, 0.82)),
     StudyRow(Experiment(freeze=9), "first 9 encoder layers frozen", _study(0.784, 0.78, 0.53, 0.59, 0.55, 0.79),
@@ -71,18 +71,20 @@ STUDY_CELLS = ["val_accuracy", "test_accuracy", "", "trainer_logged_loss", "val_
 
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
-    "Seeds: the study ran each experiment once, with HF Trainer's default seed 42; we run `--seeds N` (seeds "
+    "Seeds: the study ran each experiment once; its seed is not shown (assumed: HF Trainer's default, 42); we run `--seeds N` (seeds "
     "0 ... N-1) and give mean ± std, so a difference between ablations can be set against the spread between seeds.",
     "Pruning: the study's \"pruning\" masked 50% of the entries of every attention weight at random "
     "(torch.nn.utils.prune.random_unstructured on every parameter whose name contains \"attention\" and ends in "
     "\"weight\", read literally also attention.output.LayerNorm.weight), which removes no head and saves no "
-    "computation. `prune0.5-masking` runs exactly that; `prune0.5` removes half of the heads structurally "
+    "computation. `prune0.5-masking` runs that described method (the study shows a sentence, not its code), applied "
+    "to the pretrained model; `prune0.5` removes half of the heads structurally "
     "(smaller matrices, fewer parameters), which is what a pruning ablation usually means. They are different "
     "experiments, and the table shows both beside the study's row.",
     "An observation, not a fact: the study's log for its pruned model starts at a training loss of 0.356 at step "
     "500, about where its fully fine-tuned model had got to (0.32 at step 1000), not where a fresh start from the "
     "pretrained weights logs at step 500 (0.648 for its full model). This suggests the pruned model was "
-    "fine-tuned from an already fine-tuned model; its validation loss also rises to 1.14.",
+    "fine-tuned from an already fine-tuned model; its validation loss also rises to 1.14. Our prune0.5-masking "
+    "masks the pretrained model and fine-tunes it once: the starting point may differ from the study's.",
     "Training loss: the study's is what HF Trainer logged, the mean of each 500 steps (logging_steps); with 1,365 "
     "steps the last value logged, the one its table shows, is the mean of steps 501-1000, mostly epoch 2. The "
     "table gives ours computed the same way from our per-step losses (\"train loss, Trainer's log\"), beside "
@@ -97,27 +99,36 @@ DIFFERENCES = [
     "Padding is masked, so this changes results only by floating-point noise (tests/test_step.py).",
     "Precision: bf16 autocast on GPUs that support it (the study: fp32); weights and optimizer state stay "
     "fp32.",
-    "Same as the study: Trainer's defaults otherwise (batch 16, lr 3e-5 decaying linearly to 0 without "
-    "warm-up, AdamW without weight decay, gradient clipping 1.0, 3 epochs, max length 200), the final model "
+    "Same as the study: batch 16, lr 3e-5, 3 epochs, max length 200; assumed, as HF Trainer's defaults that the "
+    "study does not show it changed: the learning rate decaying linearly to 0 without warm-up, AdamW without "
+    "weight decay, gradient clipping 1.0; the final model "
     "reported, freezing only encoder layers, keeping layers 0-8, label ids e/c/n = 0/1/2.",
 ]
 
 
-def section(root: Path, seeds: int, missing: list) -> list[str]:
-    """The NLI part of summary.md: ours and the study's figures row by row, label counts, links."""
+# What the NLI section reads from each run's metrics.json (common.summary.check_shape)
+REQUIRED = ("val.accuracy", "val.loss", "train.loss", "test.accuracy", "test.uar", "test.loss", "test.macro_f1",
+            "test.per_class{}", "params.trainable", "params.total", "speed.train_seconds", "speed.items_per_s",
+            "test_subsets.hard_hypothesis", "test_subsets.hard_overlap")
+
+
+def section(root: Path, seeds: int, missing: list, only: set | None = None) -> list[str]:
+    """The NLI part of summary.md: ours and the study's figures row by row, label counts, links
+    (`only`: the experiments asked for, None for all)."""
     head = ("| experiment | run | val acc | test acc [95% CI] | train loss (last epoch) | train loss, Trainer's log "
             "| val loss | test loss | test macro F1 [95% CI] | trainable / total params | train time (s) | pairs/s | "
             f"test acc, hard hypothesis | test acc, hard overlap | test acc − {REFERENCE}'s [95% CI], McNemar p |")
     lines = ["## NLI: ParsBERT on FarsTail", "", head, "|" + "---|" * 15]
     run_links: list[str] = []
     notes: list[str] = []
-    found = {e.name: seed_runs(root, f"nli/{e.name}", seeds, missing, run_links) for e in EXPERIMENTS}
+    experiments = [e for e in EXPERIMENTS if only is None or e.name in only]
+    found = {e.name: seed_runs(root, f"nli/{e.name}", seeds, missing, run_links, REQUIRED) for e in experiments}
     found = {k: v for k, v in found.items() if v}
     against = comparisons(REFERENCE, found)
     first = next(iter(found.values()), [None])[0]
-    for e in EXPERIMENTS:
+    for e in experiments:
         runs = found.get(e.name)
-        label = f"{e.name} ({e.what}{'; ' + e.flags if e.flags else ''})"
+        label = f"{e.name} ({e.what}{'; ' + e.flags if e.flags else ''}){seeds_note(runs or [], seeds) if runs else ''}"
         if runs:
             col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
             p, test = runs[0]["params"], test_cells(runs)
@@ -137,7 +148,8 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
                          + " | | | | | | |")
         notes += [f"{e.name}: {n}" for n in e.notes]
     logged = first["train"].get("trainer_logged") if first else None
-    window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {TRAINER_LOGGING_STEPS} steps"
+    every = logging_steps(root / "nli" / first["experiment"] / f"seed{first['_seed']}") if first else None
+    window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {every or '?'} steps"
     n = f"{seeds} seeds (mean ± std)" if seeds > 1 else "one seed"
     lines += ["", f"Ours: the final model after the last epoch, {n}. Study: one run each, the figures it published "
                   "(validation accuracy to three decimals from its log, test accuracy to three decimals from its "
@@ -149,7 +161,8 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
     if against:
         lines += ["", comparison_words(f"`{REFERENCE}`", len(against), "test pairs")
                   + (f" With {seeds} seeds, the difference is that of the seed-averaged accuracies and McNemar's test "
-                     "takes the pairs each gets right in most seeds." if seeds > 1 else "")]
+                     "counts a pair as right for a model when at least half of its seeds get it right (a tie counts "
+                     "as right)." if seeds > 1 else "")]
     lines += [f"- Note: {n}." for n in notes]
     curves = [c for c in (read_metrics(root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve") for k in range(seeds)) if c]
     if curves:
@@ -175,6 +188,14 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
         lines += [f"| {k} | " + " | ".join(str(v[n]) for n in labels) + f" | {sum(v.values())} |"
                   for k, v in counts.items()]
     return lines + ["", *run_links, ""]
+
+
+def logging_steps(folder: Path) -> int | None:
+    """The run's --trainer-logging-steps, from its config.json (None when it cannot be read)."""
+    try:
+        return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["args"]["trainer_logging_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def study_cell(figures: dict, key: str) -> str:

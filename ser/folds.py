@@ -20,7 +20,7 @@ from common.files import write_json, write_text
 from common.metrics import summarize
 from common.results import accuracy_over, write_config, write_text_csv
 from common.run import Run, run_info
-from common.stats import accuracy_interval, intervals
+from common.stats import accuracy_interval, interval_text, intervals
 from common.summary import read_metrics, test_predictions
 
 FOLD_FIELDS = ["fold", "test_accuracy", "test_uar", "test_macro_f1", "val_accuracy", "train_items", "val_items",
@@ -102,7 +102,7 @@ def fold_report(cfg, record: dict) -> str:
     lines += ["", "mean ± std over folds: " + ", ".join(
                   f"{k} {record['mean'][k]:.4f} ± {record['std'][k]:.4f}" for k in ("accuracy", "uar", "macro_f1")),
               "every clip tested once, all folds pooled: " + ", ".join(
-                  f"{k} {pooled[k]:.4f} [{pooled['intervals'][k][0]:.4f}, {pooled['intervals'][k][1]:.4f}]"
+                  f"{k} {pooled[k]:.4f} {interval_text(pooled['intervals'][k])}"
                   for k in ("accuracy", "uar", "macro_f1")) + " (95% bootstrap intervals)",
               "test accuracy by the speaker's gender: " + ("; ".join(
                   f"{g} {accuracy_over(v, 'clips')}" for g, v in record["by_gender"].items())

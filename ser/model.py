@@ -133,13 +133,15 @@ def freeze_feature_encoder(model: EmotionClassifier) -> None:
         encoder.requires_grad_(False)
 
 
-STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz, zero padding, do_normalize=True, "
-                   "no attention mask), built in code (no hub here)")
+STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz, padding value 0, do_normalize=True, "
+                   "no attention mask), built in code (no hub here); we normalise each clip before padding")
 
 
 def study_feature_extractor() -> Wav2Vec2FeatureExtractor:
     """The study's settings: it built its extractor from facebook/wav2vec2-base-960h, not from the
-    HuBERT checkpoint: 16 kHz, zero-mean unit-variance per clip, zero padding, no attention mask."""
+    HuBERT checkpoint: 16 kHz, zero-mean unit-variance normalisation, padding value 0, no attention
+    mask. Called on a padded batch without an attention mask (as the study did) it normalises each
+    padded row as a whole; we call it per clip, before padding, so our padding stays zero."""
     return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                     return_attention_mask=False)
 

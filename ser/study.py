@@ -8,7 +8,9 @@ the study, and the SER section of summary.md.
 from pathlib import Path
 
 from common.results import accuracy_over
-from common.summary import comparison_cell, comparison_words, comparisons, list_main, mean_std, seed_runs, test_cells
+from common.stats import interval_text
+from common.summary import (comparison_cell, comparison_words, comparisons, list_main, mean_std, seed_runs, seeds_note,
+                            test_cells)
 from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
@@ -33,10 +35,15 @@ DIFFERENCES = [
     "Split: the study used scikit-learn's train_test_split (0.2, then 0.5 of the rest) with random_state=10, the "
     "first part of the second split its test set (635 test, 636 evaluation items), on its own file order; our "
     "study protocol does the same (random_state 10 unless --split-seed says otherwise; the training seed is "
-    "--seed) on our file order (sorted paths), so the items differ unless the orders match.",
+    "--seed) on our pool order: the original clips in path order, then the augmented copies class by class. "
+    "The study does not show its pool's order, and the split depends on it: the same 6,354 items reordered by "
+    "class leave 246 of 635 test items in common (a reviewer's measurement), so its items "
+    "and ours differ unless the orders match.",
     "Feature extractor: the study built its extractor from facebook/wav2vec2-base-960h, not from the HuBERT "
-    "checkpoint; under --protocol study we use those settings (16 kHz, zero padding, do_normalize=True, no "
-    "attention mask), built in code since no hub is reachable. The leak-free protocols use the model's own "
+    "checkpoint; under --protocol study we use those settings (16 kHz, padding value 0, do_normalize=True, "
+    "no attention mask), built in code since no hub is reachable. With return_attention_mask=False transformers "
+    "pads first and then normalises the whole padded row, so the study's padding was not zero after "
+    "normalisation and short clips were rescaled by their batchmate's length (see Normalisation below). The leak-free protocols use the model's own "
     "extractor where it has one.",
     "Resampling: torchaudio's (windowed sinc) instead of librosa's (soxr_hq by default), so resampled samples "
     "differ a little.",
@@ -68,11 +75,18 @@ DIFFERENCES = [
 ]
 
 
-def section(root: Path, seeds: int, missing: list) -> list[str]:
+# What the SER section reads from each run's metrics.json, and from the folds' (common.summary.check_shape)
+REQUIRED = ("train.accuracy", "train.uar", "val.accuracy", "val.uar", "val.macro_f1", "test.accuracy", "test.uar",
+            "test.macro_f1", "test.per_class{}", "split_items{}", "class_counts.splits.test{}", "speed.items_per_s")
+REQUIRED_FOLDS = ("folds", "per_fold[]", "pooled.accuracy", "pooled.uar", "pooled.macro_f1", "pooled.intervals{}",
+                  "by_gender{}")
+
+
+def section(root: Path, seeds: int, missing: list, only: set | None = None) -> list[str]:
     """The SER part of summary.md: every protocol beside the study's figures (test figures with
     95% intervals), the speaker-independent folds when they were run, the leak measured inside the
     study's own test split, the class counts, and the difference between the study's protocol
-    and ours with what it mixes."""
+    and ours with what it mixes (`only`: the protocols asked for, None for all)."""
     lines = ["## SER: HuBERT on ShEMO", "",
              "| protocol | train acc | train UAR | val acc | val UAR | val macro F1 | test acc [95% CI] | "
              "test UAR [95% CI] | test macro F1 [95% CI] | test split: items (augmented), per class | speakers "
@@ -80,7 +94,9 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
     run_links: list[str] = []
     found = {}
     for p in PROTOCOLS:
-        runs = seed_runs(root, f"ser/{p.name}", seeds, missing, run_links)
+        if only is not None and p.name not in only:
+            continue
+        runs = seed_runs(root, f"ser/{p.name}", seeds, missing, run_links, REQUIRED)
         if not runs:
             lines.append(f"| {p.name}: {p.what} | missing |" + " |" * 11)
             continue
@@ -89,7 +105,7 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
         items, test = runs[0]["split_items"], test_cells(runs)
         mix = ", ".join(f"{k} {v}" for k, v in runs[0]["class_counts"]["splits"]["test"].items())
         lines.append("| " + " | ".join([
-            f"{p.name}: {p.what}", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["train"]["uar"]),
+            f"{p.name}: {p.what}{seeds_note(runs, seeds)}", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["train"]["uar"]),
             col(lambda m: m["val"]["accuracy"]), col(lambda m: m["val"]["uar"]), col(lambda m: m["val"]["macro_f1"]),
             test["accuracy"], test["uar"], test["macro_f1"],
             f"{items['test']['items']} ({items['test']['augmented']}): {mix}",
@@ -97,9 +113,10 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
             mean_std([m["speed"]["items_per_s"] for m in runs], 1),
             mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)]) + " |")
     folds = FOLDS.name
-    folded = seed_runs(root, f"ser/{folds}", seeds, missing, run_links) if (root / "ser" / folds).is_dir() else []
+    folded = (seed_runs(root, f"ser/{folds}", seeds, missing, run_links, REQUIRED_FOLDS)
+              if (root / "ser" / folds).is_dir() else [])
     if folded:
-        lines.append(fold_row(folded))
+        lines.append(fold_row(folded, seeds))
     lines.append(f"| the study's published run (its protocol, one seed) | {PUBLISHED['train']:.3f} | n/a | "
                  f"{PUBLISHED['val']:.3f} | n/a | n/a | {PUBLISHED['test']:.3f} | n/a | n/a | about half augmented "
                  "copies, nearly balanced (the corpus was balanced to the largest class first) | | | |")
@@ -131,16 +148,22 @@ def section(root: Path, seeds: int, missing: list) -> list[str]:
 FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder of run_all.sh --ser-folds K)
 
 
-def fold_row(runs: list[dict]) -> str:
-    """The folds' row: mean ± std over the folds (of every seed), pooled intervals (every clip tested once)."""
+def fold_row(runs: list[dict], seeds: int) -> str:
+    """The folds' row: each test figure over every fold's test clips pooled (every clip tested once)
+    with its 95% interval, then mean ± std over the folds. With several seeds the pooled figure is
+    the mean ± std over the seeds and the interval the first seed's, as the row says."""
+    first = runs[0]
     per_fold = [f for m in runs for f in m["per_fold"]]
-    cell = lambda k: (mean_std([f[f"test_{k}"] for f in per_fold]) + " [{:.4f}, {:.4f}] (pooled)".format(  # noqa: E731
-        *runs[0]["pooled"]["intervals"][k]))
+    cell = lambda k: (f"{mean_std([m['pooled'][k] for m in runs])} {interval_text(first['pooled']['intervals'][k])} "  # noqa: E731
+                      f"pooled; folds {mean_std([f[f'test_{k}'] for f in per_fold])}")
     speakers = " / ".join(mean_std([f[f"{k}_speakers"] for f in per_fold], 1) for k in ("train", "val", "test"))
-    return ("| " + " | ".join([f"{runs[0]['experiment']}: {runs[0]['folds']} speaker-independent folds, each tested "
-                               "once; mean ± std over the folds", "", "", "", "", "", cell("accuracy"), cell("uar"),
-                               cell("macro_f1"), f"every clip once ({sum(f['test_items'] for f in runs[0]['per_fold'])})",
-                               f"{speakers} (mean per fold)", "", ""]) + " |")
+    which = (f"; pooled figures over seeds {', '.join(str(m['_seed']) for m in runs)}, the interval seed "
+             f"{first['_seed']}'s" if len(runs) > 1 else "") + seeds_note(runs, seeds)
+    return ("| " + " | ".join([f"{first['experiment']}: {first['folds']} speaker-independent folds, each tested "
+                               f"once; pooled over every fold's test clips, then mean ± std over the folds{which}",
+                               "", "", "", "", "", cell("accuracy"), cell("uar"), cell("macro_f1"),
+                               f"every clip once ({sum(f['test_items'] for f in first['per_fold'])}; seed "
+                               f"{first['_seed']})", f"{speakers} (mean per fold)", "", ""]) + " |")
 
 
 def fold_lines(runs: list[dict]) -> list[str]:

@@ -90,6 +90,8 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     folds = json.loads((out / "ser/leak-free-speaker-folds/seed0/metrics.json").read_text())
     assert "| leak-free-speaker-folds: 3 speaker-independent folds" in summary and "**Speaker-independent folds**" \
         in summary and f"{folds['mean']['accuracy']:.4f} ± {folds['std']['accuracy']:.4f}" in summary
+    low, high = folds["pooled"]["intervals"]["accuracy"]  # the pooled figure stands beside its own interval
+    assert f"{folds['pooled']['accuracy']:.4f} [{low:.4f}, {high:.4f}] pooled; folds " in summary
 
 
 def test_rerun_skips_finished_runs(smoke):
@@ -98,6 +100,7 @@ def test_rerun_skips_finished_runs(smoke):
     result = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "already holds this finished run" in result.stdout and "[1/1] ser study seed 0" in result.stdout
+    assert "missing" not in (out / "summary.md").read_text().lower()  # the protocols not asked for are not missing
     assert (out / "ser/study/seed0/metrics.json").stat().st_mtime_ns == before
 
 
