@@ -103,3 +103,26 @@ def plot_counts(series: dict[str, dict[str, int]], path: Path, title: str, ylabe
     ax.legend(loc="upper right", ncols=min(3, len(series)), fontsize=8)
     margins(fig, left=0.75, right=0.2, bottom=label_inches(names, True) + 0.1, top=0.4)
     save(fig, path)
+
+
+def plot_summary(points: list, path: Path, title: str) -> None:
+    """One row per result: ours as a dot with its interval, the study's figure as a cross
+    (`points`: (label, ours, [low, high], the study's or None))."""
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(points)))
+    y = np.arange(len(points))[::-1]
+    for yi, (label, ours, (low, high), study) in zip(y, points):
+        if np.isfinite(low) and np.isfinite(high):
+            ax.plot([low, high], [yi, yi], color="tab:blue", lw=2)
+        ax.plot(ours, yi, "o", color="tab:blue")
+        if study is not None:
+            ax.plot(study, yi, "x", color="tab:red", ms=8, mew=2)
+    ax.plot([], [], "o-", color="tab:blue", label="ours (95% interval)")
+    ax.plot([], [], "x", color="tab:red", label="the study's")
+    ax.set_yticks(y, [p[0] for p in points])
+    ax.set_xlabel("test accuracy")
+    ax.set_xlim(0, 1)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    margins(fig, label_inches([p[0] for p in points]), 0.2, 0.6, 0.35)
+    save(fig, path)

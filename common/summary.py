@@ -18,12 +18,14 @@ import csv
 import importlib
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from common.files import write_text
 from common.metrics import summarize
+from common.plots import plot_summary
 from common.stats import holm, interval_text, intervals, paired, seed_intervals
 
 SIGNIFICANCE = 0.05  # after Holm's correction
@@ -154,24 +156,36 @@ def correctness(runs: list[dict]) -> np.ndarray | None:
 TESTED = ("accuracy", "uar", "macro_f1")  # the test figures given with an interval
 
 
-def test_cells(runs: list[dict]) -> dict[str, str]:
-    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% bootstrap
-    interval. With several seeds, the interval of the seed-averaged figure: on the same test items
-    every seed's predictions are resampled together; on different items (each seed its own split)
-    each seed is resampled with its own items and labels."""
-    cells = {key: mean_std([m["test"][key] for m in runs]) for key in TESTED}
+def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
+    """The 95% bootstrap intervals of the test figures (TESTED) of one run, or of the seed-averaged
+    figures of several: on the same test items every seed's predictions are resampled together; on
+    different items (each seed its own split) each seed is resampled with its own items and labels."""
     if len(runs) == 1:
-        found = runs[0]["test"].get("intervals", {})
-    elif any(m["_test"] is None for m in runs):
-        found = {}
-    else:
-        n = len(runs[0]["test"]["per_class"])
-        ids = lambda m, col: [list(m["test"]["per_class"]).index(r[col]) for r in m["_test"]]  # noqa: E731
-        if test_items(runs) is not None:
-            found = intervals(ids(runs[0], "true"), [ids(m, "predicted") for m in runs], n)
-        else:
-            found = seed_intervals([ids(m, "true") for m in runs], [ids(m, "predicted") for m in runs], n)
-    return {key: f"{cell} {interval_text(found[key])}" if key in found else cell for key, cell in cells.items()}
+        return runs[0]["test"].get("intervals", {})
+    if any(m["_test"] is None for m in runs):
+        return {}
+    n = len(runs[0]["test"]["per_class"])
+    ids = lambda m, col: [list(m["test"]["per_class"]).index(r[col]) for r in m["_test"]]  # noqa: E731
+    if test_items(runs) is not None:
+        return intervals(ids(runs[0], "true"), [ids(m, "predicted") for m in runs], n)
+    return seed_intervals([ids(m, "true") for m in runs], [ids(m, "predicted") for m in runs], n)
+
+
+def test_cells(runs: list[dict]) -> dict[str, str]:
+    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% interval."""
+    found = test_intervals(runs)
+    return {key: mean_std([m["test"][key] for m in runs]) + (f" {interval_text(found[key])}" if key in found else "")
+            for key in TESTED}
+
+
+def row(*cells) -> str:
+    """A markdown table row."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def header(*names) -> list[str]:
+    """A markdown table's header and rule."""
+    return [row(*names), "|" + "---|" * len(names)]
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
@@ -209,21 +223,60 @@ def comparison_words(reference: str, count: int, items: str) -> str:
             "but this test set cannot tell it from chance.")
 
 
+@dataclass
+class Report:
+    """What one summary.md is made of, handed to each task's `section(report)`: where the runs are,
+    how many seeds, which rows were asked for (`only`, None for all); the sections add the runs
+    that are missing or damaged, a line of findings each, and the points of summary.png."""
+    root: Path
+    seeds: int = 1
+    only: set | None = None
+    missing: list = field(default_factory=list)
+    findings: list = field(default_factory=list)
+    points: list = field(default_factory=list)  # (label, ours, [low, high], the study's or None)
+
+    def asked(self, name: str) -> bool:
+        return self.only is None or name in self.only
+
+    def runs(self, rel: str, run_links: list, required: tuple = ()) -> list[dict]:
+        return seed_runs(self.root, rel, self.seeds, self.missing, run_links, required)
+
+    def point(self, label: str, runs: list[dict], study: float | None = None) -> str:
+        """Add a test accuracy to summary.png; return it in words, "0.8260 [0.8000, 0.8500]", with
+        where the study's figure lies ("; the study's 0.826 inside")."""
+        ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), test_intervals(runs).get("accuracy")
+        bounds = bounds or [float("nan")] * 2
+        self.points.append((label, ours, bounds, study))
+        words = f"{ours:.4f} {interval_text(bounds)}"
+        if study is None:
+            return words
+        inside = np.isfinite(bounds).all() and bounds[0] <= study <= bounds[1]
+        return words + f"; the study's {study:.3f} {'inside' if inside else 'outside'}"
+
+
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
-    """Write root/summary.md from the given task modules; returns the runs expected but missing."""
-    missing: list[str] = []
-    body, differ = [], ["## What differs from the study, and why", ""]
+    """Write root/summary.md and summary.png from the given task modules ("ser.study:study,..." for
+    some rows); returns the runs expected but missing or damaged."""
+    body, differ, findings = [], ["## What differs from the study, and why", ""], []
+    report = Report(root, seeds)
     for task in tasks:
         name, _, rows = task.partition(":")
         module = importlib.import_module(name)
-        body += module.section(root, seeds, missing, set(rows.split(",")) if rows else None)
+        report.only = set(rows.split(",")) if rows else None
+        body += module.section(report)
         differ += [f"- {line}" for line in module.DIFFERENCES]
     title = ["# Summary" + (" (SMOKE RUN: tiny random models on generated data; the numbers mean nothing)"
                             if smoke else ""), ""]
-    if missing:
-        title += [f"**Missing results** (not finished, failed or damaged): {', '.join(missing)}", ""]
+    if report.points:
+        plot_summary(report.points, root / "summary.png", "Test accuracy, ours (95% interval) and the study's")
+        title += ["![test accuracy, ours beside the study's](summary.png)", ""]
+    n = f"{seeds} seeds, mean" if seeds > 1 else "one seed"
+    title += [f"**Findings** ({n}):"] + \
+        [f"- {line}" for line in report.findings] + [""]
+    if report.missing:
+        title += [f"**Missing results** (not finished, failed or damaged): {', '.join(report.missing)}", ""]
     write_text(root / "summary.md", "\n".join(title + body + differ) + "\n")
-    return missing
+    return report.missing
 
 
 def list_main(program: str, description: str, rows: list, differences: list[str], folds=None, argv=None) -> None:

@@ -9,20 +9,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.summary import (comparison_cell, comparison_words, comparisons, list_main, mean_std, read_metrics,
-                            seed_runs, seeds_note, short_count, test_cells)
+from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, read_metrics,
+                            row, seeds_note, short_count, test_cells)
 from nli.config import Experiment
 
 
 @dataclass(frozen=True)
 class StudyRow:
     """One experiment of the table: what it is (its name and flags are derived from it), in words,
-    the study's figures for it (one run; None where the study did not run it), the label of the
-    study's row, and notes on cells where the study contradicts itself."""
+    the study's figures for it (one run; None where the study did not run it), what the study's
+    row beside it is where that is not the same experiment, and notes on cells where the study
+    contradicts itself."""
     experiment: Experiment
     what: str
     study: dict | None
-    study_label: str = "study"
+    study_method: str = ""
     notes: tuple = ()
 
     @property
@@ -53,7 +54,7 @@ EXPERIMENTS = [
              _study(0.807, 0.820, 0.34, 0.73, 0.67, 0.82)),
     StudyRow(Experiment(prune_heads=0.5), "ours: half of all attention heads removed structurally, chosen at random",
              _study(0.780, 0.795, 0.18, 1.14, 0.57, 0.79),
-             study_label="study: its pruning, 50% of attention weight entries masked (the next row's method)",
+             study_method="its pruning, 50% of attention weight entries masked (prune0.5-masking's method)",
              notes=("the study's validation loss for its pruned model is 1.14 in its table and 1.147 in its log; the "
                     "table's value is shown",)),
     StudyRow(Experiment(prune_heads=0.5, prune_by="masking"), "the study's method: random 50% of the entries of "
@@ -66,8 +67,8 @@ EXPERIMENTS = [
 CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
 REFERENCE = "all"  # every other experiment is compared with this one on the same test pairs
 
-# The study row's cells, in the table's column order ("" where it published nothing comparable).
-STUDY_CELLS = ["val_accuracy", "test_accuracy", "", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
+# The study row's cells, in the table's column order.
+STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
 
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
@@ -112,59 +113,66 @@ REQUIRED = ("val.accuracy", "val.loss", "train.loss", "test.accuracy", "test.uar
             "test_subsets.hard_hypothesis", "test_subsets.hard_overlap")
 
 
-def section(root: Path, seeds: int, missing: list, only: set | None = None) -> list[str]:
-    """The NLI part of summary.md: ours and the study's figures row by row, label counts, links
-    (`only`: the experiments asked for, None for all)."""
-    head = ("| experiment | run | val acc | test acc [95% CI] | train loss (last epoch) | train loss, Trainer's log "
-            "| val loss | test loss | test macro F1 [95% CI] | trainable / total params | train time (s) | pairs/s | "
-            f"test acc, hard hypothesis | test acc, hard overlap | test acc − {REFERENCE}'s [95% CI], McNemar p |")
-    lines = ["## NLI: ParsBERT on FarsTail", "", head, "|" + "---|" * 15]
+def section(report) -> list[str]:
+    """The NLI part of summary.md (`report`: common.summary.Report): the study's table with ours
+    beside it, then our additions, the pruning curve, the label counts and links."""
+    seeds, experiments = report.seeds, [e for e in EXPERIMENTS if report.asked(e.name)]
     run_links: list[str] = []
-    notes: list[str] = []
-    experiments = [e for e in EXPERIMENTS if only is None or e.name in only]
-    found = {e.name: seed_runs(root, f"nli/{e.name}", seeds, missing, run_links, REQUIRED) for e in experiments}
+    found = {e.name: report.runs(f"nli/{e.name}", run_links, REQUIRED) for e in experiments}
     found = {k: v for k, v in found.items() if v}
     against = comparisons(REFERENCE, found)
     first = next(iter(found.values()), [None])[0]
+    n = f"{seeds} seeds, mean ± std" if seeds > 1 else "one seed"
+    table = header("experiment", "run", "val acc", "test acc [95% CI]", "train loss (Trainer's log)", "val loss",
+                   "test loss", "test macro F1 [95% CI]")
+    extra = header("experiment", "train loss (last epoch)", "trainable / total params", "train time (s)", "pairs/s",
+                   "test acc, hard hypothesis", "test acc, hard overlap", f"test acc − {REFERENCE}'s [95% CI], McNemar p")
+    legend, notes, findings = [], [], []
     for e in experiments:
         runs = found.get(e.name)
-        label = f"{e.name} ({e.what}{'; ' + e.flags if e.flags else ''}){seeds_note(runs or [], seeds) if runs else ''}"
-        if runs:
+        legend.append(f"`{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
+                      + (f"; the study's row beside it: {e.study_method}" if e.study_method else ""))
+        notes += [f"{e.name}: {x}" for x in e.notes]
+        if not runs:
+            table.append(row(e.name, "ours: missing", *[""] * 6))
+        else:
+            name = e.name + seeds_note(runs, seeds)
             col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
             p, test = runs[0]["params"], test_cells(runs)
-            lines.append("| " + " | ".join([
-                label, "ours", col(lambda m: m["val"]["accuracy"]), test["accuracy"],
-                col(lambda m: m["train"]["loss"]), col(lambda m: m["train"].get("trainer_logged_last")),
-                col(lambda m: m["val"]["loss"]), col(lambda m: m["test"]["loss"]), test["macro_f1"],
-                f"{short_count(p['trainable'])} / {short_count(p['total'])}",
-                mean_std([m["speed"]["train_seconds"] for m in runs], 1),
-                mean_std([m["speed"]["items_per_s"] for m in runs], 1),
-                col(lambda m: m["test_subsets"]["hard_hypothesis"]), col(lambda m: m["test_subsets"]["hard_overlap"]),
-                comparison_cell(against.get(e.name))]) + " |")
-        else:
-            lines.append(f"| {label} | ours: missing |" + " |" * 13)
+            table.append(row(name, "ours", col(lambda m: m["val"]["accuracy"]), test["accuracy"],
+                             col(lambda m: m["train"].get("trainer_logged_last")), col(lambda m: m["val"]["loss"]),
+                             col(lambda m: m["test"]["loss"]), test["macro_f1"]))
+            extra.append(row(name, col(lambda m: m["train"]["loss"]), f"{short_count(p['trainable'])} / "
+                             f"{short_count(p['total'])}", mean_std([m["speed"]["train_seconds"] for m in runs], 1),
+                             mean_std([m["speed"]["items_per_s"] for m in runs], 1),
+                             col(lambda m: m["test_subsets"]["hard_hypothesis"]),
+                             col(lambda m: m["test_subsets"]["hard_overlap"]), comparison_cell(against.get(e.name))))
+            findings.append(f"`{e.name}` " + report.point(f"NLI {e.name}", runs, e.study and e.study["test_accuracy"]))
         if e.study:
-            lines.append(f"| | {e.study_label} | " + " | ".join(study_cell(e.study, c) for c in STUDY_CELLS)
-                         + " | | | | | | |")
-        notes += [f"{e.name}: {n}" for n in e.notes]
+            table.append(row("", "study", *(study_cell(e.study, c) for c in STUDY_CELLS)))
+    if findings:
+        report.findings.append("NLI, test accuracy [95% interval] and whether the study's figure lies inside it: "
+                               + ", ".join(findings) + ".")
     logged = first["train"].get("trainer_logged") if first else None
-    every = logging_steps(root / "nli" / first["experiment"] / f"seed{first['_seed']}") if first else None
+    every = logging_steps(report.root / "nli" / first["experiment"] / f"seed{first['_seed']}") if first else None
     window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {every or '?'} steps"
-    n = f"{seeds} seeds (mean ± std)" if seeds > 1 else "one seed"
-    lines += ["", f"Ours: the final model after the last epoch, {n}. Study: one run each, the figures it published "
-                  "(validation accuracy to three decimals from its log, test accuracy to three decimals from its "
-                  "text, the rest from its table). Train loss (last epoch): the mean over our last epoch's batches. "
-                  "Train loss, Trainer's log: the mean of the last full window of Trainer's logging_steps as HF "
-                  f"Trainer logs it (here {window}), the quantity the study's table shows. Hard subsets: FarsTail's "
-                  "own hard(hypothesis) and hard(overlap) test columns. Intervals: 95%, percentile bootstrap over "
-                  "the test pairs (common/stats.py)."]
+    lines = ["## NLI: ParsBERT on FarsTail", "", f"The study's table, ours beside it ({n}):", "", *table, "",
+             *[f"- {x}" for x in legend], "",
+             "Ours: the final model after the last epoch. Study: one run each, the figures it published (validation "
+             "accuracy to three decimals from its log, test accuracy to three decimals from its text, the rest from "
+             "its table). Train loss (Trainer's log): the mean of the last full window of Trainer's logging_steps as "
+             f"HF Trainer logs it (here {window}), the quantity the study's table shows. Intervals: 95%, percentile "
+             "bootstrap over the test pairs (common/stats.py).", *[f"- Note: {x}." for x in notes], "",
+             "**Our additions**: the mean training loss of the last epoch, size, speed, FarsTail's own hard subsets "
+             "of the test split (its hard(hypothesis) and hard(overlap) columns) and each experiment against "
+             f"`{REFERENCE}` on the same test pairs:", "", *extra]
     if against:
         lines += ["", comparison_words(f"`{REFERENCE}`", len(against), "test pairs")
                   + (f" With {seeds} seeds, the difference is that of the seed-averaged accuracies and McNemar's test "
                      "counts a pair as right for a model when at least half of its seeds get it right (a tie counts "
                      "as right)." if seeds > 1 else "")]
-    lines += [f"- Note: {n}." for n in notes]
-    curves = [c for c in (read_metrics(root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve") for k in range(seeds)) if c]
+    curves = [c for c in (read_metrics(report.root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve")
+                          for k in range(seeds)) if c]
     if curves:
         heads = curves[0]["heads"]
         at = lambda m, k, d: mean_std([c["head_budget"][m][k] for c in curves if m in c["head_budget"]], d)  # noqa: E731
@@ -183,10 +191,8 @@ def section(root: Path, seeds: int, missing: list, only: set | None = None) -> l
     if first and "label_counts" in first:
         counts = first["label_counts"]
         labels = list(next(iter(counts.values())))
-        lines += ["", "FarsTail labels per split (the data the runs read):", "",
-                  "| split | " + " | ".join(labels) + " | total |", "|" + "---|" * (len(labels) + 2)]
-        lines += [f"| {k} | " + " | ".join(str(v[n]) for n in labels) + f" | {sum(v.values())} |"
-                  for k, v in counts.items()]
+        lines += ["", "FarsTail labels per split (the data the runs read):", "", *header("split", *labels, "total")]
+        lines += [row(k, *(v[x] for x in labels), sum(v.values())) for k, v in counts.items()]
     return lines + ["", *run_links, ""]
 
 
@@ -200,8 +206,6 @@ def logging_steps(folder: Path) -> int | None:
 
 def study_cell(figures: dict, key: str) -> str:
     """A study figure as it published it: accuracies to three decimals, losses and F1 to two."""
-    if not key:
-        return ""
     value = figures[key]
     if key == "val_accuracy":
         return f"{value:.3f}"

@@ -7,10 +7,12 @@ the study, and the SER section of summary.md.
 """
 from pathlib import Path
 
+import numpy as np
+
 from common.results import accuracy_over
 from common.stats import interval_text
-from common.summary import (comparison_cell, comparison_words, comparisons, list_main, mean_std, seed_runs, seeds_note,
-                            test_cells)
+from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, row,
+                            seeds_note, test_cells)
 from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
@@ -82,44 +84,61 @@ REQUIRED_FOLDS = ("folds", "per_fold[]", "pooled.accuracy", "pooled.uar", "poole
                   "by_gender{}")
 
 
-def section(root: Path, seeds: int, missing: list, only: set | None = None) -> list[str]:
-    """The SER part of summary.md: every protocol beside the study's figures (test figures with
-    95% intervals), the speaker-independent folds when they were run, the leak measured inside the
-    study's own test split, the class counts, and the difference between the study's protocol
-    and ours with what it mixes (`only`: the protocols asked for, None for all)."""
-    lines = ["## SER: HuBERT on ShEMO", "",
-             "| protocol | train acc | train UAR | val acc | val UAR | val macro F1 | test acc [95% CI] | "
-             "test UAR [95% CI] | test macro F1 [95% CI] | test split: items (augmented), per class | speakers "
-             "train / val / test | clips/s | audio-s/s |", "|" + "---|" * 13]
+def section(report) -> list[str]:
+    """The SER part of summary.md (`report`: common.summary.Report): the study's figures with every
+    protocol beside them, then our additions (UAR, F1, items, speakers, speed), the leak measured
+    inside the study's own test split, the speaker-independent folds when they were run, the
+    difference between the study's protocol and ours with what it mixes, and the class counts."""
+    seeds = report.seeds
+    n = f"{seeds} seeds, mean ± std" if seeds > 1 else "one seed"
+    table = header("protocol", "run", "train acc", "val acc", "test acc [95% CI]")
+    extra = header("protocol", "train UAR", "val UAR", "val macro F1", "test UAR [95% CI]", "test macro F1 [95% CI]",
+                   "test items (augmented)", "speakers train / val / test", "clips/s, audio-s/s")
     run_links: list[str] = []
-    found = {}
+    found, legend, findings = {}, [], []
     for p in PROTOCOLS:
-        if only is not None and p.name not in only:
+        if not report.asked(p.name):
             continue
-        runs = seed_runs(root, f"ser/{p.name}", seeds, missing, run_links, REQUIRED)
+        legend.append(f"`{p.name}`: {p.what}")
+        runs = report.runs(f"ser/{p.name}", run_links, REQUIRED)
         if not runs:
-            lines.append(f"| {p.name}: {p.what} | missing |" + " |" * 11)
-            continue
-        found[p.name] = runs
-        col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-        items, test = runs[0]["split_items"], test_cells(runs)
-        mix = ", ".join(f"{k} {v}" for k, v in runs[0]["class_counts"]["splits"]["test"].items())
-        lines.append("| " + " | ".join([
-            f"{p.name}: {p.what}{seeds_note(runs, seeds)}", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["train"]["uar"]),
-            col(lambda m: m["val"]["accuracy"]), col(lambda m: m["val"]["uar"]), col(lambda m: m["val"]["macro_f1"]),
-            test["accuracy"], test["uar"], test["macro_f1"],
-            f"{items['test']['items']} ({items['test']['augmented']}): {mix}",
-            " / ".join(str(items[k].get("speakers") or "n/a") for k in ("train", "val", "test")),
-            mean_std([m["speed"]["items_per_s"] for m in runs], 1),
-            mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)]) + " |")
-    folds = FOLDS.name
-    folded = (seed_runs(root, f"ser/{folds}", seeds, missing, run_links, REQUIRED_FOLDS)
-              if (root / "ser" / folds).is_dir() else [])
+            table.append(row(p.name, "ours: missing", "", "", ""))
+        else:
+            found[p.name] = runs
+            name, col = p.name + seeds_note(runs, seeds), lambda f: mean_std([f(m) for m in runs])  # noqa: E731
+            items, test = runs[0]["split_items"], test_cells(runs)
+            table.append(row(name, "ours", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["val"]["accuracy"]),
+                             test["accuracy"]))
+            extra.append(row(name, col(lambda m: m["train"]["uar"]), col(lambda m: m["val"]["uar"]),
+                             col(lambda m: m["val"]["macro_f1"]), test["uar"], test["macro_f1"],
+                             f"{items['test']['items']} ({items['test']['augmented']})",
+                             " / ".join(str(items[k].get("speakers") or "n/a") for k in ("train", "val", "test")),
+                             mean_std([m["speed"]["items_per_s"] for m in runs], 1) + ", " +
+                             mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)))
+            findings.append(f"`{p.name}` " + report.point(f"SER {p.name}", runs, PUBLISHED["test"] if p.name == "study" else None))
+        if p.name == "study":
+            table.append(row("", "study", f"{PUBLISHED['train']:.3f}", f"{PUBLISHED['val']:.3f}",
+                             f"{PUBLISHED['test']:.3f}"))
+    folded = (report.runs(f"ser/{FOLDS.name}", run_links, REQUIRED_FOLDS)
+              if (report.root / "ser" / FOLDS.name).is_dir() else [])
     if folded:
-        lines.append(fold_row(folded, seeds))
-    lines.append(f"| the study's published run (its protocol, one seed) | {PUBLISHED['train']:.3f} | n/a | "
-                 f"{PUBLISHED['val']:.3f} | n/a | n/a | {PUBLISHED['test']:.3f} | n/a | n/a | about half augmented "
-                 "copies, nearly balanced (the corpus was balanced to the largest class first) | | | |")
+        legend.append(f"`{FOLDS.name}`: {folded[0]['folds']} speaker-independent folds, each tested once; its figures "
+                      "are over every fold's test clips pooled" + fold_seeds(folded, seeds))
+        table.append(row(FOLDS.name + seeds_note(folded, seeds), "ours", "", "", pooled_cell(folded, "accuracy")))
+        report.points.append((f"SER {FOLDS.name}", float(np.mean([m["pooled"]["accuracy"] for m in folded])),
+                              folded[0]["pooled"]["intervals"]["accuracy"], None))
+        extra.append(row(FOLDS.name + seeds_note(folded, seeds), "", "", "", pooled_cell(folded, "uar"),
+                         pooled_cell(folded, "macro_f1"), f"every clip once "
+                         f"({sum(f['test_items'] for f in folded[0]['per_fold'])})", fold_speakers(folded), ""))
+    if findings:
+        report.findings.append("SER, test accuracy [95% interval] by protocol (the study published only its own): "
+                               + ", ".join(findings) + ". The protocols test different items: see the leak below.")
+    lines = ["## SER: HuBERT on ShEMO", "", f"The study's figures, every protocol beside them ({n}):", "", *table, "",
+             *[f"- {x}" for x in legend],
+             "- `study` (the published run): its protocol, one seed; its test split about half augmented copies, "
+             "nearly balanced (the corpus was balanced to the largest class first).", "",
+             "**Our additions**: UAR (unweighted average recall: the mean of the per-class recalls), macro F1, the "
+             "test split's size, speakers and speed:", "", *extra]
     lines += leak_inside_the_study(found.get("study"))
     lines += fold_lines(folded)
     lines += protocol_difference(found, seeds)
@@ -136,42 +155,42 @@ def section(root: Path, seeds: int, missing: list, only: set | None = None) -> l
         lines += ["", f"Clips per class in the corpus as read: {', '.join(f'{k} {v}' for k, v in c['corpus'].items())}."]
         for name, runs in found.items():
             s = runs[0]["class_counts"]["splits"]
-            lines.append(f"- {name}, seed {runs[0]['seed']}: " + "; ".join(
+            lines.append(f"- {name}, seed {runs[0]['_seed']}: " + "; ".join(
                 f"{k} {sum(v.values())} ({', '.join(f'{n} {x}' for n, x in v.items())})" for k, v in s.items()))
-    n = f"{seeds} seeds (mean ± std)" if seeds > 1 else "one seed"
-    lines += ["", f"Ours: the final model, {n}. UAR: unweighted average recall (balanced accuracy), the mean of "
-                  "the per-class recalls. A class a split does not hold is left out of its UAR and macro F1 (and "
-                  "named in the run's report). Intervals: 95%, percentile bootstrap over the test items."]
+    lines += ["", "Ours: the final model. A class a split does not hold is left out of its UAR and macro F1 (and named "
+                  "in the run's report). Intervals: 95%, percentile bootstrap over the test items."]
     return lines + ["", *run_links, ""]
 
 
 FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder of run_all.sh --ser-folds K)
 
 
-def fold_row(runs: list[dict], seeds: int) -> str:
-    """The folds' row: each test figure over every fold's test clips pooled (every clip tested once)
-    with its 95% interval, then mean ± std over the folds. With several seeds the pooled figure is
-    the mean ± std over the seeds and the interval the first seed's, as the row says."""
-    first = runs[0]
+def pooled_cell(runs: list[dict], key: str) -> str:
+    """A test figure of the folds: over every fold's test clips pooled (every clip tested once), with
+    the first seed's 95% interval (mean ± std over seeds with several)."""
+    return f"{mean_std([m['pooled'][key] for m in runs])} {interval_text(runs[0]['pooled']['intervals'][key])}"
+
+
+def fold_seeds(runs: list[dict], seeds: int) -> str:
+    return (f" (seeds {', '.join(str(m['_seed']) for m in runs)}: the pooled figures are mean ± std over them, the "
+            f"interval seed {runs[0]['_seed']}'s)" if len(runs) > 1 else "")
+
+
+def fold_speakers(runs: list[dict]) -> str:
+    """Speakers per split, mean ± std over every fold of every seed."""
     per_fold = [f for m in runs for f in m["per_fold"]]
-    cell = lambda k: (f"{mean_std([m['pooled'][k] for m in runs])} {interval_text(first['pooled']['intervals'][k])} "  # noqa: E731
-                      f"pooled; folds {mean_std([f[f'test_{k}'] for f in per_fold])}")
-    speakers = " / ".join(mean_std([f[f"{k}_speakers"] for f in per_fold], 1) for k in ("train", "val", "test"))
-    which = (f"; pooled figures over seeds {', '.join(str(m['_seed']) for m in runs)}, the interval seed "
-             f"{first['_seed']}'s" if len(runs) > 1 else "") + seeds_note(runs, seeds)
-    return ("| " + " | ".join([f"{first['experiment']}: {first['folds']} speaker-independent folds, each tested "
-                               f"once; pooled over every fold's test clips, then mean ± std over the folds{which}",
-                               "", "", "", "", "", cell("accuracy"), cell("uar"), cell("macro_f1"),
-                               f"every clip once ({sum(f['test_items'] for f in first['per_fold'])}; seed "
-                               f"{first['_seed']})", f"{speakers} (mean per fold)", "", ""]) + " |")
+    return " / ".join(mean_std([f[f"{k}_speakers"] for f in per_fold], 1) for k in ("train", "val", "test"))
 
 
 def fold_lines(runs: list[dict]) -> list[str]:
     """Per fold figures and accuracy by the speaker's gender."""
     if not runs:
         return []
-    m = runs[0]
-    return ["", f"**Speaker-independent folds** (seed {m['seed']}): test accuracy per fold "
+    m, per_fold = runs[0], [f for r in runs for f in r["per_fold"]]
+    return ["", f"**Speaker-independent folds**: mean ± std over the folds{' of every seed' if len(runs) > 1 else ''}: "
+            + ", ".join(f"test {w} {mean_std([f[f'test_{k}'] for f in per_fold])}"
+                        for k, w in (("accuracy", "accuracy"), ("uar", "UAR"), ("macro_f1", "macro F1")))
+            + f". Seed {m['seed']}: test accuracy per fold "
             + ", ".join(f"fold {f['fold']} {f['test_accuracy']:.4f} (UAR {f['test_uar']:.4f}; speakers "
                         f"{f['train_speakers']}/{f['val_speakers']}/{f['test_speakers']})" for f in m["per_fold"])
             + "; by the speaker's gender, every fold's test clips pooled: " + ("; ".join(

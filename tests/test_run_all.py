@@ -64,12 +64,16 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     summary = (out / "summary.md").read_text()
     assert "SMOKE RUN" in summary and "missing" not in summary.lower() and "upper bound" not in summary
     for name in EXPERIMENTS:
-        assert f"| {name} (" in summary and f"nli/{name}/seed0/report.txt" in summary
+        assert f"| {name} | ours |" in summary and f"nli/{name}/seed0/report.txt" in summary
     for name in PROTOCOLS:
-        assert f"| {name}: " in summary and f"ser/{name}/seed0/confusion_matrix_test.png" in summary
+        assert f"| {name} | ours |" in summary and f"ser/{name}/seed0/confusion_matrix_test.png" in summary
+    assert (out / "summary.png").exists() and "![test accuracy, ours beside the study's](summary.png)" in summary
+    assert summary.index("**Findings**") < summary.index("## NLI") < summary.index("**Our additions**")
+    for line in summary.splitlines():  # the study's columns only, short cells
+        assert line.count("|") <= 10 and all(len(c) <= 62 for c in line.split("|")), line
     assert "**Measured on these runs**" in summary and "| split | entailment | contradiction | neutral |" in summary
-    assert "train loss, Trainer's log" in summary and "here steps 16-20" in summary  # 20 steps logged every 5
-    row = next(line for line in summary.splitlines() if line.startswith("| all ("))
+    assert "train loss (Trainer's log)" in summary and "here steps 16-20" in summary  # 20 steps logged every 5
+    row = next(line for line in summary.splitlines() if line.startswith("| all | ours |"))
     logged = json.loads((out / "nli/all/seed0/metrics.json").read_text())["train"]["trainer_logged_last"]
     assert f"| {logged:.4f} |" in row
     curve = out / "nli/all/seed0/prune_curve"
@@ -81,17 +85,19 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     # the statistics: intervals, paired tests against `all` (Holm), the leak inside the study's split, the folds
     test = json.loads((out / "nli/freeze9/seed0/metrics.json").read_text())["test"]
     low, high = test["intervals"]["accuracy"]
-    row = next(line for line in summary.splitlines() if line.startswith("| freeze9 ("))
-    assert f"{test['accuracy']:.4f} [{low:.4f}, {high:.4f}]" in row and "(Holm " in row and "McNemar" in summary
-    assert "| hypothesis-only (" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| freeze9 | ours |"))
+    assert f"{test['accuracy']:.4f} [{low:.4f}, {high:.4f}]" in row and "McNemar" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| freeze9 | ") and "| ours |" not in line)
+    assert "(Holm " in row  # our additions: the paired test against `all`
+    assert "| hypothesis-only | ours |" in summary
     leak = json.loads((out / "ser/study/seed0/metrics.json").read_text())["test_leak"]
     assert "**The leak inside the study's own test split**" in summary and f"over {leak['augmented copies']['items']}" \
         in summary
     folds = json.loads((out / "ser/leak-free-speaker-folds/seed0/metrics.json").read_text())
-    assert "| leak-free-speaker-folds: 3 speaker-independent folds" in summary and "**Speaker-independent folds**" \
+    assert "`leak-free-speaker-folds`: 3 speaker-independent folds" in summary and "**Speaker-independent folds**" \
         in summary and f"{folds['mean']['accuracy']:.4f} ± {folds['std']['accuracy']:.4f}" in summary
     low, high = folds["pooled"]["intervals"]["accuracy"]  # the pooled figure stands beside its own interval
-    assert f"{folds['pooled']['accuracy']:.4f} [{low:.4f}, {high:.4f}] pooled; folds " in summary
+    assert f"| leak-free-speaker-folds | ours |  |  | {folds['pooled']['accuracy']:.4f} [{low:.4f}, {high:.4f}] |" in summary
 
 
 def test_rerun_skips_finished_runs(smoke):
@@ -136,7 +142,7 @@ def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "0.6000 ± 0.1414" in summary  # mean and sample std of 0.5 and 0.7
     assert "nli/freeze9/seed0" in missing and "nli/all/seed0" not in missing
-    assert "**Missing results**" in summary and "| freeze9 (first 9 encoder layers frozen; --freeze 9) | ours: missing |" in summary
+    assert "**Missing results**" in summary and "| freeze9 | ours: missing |" in summary
 
 
 def test_summary_gives_every_study_figure_and_every_difference(smoke):
@@ -144,17 +150,18 @@ def test_summary_gives_every_study_figure_and_every_difference(smoke):
     write_summary(out, ["nli.study", "ser.study"], smoke=True)  # (another test reran one half in this folder)
     summary = (out / "summary.md").read_text()
     for e in [e for e in nli_study.EXPERIMENTS if e.study]:
-        row = next(line for line in summary.splitlines() if line.startswith(f"| {e.name} ("))
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {e.name} | ours |"))
         study_row = summary.splitlines()[summary.splitlines().index(row) + 1]
         cells = [c.strip() for c in study_row.split("|")[1:-1]]
-        assert cells[:2] == ["", e.study_label]
+        assert cells[:2] == ["", "study"]
         assert cells[2:2 + len(nli_study.STUDY_CELLS)] == [nli_study.study_cell(e.study, c) for c in nli_study.STUDY_CELLS]
         for note in e.notes:
             assert note in summary
     # the study's pruning is masking: its row stands between our head removal and our run of its method
     lines = summary.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith("| prune0.5 ("))
-    assert "masked" in lines[at + 1] and lines[at + 2].startswith("| prune0.5-masking (the study's method")
+    at = next(i for i, line in enumerate(lines) if line.startswith("| prune0.5 | ours |"))
+    assert lines[at + 1].startswith("|  | study |") and lines[at + 2].startswith("| prune0.5-masking | ours |")
+    assert "the study's row beside it: its pruning, 50% of attention weight entries masked" in summary
     for value in ser_study.PUBLISHED.values():
         assert f"{value:.3f}" in summary
     for line in nli_study.DIFFERENCES + ser_study.DIFFERENCES:
