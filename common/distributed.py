@@ -16,7 +16,7 @@ What a process does:
 - Every process evaluates (each holds the same weights after every update, so each computes the
   same figures); only rank 0 writes files, logs and checkpoints, and a checkpoint holds every
   process's RNG state, so --resume with the same number of processes continues each stream.
-- CUDA graphs stay off under DDP (see README, "More than one GPU").
+- CUDA graphs stay off under DDP (see docs/scale-out.md).
 """
 import contextlib
 import os

@@ -1,5 +1,5 @@
 """Result files with one schema for both tasks: config.json, history.csv, predictions.csv,
-metrics.json and the per-epoch table of report.txt (DESIGN.md, "Command line and outputs"). Every
+metrics.json and the per-epoch table of report.txt (docs/outputs.md). Every
 file is written atomically (common.files); metrics.json is written last by each task's report and
 marks the run finished. A finished run's figures travel as one `RunResult` (each task adds its
 own fields in a subclass: nli/report.py, ser/report.py). Test figures carry 95% bootstrap

@@ -35,7 +35,7 @@ gradients clipped to norm 1.0.
   weights an uninterrupted run would have. metrics.json is written last and marks the run done.
 
 Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt, curves.png,
-confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json (see README.md).
+confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json (see docs/outputs.md).
 """
 from transformers.utils import logging as hf_logging
 
