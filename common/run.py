@@ -26,7 +26,7 @@ from common.checkpoint import check_same_args, finished_run, recorded_config, re
 from common.device import choose_attention_kernels, choose_cuda_graphs, choose_device, choose_precision
 from common.distributed import Dist, broadcast
 from common.errors import RunFailed, log_errors_to
-from common.outdir import RunLock, check_out_dir, empty_out_dir, is_run, write_marker
+from common.outdir import RunLock, check_out_dir, contents, empty_out_dir, half_written, is_run, write_marker
 from common.rng import seed_everything
 from common.spec import RunSpec
 
@@ -137,7 +137,7 @@ class Run:
             write_marker(self.out, self.spec.program)
         except OSError as e:
             raise RunFailed(f"cannot write {self.out}: {e.strerror or e}") from None
-        for stale in self.out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
+        for stale in [p for p in contents(self.out) if half_written(p.name)]:  # a killed run's (we hold the lock)
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         self.log.open(self.out / "train.log")
         if left:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import nli.train
+from common.outdir import KEEP, contents, owned
 from common.step import Training
 from nli import predict
 from nli.train import main as nli_main
@@ -239,6 +240,7 @@ def test_ser_skips_nan_audio_refuses_one_class_and_counts_skips_once(tiny_hubert
     ser_main(["--model", str(tiny_hubert), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
               "--epochs", "1"])
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(owned(p) for p in contents(tmp_path / "run") if p.name not in KEEP)  # --overwrite would remove it all
     assert len(m["skipped_files"]) == 2 and any("F01A09.wav" in s for s in m["skipped_files"])
     log = (tmp_path / "run" / "train.log").read_text()
     assert "holds NaN or infinite samples" in log and "2 files skipped" in log
@@ -288,11 +290,15 @@ def test_nothing_a_user_made_is_deleted(tiny_bert, farstail_dir, finished, tmp_p
     shutil.copytree(finished, run)
     err = fails(2, capsys, run / "model", farstail_dir, run, "--epochs", 1, "--overwrite")
     assert "would delete" in err and "which this run reads" in err
-    # --overwrite of a finished run deletes what the run wrote, and only that
-    (run / "my-notes.txt").write_text("mine")
+    # --overwrite of a finished run deletes what the run wrote, by name, and only that: not a figure of the user's
+    # nor a file that merely looks like a checkpoint or a temporary one
+    mine = ("my-notes.txt", "my-figure.png", "checkpoint-epoch-best.pt", ".notes.tmp")
+    for name in mine:
+        (run / name).write_text("mine")
+    assert all(owned(p) for p in contents(run) if p.name not in (*KEEP, *mine))  # OUTPUTS names all a run writes
     run_nli(tiny_bert, farstail_dir, run, "--epochs", 1, "--overwrite")
-    assert (run / "my-notes.txt").read_text() == "mine" and (run / "metrics.json").exists()
-    assert "--overwrite left in place what no run wrote: my-notes.txt" in (run / "train.log").read_text()
+    assert all((run / name).read_text() == "mine" for name in mine) and (run / "metrics.json").exists()
+    assert f"--overwrite left in place what no run wrote: {', '.join(sorted(mine))}" in (run / "train.log").read_text()
 
 
 def test_a_resume_or_a_skip_never_mixes_two_datasets(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
