@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,8 @@ class Run:
     --overwrite must not delete."""
 
     def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs=None, reads: tuple = ()):
-        self.spec, self.out = spec, spec.out
+        # --out is free on resume: the marker in the folder says it is a run, so a moved folder resumes
+        self.spec, self.out = replace(spec, free=spec.free | {"out"}), spec.out
         self.d = d or Dist()
         self.inputs, self.reads = inputs, reads
         self.log = RunLog(quiet=not self.d.main)

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -457,3 +458,58 @@ def test_ser_predict_gives_no_label_to_silence_or_non_audio(tiny_hubert, tmp_pat
     assert e.value.code == 1 and "Traceback" not in err and "nan" not in out
     assert "silent.wav is silent" in err and "huge.wav holds absurdly large samples" in err
     assert out.count("\n") == 1 and "long.wav: " in out and "[its first 60 s of 61.0 s]" in out
+
+
+# ---------------------------------------------------------------- round three: no silently wrong number
+def test_a_changed_trainer_logging_window_is_refused_not_ignored(tiny_bert, farstail_dir, tmp_path, capsys):
+    """A finished run keeps no per-step losses: a resume asking another window would report the old one."""
+    run = run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 1, "--trainer-logging-steps", 1)
+    before = tree(run)
+    err = fails(2, capsys, tiny_bert, farstail_dir, run, "--epochs", 1, "--trainer-logging-steps", 2, "--resume")
+    assert "--trainer-logging-steps 1 there, 2 now" in err
+    assert {k: v for k, v in tree(run).items() if k != "train.log"} == \
+        {k: v for k, v in before.items() if k != "train.log"}
+
+
+def test_a_fraction_that_masks_nothing_is_refused_like_one_that_removes_no_head(tiny_bert, farstail_dir, tmp_path,
+                                                                               capsys):
+    for by in ("random", "masking"):  # 16 heads of 32 × 32 weights: 0.0001 removes no head and masks no entry
+        err = fails(2, capsys, tiny_bert, farstail_dir, tmp_path / by, "--prune-heads", 0.0001, "--prune-by", by)
+        assert "--prune-heads 0.0001: give a fraction between 0 and 1 that " in err, by
+        assert not (tmp_path / by / "train.log").exists() and not (tmp_path / by / "config.json").exists()
+
+
+def test_a_moved_run_folder_resumes_and_a_moved_finished_one_is_skipped(tiny_bert, farstail_dir, tmp_path,
+                                                                        monkeypatch, capsys, whole):
+    undo = kill_in_epoch(monkeypatch, 3)
+    with pytest.raises(SystemExit, match="^130$"):
+        run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
+    undo()
+    shutil.move(tmp_path / "run", tmp_path / "moved")  # its .run-marker goes with it
+    resumed = weights(run_nli(tiny_bert, farstail_dir, tmp_path / "moved", "--epochs", 3, "--resume"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["args"]["out"] == str(tmp_path / "moved")
+    shutil.move(tmp_path / "moved", tmp_path / "again")
+    capsys.readouterr()
+    run_nli(tiny_bert, farstail_dir, tmp_path / "again", "--epochs", 3, "--resume")
+    assert "already holds this finished run" in capsys.readouterr().out
+    err = fails(2, capsys, tiny_bert, farstail_dir, tmp_path / "again", "--epochs", 2, "--resume")  # the rest stays
+    assert "--epochs 3 there, 2 now" in err
+
+
+def test_sighup_stops_a_training_as_sigterm_does(tiny_bert, farstail_dir, tmp_path):
+    """A closed terminal sends SIGHUP: "interrupted", exit 130, the checkpoint kept, as for SIGTERM."""
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "nli.train", "--model", str(tiny_bert), "--data-dir", str(farstail_dir),
+                          "--out", str(out), "--epochs", "1000", "--batch-size", "4", "--lr", "1e-3"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("epoch 2:"):  # epoch 1 is done: its checkpoint is on disk
+                break
+        p.send_signal(signal.SIGHUP)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and "interrupted; resume with --resume" in err and "Traceback" not in err
+    assert (out / "checkpoint.json").exists() and not (out / "metrics.json").exists()
