@@ -210,7 +210,8 @@ def test_a_job_that_dies_without_a_word_is_reported_and_the_running_one_is_waite
     assert "[2/9]" not in result.stdout and "[4/9]" not in result.stdout  # nothing new started
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])  # a stop; a closed terminal
+# SIGTERM: a scheduler's stop; SIGHUP: a closed terminal (Ctrl-C sends SIGINT: the same path)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(tmp_path, stop):
     (tmp_path / "inputs").mkdir()
     (tmp_path / "inputs" / "done").touch()  # (the first job never reads them: it is made to wait)
@@ -228,7 +229,7 @@ def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(tm
         second = run_all("--smoke", "--only", "nli", "--out", tmp_path)
         assert second.returncode == 2 and f"in use by another run_all.sh (process {first.pid})" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "[1/9]" not in second.stdout
-        first.send_signal(stop)  # (Ctrl-C sends SIGINT: the same path)
+        first.send_signal(stop)
         _, err = first.communicate(timeout=60)
     finally:
         first.kill()
@@ -248,7 +249,8 @@ def test_run_all_flag_without_a_value_is_one_line():
 
 def test_relative_out_and_shemo_are_read_from_where_the_command_is_given(shemo_dir, tmp_path):
     (tmp_path / "audio").symlink_to(shemo_dir)
-    env = {**os.environ, "SHEMO_DIR": "", **fake_python(tmp_path, f'  *ser.train*) echo "$*" >> {tmp_path}/jobs; exit 0 ;;')}
+    job = f'  *ser.train*) echo "$*" >> {tmp_path}/jobs; exit 0 ;;'  # (what the job was asked to do)
+    env = {**os.environ, "SHEMO_DIR": "", **fake_python(tmp_path, job)}
     result = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--only", "ser", "--ser-protocols", "study", "--shemo",
                              "audio", "--out", "runs"], cwd=tmp_path, capture_output=True, text=True, env=env,
                             timeout=300)
