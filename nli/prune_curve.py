@@ -13,10 +13,10 @@ and validation and test accuracy, parameters and inference pairs/s are measured:
 - random: heads drawn at random, once per seed 0 … --seeds−1 (the same seed, the same heads).
 Fraction 0 is the model as it is. Pairs are encoded as the model was trained (a --hypothesis-only
 model, whose config says so, gets the hypothesis alone). No layer ever loses its last head (a
-fraction that would need that is skipped). The head budget of a way of choosing is chosen on the validation split: the
-largest number of heads removed before validation accuracy falls more than one point below the
-whole model's (random: the mean over seeds), counting only fractions up to the first that falls
-below; test accuracy is reported at that budget, never used to choose it.
+fraction that would need that is skipped). The head budget of a way of choosing is chosen on the
+validation split: the largest number of heads removed before validation accuracy falls more than
+one point below the whole model's (random: the mean over seeds), counting only fractions up to
+the first that falls below; test accuracy is reported at that budget, never used to choose it.
 
 Outputs in --out (default: prune_curve/ beside the model folder): config.json, train.log,
 prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json (written last).
