@@ -15,6 +15,7 @@
 # Every run is started with --resume: a finished run with the same arguments and inputs is skipped, an
 # interrupted one continues from its last finished epoch. A failing run stops the script.
 set -euo pipefail
+here=$PWD  # relative --out and --shemo (or SHEMO_DIR) name folders from where the command was given
 cd "$(dirname "$0")"
 
 smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""; ser_folds=""; gpus=(); slots=1
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --seeds) seeds=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
     --only) only=$(value "$1" "${2:-}" "nli or ser") || exit 2; shift ;;
     --shemo) shemo=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
-    --out) out=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
+    --out) out=$(value "$1" "${2:-}" "a folder") || exit 2; out_given=1; shift ;;
     --ser-protocols) ser_protocols=$(value "$1" "${2:-}" "a comma-separated list") || exit 2; shift ;;
     --ser-folds) ser_folds=$(value "$1" "${2:-}" "a number of folds (3 or more)") || exit 2; shift ;;
     --gpus) ids=$(value "$1" "${2:-}" "GPU ids, like 0,1,2,3") || exit 2; IFS=, read -ra gpus <<< "$ids"; shift ;;
@@ -47,7 +48,11 @@ case "$only" in ""|nli|ser) ;; *) usage "--only takes nli or ser" ;; esac
 [[ "$slots" =~ ^[1-9][0-9]*$ ]] || usage "--slots takes a positive number"
 # the smoke run shows every row, the folds' too (unless --ser-protocols picks some)
 [ $smoke = 1 ] && [ -z "$ser_folds" ] && [ -z "$ser_protocols" ] && ser_folds=3
-[ -z "$ser_folds" ] || [[ "$ser_folds" =~ ^[0-9]+$ && "$ser_folds" -ge 3 ]] || usage "--ser-folds takes a number of folds, 3 or more"
+# (compared as text: bash reads 08 as octal and wraps a number of 20 digits)
+if [ -n "$ser_folds" ]; then
+  [[ "$ser_folds" =~ ^0*([1-9][0-9]*)$ ]] && ser_folds=${BASH_REMATCH[1]} && [[ ${#ser_folds} -gt 1 || $ser_folds -ge 3 ]] \
+    || usage "--ser-folds takes a number of folds, 3 or more"
+fi
 for g in "${gpus[@]}"; do [[ "$g" =~ ^[0-9]+$ ]] || usage "--gpus takes GPU ids, like 0,1,2,3"; done
 [ ${#gpus[@]} -gt 0 ] && slots=${#gpus[@]}  # one job per GPU
 if [ "$slots" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
@@ -55,7 +60,9 @@ if [ "$slots" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; t
   # (measured on 2 cores, the smoke run with 2 slots: 2m07 at 2 threads per job, 0m58 at 1)
   export OMP_NUM_THREADS=$(( $(nproc) / slots > 0 ? $(nproc) / slots : 1 ))
 fi
-[ -n "$out" ] || out=$([ $smoke = 1 ] && echo runs-smoke || echo runs)
+[ -n "$out" ] || out=$([ $smoke = 1 ] && echo runs-smoke || echo runs)  # (the default: in the project folder)
+[[ -z "$shemo" || "$shemo" == /* ]] || shemo="$here/$shemo"
+[[ -z "${out_given:-}" || "$out" == /* ]] || out="$here/$out"
 export PYTHONUNBUFFERED=1
 
 # The experiments, from their one source: name<TAB>flags per line.
@@ -165,12 +172,13 @@ failed() {  # failed JOB STATUS: name it, why it ended, and where to look
 
 # Up to $slots jobs side by side (one: in order, output on this terminal; more: each output in
 # $out/logs/). A failure starts nothing new but stops no running job, and the script always waits
-# for every job it started before it exits. Ctrl-C or SIGTERM is passed on to the running jobs
-# (each stops cleanly: its last finished epoch's checkpoint stays), which are waited for too.
+# for every job it started before it exits. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) is passed on
+# to the running jobs as SIGTERM (each stops cleanly: its last finished epoch's checkpoint stays), which
+# are waited for too; the lock on --out goes only then.
 [ "$slots" -gt 1 ] && mkdir -p "$out/logs"
 declare -A slot_of job_of  # pid -> slot, pid -> job
 stop=0
-trap 'stop=1; for p in "${!job_of[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' INT TERM
+trap 'stop=1; for p in "${!job_of[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' INT TERM HUP
 free=(); for ((k = 0; k < slots; k++)); do free+=("$k"); done
 state=(); for ((j = 0; j < total; j++)); do state+=(waiting); done
 bad=()
@@ -208,7 +216,7 @@ while :; do
     state[$j]=failed; bad+=("$j"); failed "$j" "$status"
   fi
 done
-trap - INT TERM
+trap - INT TERM HUP
 if [ $stop = 1 ]; then
   echo "run_all.sh: interrupted; run the same command again to continue (finished experiments are skipped," \
     "the others resume from their last finished epoch)" >&2

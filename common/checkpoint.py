@@ -25,6 +25,7 @@ from common.distributed import Dist, gather
 from common.errors import RunFailed, UserError
 from common.files import fsync_folder, read_text, sha256, write_error, write_json
 from common.inputs import refuse_changed
+from common.outdir import CHECKPOINT, checkpoint_file
 from common.spec import resolved
 from common.rng import rng_state, set_rng_state
 
@@ -216,8 +217,8 @@ class Checkpoint:
         keep = [entry] + [e for e in earlier if e["file"] != entry["file"]][:1]
         write_json(self.out / MANIFEST, {"checkpoints": keep})
         names = {e["file"] for e in keep}
-        for path in self.out.glob("checkpoint-epoch*.pt*"):
-            if path.name.removesuffix(".sha256") not in names:
+        for path in self.out.iterdir():
+            if CHECKPOINT.fullmatch(path.name) and path.name.removesuffix(".sha256") not in names:
                 path.unlink(missing_ok=True)
 
     def remove(self) -> None:
@@ -227,6 +228,6 @@ class Checkpoint:
 
 def remove_checkpoints(out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
-    for pattern in ("checkpoint-epoch*.pt", "checkpoint-epoch*.pt.sha256", ".checkpoint-epoch*.tmp"):
-        for path in out.glob(pattern):
+    for path in out.iterdir():  # by name, never a pattern: checkpoint-epoch-best.pt is not ours
+        if checkpoint_file(path.name):
             path.unlink(missing_ok=True)

@@ -3,8 +3,8 @@ open), a non-zero exit status, never a traceback for a failure a person can act 
 
 - UserError: a mistake the user can fix (bad flag, missing file, bad label): exit status 2.
 - RunFailed: the run itself cannot go on (non-finite loss, disk full): exit status 1.
-- Ctrl-C or SIGTERM (a scheduler's stop): "interrupted", exit status 130. A training run adds
-  that --resume continues it from its last finished epoch.
+- Ctrl-C, SIGTERM (a scheduler's stop) or SIGHUP (a closed terminal): "interrupted", exit status
+  130. A training run adds that --resume continues it from its last finished epoch.
 """
 import contextlib
 import os
@@ -32,9 +32,15 @@ def log_errors_to(path: Path | None) -> None:
     _log_file = path
 
 
-def _say(line: str) -> None:
+def _say(*lines: str) -> None:
+    """Print the last of `lines` (after the others, on stderr) and append it to train.log. A closed
+    terminal (SIGHUP) may refuse it; train.log still gets it."""
+    line = lines[-1]
     if os.environ.get("RANK", "0") == "0":
-        print(line, file=sys.stderr, flush=True)
+        try:
+            print(*lines, sep="\n", file=sys.stderr, flush=True)
+        except OSError:
+            pass
     if _log_file is not None:
         try:
             with open(_log_file, "a", encoding="utf-8") as f:
@@ -50,27 +56,28 @@ def _sigterm(signum, frame):
 @contextlib.contextmanager
 def user_errors(interrupted: str = "interrupted"):
     """Turn UserError (exit 2) and RunFailed (exit 1) into one line on stderr, also written to
-    train.log when the run has one; Ctrl-C and SIGTERM into the line `interrupted` (exit 130).
-    Under torchrun only rank 0 prints it (all exit alike)."""
+    train.log when the run has one; Ctrl-C, SIGTERM and SIGHUP into the line `interrupted` (exit
+    130). Under torchrun only rank 0 prints it (all exit alike)."""
     log_errors_to(None)
-    previous = (signal.signal(signal.SIGTERM, _sigterm), signal.getsignal(signal.SIGINT)) if _main_thread() else None
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.getsignal(s) for s in stops} if _main_thread() else {}
+    for s in previous:
+        if s != signal.SIGINT:  # (Python turns SIGINT into KeyboardInterrupt itself)
+            signal.signal(s, _sigterm)
     try:
         yield
     except (UserError, RunFailed) as e:
         _say(f"error: {e}")
         raise SystemExit(2 if isinstance(e, UserError) else 1) from None
     except KeyboardInterrupt:
-        if _main_thread():  # a second Ctrl-C or SIGTERM must not cut this line short with a traceback
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(file=sys.stderr)  # end a progress bar's line
-        _say(interrupted)
+        for s in previous:  # a second signal must not cut this line short with a traceback
+            signal.signal(s, signal.SIG_IGN)
+        _say("", interrupted)  # (the empty line ends a progress bar's)
         raise SystemExit(INTERRUPTED) from None
     finally:
         log_errors_to(None)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _main_thread() -> bool:

@@ -8,13 +8,15 @@
 - The marker (OUT/.run-marker) is written when a run starts writing into OUT. Only a folder
   holding it may be resumed into or emptied by --overwrite: a model folder, a data folder or any
   other folder with a config.json is never touched.
-- --overwrite deletes only what a run writes (the names in OUTPUTS, and nested run folders such
-  as prune_curve/ that carry their own marker); anything else in the folder is left in place and
-  named in the log. The cache of augmented clips (KEEP: content-keyed) is kept and reused.
+- --overwrite deletes only what a run writes, by exact name (OUTPUTS; checkpoint-epoch<N>.pt and
+  its .sha256; `.<one of those>.<pid>.tmp` or `.old`, a killed run's half-written file; nested
+  run folders such as prune_curve/ that carry their own marker), never by a pattern such as
+  `*.png`: anything else in the folder, a figure of the user's too, is left in place and named
+  in the log. The cache of augmented clips (KEEP: content-keyed) is kept and reused.
 """
 import fcntl
-import fnmatch
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,10 +25,16 @@ from common.errors import UserError
 
 LOCK = ".lock"
 MARKER = ".run-marker"
-# What a run writes into its folder (fnmatch patterns): all of it, and only it, --overwrite deletes.
-OUTPUTS = ("config.json", "train.log", "steps.csv", "history.csv", "predictions.csv", "metrics.json", "report.txt",
-           "split.csv", "prune_curve.csv", "folds.csv", "checkpoint.json", "checkpoint-epoch*.pt",
-           "checkpoint-epoch*.pt.sha256", "*.png", "model", ".*.tmp", ".*.old")
+# What a run writes into its folder, by name (nli.train, ser.train and its folds, nli.prune_curve): all of it,
+# and only it, --overwrite deletes.
+OUTPUTS = frozenset({
+    "config.json", "train.log", "steps.csv", "history.csv", "predictions.csv", "metrics.json", "report.txt",
+    "split.csv", "prune_curve.csv", "folds.csv", "checkpoint.json", "model", "curves.png", "confusion_matrix.png",
+    "token_lengths.png", "label_counts.png", "confusion_matrix_train.png", "confusion_matrix_val.png",
+    "confusion_matrix_test.png", "class_distribution.png", "clip_lengths.png", "prune_curve.png",
+    "head_importance.png"})
+CHECKPOINT = re.compile(r"checkpoint-epoch[0-9]+\.pt(\.sha256)?")  # common/checkpoint.py's files
+TEMPORARY = re.compile(r"\.(.+)\.[0-9]+\.(tmp|old)")  # .<name>.<pid>.tmp|old: common/files.py's atomic writes
 # Kept by --overwrite: the marker (the folder stays a run's), SER's augmented clips (named by their content)
 KEEP = (MARKER, "cache")
 
@@ -103,9 +111,26 @@ def write_marker(out: Path, program: str) -> None:
                                   encoding="utf-8")
 
 
+def output(name: str) -> bool:
+    """A name a run writes: one of OUTPUTS or a checkpoint."""
+    return name in OUTPUTS or CHECKPOINT.fullmatch(name) is not None
+
+
+def half_written(name: str) -> bool:
+    """The temporary name of an output, which a killed run may leave behind."""
+    temporary = TEMPORARY.fullmatch(name)
+    return temporary is not None and output(temporary.group(1))
+
+
+def checkpoint_file(name: str) -> bool:
+    """A checkpoint, its .sha256, or one half-written (what removing the checkpoints removes)."""
+    temporary = TEMPORARY.fullmatch(name)
+    return CHECKPOINT.fullmatch(temporary.group(1) if temporary else name) is not None
+
+
 def owned(path: Path) -> bool:
-    """A run wrote this entry: one of OUTPUTS, or a nested run folder with its own marker."""
-    return any(fnmatch.fnmatch(path.name, p) for p in OUTPUTS) or (path.is_dir() and is_run(path))
+    """A run wrote this entry: an output, a half-written one, or a nested run folder with its own marker."""
+    return output(path.name) or half_written(path.name) or (path.is_dir() and is_run(path))
 
 
 def empty_out_dir(out: Path) -> list[str]:

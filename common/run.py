@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from common.checkpoint import check_same_args, finished_run, recorded_config, re
 from common.device import choose_attention_kernels, choose_cuda_graphs, choose_device, choose_precision
 from common.distributed import Dist, broadcast
 from common.errors import RunFailed, log_errors_to
-from common.outdir import RunLock, check_out_dir, empty_out_dir, is_run, write_marker
+from common.outdir import RunLock, check_out_dir, contents, empty_out_dir, half_written, is_run, write_marker
 from common.rng import seed_everything
 from common.spec import RunSpec
 
@@ -77,7 +78,8 @@ class Run:
     --overwrite must not delete."""
 
     def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs=None, reads: tuple = ()):
-        self.spec, self.out = spec, spec.out
+        # --out is free on resume: the marker in the folder says it is a run, so a moved folder resumes
+        self.spec, self.out = replace(spec, free=spec.free | {"out"}), spec.out
         self.d = d or Dist()
         self.inputs, self.reads = inputs, reads
         self.log = RunLog(quiet=not self.d.main)
@@ -137,7 +139,7 @@ class Run:
             write_marker(self.out, self.spec.program)
         except OSError as e:
             raise RunFailed(f"cannot write {self.out}: {e.strerror or e}") from None
-        for stale in self.out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
+        for stale in [p for p in contents(self.out) if half_written(p.name)]:  # a killed run's (we hold the lock)
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         self.log.open(self.out / "train.log")
         if left:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from common.spec import RunSpec, add_run_flags, check_flags, run_spec
 
-RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every", "trainer_logging_steps"})
+# (not --trainer-logging-steps: a finished run keeps no per-step losses to log them again another way)
+RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,9 @@ def mask_attention_weights(model, fraction: float) -> dict:
     targets = [name for name, _ in model.named_parameters() if "attention" in name and name.endswith("weight")]
     if not targets:
         raise UserError("the model has no parameter whose name contains 'attention' and ends in 'weight' to mask")
+    if not any(round(fraction * model.get_parameter(name).numel()) for name in targets):  # (torch's own count)
+        raise UserError(f"--prune-heads {fraction}: give a fraction between 0 and 1 that masks at least one entry "
+                        "(it rounds to none of each attention weight's entries)")
     for name in targets:
         prune.random_unstructured(model.get_submodule(name.rsplit(".", 1)[0]), "weight", amount=fraction)
     masks = [model.get_submodule(name.rsplit(".", 1)[0]).weight_mask for name in targets]

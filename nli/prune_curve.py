@@ -11,11 +11,12 @@ and validation and test accuracy, parameters and inference pairs/s are measured:
 - importance-iterative (--iterative): as Michel et al. did, importance recomputed on the pruned
   model after each step, and the next step's heads taken from it;
 - random: heads drawn at random, once per seed 0 … --seeds−1 (the same seed, the same heads).
-Fraction 0 is the model as it is. No layer ever loses its last head (a fraction that would need
-that is skipped). The head budget of a way of choosing is chosen on the validation split: the
-largest number of heads removed before validation accuracy falls more than one point below the
-whole model's (random: the mean over seeds), counting only fractions up to the first that falls
-below; test accuracy is reported at that budget, never used to choose it.
+Fraction 0 is the model as it is. Pairs are encoded as the model was trained (a --hypothesis-only
+model, whose config says so, gets the hypothesis alone). No layer ever loses its last head (a
+fraction that would need that is skipped). The head budget of a way of choosing is chosen on the
+validation split: the largest number of heads removed before validation accuracy falls more than
+one point below the whole model's (random: the mean over seeds), counting only fractions up to
+the first that falls below; test accuracy is reported at that budget, never used to choose it.
 
 Outputs in --out (default: prune_curve/ beside the model folder): config.json, train.log,
 prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json (written last).
@@ -175,7 +176,8 @@ def curve(args):
             raise UserError(f"--model {args.model}: its labels are not FarsTail's {', '.join(LABEL_NAMES)}")
         splits = load_farstail(args.data_dir, args.limit, log)
         tokenizer = load_tokenizer(str(args.model))
-        data = {k: encode(tokenizer, v, args.max_length) for k, v in splits.items()}
+        alone = bool(getattr(base.config, "hypothesis_only", False))  # (nli.train --hypothesis-only: no premise)
+        data = {k: encode(tokenizer, v, args.max_length, alone) for k, v in splits.items()}
         total = sum(len(remaining_heads(base, i)) for i in range(len(encoder_layers(base))))
         layers = len(encoder_layers(base))
         batches = LengthGroupedBatches(data["train"].lengths.tolist(), args.batch_size, args.seed).epoch(0)
@@ -184,9 +186,10 @@ def curve(args):
         def importance(model):
             return head_importance(model, data["train"], batches, device, dtype)
         run.begin()
-        write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device),
+        write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device), "hypothesis_only": alone,
                                       "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
-        log(f"{args.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs")
+        log(f"{args.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs"
+            + ("; trained without the premise, so fed the hypothesis alone" if alone else ""))
 
         scores = importance(base)
         whole = measure(base, {}, data, device, dtype)
@@ -216,11 +219,11 @@ def curve(args):
             log(f"fraction {f:g} ({n} heads): " + ", ".join(
                 f"{r['method']}{'' if r['seed'] == '' else ' ' + str(r['seed'])} test {r['test_accuracy']:.4f}"
                 for r in rows if r["fraction"] == f))
-        write_curve(out, args, rows, scores, whole, total, layers, base.config.num_attention_heads)
+        write_curve(out, args, rows, scores, whole, total, layers, base.config.num_attention_heads, alone)
         log(f"done: results in {out}")
 
 
-def write_curve(out, args, rows, scores, whole, total, layers, per_layer) -> None:
+def write_curve(out, args, rows, scores, whole, total, layers, per_layer, alone: bool) -> None:
     methods = [m for m in ("importance", "importance-iterative", "random") if any(r["method"] == m for r in rows)]
     mean_random = []
     for f in sorted({r["fraction"] for r in rows if r["method"] == "random"}):
@@ -234,7 +237,8 @@ def write_curve(out, args, rows, scores, whole, total, layers, per_layer) -> Non
     plot_prune_curve(rows, whole["test_accuracy"], out / "prune_curve.png",
                      f"heads removed without retraining ({total} heads)")
     plot_head_importance(scores, layers, per_layer, out / "head_importance.png")
-    lines = [f"Pruning curve of {args.model}: heads removed without retraining; {total} heads in {layers} layers",
+    lines = [f"Pruning curve of {args.model}: heads removed without retraining; {total} heads in {layers} layers"
+             + ("; the model was trained without the premise and is fed the hypothesis alone" if alone else ""),
              "importance: gradient head importance (Michel et al. 2019) on training pairs, never the test split; "
              "random: heads drawn at random, seeds 0.." + str(args.seeds - 1), "",
              "method                 seed  fraction  heads  val acc   test acc  params      pairs/s"]

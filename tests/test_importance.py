@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from common.outdir import KEEP, contents, owned
 from nli import prune_curve
 from nli.config import Experiment
 from nli.data import LABEL_NAMES, collate, encode, read_split
@@ -126,6 +127,7 @@ def test_pruning_curve_starts_at_the_model_and_random_draws_repeat(tiny_bert, fa
         rows.append(list(csv.DictReader(open(tmp_path / f"curve{k}" / "prune_curve.csv"))))
         for f in ("prune_curve.png", "head_importance.png", "report.txt", "metrics.json", "config.json"):
             assert (tmp_path / f"curve{k}" / f).exists(), f
+        assert all(owned(p) for p in contents(tmp_path / f"curve{k}") if p.name not in KEEP)  # --overwrite's names
     whole = rows[0][0]
     assert whole["method"] == "none" and float(whole["fraction"]) == 0.0
     assert float(whole["test_accuracy"]) == pytest.approx(own["test"]["accuracy"])
@@ -146,3 +148,16 @@ def test_pruning_curve_of_a_missing_model_is_one_line(farstail_dir, tmp_path, ca
     err = capsys.readouterr().err
     assert e.value.code == 2 and "no such folder" in err and "Traceback" not in err
     assert not (tmp_path / "curve" / "train.log").exists()
+
+
+def test_pruning_curve_feeds_a_hypothesis_only_model_the_hypothesis_alone(tiny_bert, farstail_dir, tmp_path):
+    """The whole model's row is the run's own figures only when pairs are encoded as it was trained."""
+    nli_main(["--model", str(tiny_bert), "--data-dir", str(farstail_dir), "--out", str(tmp_path / "run"),
+              "--epochs", "8", "--batch-size", "8", "--lr", "3e-3", "--hypothesis-only"])
+    own = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    prune_curve.main(["--model", str(tmp_path / "run"), "--data-dir", str(farstail_dir), "--fractions", "0.25",
+                      "--seeds", "1", "--importance-batches", "1"])
+    whole = json.loads((tmp_path / "run" / "prune_curve" / "metrics.json").read_text())["whole"]
+    assert whole["val_accuracy"] == pytest.approx(own["val"]["accuracy"])
+    assert whole["test_accuracy"] == pytest.approx(own["test"]["accuracy"])
+    assert "the hypothesis alone" in (tmp_path / "run" / "prune_curve" / "report.txt").read_text()

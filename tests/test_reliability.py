@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import nli.train
+from common.outdir import KEEP, contents, owned
 from common.step import Training
 from nli import predict
 from nli.train import main as nli_main
@@ -239,6 +241,7 @@ def test_ser_skips_nan_audio_refuses_one_class_and_counts_skips_once(tiny_hubert
     ser_main(["--model", str(tiny_hubert), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
               "--epochs", "1"])
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(owned(p) for p in contents(tmp_path / "run") if p.name not in KEEP)  # --overwrite would remove it all
     assert len(m["skipped_files"]) == 2 and any("F01A09.wav" in s for s in m["skipped_files"])
     log = (tmp_path / "run" / "train.log").read_text()
     assert "holds NaN or infinite samples" in log and "2 files skipped" in log
@@ -288,11 +291,15 @@ def test_nothing_a_user_made_is_deleted(tiny_bert, farstail_dir, finished, tmp_p
     shutil.copytree(finished, run)
     err = fails(2, capsys, run / "model", farstail_dir, run, "--epochs", 1, "--overwrite")
     assert "would delete" in err and "which this run reads" in err
-    # --overwrite of a finished run deletes what the run wrote, and only that
-    (run / "my-notes.txt").write_text("mine")
+    # --overwrite of a finished run deletes what the run wrote, by name, and only that: not a figure of the user's
+    # nor a file that merely looks like a checkpoint or a temporary one
+    mine = ("my-notes.txt", "my-figure.png", "checkpoint-epoch-best.pt", ".notes.tmp")
+    for name in mine:
+        (run / name).write_text("mine")
+    assert all(owned(p) for p in contents(run) if p.name not in (*KEEP, *mine))  # OUTPUTS names all a run writes
     run_nli(tiny_bert, farstail_dir, run, "--epochs", 1, "--overwrite")
-    assert (run / "my-notes.txt").read_text() == "mine" and (run / "metrics.json").exists()
-    assert "--overwrite left in place what no run wrote: my-notes.txt" in (run / "train.log").read_text()
+    assert all((run / name).read_text() == "mine" for name in mine) and (run / "metrics.json").exists()
+    assert f"--overwrite left in place what no run wrote: {', '.join(sorted(mine))}" in (run / "train.log").read_text()
 
 
 def test_a_resume_or_a_skip_never_mixes_two_datasets(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
@@ -451,3 +458,58 @@ def test_ser_predict_gives_no_label_to_silence_or_non_audio(tiny_hubert, tmp_pat
     assert e.value.code == 1 and "Traceback" not in err and "nan" not in out
     assert "silent.wav is silent" in err and "huge.wav holds absurdly large samples" in err
     assert out.count("\n") == 1 and "long.wav: " in out and "[its first 60 s of 61.0 s]" in out
+
+
+# ---------------------------------------------------------------- round three: no silently wrong number
+def test_a_changed_trainer_logging_window_is_refused_not_ignored(tiny_bert, farstail_dir, tmp_path, capsys):
+    """A finished run keeps no per-step losses: a resume asking another window would report the old one."""
+    run = run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 1, "--trainer-logging-steps", 1)
+    before = tree(run)
+    err = fails(2, capsys, tiny_bert, farstail_dir, run, "--epochs", 1, "--trainer-logging-steps", 2, "--resume")
+    assert "--trainer-logging-steps 1 there, 2 now" in err
+    assert {k: v for k, v in tree(run).items() if k != "train.log"} == \
+        {k: v for k, v in before.items() if k != "train.log"}
+
+
+def test_a_fraction_that_masks_nothing_is_refused_like_one_that_removes_no_head(tiny_bert, farstail_dir, tmp_path,
+                                                                               capsys):
+    for by in ("random", "masking"):  # 16 heads of 32 × 32 weights: 0.0001 removes no head and masks no entry
+        err = fails(2, capsys, tiny_bert, farstail_dir, tmp_path / by, "--prune-heads", 0.0001, "--prune-by", by)
+        assert "--prune-heads 0.0001: give a fraction between 0 and 1 that " in err, by
+        assert not (tmp_path / by / "train.log").exists() and not (tmp_path / by / "config.json").exists()
+
+
+def test_a_moved_run_folder_resumes_and_a_moved_finished_one_is_skipped(tiny_bert, farstail_dir, tmp_path,
+                                                                        monkeypatch, capsys, whole):
+    undo = kill_in_epoch(monkeypatch, 3)
+    with pytest.raises(SystemExit, match="^130$"):
+        run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
+    undo()
+    shutil.move(tmp_path / "run", tmp_path / "moved")  # its .run-marker goes with it
+    resumed = weights(run_nli(tiny_bert, farstail_dir, tmp_path / "moved", "--epochs", 3, "--resume"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["args"]["out"] == str(tmp_path / "moved")
+    shutil.move(tmp_path / "moved", tmp_path / "again")
+    capsys.readouterr()
+    run_nli(tiny_bert, farstail_dir, tmp_path / "again", "--epochs", 3, "--resume")
+    assert "already holds this finished run" in capsys.readouterr().out
+    err = fails(2, capsys, tiny_bert, farstail_dir, tmp_path / "again", "--epochs", 2, "--resume")  # the rest stays
+    assert "--epochs 3 there, 2 now" in err
+
+
+def test_sighup_stops_a_training_as_sigterm_does(tiny_bert, farstail_dir, tmp_path):
+    """A closed terminal sends SIGHUP: "interrupted", exit 130, the checkpoint kept, as for SIGTERM."""
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "nli.train", "--model", str(tiny_bert), "--data-dir", str(farstail_dir),
+                          "--out", str(out), "--epochs", "1000", "--batch-size", "4", "--lr", "1e-3"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("epoch 2:"):  # epoch 1 is done: its checkpoint is on disk
+                break
+        p.send_signal(signal.SIGHUP)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and "interrupted; resume with --resume" in err and "Traceback" not in err
+    assert (out / "checkpoint.json").exists() and not (out / "metrics.json").exists()

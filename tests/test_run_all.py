@@ -2,6 +2,7 @@
 CPU, --slots 2, which is also what makes it fit the suite's time), the same figures as a
 sequential run, skipping finished runs, stopping on a failure, refusing to start without ShEMO;
 and the summary's tables."""
+import fcntl
 import json
 import os
 import shutil
@@ -216,9 +217,11 @@ def test_a_job_that_dies_without_a_word_is_reported_and_the_running_one_is_waite
     assert "[2/9]" not in result.stdout and "[4/9]" not in result.stdout  # nothing new started
 
 
-def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(smoke, tmp_path):
-    out, _ = smoke
-    shutil.copytree(out / "inputs", tmp_path / "inputs")
+# SIGTERM: a scheduler's stop; SIGHUP: a closed terminal (Ctrl-C sends SIGINT: the same path)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(tmp_path, stop):
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "done").touch()  # (the first job never reads them: it is made to wait)
     mark = tmp_path / "slow-job-finished"
     env = {**os.environ, "SHEMO_DIR": "",
            **fake_python(tmp_path, f'  *nli.train*/nli/all/*) trap \'kill $s; exit 143\' TERM; echo > {mark}.started; '
@@ -233,13 +236,15 @@ def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(sm
         second = run_all("--smoke", "--only", "nli", "--out", tmp_path)
         assert second.returncode == 2 and f"in use by another run_all.sh (process {first.pid})" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "[1/9]" not in second.stdout
-        first.send_signal(signal.SIGTERM)  # as a scheduler stops a job (Ctrl-C sends SIGINT: the same path)
+        first.send_signal(stop)
         _, err = first.communicate(timeout=60)
     finally:
         first.kill()
     assert first.returncode == 130 and "interrupted; run the same command again" in err
     assert not mark.exists()  # the running job was stopped, not left behind
     assert "failed" not in err
+    with open(tmp_path / ".lock") as f:  # released: no job of it lives on holding it
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_run_all_flag_without_a_value_is_one_line():
@@ -247,3 +252,25 @@ def test_run_all_flag_without_a_value_is_one_line():
         result = run_all(flag)
         assert result.returncode == 2 and result.stderr.strip() == f"run_all.sh: {flag} needs " + \
             {"--seeds": "a number", "--out": "a folder", "--slots": "a number"}[flag] + " (see --help)"
+
+
+def test_relative_out_and_shemo_are_read_from_where_the_command_is_given(shemo_dir, tmp_path):
+    (tmp_path / "audio").symlink_to(shemo_dir)
+    job = f'  *ser.train*) echo "$*" >> {tmp_path}/jobs; exit 0 ;;'  # (what the job was asked to do)
+    env = {**os.environ, "SHEMO_DIR": "", **fake_python(tmp_path, job)}
+    result = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--only", "ser", "--ser-protocols", "study", "--shemo",
+                             "audio", "--out", "runs"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    job = (tmp_path / "jobs").read_text()
+    assert f"--data-dir {tmp_path}/audio " in job and f"--out {tmp_path}/runs/ser/study/seed0 " in job
+    assert (tmp_path / "runs" / "summary.md").exists()
+
+
+def test_a_number_of_folds_with_a_leading_zero_is_that_number():
+    result = run_all("--ser-folds", "08", "--only", "ser")
+    assert result.returncode == 2 and result.stderr.startswith("run_all.sh: ShEMO not found"), result.stderr
+    for bad in ("2", "0x8", "000"):
+        result = run_all("--ser-folds", bad, "--only", "ser")
+        assert result.returncode == 2 and result.stderr.strip() == \
+            "run_all.sh: --ser-folds takes a number of folds, 3 or more (see --help)", bad
