@@ -1,9 +1,10 @@
 """Classification figures from labels and predictions, the same for both tasks.
 
 One rule for a class that a split does not hold (common with small SER splits): its recall and
-F1 are undefined, so every macro figure (UAR, macro precision, recall and F1) averages over the
-classes present in the split's true labels, and the absent classes are listed (`absent`). A
-class that is present but never predicted has precision 0. UAR is then scikit-learn's
+F1 are undefined (None in metrics.json, "n/a" in the report, and so is its precision when it is
+never predicted either), so every macro figure (UAR, macro precision, recall and F1) averages
+over the classes present in the split's true labels, and the absent classes are listed
+(`absent`). A class that is present but never predicted has precision 0. UAR is then scikit-learn's
 `balanced_accuracy_score`. Computed with numpy (no scikit-learn import in a training process).
 """
 import numpy as np
@@ -16,12 +17,14 @@ def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
 
 
 def per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, F1, support) per class from a confusion matrix; 0 where undefined."""
+    """(precision, recall, F1, support) per class from a confusion matrix; NaN where undefined
+    (the module docstring's rule)."""
     tp, support, predicted = np.diag(cm).astype(float), cm.sum(1).astype(float), cm.sum(0).astype(float)
+    nan = float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
+        precision = np.where(predicted > 0, tp / predicted, np.where(support > 0, 0.0, nan))
+        recall = np.where(support > 0, tp / support, nan)
+        f1 = np.where(support > 0, 2 * tp / (support + predicted), nan)
     return precision, recall, f1, support
 
 
@@ -39,8 +42,9 @@ def summarize(y_true, y_pred, label_names: list[str], loss: float | None = None)
     if loss is not None:
         out["loss"] = float(loss)
     out["macro_f1"] = float(f[present].mean()) if present.any() else nan
-    out["per_class"] = {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                        for i, n in enumerate(label_names)}
+    defined = lambda v: None if np.isnan(v) else float(v)  # noqa: E731
+    out["per_class"] = {n: {"precision": defined(p[i]), "recall": defined(r[i]), "f1": defined(f[i]),
+                            "support": int(s[i])} for i, n in enumerate(label_names)}
     out["absent"] = [n for i, n in enumerate(label_names) if not present[i]]
     return out
 
@@ -53,19 +57,20 @@ def report_text(y_true, y_pred, label_names: list[str]) -> str:
     p, r, f, s = per_class(cm)
     present = s > 0
     width = max(len("weighted avg"), *(len(n) for n in label_names))
-    row = lambda name, values, support: (f"{name:>{width}} " + "".join(  # noqa: E731
-        f" {v:>9.4f}" if v is not None else " " * 10 for v in values) + f" {support:>9}")
+    cell = lambda v: " " * 10 if v is None else f" {'n/a':>9}" if np.isnan(v) else f" {v:>9.4f}"  # noqa: E731
+    row = lambda name, values, n: f"{name:>{width}} " + "".join(map(cell, values)) + f" {n:>9}"  # noqa: E731
     lines = [" " * width + " " + "".join(f" {h:>9}" for h in ("precision", "recall", "f1-score", "support")), ""]
     lines += [row(n, (p[i], r[i], f[i]), int(s[i])) for i, n in enumerate(label_names)]
     total = int(s.sum())
     lines += ["", row("accuracy", (None, None, np.trace(cm) / max(total, 1)), total),
               row("macro avg", (p[present].mean(), r[present].mean(), f[present].mean()) if present.any()
                   else (0.0, 0.0, 0.0), total),
-              row("weighted avg", tuple(float((v * s).sum() / max(total, 1)) for v in (p, r, f)), total)]
+              row("weighted avg", tuple(float((v[present] * s[present]).sum() / max(total, 1)) for v in (p, r, f)),
+                  total)]
     absent = [n for i, n in enumerate(label_names) if not present[i]]
     if absent:
         lines += ["", f"(macro averages over the {int(present.sum())} classes this split holds; absent: "
-                      f"{', '.join(absent)})"]
+                      f"{', '.join(absent)}, whose recall and F1 are undefined: n/a)"]
     cell = max(8, *(len(n) for n in label_names)) + 1
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
               " " * cell + "".join(n[:cell - 1].rjust(cell) for n in label_names)]

@@ -8,6 +8,7 @@ audiomentations is imported only when a copy is made, so a run without copies (-
 or classes already even) needs none of it.
 """
 import hashlib
+import io
 import json
 import warnings
 from pathlib import Path
@@ -23,13 +24,15 @@ from ser.splits import PITCH_SEMITONES, STRETCH_RATE, Augmentation
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
 MAX_SECONDS = 60.0  # longer clips are cut to their first 60 s (a 10-minute clip would need tens of GB)
-SILENCE = 1e-4  # a clip whose every sample is below this in magnitude is treated as silent
+SILENCE = 1e-4  # a clip whose every sample lies within this of its mean is silent (zeros, or a constant: DC)
 LOUDEST = 100.0  # audio read as float lies within about ±1; samples beyond this are not audio
 
 
 def sample_problem(wave: np.ndarray) -> str | None:
-    """What makes these samples unusable for a model (None: nothing): none at all, NaN or
-    infinite ones, absurdly large ones, or silence. Details follow in parentheses."""
+    """What makes these samples (frames × channels, or one channel) unusable for a model (None:
+    nothing): none at all, NaN or infinite ones, absurdly large ones, or silence: the channels'
+    mean never moving more than SILENCE from its own mean, so a constant (DC) at any level is
+    silence too. Details follow in parentheses."""
     if wave.size == 0:
         return "is empty"
     if not np.isfinite(wave).all():
@@ -37,8 +40,9 @@ def sample_problem(wave: np.ndarray) -> str | None:
     peak = float(np.abs(wave).max())
     if peak > LOUDEST:
         return f"holds absurdly large samples (peak {peak:.3g}; audio read as float lies within about ±1)"
-    if peak < SILENCE:
-        return f"is silent (every sample below {SILENCE})"
+    mono = wave.mean(axis=1) if wave.ndim == 2 else wave
+    if float(np.abs(mono - mono.mean(dtype=np.float64)).max()) < SILENCE:
+        return f"is silent (every sample within {SILENCE} of the clip's mean: zeros, or a constant value)"
     return None
 
 
@@ -168,5 +172,9 @@ def _load_cached(path: Path) -> tuple[np.ndarray | None, str]:
 
 
 def _save_npy(path: Path, wave: np.ndarray) -> None:
+    """np.save through Python's write, so a full disk is named as the OS names it ("No space left on
+    device"); np.save into a file reports a short write as "N requested and M written"."""
+    buffer = io.BytesIO()
+    np.save(buffer, wave)
     with open(path, "wb") as f:
-        np.save(f, wave)
+        f.write(buffer.getbuffer())

@@ -7,7 +7,7 @@ to whole seconds.
 """
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from ser.splits import Item, Protocol, item_records, write_split_csv
 # ShEMO's emotion letters, in the label order used everywhere (model ids, reports).
 EMOTIONS = {"A": "anger", "F": "fear", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise"}
 SHEMO_NAME = re.compile(r"^([FM])(\d+)([A-Z])(\d+)\.wav$", re.IGNORECASE)
+SPEAKER_ID = re.compile(r"^([^\W\d_]*)(\d+)$")  # letters (any script), then digits
 
 
 @dataclass
@@ -33,13 +34,41 @@ class Clip:
     speaker: str | None = None
 
 
+def speaker_id(name: str) -> str:
+    """One spelling per speaker: a name of letters then digits keeps its letters and writes its
+    number with at least two digits (F1, F01 and F001 are all F01, as ShEMO writes them; 3 and 03
+    are 03); any other name is kept as written."""
+    m = SPEAKER_ID.match(name)
+    return f"{m.group(1)}{int(m.group(2)):02d}" if m else name
+
+
 def parse_shemo_name(name: str) -> dict | None:
     """`F01A01.wav` → gender F, speaker F01, label anger; None for a name that does not fit."""
     m = SHEMO_NAME.match(name)
     if not m or m.group(3).upper() not in EMOTIONS:
         return None
     gender, number, letter = m.group(1).upper(), m.group(2), m.group(3).upper()
-    return {"gender": gender, "speaker": gender + number, "label": EMOTIONS[letter]}
+    return {"gender": gender, "speaker": speaker_id(gender + number), "label": EMOTIONS[letter]}
+
+
+def first_repeat(keys: list) -> tuple[int, int] | None:
+    """(i, j): the first key seen twice, at positions i < j; None when every key is new."""
+    seen: dict = {}
+    for j, key in enumerate(keys):
+        if key in seen:
+            return seen[key], j
+        seen[key] = j
+    return None
+
+
+def file_key(path: Path):
+    """What identifies a file however its path is spelled (./a, a, a link to it): its device and
+    inode, or its resolved path when it cannot be opened."""
+    try:
+        st = path.stat()
+        return st.st_dev, st.st_ino
+    except OSError:
+        return path.resolve()
 
 
 def shemo_wavs(folder: Path) -> list[Path]:
@@ -50,35 +79,58 @@ def shemo_wavs(folder: Path) -> list[Path]:
 
 
 def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
-    """Every *.wav under folder (any sub-folders); returns the clips and the names that do not parse."""
-    clips, bad = [], []
+    """Every *.wav under folder (any sub-folders); returns the clips and the names that do not
+    parse. One clip found twice (the same name in two folders, F1A01.wav beside F01A01.wav, or
+    one file reached twice through a link) is refused, naming both files."""
+    clips, bad, keys = [], [], []
     for path in shemo_wavs(folder):
         info = parse_shemo_name(path.name)
         if info is None:
             bad.append(str(path))
         else:
             clips.append(Clip(path, info["label"], info["speaker"]))
+            keys.append((info["speaker"], info["label"], int(SHEMO_NAME.match(path.name)[4])))
     if not clips:
         raise UserError(f"{folder}: no ShEMO-named .wav files (like F01A01.wav) found")
+    for why, repeat in (("the same speaker, emotion and number", first_repeat(keys)),
+                        ("one file", first_repeat([file_key(c.path) for c in clips]))):
+        if repeat:
+            a, b = (clips[i].path for i in repeat)
+            raise UserError(f"{a} and {b} are the same ShEMO clip ({why}); keep one of them (a clip found twice "
+                            "would land in two splits)")
     return clips, bad
 
 
 def read_manifest(path: Path) -> list[Clip]:
-    """CSV `path,label[,speaker]`, paths relative to the CSV's folder."""
+    """CSV `path,label[,speaker]`, paths relative to the CSV's folder; speakers as speaker_id
+    writes them. A clip listed twice (the same file, however its path is spelled, under any
+    label or speaker) is refused, naming both lines."""
     if not path.is_file():
         raise UserError(f"--manifest {path}: no such file")
     cols, rows = read_table(path)
     if "path" not in cols or "label" not in cols:
         raise UserError(f"{path}: needs columns path,label[,speaker] (found: {', '.join(cols) or 'none'})")
-    clips = []
+    clips, lines = [], []
     for line, row in rows:
         if not (row["path"] or "").strip() or not (row["label"] or "").strip():
             raise UserError(f"{path}, line {line}: empty path or label")
-        clips.append(Clip(path.parent / row["path"].strip(), row["label"].strip(),
-                          (row.get("speaker") or "").strip() or None))
+        speaker = (row.get("speaker") or "").strip()
+        clips.append(Clip(path.parent / row["path"].strip(), row["label"].strip(), speaker_id(speaker) or None))
+        lines.append(line)
     if not clips:
         raise UserError(f"{path}: no rows")
+    repeat = first_repeat([file_key(c.path) for c in clips])
+    if repeat:
+        i, j = repeat
+        raise UserError(f"{path}, lines {lines[i]} and {lines[j]} list the same clip ({clips[i].path.resolve()}); list "
+                        "each clip once (a clip listed twice would land in two splits)")
     return clips
+
+
+def find_clips(data_dir: Path | None, manifest: Path | None) -> tuple[list[Clip], list[str]]:
+    """The corpus's clips, listed but not read: ShEMO's folder (scan_shemo) or a manifest (no
+    misnamed files)."""
+    return scan_shemo(data_dir) if data_dir is not None else (read_manifest(manifest), [])
 
 
 def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
@@ -128,6 +180,11 @@ class Corpus:
     skipped: list[str]  # unreadable, empty, silent or absurd files
     misnamed: list[str]  # .wav files whose names do not follow ShEMO's
 
+    def split(self, protocol: Protocol, seed: int, limit: int | None) -> "Corpus":
+        """The same clips, split under `protocol` (each split's classes checked: Protocol.items)."""
+        return replace(self, items=protocol.items([c.label for c in self.clips], [c.speaker for c in self.clips],
+                                                  seed, limit))
+
 
 @dataclass
 class Dataset:
@@ -167,8 +224,7 @@ def read_corpus(found: tuple[list[Clip], list[str]], protocol: Protocol, seed: i
     if len(label_names) < 2:
         raise UserError(f"the readable clips hold {len(label_names)} class ({', '.join(label_names)}); at least 2 are "
                         "needed to train a classifier")
-    items = protocol.items([c.label for c in clips], [c.speaker for c in clips], seed, limit)
-    return Corpus(clips, raw, label_names, items, skipped, misnamed)
+    return Corpus(clips, raw, label_names, {}, skipped, misnamed).split(protocol, seed, limit)
 
 
 def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path | None,

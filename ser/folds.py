@@ -9,6 +9,7 @@ gender (ShEMO's names carry it: F01 is a woman, M01 a man).
 A resumed run skips the folds that finished and continues the others; metrics.json (written
 last) marks the whole set finished.
 """
+import csv
 import os
 import re
 from dataclasses import replace
@@ -22,6 +23,8 @@ from common.results import accuracy_over, write_config, write_text_csv
 from common.run import Run, run_info
 from common.stats import accuracy_interval, interval_text, intervals
 from common.summary import read_metrics, test_predictions
+from ser.data import find_clips, read_corpus
+from ser.splits import check_fold_speakers
 
 FOLD_FIELDS = ["fold", "test_accuracy", "test_uar", "test_macro_f1", "val_accuracy", "train_items", "val_items",
                "test_items", "train_speakers", "val_speakers", "test_speakers"]
@@ -29,24 +32,49 @@ GENDER = re.compile(r"^([FM])\d+$")  # ShEMO's speaker ids: F01, M12
 
 
 def run_folds(cfg, train, inputs) -> None:
-    """Train every fold (`train`: ser.train's train(cfg); `inputs`: its fingerprint function),
-    then write the folds' summary into cfg.out."""
+    """Train every fold (`train`: ser.train's train(cfg, corpus); `inputs`: its fingerprint
+    function), then write the folds' summary into cfg.out. The clips are read once, and every
+    fold's split is drawn and checked before anything is written; the fold count against the
+    speakers even before any audio is read."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--folds runs its folds one after another in one process; start it without torchrun")
     folds = cfg.protocol.folds
     with Run(cfg.run_spec(), inputs=lambda: inputs(cfg), reads=(cfg.data_dir or cfg.manifest, cfg.model)) as run:
         if run.finished:
             return
+        found = find_clips(cfg.data_dir, cfg.manifest)
+        check_fold_speakers([c.speaker for c in found[0]], folds)
+        first = read_corpus(found, replace(cfg.protocol, fold=1), cfg.seed, cfg.limit, cfg.strict, run.log)
+        corpora = [first] + [first.split(replace(cfg.protocol, fold=k), cfg.seed, cfg.limit)
+                             for k in range(2, folds + 1)]
         run.begin()
         write_config(cfg.out, run.spec.args, {"folds": folds, "protocol": cfg.protocol.description,
+                                              "split_seed": cfg.protocol.seed_of_split(cfg.seed),
                                               "runs": [f"fold{k}" for k in range(1, folds + 1)]},
                      run_info(run.device), inputs(cfg))
-        for k in range(1, folds + 1):
+        for k, corpus in enumerate(corpora, 1):
             fold = replace(cfg, out=cfg.out / f"fold{k}", protocol=replace(cfg.protocol, fold=k), overwrite=False)
+            if (fold.out / "metrics.json").exists() and fold_results(fold.out) is None:
+                run.log(f"fold {k}: the metrics.json or predictions.csv in {fold.out} cannot be read; training the "
+                        "fold again")
+                (fold.out / "metrics.json").unlink()  # (the file that marks the fold finished)
             run.log(f"== fold {k} of {folds} -> {fold.out}")
-            train(fold)
+            train(fold, corpus)
             log_errors_to(cfg.out / "train.log")  # (the fold's run had its own log)
         write_fold_results(cfg, run.log)
+
+
+def fold_results(folder) -> tuple[dict, list[dict]] | None:
+    """A finished fold's metrics.json and the test rows of its predictions.csv, or None when
+    either is missing or cannot be read (damaged, edited: rows that are not its test items)."""
+    try:
+        m, tested = read_metrics(folder), test_predictions(folder)
+        names = list(m["test"]["per_class"])
+        readable = len(tested) == m["split_items"]["test"]["items"] and all(
+            r["true"] in names and r["predicted"] in names and r["speaker"] is not None for r in tested)
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return None
+    return (m, tested) if readable else None
 
 
 def fold_figures(k: int, m: dict) -> dict:
@@ -62,10 +90,11 @@ def write_fold_results(cfg, log) -> None:
     rows, pooled, names = [], [], None
     for k in range(1, cfg.protocol.folds + 1):
         folder = cfg.out / f"fold{k}"
-        m, tested = read_metrics(folder), test_predictions(folder)
-        if m is None or tested is None:
-            raise UserError(f"fold {k} has no readable {'metrics.json' if m is None else 'predictions.csv'} in "
-                            f"{folder}; resume it with --resume")
+        got = fold_results(folder)
+        if got is None:  # (run_folds trains such a fold again; this one changed since)
+            raise UserError(f"fold {k}'s metrics.json or predictions.csv in {folder} cannot be read; run the same "
+                            "command with --resume to train that fold again")
+        m, tested = got
         names = list(m["test"]["per_class"])
         rows.append(fold_figures(k, m))
         pooled += tested

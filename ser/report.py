@@ -112,10 +112,11 @@ def report(cfg, result: SERResult, record: dict) -> str:
              "final model: " + ", ".join(f"{k} accuracy {v['accuracy']:.4f}, UAR {v['uar']:.4f}, macro F1 "
                                          f"{v['macro_f1']:.4f}" for k, v in splits.items()),
              "final model on the test split: " + with_intervals(record["test"]),
-             "per-class recall, test: " + ", ".join(f"{n} {v['recall']:.4f}"
-                                                    for n, v in splits["test"]["per_class"].items())
-             + (f" (absent from the test split: {', '.join(splits['test']['absent'])}; UAR and macro F1 average the "
-                "classes present)" if splits["test"]["absent"] else ""),
+             "per-class recall, test: " + ", ".join(
+                 f"{n} {'n/a' if v['recall'] is None else format(v['recall'], '.4f')}"
+                 for n, v in splits["test"]["per_class"].items())
+             + (f" (n/a: absent from the test split, so undefined: {', '.join(splits['test']['absent'])}; UAR and "
+                "macro F1 average the classes present)" if splits["test"]["absent"] else ""),
              f"best validation epoch {record['best_epoch']}: val accuracy {record['best']['val']['accuracy']:.4f}, "
              f"test accuracy {record['best']['test']['accuracy']:.4f}", "",
              "clips per class:", counts_table(result.class_counts),

@@ -162,14 +162,30 @@ class Protocol:
 
     def items(self, label_names: list[str], speakers: list, seed: int, limit: int | None) -> dict[str, list[Item]]:
         """Each split's items (`label_names`, `speakers`: of every clip read); --limit keeps a
-        stratified N of each split."""
+        stratified N of each split. A split drawn empty, or a training split of one class (a
+        classifier that cannot be wrong), is refused (check_classes)."""
         if self.kind == "study":
-            return study_items(label_names, seed=seed, split_seed=self.seed_of_split(seed), limit=limit)
-        if self.fold:
+            items = study_items(label_names, seed=seed, split_seed=self.seed_of_split(seed), limit=limit)
+        elif self.fold:
             parts = fold_split(label_names, speakers, self.fold, self.folds, self.seed_of_split(seed))
-            return balanced(parts, label_names, seed, limit, self.balance)
-        return leak_free_items(label_names, speakers, split=self.split, seed=self.seed_of_split(seed), limit=limit,
-                               balance=self.balance)
+            items = balanced(parts, label_names, seed, limit, self.balance)
+        else:
+            items = leak_free_items(label_names, speakers, split=self.split, seed=self.seed_of_split(seed),
+                                    limit=limit, balance=self.balance)
+        check_classes(items, label_names, self.flags + (f" (fold {self.fold})" if self.fold else ""))
+        return items
+
+
+def check_classes(items: dict[str, list[Item]], label_names: list[str], flags: str) -> None:
+    """The split as drawn: every split holds items, and the training split at least two classes."""
+    for name, its in items.items():
+        classes = sorted({label_names[it.clip] for it in its})
+        if not classes:
+            raise UserError(f"{flags}: the {name} split is empty; the corpus is too small for this split")
+        if name == "train" and len(classes) < 2:
+            raise UserError(f"{flags}: the training split holds one class ({classes[0]}), and a model trained on it "
+                            "can only ever predict that one; this corpus needs its classes spread over the splits "
+                            "(split by speaker: speakers who each record several classes)")
 
 
 def stratified_head(idx: list, label_of, n: int | None, seed: int) -> list:
@@ -231,14 +247,19 @@ def speaker_folds(label_names: list[str], speakers: list, folds: int, seed: int)
     """K folds of the clips with no speaker in two (scikit-learn's StratifiedGroupKFold, shuffled
     with `seed`: classes as even across folds as the speakers allow); each fold's clip indices."""
     from sklearn.model_selection import StratifiedGroupKFold
-    if any(s is None for s in speakers):
-        raise UserError("--folds needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
-    if len(set(speakers)) < folds:
-        raise UserError(f"--folds {folds}: the corpus has {len(set(speakers))} speakers; give at most that many folds")
+    check_fold_speakers(speakers, folds)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # (a class with fewer clips than folds: it warns, and still splits)
         warnings.simplefilter("ignore")
         return [sorted(test.tolist()) for _, test in splitter.split(label_names, label_names, groups=speakers)]
+
+
+def check_fold_speakers(speakers: list, folds: int) -> None:
+    """--folds K needs a speaker for every clip and at least K speakers (one or more per fold)."""
+    if any(s is None for s in speakers):
+        raise UserError("--folds needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
+    if len(set(speakers)) < folds:
+        raise UserError(f"--folds {folds}: the corpus has {len(set(speakers))} speakers; give at most that many folds")
 
 
 def fold_split(label_names: list[str], speakers: list, fold: int, folds: int, seed: int) -> dict[str, list[int]]:
@@ -261,8 +282,12 @@ def study_items(label_names: list[str], *, seed: int, split_seed: int, limit: in
     and the test split holds copies too."""
     from sklearn.model_selection import train_test_split
     pool = [Item(i) for i in range(len(label_names))] + [Item(s, draw) for s, draw in balance_plan(label_names, seed)]
-    train, rest = train_test_split(pool, test_size=0.2, random_state=split_seed)
-    test, val = train_test_split(rest, test_size=0.5, random_state=split_seed)
+    try:
+        train, rest = train_test_split(pool, test_size=0.2, random_state=split_seed)
+        test, val = train_test_split(rest, test_size=0.5, random_state=split_seed)
+    except ValueError:  # (scikit-learn: a part would be empty)
+        raise UserError(f"--protocol study: the balanced corpus holds {len(pool)} items, too few to split 80/10/10 "
+                        "(at least 6 are needed)") from None
     label_of = lambda item: label_names[item.clip]  # noqa: E731
     return {k: stratified_head(v, label_of, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
 

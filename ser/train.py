@@ -51,7 +51,7 @@ from common.run import Run, count_params, run_info
 from common.step import Recipe, Training
 from ser.audio import SAMPLE_RATE, augmentation_settings
 from ser.config import SERConfig, parse_args
-from ser.data import bucket_length, build_dataset, collate, corpus_record, read_corpus, read_manifest, scan_shemo
+from ser.data import bucket_length, build_dataset, collate, corpus_record, find_clips, read_corpus
 from ser.evaluate import evaluate
 from ser.folds import run_folds
 from ser.model import build_classifier, feature_extractor_for, forward, freeze_feature_encoder
@@ -85,7 +85,8 @@ def capture_examples(waves, label_ids, cfg: SERConfig, pad: float, device) -> li
             for _, i in sorted(first.items())]
 
 
-def train(cfg: SERConfig):
+def train(cfg: SERConfig, corpus=None):
+    """One run (`corpus`: the clips already read and split, as ser/folds.py passes each fold's)."""
     with distributed(cfg.device) as d, Run(cfg.run_spec(), d, inputs=lambda: inputs(cfg),
                                            reads=(cfg.data_dir or cfg.manifest, cfg.model, cfg.feature_extractor)) as run:
         if run.finished:  # (Run: torchrun; --out; device, precision, CUDA graphs, seeds)
@@ -93,9 +94,10 @@ def train(cfg: SERConfig):
         log, device, dtype, out = run.log, run.device, run.dtype, cfg.out
 
         # 1. Data: find and read the clips, decide each item's split under the protocol.
-        found = scan_shemo(cfg.data_dir) if cfg.data_dir else (read_manifest(cfg.manifest), [])
         fe, fe_source = feature_extractor_for(cfg.model, cfg.feature_extractor, study=cfg.protocol.kind == "study")
-        corpus = read_corpus(found, cfg.protocol, cfg.seed, cfg.limit, cfg.strict, log)
+        if corpus is None:
+            corpus = read_corpus(find_clips(cfg.data_dir, cfg.manifest), cfg.protocol, cfg.seed, cfg.limit, cfg.strict,
+                                 log)
 
         # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.
         model = build_classifier(cfg.model, corpus.label_names, bool(fe.return_attention_mask))
@@ -123,7 +125,8 @@ def train(cfg: SERConfig):
                 "attention_mask": bool(fe.return_attention_mask), "optimizer_batch": recipe.optimizer_batch,
                 "processes": d.world, "labels": data.label_names, "params": params,
                 "clips": {k: len(v) for k, v in waves.items()}, "class_counts": data.counts,
-                "protocol": cfg.protocol.description, "augmentation": augmentation_settings(cfg.augment_method)},
+                "protocol": cfg.protocol.description, "split_seed": cfg.protocol.seed_of_split(cfg.seed),
+                "augmentation": augmentation_settings(cfg.augment_method)},
                 run_info(device), read)
         log(f"{params['trainable']:,} of {params['total']:,} parameters train; {precision_name(dtype)} on {device}; "
             f"batch {cfg.batch_size} x {cfg.grad_accum}{f' over {d.world} processes' if d.active else ''}; "

@@ -29,7 +29,8 @@ def test_shemo_names_parse_to_label_speaker_and_gender(tmp_path):
 def test_other_rates_and_stereo_come_out_16k_mono(tmp_path):
     t = np.arange(22050) / 22050
     sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 22050)
-    stereo = np.stack([np.full(48000 * 2, 0.2), np.full(48000 * 2, 0.4)], axis=1).astype(np.float32)
+    wiggle = 0.1 * np.sin(np.arange(48000 * 2) / 7)
+    stereo = np.stack([0.2 + wiggle, 0.4 + wiggle], axis=1).astype(np.float32)
     sf.write(tmp_path / "b.flac", stereo, 48000)
     a, b = read_audio(tmp_path / "a.wav"), read_audio(tmp_path / "b.flac")
     assert a.dtype == np.float32 and a.ndim == 1 and len(a) == 16000
@@ -39,7 +40,7 @@ def test_other_rates_and_stereo_come_out_16k_mono(tmp_path):
 
 def test_unreadable_and_silent_files_are_skipped_or_fatal_with_strict(tmp_path):
     good = tmp_path / "F01A01.wav"
-    sf.write(good, np.full(4000, 0.2, np.float32), 16000)  # 0.25 s: padded to 0.5 s
+    sf.write(good, (0.2 * np.sin(np.arange(4000) / 5)).astype(np.float32), 16000)  # 0.25 s: padded to 0.5 s
     sf.write(tmp_path / "F01A02.wav", np.zeros(16000, np.float32), 16000)
     (tmp_path / "F01A03.wav").write_bytes(b"not audio")
     clips, _ = scan_shemo(tmp_path)

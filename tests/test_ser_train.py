@@ -277,6 +277,7 @@ def test_study_protocol_trains_on_copies_of_test_clips_and_split_csv_says_so(tin
     assert sum(m["split_items"][k]["augmented"] for k in ("train", "val", "test")) == 10
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["derived"]["augmentation"]["method"] == "librosa_phase_vocoder"
+    assert cfg["args"]["split_seed"] is None and cfg["derived"]["split_seed"] == 10  # the random_state drawn with
     recalls = [v["recall"] for v in m["test"]["per_class"].values() if v["support"] > 0]
     assert m["test"]["uar"] == pytest.approx(sum(recalls) / len(recalls))  # UAR: mean recall of present classes
 
