@@ -68,7 +68,8 @@ def fold_results(folder) -> tuple[dict, list[dict]] | None:
     """A finished fold's metrics.json and the test rows of its predictions.csv, or None when
     either is missing or cannot be read (damaged, edited: rows that are not its test items)."""
     try:
-        m, tested = read_metrics(folder), test_predictions(folder)
+        m = read_metrics(folder)
+        tested = test_predictions(folder, m)  # (checked against m: the same labels, accuracy and macro F1)
         names = list(m["test"]["per_class"])
         readable = len(tested) == m["split_items"]["test"]["items"] and all(
             r["true"] in names and r["predicted"] in names and r["speaker"] is not None for r in tested)
