@@ -55,7 +55,7 @@ class Experiment:
 
 @dataclass(frozen=True)
 class NLIConfig:
-    model: str = "HooshvareLab/bert-fa-base-uncased"  # hub id or save_pretrained folder
+    model: str = "HooshvareLab/bert-base-parsbert-uncased"  # ParsBERT v1, the study's (nli/study.py); or a folder
     data_dir: Path = Path("data/farstail")  # Train-word.csv, Val-word.csv, Test-word.csv (downloaded if missing)
     out: Path = Path("runs/nli/all")
     epochs: int = 3
