@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
@@ -167,7 +168,7 @@ def run(cfg: NLIConfig):
         hard=splits["test"].hard, token_stats=stats, piece_lengths=piece_lengths,
         label_counts=label_counts({k: SimpleNamespace(label_ids=v.labels) for k, v in data.items()}),
         heads_in_model=model.config.num_attention_heads * len(encoder_layers(model)),
-        recipe=f"HF Trainer (transformers {__import__('transformers').__version__}): batch {cfg.batch_size} x "
+        recipe=f"HF Trainer (transformers {transformers.__version__}): batch {cfg.batch_size} x "
                f"{cfg.grad_accum}, lr {cfg.lr:g} decaying linearly to 0, every pair padded to {cfg.max_length}, "
                f"fp32 on {device}")
     flags = ("model", "data_dir", "out", "epochs", "batch_size", "lr", "max_length", "seed", "limit", "freeze",
