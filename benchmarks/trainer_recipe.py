@@ -67,8 +67,9 @@ class Epochs(TrainerCallback):
     """Times each epoch's training (warm-up steps apart) and then predicts validation and test:
     history.csv's rows and each epoch's evaluation, as nli.train keeps them."""
 
-    def __init__(self, data: dict, hard: dict, steps_per_epoch: int):
-        self.data, self.hard, self.steps_per_epoch = data, hard, steps_per_epoch
+    def __init__(self, data: dict, hard: dict, per_step: int):
+        self.data, self.hard, self.per_step = data, hard, per_step  # per_step: pairs an optimizer step
+        self.steps_per_epoch = -(-len(data["train"]) // per_step)
         self.trainer, self.history, self.evals, self.logged = None, [], [], 0
 
     def _now(self):
@@ -78,15 +79,14 @@ class Epochs(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kw):
         self.t0, self.step, self.warm = self._now(), 0, (0.0, 0)
-        self.served = len(self.data["train"].served)
 
     def on_step_end(self, args, state, control, **kw):
         self.step += 1
         if not self.history and self.step == WARMUP_STEPS and self.steps_per_epoch > WARMUP_STEPS:
-            self.warm = (self._now() - self.t0, len(self.data["train"].served) - self.served)
+            self.warm = (self._now() - self.t0, WARMUP_STEPS * self.per_step)  # (the dataloader reads ahead)
 
     def on_epoch_end(self, args, state, control, **kw):
-        seconds, items = self._now() - self.t0, len(self.data["train"].served) - self.served
+        seconds, items = self._now() - self.t0, len(self.data["train"])
         t0 = time.perf_counter()
         ev = {k: self.predict(k) for k in ("val", "test")}
         losses = [e["loss"] for e in state.log_history[self.logged:] if "loss" in e]
@@ -147,8 +147,7 @@ def run(cfg: NLIConfig):
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
         seed=cfg.seed, logging_steps=cfg.trainer_logging_steps, save_strategy="no", report_to="none",
         disable_tqdm=True)
-    batches = -(-len(data["train"]) // cfg.batch_size)
-    epochs = Epochs(data, splits["test"].hard, -(-batches // cfg.grad_accum))
+    epochs = Epochs(data, splits["test"].hard, cfg.batch_size * cfg.grad_accum)
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], callbacks=[epochs])
     epochs.trainer = trainer
     output = trainer.train()
