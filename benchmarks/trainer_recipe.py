@@ -14,8 +14,9 @@ predict, outside the timed training).
 Writes into --out what nli.train writes (metrics.json with the same keys, report.txt, history.csv,
 model/, plots), with speed measured between Trainer's step callbacks, and batch_order.txt: the
 training items of each optimizer step in the order Trainer's dataloader served them, one line per
-step, which `nli.train --batch-order` replays; trainer_log.json: Trainer's log_history. metrics.json's train.loss is Trainer's own figure
-(the mean loss over all steps); train.trainer_logged its log every --logging-steps steps.
+step, which `nli.train --batch-order` replays; trainer_log.json: Trainer's log_history.
+metrics.json's train.loss is Trainer's own figure (the mean loss over all steps), train.trainer_logged
+its log every --logging-steps steps; history.csv's train_loss, the mean of an epoch's logged losses.
 With --grad-accum K note that Trainer 5.x sums the K micro-batch means for a model whose forward
 takes **kwargs (BERT's does), so its loss and gradients are K times the large batch's
 (tests/test_trainer_recipe.py measures it).

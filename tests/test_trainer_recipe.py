@@ -75,7 +75,8 @@ def test_our_loop_trains_as_hf_trainer_step_by_step(setup, tmp_path):
     order = trainer / "batch_order.txt"
     lines = order.read_text().split("\n")[:-1]
     assert len(lines) == 60 and sorted(int(i) for x in lines[:20] for i in x.split()) == list(range(160))
-    mine = run(ours, tmp_path / "ours", base, "--batch-order", order, "--trainer-logging-steps", "1", "--log-every", "1")
+    mine = run(ours, tmp_path / "ours", base, "--batch-order", order, "--trainer-logging-steps", "1",
+               "--log-every", "1")
     same_training(trainer, mine, [e["loss"] for e in logged(mine)], Path(base[1]))
     # (e) our --trainer-logging-steps 10 is Trainer's own log at logging_steps=10 (the same order: same seed)
     trainer10 = run(recipe, tmp_path / "trainer10", base, "--logging-steps", "10")
