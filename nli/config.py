@@ -4,7 +4,8 @@
         [--lr 3e-5] [--max-length 200] [--seed 0] [--limit N] [--freeze N] [--keep-layers N]
         [--prune-heads FRACTION] [--prune-by random|importance|masking] [--hypothesis-only]
         [--importance-batches 32] [--trainer-logging-steps 500] [--grad-accum K] [--batch-order FILE]
-        [--amp auto|bf16|fp16|off] [--device auto|cpu|cuda] [--cuda-graphs auto|on|off] [--log-every 50] [--resume] [--overwrite]
+        [--amp auto|bf16|fp16|off] [--device auto|cpu|cuda] [--cuda-graphs auto|on|off] [--log-every 50]
+        [--resume] [--overwrite]
 
 The defaults are the study's recipe (HF Trainer's defaults). An `Experiment` is one ablation
 (keep layers, prune heads, freeze layers): its name and its flags are derived from it, here only.
