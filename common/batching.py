@@ -1,9 +1,11 @@
 """Batch order for both tasks: length-grouped training batches with a per-epoch seed, each cut
-into micro-batches (this process's share of them under torchrun), and a fixed length-sorted order
-for evaluation."""
+into micro-batches (this process's share of them under torchrun), a batch order given in full
+(replayed from a file), and a fixed length-sorted order for evaluation."""
 import random
+from pathlib import Path
 
 from common.distributed import Dist
+from common.errors import UserError
 
 
 class LengthGroupedBatches:
@@ -36,6 +38,49 @@ class LengthGroupedBatches:
             batches += [window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size)]
         rng.shuffle(batches)
         return batches
+
+
+class GivenBatches:
+    """A batch order given in full: `steps` holds every optimizer batch of the run in order, the
+    same number in each epoch (the same interface as LengthGroupedBatches)."""
+
+    def __init__(self, steps: list[list[int]], epochs: int):
+        self.steps, self.per_epoch = steps, len(steps) // epochs
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        return self.steps[(epoch - 1) * self.per_epoch:epoch * self.per_epoch]
+
+
+def read_batch_order(path: Path, items: int, batch: int, epochs: int) -> GivenBatches:
+    """A batch order file (--batch-order): one line per optimizer step of the whole run, the
+    space-separated indices (0-based) of its items, at most `batch` of them, each once, below
+    `items`; the lines divide evenly into `epochs`. A malformed file: an error naming the line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--batch-order {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    steps = []
+    for no, line in enumerate(lines, start=1):
+        where = f"--batch-order {path}, line {no}"
+        try:
+            idx = [int(x) for x in line.split()]
+        except ValueError:
+            raise UserError(f"{where}: not a list of item numbers: {line[:60]!r}") from None
+        if not 1 <= len(idx) <= batch:
+            raise UserError(f"{where}: {len(idx)} items; a step holds 1 to {batch} (--batch-size x --grad-accum)")
+        bad = [i for i in idx if not 0 <= i < items]
+        if bad or len(set(idx)) < len(idx):
+            what = f"item {bad[0]} is not among the {items} training items (0 to {items - 1})" if bad else \
+                "an item appears twice"
+            raise UserError(f"{where}: {what}")
+        steps.append(idx)
+    if not steps or len(steps) % epochs:
+        raise UserError(f"--batch-order {path}: {len(steps)} lines (optimizer steps) do not divide into --epochs "
+                        f"{epochs} equal epochs")
+    return GivenBatches(steps, epochs)
 
 
 def sorted_batches(lengths, batch_size: int) -> list[list[int]]:

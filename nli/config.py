@@ -3,8 +3,9 @@
     python -m nli.train [--model NAME_OR_DIR] [--data-dir DIR] [--out DIR] [--epochs 3] [--batch-size 16]
         [--lr 3e-5] [--max-length 200] [--seed 0] [--limit N] [--freeze N] [--keep-layers N]
         [--prune-heads FRACTION] [--prune-by random|importance|masking] [--hypothesis-only]
-        [--importance-batches 32] [--trainer-logging-steps 500] [--grad-accum K] [--amp auto|bf16|fp16|off]
-        [--device auto|cpu|cuda] [--cuda-graphs auto|on|off] [--log-every 50] [--resume] [--overwrite]
+        [--importance-batches 32] [--trainer-logging-steps 500] [--grad-accum K] [--batch-order FILE]
+        [--amp auto|bf16|fp16|off] [--device auto|cpu|cuda] [--cuda-graphs auto|on|off] [--log-every 50]
+        [--resume] [--overwrite]
 
 The defaults are the study's recipe (HF Trainer's defaults). An `Experiment` is one ablation
 (keep layers, prune heads, freeze layers): its name and its flags are derived from it, here only.
@@ -56,7 +57,7 @@ class Experiment:
 
 @dataclass(frozen=True)
 class NLIConfig:
-    model: str = "HooshvareLab/bert-fa-base-uncased"  # hub id or save_pretrained folder
+    model: str = "HooshvareLab/bert-base-parsbert-uncased"  # ParsBERT v1, the study's (nli/study.py); or a folder
     data_dir: Path = Path("data/farstail")  # Train-word.csv, Val-word.csv, Test-word.csv (downloaded if missing)
     out: Path = Path("runs/nli/all")
     epochs: int = 3
@@ -69,6 +70,7 @@ class NLIConfig:
     importance_batches: int = 32  # training batches head importance is computed on
     trainer_logging_steps: int = 500  # the training loss is also reported as HF Trainer logs it, every N steps
     grad_accum: int = 1  # micro-batches per optimizer step
+    batch_order: Path | None = None  # the training items of every optimizer step, one line each (replaces our order)
     amp: str = "auto"
     device: str = "auto"
     cuda_graphs: str = "auto"
@@ -116,6 +118,10 @@ def parse_args(argv=None) -> NLIConfig:
                    help="also report the training loss as HF Trainer logs it: the mean over each N steps (Trainer's "
                         "logging_steps, 500 by default, as in the study)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    p.add_argument("--batch-order", type=Path,
+                   help="train on exactly this batch order: one line per optimizer step of the whole run, the "
+                        "space-separated indices of its training items (after --limit), cut into --grad-accum "
+                        "micro-batches in order; as benchmarks/trainer_recipe.py writes Trainer's (batch_order.txt)")
     add_run_flags(p)
     a = p.parse_args(argv)
     check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "max_length",

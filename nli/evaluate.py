@@ -30,7 +30,12 @@ def evaluate(model, data: Encoded, device, dtype, hard: dict | None = None) -> d
     logits, loss = pair_logits(model, data, device, dtype)
     if not math.isfinite(loss):
         raise RunFailed("the evaluation loss is NaN or infinite; the run stopped and wrote no results")
-    pred, true = logits.argmax(1), data.label_ids.numpy()
+    return figures(logits, data.label_ids.numpy(), loss, hard)
+
+
+def figures(logits: np.ndarray, true: np.ndarray, loss: float, hard: dict | None = None) -> dict:
+    """A split's figures from its logits and true label ids (also benchmarks/trainer_recipe.py's)."""
+    pred = logits.argmax(1)
     out = summarize(true, pred, LABEL_NAMES, loss)
     out["pred"] = pred.tolist()
     if hard:  # FarsTail's test columns: accuracy on each hard subset and its easy complement

@@ -72,6 +72,12 @@ STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss
 
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
+    "Checkpoint: the study's code names ParsBERT without a version. Its printed token counts (longest training "
+    "premise 134 word pieces, longest hypothesis 55) come out exactly with ParsBERT v1's vocabulary "
+    "(HooshvareLab/bert-base-parsbert-uncased; measured on FarsTail's training split, NOTES.md 2026-12-01), so v1 "
+    "is our default. ParsBERT v2.0 (HooshvareLab/bert-fa-base-uncased, our earlier default) rebuilt the vocabulary; "
+    "no copy of it was reachable offline, so its counts are unmeasured and v1 is the evidence's answer, not a "
+    "certainty. v2 is one flag away: --model HooshvareLab/bert-fa-base-uncased.",
     "Seeds: the study ran each experiment once; its seed is not shown (assumed: HF Trainer's default, 42); we run `--seeds N` (seeds "
     "0 ... N-1) and give mean ± std, so a difference between ablations can be set against the spread between seeds.",
     "Pruning: the study's \"pruning\" masked 50% of the entries of every attention weight at random "

@@ -17,6 +17,8 @@ gradients clipped to norm 1.0.
   pair's loss is weighted 1 / (pairs in the optimizer batch), so accumulation gives the same
   update as one large batch (a short last batch too). Micro-batches are padded up to a multiple
   of 16 word pieces (a bucket), and a short one is filled with zero-weight rows: few shapes.
+  --batch-order FILE replaces the sampler: one line per optimizer step of the whole run, the
+  indices of its training pairs (benchmarks/trainer_recipe.py writes HF Trainer's order this way).
 - Precision: --amp auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing)
   and fp32 on the CPU. Weights and optimizer state stay fp32; the loss is computed in fp32.
 - Speed: on CUDA (--cuda-graphs auto) each bucket's forward/backward and the optimizer update
@@ -39,11 +41,11 @@ confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json 
 """
 from transformers.utils import logging as hf_logging
 
-from common.batching import LengthGroupedBatches
+from common.batching import LengthGroupedBatches, read_batch_order
 from common.device import precision_name
 from common.distributed import distributed
 from common.errors import user_errors
-from common.inputs import model_record
+from common.inputs import files_record, model_record
 from common.results import logged_like_trainer, write_config
 from common.run import Run, count_params, run_info
 from common.step import Recipe, Training
@@ -65,7 +67,8 @@ def main(argv=None):
 
 def inputs(cfg: NLIConfig) -> dict:
     """The fingerprint of what the run reads (config.json, checkpoints; common/inputs.py)."""
-    return {"data": farstail_record(cfg.data_dir), "model": model_record(cfg.model)}
+    order = {"batch_order": files_record(cfg.batch_order.parent, [cfg.batch_order.name])} if cfg.batch_order else {}
+    return {"data": farstail_record(cfg.data_dir), "model": model_record(cfg.model), **order}
 
 
 def capture_examples(data, cfg: NLIConfig, device, sdpa: bool) -> list[dict]:
@@ -94,6 +97,7 @@ def train(cfg: NLIConfig):
         log(f"FarsTail: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} pairs; longest premise "
             f"{stats['max_premise_tokens']} and hypothesis {stats['max_hypothesis_tokens']} word pieces; "
             f"{stats['truncated_pairs']} training pairs truncated to {cfg.max_length}")
+        sampler = training_batches(cfg, data["train"])
 
         # 2. Model and the experiment: keep layers, then prune heads (at random, by importance, or the study's
         #    masking), then freeze.
@@ -103,8 +107,7 @@ def train(cfg: NLIConfig):
         run.begin()  # inputs checked: only now is anything written into --out
         params = count_params(model)
 
-        # 3. Batches of similar length; AdamW over trainable parameters, linear decay; the step machinery.
-        sampler = LengthGroupedBatches(data["train"].lengths.tolist(), cfg.batch_size * cfg.grad_accum, cfg.seed)
+        # 3. AdamW over trainable parameters, linear decay; the step machinery.
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=True, clip=1.0)
         sdpa, read = uses_sdpa(model), inputs(cfg)
         training = Training(model, forward, run, recipe, read, lambda: capture_examples(data["train"], cfg, device, sdpa))
@@ -145,6 +148,14 @@ def train(cfg: NLIConfig):
         write_results(out, cfg, model, tokenizer, result)
         training.checkpoint.remove()
         log(f"done: test accuracy {result.final['test']['accuracy']:.4f}; results in {out}")
+
+
+def training_batches(cfg: NLIConfig, train_data):
+    """Each epoch's optimizer batches: pairs of similar length, or (--batch-order) exactly the file's."""
+    batch = cfg.batch_size * cfg.grad_accum
+    if cfg.batch_order:
+        return read_batch_order(cfg.batch_order, len(train_data), batch, cfg.epochs)
+    return LengthGroupedBatches(train_data.lengths.tolist(), batch, cfg.seed)
 
 
 def importance_of(train_data, cfg: NLIConfig, run):
