@@ -361,6 +361,8 @@ class Training:
         device, dtype, d = run.device, run.dtype, run.d
         trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers get no optimizer state
         self.optimizer = make_optimizer(trainable, recipe.lr, device, run.graphs)
+        if hasattr(model, "restore_dropped_layers"):  # SER's LayerDrop as transformers' (ser/model.py)
+            model.restore_dropped_layers(self.optimizer)
         scaler = grad_scaler(device, dtype)
         self.checkpoint = Checkpoint(run.spec, d, inputs, model=model, optimizer=self.optimizer, scaler=scaler)
         self.ddp = wrap(model, d, device, run.spec.seed)  # DDP under torchrun (one RNG stream per process)

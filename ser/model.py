@@ -16,7 +16,11 @@ freeze both at capture. Here the same two regularisers are drawn with the device
 so every replay (and every eager step) gets fresh draws and `--seed` fixes them all:
 - LayerDrop (config.layerdrop, 0.1 for HuBERT-base): each encoder layer's output is replaced by
   its input with that probability. The layer is still computed (no time saved), so the choice
-  needs no host decision.
+  needs no host decision. Its gradients are then zeros, where transformers (which skips the
+  layer, and whose zero_grad sets gradients to None) gives none, and AdamW would still move its
+  weights by momentum: `restore_dropped_layers` puts back, after each optimizer step, the
+  weights and AdamW state of every layer dropped in all of the step's micro-batches (and every
+  process's), so the update is transformers'. tests/test_ser_reference.py checks it step by step.
 - SpecAugment (config.mask_time_prob 0.05, spans of mask_time_length 10 frames, at least
   mask_time_min_masks 2): as transformers' `_compute_mask_indices`, but spans stay inside each
   clip's own frames (transformers, given no attention mask, spreads them over the padding too)
@@ -24,6 +28,7 @@ so every replay (and every eager step) gets fresh draws and `--seed` fixes them 
   little more often. Feature-axis masking (mask_feature_prob, 0 for HuBERT-base) likewise.
 """
 import copy
+import functools
 from pathlib import Path
 
 import torch
@@ -31,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
 
+from common.distributed import all_reduce
 from common.errors import UserError
 from common.outdir import model_of_run
 
@@ -73,17 +79,63 @@ class EmotionClassifier(nn.Module):
         # ours runs as a hook after each layer. The saved config keeps the real value.
         encoder.encoder.config = copy.copy(cfg)
         encoder.encoder.config.layerdrop = 0.0
-        for layer in encoder.encoder.layers:
-            layer.register_forward_hook(self._layerdrop)
+        self.kept = None  # per encoder layer, 1 once it ran (was not dropped) since the last optimizer step
+        for i, layer in enumerate(encoder.encoder.layers):
+            layer.register_forward_hook(functools.partial(self._layerdrop, i))
 
-    def _layerdrop(self, layer, args, output):
-        """With probability config.layerdrop (training only), the layer's output is its input."""
+    def _layerdrop(self, i: int, layer, args, output):
+        """With probability config.layerdrop (training only), layer i's output is its input."""
         if not (self.training and self.layerdrop > 0):
             return output
         out = output[0] if isinstance(output, tuple) else output
         keep = torch.rand((), device=out.device) >= self.layerdrop
+        if self.kept is None:
+            self.kept = torch.zeros(len(self.hubert.encoder.layers), device=out.device)
+        self.kept[i] = torch.maximum(self.kept[i], keep.float())
         out = torch.where(keep, out, args[0])
         return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+
+    def restore_dropped_layers(self, optimizer) -> None:
+        """LayerDrop as transformers does it, for the parameters `optimizer` updates: after each of
+        its steps, every encoder layer dropped in all of the step's forward passes (on every
+        process) gets back its weights and AdamW state (moments, step count) as they were before
+        the step, as if it had had no gradient. Device work only (no host decision), so a CUDA
+        graph of the update replays it. Nothing is registered when config.layerdrop is 0."""
+        if self.layerdrop <= 0:
+            return
+        mine = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        layers = [[p for p in layer.parameters() if id(p) in mine] for layer in self.hubert.encoder.layers]
+        saved = {}  # id(param) -> its value, then its AdamW state tensors, before the step
+
+        def tensors(p) -> list:
+            state = optimizer.state.get(p, {})
+            return [p] + [state[k] for k in sorted(state) if torch.is_tensor(state[k])]
+
+        @torch.no_grad()
+        def before(*_):
+            if self.training and self.kept is not None:
+                now = [tensors(p) for ps in layers for p in ps]
+                for p, ts in zip((p for ps in layers for p in ps), now):
+                    if len(saved.get(id(p), ())) != len(ts):  # the first step, or state made anew
+                        saved[id(p)] = [torch.empty_like(t) for t in ts]
+                torch._foreach_copy_([t for ps in layers for p in ps for t in saved[id(p)]],
+                                     [t for ts in now for t in ts])
+
+        @torch.no_grad()
+        def after(*_):
+            if self.training and self.kept is not None:
+                dropped = 1 - all_reduce(self.kept, "max")  # a layer any process ran has gradients
+                for i, ps in enumerate(layers):
+                    now = [tensors(p) for p in ps]
+                    # state AdamW made in this step was, before it, no state: zeros
+                    old = [saved[id(p)] + [torch.zeros_like(t) for t in ts[len(saved[id(p)]):]]
+                           for p, ts in zip(ps, now)]
+                    flat = [t for ts in now for t in ts]  # (a weight per tensor: a lone one is read on the host)
+                    torch._foreach_lerp_(flat, [t for o in old for t in o], [dropped[i]] * len(flat))
+                self.kept.zero_()
+
+        optimizer.register_step_pre_hook(before)
+        optimizer.register_step_post_hook(after)
 
     def _mask(self, hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """SpecAugment on the projected features (training only), time axis then feature axis."""
