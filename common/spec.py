@@ -3,7 +3,7 @@ ser/config.py): `RunSpec`, and the command-line flags and checks both trainers s
 purpose (no torch): the study modules that run_all.sh asks for the experiment lists import it.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 
@@ -20,44 +20,48 @@ def args_record(values: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class RunFlags:
+    """The run-level flags every program shares, their one source of defaults: the typed configs
+    (NLIConfig, SERConfig, CurveConfig) and RunSpec inherit them, add_run_flags declares them."""
+    amp: str = "auto"  # autocast precision: auto (bf16 on CUDA where supported, else fp16; fp32 on a CPU)
+    device: str = "auto"
+    cuda_graphs: str = "auto"  # replay each step from CUDA graphs (auto: on when the device is CUDA)
+    log_every: int = 50  # read loss, gradient norm and memory every N steps
+    resume: bool = False  # continue the run in --out from its checkpoint
+    overwrite: bool = False  # empty a non-empty --out first
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec(RunFlags):
     """What common/ knows of a run: its program, output folder, seed, the command line as
-    config.json records it (`args`, paths resolved) and the arguments a --resume may change
-    (`free`), and the run-level choices (device, precision, CUDA graphs, how often figures are
-    read). Each task builds it from its typed config (nli/config.py, ser/config.py)."""
+    config.json records it (`args`, paths resolved), the arguments a --resume may change
+    (`free`), and the run-level flags. Each task builds it from its typed config (run_spec)."""
     program: str
     out: Path
     seed: int
     args: dict
     free: frozenset
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    amp: str = "auto"
-    cuda_graphs: str = "auto"
-    log_every: int = 50
 
 
 def run_spec(program: str, config, free: frozenset) -> RunSpec:
-    """The RunSpec of a task's typed config (nli/config.py, ser/config.py): its record() and its
-    out, seed, resume, overwrite, device, amp, cuda_graphs and log_every."""
+    """The RunSpec of a task's typed config: its record(), out, seed and run-level flags."""
+    flags = {f.name: getattr(config, f.name) for f in fields(RunFlags)}
     return RunSpec(program=program, out=config.out, seed=config.seed, args=args_record(config.record()), free=free,
-                   resume=config.resume, overwrite=config.overwrite, device=config.device, amp=config.amp,
-                   cuda_graphs=config.cuda_graphs, log_every=config.log_every)
+                   **flags)
 
 
-def add_run_flags(parser) -> None:
-    """The flags of RunSpec that both trainers share: precision, device, CUDA graphs, how often
-    figures are read, and what to do with a non-empty --out."""
-    d = RunSpec("", Path("."), 0, {}, frozenset())
-    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=d.amp, help="autocast precision")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    parser.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default=d.cuda_graphs,
-                        help="replay each step from CUDA graphs (auto: on when the device is CUDA)")
-    parser.add_argument("--log-every", type=int, default=d.log_every,
-                        help="read loss, gradient norm and memory every N steps")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
+def add_run_flags(parser, names=("amp", "device", "cuda_graphs", "log_every", "resume", "overwrite")) -> None:
+    """The run-level flags a program takes (`names`, of RunFlags), with RunFlags' defaults."""
+    d = RunFlags()
+    flags = {"amp": dict(choices=["auto", "bf16", "fp16", "off"], default=d.amp, help="autocast precision"),
+             "device": dict(choices=["auto", "cpu", "cuda"], default=d.device),
+             "cuda_graphs": dict(choices=["auto", "on", "off"], default=d.cuda_graphs,
+                                 help="replay each step from CUDA graphs (auto: on when the device is CUDA)"),
+             "log_every": dict(type=int, default=d.log_every, help="read loss, gradient norm and memory every N steps"),
+             "resume": dict(action="store_true", help="continue the run in --out from its checkpoint"),
+             "overwrite": dict(action="store_true", help="empty a non-empty --out first")}
+    for name in names:
+        parser.add_argument("--" + name.replace("_", "-"), **flags[name])
 
 
 def check_flags(parser, lr: float, seed: int, counts: dict) -> None:

@@ -14,7 +14,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.spec import RunSpec, add_run_flags, check_flags, run_spec
+from common.spec import RunFlags, RunSpec, add_run_flags, check_flags, run_spec
 
 # (not --trainer-logging-steps: a finished run keeps no per-step losses to log them again another way)
 RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})
@@ -56,7 +56,7 @@ class Experiment:
 
 
 @dataclass(frozen=True)
-class NLIConfig:
+class NLIConfig(RunFlags):
     model: str = "HooshvareLab/bert-base-parsbert-uncased"  # ParsBERT v1, the study's (nli/study.py); or a folder
     data_dir: Path = Path("data/farstail")  # Train-word.csv, Val-word.csv, Test-word.csv (downloaded if missing)
     out: Path = Path("runs/nli/all")
@@ -71,12 +71,6 @@ class NLIConfig:
     trainer_logging_steps: int = 500  # the training loss is also reported as HF Trainer logs it, every N steps
     grad_accum: int = 1  # micro-batches per optimizer step
     batch_order: Path | None = None  # the training items of every optimizer step, one line each (replaces our order)
-    amp: str = "auto"
-    device: str = "auto"
-    cuda_graphs: str = "auto"
-    log_every: int = 50  # read loss, gradient norm and memory every N steps
-    resume: bool = False
-    overwrite: bool = False
 
     def record(self) -> dict:
         """The command line as config.json records it: one key per flag, in the flags' order."""

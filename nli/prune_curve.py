@@ -23,8 +23,10 @@ prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json 
 """
 import argparse
 import copy
+import json
 import random
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import csv_text, write_config
 from common.run import Run, count_params, run_info
-from common.spec import RunSpec, args_record, check_counts
+from common.spec import RunFlags, add_run_flags, check_counts, run_spec
 from nli.data import LABEL_NAMES, encode, farstail_record, load_farstail, load_tokenizer
 from nli.evaluate import pair_logits
 from nli.importance import head_importance, remaining_heads
@@ -48,37 +50,64 @@ DROP = 0.01  # the head budget: validation accuracy may fall this much (one poin
 FIELDS = ["method", "seed", "fraction", "heads_removed", "val_accuracy", "test_accuracy", "params", "pairs_per_s"]
 
 
-def parse_args(argv=None):
+@dataclass(frozen=True)
+class CurveConfig(RunFlags):
+    """Every setting of a pruning curve, built once from the command line."""
+    model: Path = Path(".")  # model/ folder of a fine-tuned nli.train run (or the run folder)
+    data_dir: Path = Path("data/farstail")
+    limit: int | None = None  # keep the first N rows of each split
+    out: Path | None = None  # default: prune_curve/ beside the model folder
+    fractions: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"  # of the heads to remove, comma-separated
+    seeds: int = 3  # random choices per fraction (seeds 0 … N-1)
+    iterative: bool = False  # also recompute importance after each step of removal
+    importance_batches: int = 32  # training batches importance is computed on
+    batch_size: int = 16  # pairs per importance batch
+    max_length: int | None = None  # word pieces per pair; default: the run's own (its config.json), else 200
+    seed: int = 0  # which training batches importance is computed on
+    cuda_graphs: str = "off"  # (inference only: nothing to capture)
+
+    @property
+    def points(self) -> list[float]:
+        return sorted({float(f) for f in self.fractions.split(",") if f.strip()})
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def parse_args(argv=None) -> CurveConfig:
+    d = CurveConfig()
     p = argparse.ArgumentParser(prog="python -m nli.prune_curve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model/ folder of a fine-tuned nli.train run (or the run folder)")
-    p.add_argument("--data-dir", type=Path, default=Path("data/farstail"), help="FarsTail folder, as in nli.train")
+    p.add_argument("--model", type=Path, required=True,
+                   help="model/ folder of a fine-tuned nli.train run (or the run folder)")
+    p.add_argument("--data-dir", type=Path, default=d.data_dir, help="FarsTail folder, as in nli.train")
     p.add_argument("--limit", type=int, help="keep the first N rows of each split (quick runs)")
     p.add_argument("--out", type=Path, help="output folder (default: prune_curve/ beside the model folder)")
-    p.add_argument("--fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
-                   help="comma-separated fractions of the heads to remove")
-    p.add_argument("--seeds", type=int, default=3, help="random choices per fraction (seeds 0 … N-1)")
+    p.add_argument("--fractions", default=d.fractions, help="comma-separated fractions of the heads to remove")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="random choices per fraction (seeds 0 … N-1)")
     p.add_argument("--iterative", action="store_true", help="also recompute importance after each step of removal")
-    p.add_argument("--importance-batches", type=int, default=32, help="training batches importance is computed on")
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per importance batch")
-    p.add_argument("--max-length", type=int, default=200, help="word pieces per pair, as in training")
-    p.add_argument("--seed", type=int, default=0, help="fixes which training batches importance is computed on")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="autocast precision")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--resume", action="store_true", help="do nothing if --out holds this finished curve")
-    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
+    p.add_argument("--importance-batches", type=int, default=d.importance_batches,
+                   help="training batches importance is computed on")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per importance batch")
+    p.add_argument("--max-length", type=int, help="word pieces per pair (default: the run's own, else 200)")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes which training batches importance is computed on")
+    add_run_flags(p, ("amp", "device", "resume", "overwrite"))
     a = p.parse_args(argv)
     try:
-        given = fractions(a)
+        given = CurveConfig(fractions=a.fractions).points
     except ValueError:
         p.error(f"--fractions {a.fractions}: give comma-separated numbers, like 0.1,0.5")
     if not given or not all(0 < f < 1 for f in given):
         p.error("--fractions: each must lie between 0 and 1")
-    check_counts(p, {k: getattr(a, k) for k in ("seeds", "importance_batches", "batch_size", "limit")})
-    return a
+    check_counts(p, {k: getattr(a, k) for k in ("seeds", "importance_batches", "batch_size", "limit", "max_length")})
+    return CurveConfig(**vars(a))
 
 
-def fractions(args) -> list[float]:
-    return sorted({float(f) for f in args.fractions.split(",") if f.strip()})
+def run_max_length(model: Path) -> int:
+    """The --max-length the run that trained `model` used (its config.json beside model/), else 200."""
+    try:
+        return int(json.loads((model.parent / "config.json").read_text(encoding="utf-8"))["args"]["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 200
 
 
 def random_scores(model, seed: int) -> dict[int, dict[int, float]]:
@@ -154,41 +183,39 @@ def budget(rows: list[dict], whole: dict) -> dict:
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    cfg = parse_args(argv)
     hf_logging.disable_progress_bar()
     with user_errors():
-        args.model = model_of_run(args.model, "nli.train")  # a one-line error if it is not a trained model
-        args.out = args.out or args.model.parent / "prune_curve"
-        curve(args)
+        model = model_of_run(cfg.model, "nli.train")  # a one-line error if it is not a trained model
+        curve(replace(cfg, model=model, out=cfg.out or model.parent / "prune_curve",
+                      max_length=cfg.max_length or run_max_length(model)))
 
 
-def curve(args):
-    inputs = lambda: {"data": farstail_record(args.data_dir), "model": model_record(str(args.model))}  # noqa: E731
-    spec = RunSpec(program="nli.prune_curve", out=args.out, seed=args.seed, args=args_record(vars(args)),
-                   free=frozenset({"resume", "overwrite", "device"}), resume=args.resume, overwrite=args.overwrite,
-                   device=args.device, amp=args.amp, cuda_graphs="off")
-    with Run(spec, inputs=inputs, reads=(args.data_dir, args.model)) as run:
+def curve(cfg: CurveConfig):
+    inputs = lambda: {"data": farstail_record(cfg.data_dir), "model": model_record(str(cfg.model))}  # noqa: E731
+    spec = run_spec("nli.prune_curve", cfg, frozenset({"resume", "overwrite", "device"}))
+    with Run(spec, inputs=inputs, reads=(cfg.data_dir, cfg.model)) as run:
         if run.finished:
             return
-        log, device, dtype, out = run.log, run.device, run.dtype, args.out
-        base = load_classifier(str(args.model)).to(device).eval()
+        log, device, dtype, out = run.log, run.device, run.dtype, cfg.out
+        base = load_classifier(str(cfg.model)).to(device).eval()
         if [base.config.id2label[i] for i in range(base.config.num_labels)] != LABEL_NAMES:
-            raise UserError(f"--model {args.model}: its labels are not FarsTail's {', '.join(LABEL_NAMES)}")
-        splits = load_farstail(args.data_dir, args.limit, log)
-        tokenizer = load_tokenizer(str(args.model))
+            raise UserError(f"--model {cfg.model}: its labels are not FarsTail's {', '.join(LABEL_NAMES)}")
+        splits = load_farstail(cfg.data_dir, cfg.limit, log)
+        tokenizer = load_tokenizer(str(cfg.model))
         alone = bool(getattr(base.config, "hypothesis_only", False))  # (nli.train --hypothesis-only: no premise)
-        data = {k: encode(tokenizer, v, args.max_length, alone) for k, v in splits.items()}
+        data = {k: encode(tokenizer, v, cfg.max_length, alone) for k, v in splits.items()}
         total = sum(len(remaining_heads(base, i)) for i in range(len(encoder_layers(base))))
         layers = len(encoder_layers(base))
-        batches = LengthGroupedBatches(data["train"].lengths.tolist(), args.batch_size, args.seed).epoch(0)
-        batches = batches[:args.importance_batches]
+        batches = LengthGroupedBatches(data["train"].lengths.tolist(), cfg.batch_size, cfg.seed).epoch(0)
+        batches = batches[:cfg.importance_batches]
 
         def importance(model):
             return head_importance(model, data["train"], batches, device, dtype)
         run.begin()
         write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device), "hypothesis_only": alone,
                                       "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
-        log(f"{args.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs"
+        log(f"{cfg.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs"
             + ("; trained without the premise, so fed the hypothesis alone" if alone else ""))
 
         scores = importance(base)
@@ -196,7 +223,7 @@ def curve(args):
         rows = [{"method": "none", "seed": "", "fraction": 0.0, **whole}]
         log(f"whole model: val {whole['val_accuracy']:.4f}, test {whole['test_accuracy']:.4f}")
         iterative_heads: dict[int, list[int]] = {}
-        for f in fractions(args):
+        for f in cfg.points:
             n = round(f * total)
             if n > total - layers:
                 log(f"fraction {f:g} would leave a layer without heads ({n} of {total}); skipped")
@@ -204,7 +231,7 @@ def curve(args):
             point = {"fraction": f}
             rows.append({"method": "importance", "seed": "", **point,
                          **measure(base, choose_by_importance(scores, n), data, device, dtype)})
-            if args.iterative:
+            if cfg.iterative:
                 current = copy.deepcopy(base)
                 prune_heads(current, iterative_heads)
                 more = n - sum(len(h) for h in iterative_heads.values())
@@ -213,17 +240,17 @@ def curve(args):
                         iterative_heads[layer] = sorted(iterative_heads.get(layer, []) + hs)
                 rows.append({"method": "importance-iterative", "seed": "", **point,
                              **measure(base, iterative_heads, data, device, dtype)})
-            for seed in range(args.seeds):
+            for seed in range(cfg.seeds):
                 rows.append({"method": "random", "seed": seed, **point,
                              **measure(base, choose_by_importance(random_scores(base, seed), n), data, device, dtype)})
             log(f"fraction {f:g} ({n} heads): " + ", ".join(
                 f"{r['method']}{'' if r['seed'] == '' else ' ' + str(r['seed'])} test {r['test_accuracy']:.4f}"
                 for r in rows if r["fraction"] == f))
-        write_curve(out, args, rows, scores, whole, total, layers, base.config.num_attention_heads, alone)
+        write_curve(out, cfg, rows, scores, whole, total, layers, base.config.num_attention_heads, alone)
         log(f"done: results in {out}")
 
 
-def write_curve(out, args, rows, scores, whole, total, layers, per_layer, alone: bool) -> None:
+def write_curve(out, cfg, rows, scores, whole, total, layers, per_layer, alone: bool) -> None:
     methods = [m for m in ("importance", "importance-iterative", "random") if any(r["method"] == m for r in rows)]
     mean_random = []
     for f in sorted({r["fraction"] for r in rows if r["method"] == "random"}):
@@ -237,10 +264,10 @@ def write_curve(out, args, rows, scores, whole, total, layers, per_layer, alone:
     plot_prune_curve(rows, whole["test_accuracy"], out / "prune_curve.png",
                      f"heads removed without retraining ({total} heads)")
     plot_head_importance(scores, layers, per_layer, out / "head_importance.png")
-    lines = [f"Pruning curve of {args.model}: heads removed without retraining; {total} heads in {layers} layers"
+    lines = [f"Pruning curve of {cfg.model}: heads removed without retraining; {total} heads in {layers} layers"
              + ("; the model was trained without the premise and is fed the hypothesis alone" if alone else ""),
              "importance: gradient head importance (Michel et al. 2019) on training pairs, never the test split; "
-             "random: heads drawn at random, seeds 0.." + str(args.seeds - 1), "",
+             "random: heads drawn at random, seeds 0.." + str(cfg.seeds - 1), "",
              "method                 seed  fraction  heads  val acc   test acc  params      pairs/s"]
     lines += [f"{r['method']:<22} {str(r['seed']):>4}  {r['fraction']:8.2f}  {r['heads_removed']:5d}  "
               f"{r['val_accuracy']:.4f}    {r['test_accuracy']:.4f}    {r['params']:<10,}  {r['pairs_per_s']}"

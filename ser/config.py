@@ -14,14 +14,14 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.spec import RunSpec, add_run_flags, check_flags, run_spec
+from common.spec import RunFlags, RunSpec, add_run_flags, check_flags, run_spec
 from ser.splits import Protocol
 
 RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})  # a resume may change these
 
 
 @dataclass(frozen=True)
-class SERConfig:
+class SERConfig(RunFlags):
     model: str = "facebook/hubert-base-ls960"  # hub id or save_pretrained folder
     feature_extractor: str | None = None  # default: the model's own, else the study's settings
     data_dir: Path | None = None  # ShEMO (*.wav named like F01A01.wav, any sub-folders)
@@ -38,12 +38,6 @@ class SERConfig:
     strict: bool = False  # an unreadable, empty or silent file is an error
     freeze_feature_encoder: bool = False
     grad_accum: int = 1  # micro-batches per optimizer step
-    amp: str = "auto"
-    device: str = "auto"
-    cuda_graphs: str = "auto"
-    log_every: int = 50
-    resume: bool = False
-    overwrite: bool = False
 
     def record(self) -> dict:
         """The command line as config.json records it: one key per flag, in the flags' order."""

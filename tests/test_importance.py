@@ -153,7 +153,7 @@ def test_pruning_curve_of_a_missing_model_is_one_line(farstail_dir, tmp_path, ca
 def test_pruning_curve_feeds_a_hypothesis_only_model_the_hypothesis_alone(tiny_bert, farstail_dir, tmp_path):
     """The whole model's row is the run's own figures only when pairs are encoded as it was trained."""
     nli_main(["--model", str(tiny_bert), "--data-dir", str(farstail_dir), "--out", str(tmp_path / "run"),
-              "--epochs", "8", "--batch-size", "8", "--lr", "3e-3", "--hypothesis-only"])
+              "--epochs", "8", "--batch-size", "8", "--lr", "3e-3", "--hypothesis-only", "--max-length", "24"])
     own = json.loads((tmp_path / "run" / "metrics.json").read_text())
     prune_curve.main(["--model", str(tmp_path / "run"), "--data-dir", str(farstail_dir), "--fractions", "0.25",
                       "--seeds", "1", "--importance-batches", "1"])
@@ -161,3 +161,5 @@ def test_pruning_curve_feeds_a_hypothesis_only_model_the_hypothesis_alone(tiny_b
     assert whole["val_accuracy"] == pytest.approx(own["val"]["accuracy"])
     assert whole["test_accuracy"] == pytest.approx(own["test"]["accuracy"])
     assert "the hypothesis alone" in (tmp_path / "run" / "prune_curve" / "report.txt").read_text()
+    # and with the run's own --max-length (recorded in the run's config.json), not a default of its own
+    assert json.loads((tmp_path / "run" / "prune_curve" / "config.json").read_text())["args"]["max_length"] == 24
