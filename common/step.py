@@ -350,7 +350,7 @@ class Training:
             figures = training.train_epoch(epoch, batches, make_batch, unit="pairs")
             ...evaluate...
             evaluation = training.evaluate(figures, lambda: {"val": ..., "test": ...})
-            training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint
+            training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint (not the last)
 
     `forward(model) -> (batch -> logits)` is the task's model call; `examples()` gives one training
     micro-batch per input shape, for graph capture. The optimizer follows the run's graph mode
@@ -379,9 +379,16 @@ class Training:
         """"on", or "off (why)": the run's choice, unless capture failed."""
         return self.steps.status(self.run.graphs_why)
 
-    def epochs(self) -> range:
-        """The epochs left to train (all of them, or those after a resumed checkpoint's)."""
-        return range(self.start, self.recipe.epochs + 1)
+    def epochs(self):
+        """The epochs left to train (all of them, or those after a resumed checkpoint's). However
+        the loop over them ends (done, an error, Ctrl-C), a checkpoint still being written is
+        finished first; its write error is raised only when the loop ended well."""
+        done = False
+        try:
+            yield from range(self.start, self.recipe.epochs + 1)
+            done = True
+        finally:
+            self.checkpoint.wait(quiet=not done)
 
     def train_epoch(self, epoch: int, batches: list[list[int]], make_batch: Callable, unit: str,
                     audio_seconds: Callable | None = None) -> dict:
@@ -414,8 +421,10 @@ class Training:
         return evaluation
 
     def end_epoch(self, epoch: int, row: dict, evaluation: dict, line: str) -> None:
-        """Log the epoch's line, keep its history row and evaluation, and write its checkpoint."""
+        """Log the epoch's line, keep its history row and evaluation, and start writing its
+        checkpoint (not after the last epoch: the run saves its model then)."""
         self.run.log(line)
         self.history.append(row)
         self.evals.append(evaluation)
-        self.checkpoint.save(epoch, self.history, self.evals)
+        if epoch < self.recipe.epochs:
+            self.checkpoint.save(epoch, self.history, self.evals)
