@@ -6,8 +6,13 @@ checkpoints are the real ones. Graph and eager runs launch the same kernels, so 
 agree closely; bf16 autocast and kernels with atomics are not bitwise reproducible, so:
 - per step (steps.csv, `--log-every 1`: the running mean loss of the epoch) within 2%;
 - per epoch (history.csv's train loss) within 1%, the issue's target;
-- final weights within 5e-3 after a few dozen AdamW steps at lr 1e-3.
+- final weights within 5e-3 after a few dozen AdamW steps at lr 1e-3, except the attention key
+  biases: their gradient is exactly zero in exact arithmetic (a key bias adds the same amount to
+  every score of a query's softmax), so what they get is rounding noise, which differs between
+  graph and eager runs (memory-efficient attention's backward adds with atomics) and which AdamW
+  scales up to steps of about ±lr in either direction.
 These tolerances were chosen before the first run on a GPU; NOTES.md records what it measured.
+benchmarks/device_check.sh runs this file without -x, so one failure does not hide the others.
 """
 import csv
 import json
@@ -50,8 +55,9 @@ def close(a: list, b: list, rel: float) -> bool:
 
 
 def worst_weight_difference(a, b) -> float:
+    """The largest difference between two runs' final weights, key biases aside (see the docstring)."""
     wa, wb = (load_file(x / "model" / "model.safetensors") for x in (a, b))
-    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa if not k.endswith("key.bias"))
 
 
 @pytest.fixture(scope="module")
