@@ -13,7 +13,8 @@
 #   6. table.md (benchmarks/table.py): whole run against whole run, steady against steady,
 #      the projected 3-epoch NLI run, and the two goal ratios
 #   QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh   # every step, small sizes (works on a CPU)
-# Sizes: PAIRS (default 7266), CLIPS (400); TESTS_MAX (default 150 s). $OUT gets the JSON
+# Sizes: PAIRS (default 7266), CLIPS (400); TESTS_MAX (default 150 s); STEP_SCALE (default 1)
+# multiplies every step's time limit (a dry run on a slow, shared CPU needs BUDGET=1500 STEP_SCALE=4). $OUT gets the JSON
 # figures, table.md, steps.log (steps, warnings, the end of each log) and cuda_tests.log; whole
 # logs stay in $LOGS.
 set -uo pipefail
@@ -72,7 +73,7 @@ done
 # step NAME SECONDS LOG COMMAND...: run under `timeout`, given no more than the budget has left
 # (15 s kept for the table); the end of its log goes into steps.log.
 step() {
-  local name=$1 limit=$2 log=$3 left status; shift 3
+  local name=$1 limit=$(( $2 * ${STEP_SCALE:-1} )) log=$3 left status; shift 3
   left=$(( budget - ($(date +%s) - began) - 15 ))
   [ "$limit" -gt "$left" ] && limit=$left
   if [ "$limit" -lt 20 ]; then echo "== $name: skipped, the budget is spent" | tee -a "$OUT/steps.log"; return; fi

@@ -201,6 +201,31 @@ def failure_line(e: BaseException) -> str:
     return f"{type(root).__name__}: {message}{where}"
 
 
+# A shape served by fewer micro-batches an epoch runs eagerly instead of being captured: capturing
+# costs two warm-up passes and a capture (about three eager passes of that shape), and the rare
+# shapes are the long ones, whose passes are compute-bound, so a replay saves well under half of
+# one. (An estimate; the device check's logs say how many shapes were captured.)
+MIN_USES = 8
+
+
+def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]], batch_size: int) -> list[int]:
+    """For graph capture: one item of each bucket (`bucket(length)`) that at least MIN_USES of
+    an epoch's micro-batches (`batches`: its optimizer batches, cut into `batch_size` rows) are
+    padded to. The sampler's order is known in advance, so this counts
+    exactly what an epoch serves (one process's view; other epochs are reshuffles of the same items).
+    (Steps.capture captures the largest first.)"""
+    uses: dict[int, int] = {}
+    for batch in batches:
+        for k in range(0, len(batch), batch_size):
+            b = bucket(max(lengths[i] for i in batch[k:k + batch_size]))
+            uses[b] = uses.get(b, 0) + 1
+    first = {}
+    for i, n in enumerate(lengths):
+        if uses.get(bucket(n), 0) >= MIN_USES:
+            first.setdefault(bucket(n), i)
+    return [first[b] for b in sorted(first)]
+
+
 def shape_key(batch: dict) -> tuple:
     return tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(batch.items()))
 
@@ -243,7 +268,7 @@ class Steps:
         self.update_graph.replay() if self.update_graph is not None else self.step.update()
 
     def capture(self, examples: list[dict], log) -> None:
-        """Capture one micro-step graph per example's shape and the update graph. On failure
+        """Capture one micro-step graph per example's shape (the largest first) and the update graph. On failure
         the run says why in one log line (failure_line) and goes on eagerly; either way the
         model, optimizer, counters and RNGs end exactly as they started."""
         step, t0 = self.step, time.perf_counter()
@@ -254,6 +279,8 @@ class Steps:
             for p in step.params:  # gradients must exist before capture: graphs add into them in place
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
+            # the largest shape first: the smaller graphs then reuse the blocks it left in the shared pool
+            examples = sorted(examples, key=lambda ex: -sum(v.numel() for v in ex.values()))
             static = [to_device(ex, step.device) for ex in examples]
             side = torch.cuda.Stream(step.device)
             side.wait_stream(torch.cuda.current_stream(step.device))

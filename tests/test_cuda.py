@@ -63,13 +63,14 @@ def worst_weight_difference(a, b) -> float:
 @pytest.fixture(scope="module")
 def long_pairs(tmp_path_factory):
     """FarsTail-shaped data whose pairs span 10 to 220 word pieces: with --max-length 200 every
-    bucket (16, 32, ... 192, 200: 13 shapes) occurs, the longest pairs truncated to 200."""
+    bucket (16, 32, ... 192, 200: 13 shapes) occurs, the longest pairs truncated to 200, each in
+    about 10 micro-batches of 16 an epoch (a bucket needs MIN_USES, 8, to be captured)."""
     folder = tmp_path_factory.mktemp("long")
     write_farstail(folder, rows=(8, 16, 16))  # val and test as generated
     rng = random.Random(0)
     with open(folder / "Train-word.csv", "w", encoding="utf-8") as f:
         f.write("premise\thypothesis\tlabel\n")
-        for i in range(13 * 24):
+        for i in range(13 * 160):
             n = 8 + (i % 13) * 16 + rng.randint(0, 10)
             premise = " ".join(rng.choice(WORDS) for _ in range(n))
             hypothesis = " ".join(rng.sample(premise.split(), 3)) + (" نیست" if i % 3 == 1 else "")
@@ -164,11 +165,11 @@ def test_layerdrop_and_specaugment_draw_afresh_on_every_replay(tmp_path, regular
     a random draw does: with every regulariser off the epochs agree; with LayerDrop or SpecAugment
     alone on they differ (a draw frozen at capture would repeat every replay, as with none)."""
     model = quiet_hubert(tmp_path / "hubert", **regulariser)
-    write_shemo(tmp_path / "data", per_class=6, speakers=2, seconds=(1.2, 1.2), letters="AN")
+    write_shemo(tmp_path / "data", per_class=16, speakers=2, seconds=(1.2, 1.2), letters="AN")  # >= MIN_USES batches
     out = tmp_path / "run"
     ser.train.main(["--model", str(model), "--data-dir", str(tmp_path / "data"), "--out", str(out), "--epochs", "4",
                     "--lr", "1e-30", "--no-balance", "--cuda-graphs", "on", "--batch-size", "2"])
-    assert speed(out)["cuda_graphs"] is True
+    assert speed(out)["cuda_graphs"] is True and speed(out)["graph_shapes"] == 1  # replayed, not run eagerly
     losses = epoch_losses(out)
     spread = (max(losses) - min(losses)) / min(losses)
     if regulariser:  # (measured on the CPU, eager: LayerDrop 0.5 about 1e-2, SpecAugment 0.5 about 8e-4)
