@@ -96,7 +96,7 @@ class TrainStep:
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if self.clip is not None:
+        if self.clip is not None:  # (not folded into fused AdamW's grad_scale: see NOTES.md, 2026-12-01)
             torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm)
         self.grad_norm.copy_(norm)
         # fp16 loss scaling overflows now and then by design (the scaler skips that step)
