@@ -14,7 +14,8 @@
 #      the projected 3-epoch NLI run, and the two goal ratios
 #   QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh   # every step, small sizes (works on a CPU)
 # Sizes: PAIRS (default 7266), CLIPS (400); TESTS_MAX (default 150 s); STEP_SCALE (default 1)
-# multiplies every step's time limit (a dry run on a slow, shared CPU needs BUDGET=1500 STEP_SCALE=4). $OUT gets the JSON
+# multiplies every step's time limit; NLI_MODEL and SER_MODEL time the given model folders instead of
+# the full-size random ones (a dry run on a slow, shared CPU: tiny models from nli/ser.synthetic). $OUT gets the JSON
 # figures, table.md, steps.log (steps, warnings, the end of each log) and cuda_tests.log; whole
 # logs stay in $LOGS.
 set -uo pipefail
@@ -83,15 +84,16 @@ step() {
   tail -n 8 "$log" 2>/dev/null | sed 's/^/   | /' >> "$OUT/steps.log"
 }
 
-model=.bench/parsbert-base-random
-nli="python3 -m benchmarks.nli_speed --data-dir $data/farstail --tokenizer $data/parsbert-v1 --pairs $pairs"
-ser="python3 -m benchmarks.ser_speed --clips $clips"
+model=${NLI_MODEL:-.bench/parsbert-base-random}
+nli="python3 -m benchmarks.nli_speed --data-dir $data/farstail --tokenizer $data/parsbert-v1 --model $model --pairs $pairs"
+ser="python3 -m benchmarks.ser_speed --clips $clips ${SER_MODEL:+--model $SER_MODEL}"
 limit=$([ "$pairs" -lt 7266 ] && echo "--limit $pairs")
+[ -n "${NLI_MODEL:-}" ] || step "2. the ParsBERT-shaped model (random weights, vocab 100000)" 60 "$LOGS/model.log" \
+  python3 -c "from pathlib import Path; from benchmarks.nli_speed import parsbert_shaped; parsbert_shaped(Path('$data/parsbert-v1'))"
 if [ "$have_accelerate" = 1 ]; then
   step "2a. the study's NLI recipe: Trainer, fp32, pad 200, batch 16, $pairs pairs, 1 epoch" 130 "$LOGS/nli_recipe.log" \
-    bash -c "python3 -c 'from pathlib import Path; from benchmarks.nli_speed import parsbert_shaped; parsbert_shaped(Path(\"$data/parsbert-v1\"))' \
-      && rm -rf $LOGS/recipe && python3 -m benchmarks.trainer_recipe --model $model --data-dir $data/farstail --out $LOGS/recipe --epochs 1 $limit \
-      && cp $LOGS/recipe/metrics.json $OUT/nli_recipe.json"
+    bash -c "rm -rf $LOGS/recipe && python3 -m benchmarks.trainer_recipe --model $model --data-dir $data/farstail \
+      --out $LOGS/recipe --epochs 1 $limit && cp $LOGS/recipe/metrics.json $OUT/nli_recipe.json"
 fi
 step "2b. NLI ours, $pairs pairs, batch 16, graphs $graphs" 100 "$LOGS/nli_graphs.log" \
   $nli --json "$OUT/nli_graphs.json" -- --cuda-graphs $graphs
