@@ -59,8 +59,8 @@ def main(argv=None):
             r = json.loads(path.read_text())
             runs[mode] = r
             f, base = figures(task, r), (figures(task, runs["recipe"]) if "recipe" in runs else None)
-            what = r.get("run_info", {}).get("device") or r.get("device", "")
-            label = f"{task} {mode}" + (f" (batch {r['batch']}, {r['precision']}, {what})" if "batch" in r else f" ({what})")
+            label = f"{task} {mode} " + (f"(batch {r['batch']}, {r['precision']}, {r['device']})" if "batch" in r
+                                         else "(HF Trainer, batch 16, fp32, every pair padded to 200)")
             capture = f" ({f['capture']})" if f["capture"] is not None else ""
             rows.append(f"| {label} | {f['rate']} {unit}/s ({f['seconds']}) | {f['steady']} | {f['warmup_s']}{capture} | "
                         f"{ratio(f['rate'], base and base['rate'])} | {ratio(f['steady'], base and base['steady'])} |")

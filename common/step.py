@@ -208,12 +208,12 @@ def failure_line(e: BaseException) -> str:
 MIN_USES = 8
 
 
-def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]], batch_size: int) -> list[int]:
+def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]],
+                  batch_size: int) -> list[int]:
     """For graph capture: one item of each bucket (`bucket(length)`) that at least MIN_USES of
     an epoch's micro-batches (`batches`: its optimizer batches, cut into `batch_size` rows) are
-    padded to. The sampler's order is known in advance, so this counts
-    exactly what an epoch serves (one process's view; other epochs are reshuffles of the same items).
-    (Steps.capture captures the largest first.)"""
+    padded to. The sampler's order is known in advance, so this counts exactly what an epoch
+    serves (one process's view; the other epochs reshuffle the same items)."""
     uses: dict[int, int] = {}
     for batch in batches:
         for k in range(0, len(batch), batch_size):
@@ -268,9 +268,9 @@ class Steps:
         self.update_graph.replay() if self.update_graph is not None else self.step.update()
 
     def capture(self, examples: list[dict], log) -> None:
-        """Capture one micro-step graph per example's shape (the largest first) and the update graph. On failure
-        the run says why in one log line (failure_line) and goes on eagerly; either way the
-        model, optimizer, counters and RNGs end exactly as they started."""
+        """Capture one micro-step graph per example's shape (the largest first) and the update
+        graph. On failure the run says why in one log line (failure_line) and goes on eagerly;
+        either way the model, optimizer, counters and RNGs end exactly as they started."""
         step, t0 = self.step, time.perf_counter()
         self.tried = True
         saved = _snapshot(step)
@@ -409,7 +409,8 @@ class Training:
     def epochs(self):
         """The epochs left to train (all of them, or those after a resumed checkpoint's). However
         the loop over them ends (done, an error, Ctrl-C), a checkpoint still being written is
-        finished first; its write error is raised only when the loop ended well."""
+        finished first (an error leaving the loop closes this generator, which runs `finally`); its
+        write error is raised only when the loop ended well."""
         done = False
         try:
             yield from range(self.start, self.recipe.epochs + 1)
