@@ -1,7 +1,7 @@
 """Training throughput of `nli.train` (pairs/s) with the real ParsBERT-base shape.
 
     python -m benchmarks.nli_speed [--data-dir ../shared/data/farstail]
-        [--tokenizer ../shared/data/parsbert-v1] [--pairs 320] [--epochs 1] [--json FILE]
+        [--tokenizer ../shared/data/parsbert-v1] [--model DIR] [--pairs 320] [--epochs 1] [--json FILE]
         [-- extra nli.train flags, e.g. --batch-size 8 --cuda-graphs off]
 
 Builds BertConfig(vocab_size=100000) with random weights (no hub here; speed does not depend on
@@ -39,13 +39,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.nli_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "farstail")
     p.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared" / "data" / "parsbert-v1")
+    p.add_argument("--model", type=Path, help="a model folder to time instead (a tiny one, for a dry run)")
     p.add_argument("--pairs", type=int, default=320, help="training pairs timed (the first N of the training split)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over them")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a, extra = p.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]  # `-- --batch-size 8`: what follows -- goes to nli.train
     from nli.train import main as train
-    model = parsbert_shaped(a.tokenizer)
+    model = a.model or parsbert_shaped(a.tokenizer)
     out = Path(tempfile.mkdtemp(prefix="nli-bench-"))
     try:
         train(["--model", str(model), "--data-dir", str(a.data_dir), "--out", str(out), "--epochs", str(a.epochs),

@@ -1,6 +1,6 @@
 """Training throughput of `ser.train` (clips/s and audio-seconds/s) with the real HuBERT-base shape.
 
-    python -m benchmarks.ser_speed [--clips 60] [--epochs 1] [--json FILE]
+    python -m benchmarks.ser_speed [--model DIR] [--clips 60] [--epochs 1] [--json FILE]
         [-- extra ser.train flags, e.g. --batch-size 8 --cuda-graphs off]
 
 Builds HubertConfig() (HuBERT-base: 7 conv layers with group norm, 12 transformer layers, 768
@@ -48,13 +48,14 @@ def shemo_like_clips(folder: Path, n: int, seed: int = 0) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.ser_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="a model folder to time instead (a tiny one, for a dry run)")
     p.add_argument("--clips", type=int, default=60, help="clips written (80%% of them are trained on)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over the training clips")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a, extra = p.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]  # `-- --batch-size 8`: what follows -- goes to ser.train
     from ser.train import main as train
-    model = hubert_base_shaped()
+    model = a.model or hubert_base_shaped()
     work = Path(tempfile.mkdtemp(prefix="ser-bench-"))
     try:
         mean_s = shemo_like_clips(work / "clips", a.clips)

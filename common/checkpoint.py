@@ -2,9 +2,14 @@
 was made with, and the rule that says a run is finished. (The lock and the output-folder rules
 are in common/outdir.py.)
 
-- Checkpoint: after each finished epoch the whole training state is written to
+- Checkpoint: after each finished epoch but the last (the model is saved then anyway) the whole
+  training state is copied to host memory (pinned buffers on CUDA, reused from one checkpoint to
+  the next) and written by a background thread while the next epoch trains: to
   `checkpoint-epoch<N>.pt` (temporary file, fsync, rename), its SHA-256 and size to a sidecar
   `checkpoint-epoch<N>.pt.sha256`, and both to `checkpoint.json`, which keeps the newest two.
+  A write is finished (joined) before the next one starts, before the loop ends, and when the
+  loop is left by an error or Ctrl-C; a process killed mid-write leaves the previous checkpoint
+  valid (nothing is recorded until its file is complete). Under torchrun only rank 0 writes.
   `--resume` verifies a file's size and checksum before loading it (with `weights_only=True`); a
   damaged newest checkpoint falls back to the one before, and says so; a damaged
   `checkpoint.json` falls back to the sidecars. If none is usable the run stops with one line
@@ -17,6 +22,7 @@ are in common/outdir.py.)
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -120,6 +126,37 @@ def load_verified(folder: Path, entry: dict) -> tuple[dict | None, str]:
         return None, f"unreadable ({type(e).__name__})"
 
 
+class HostCopy:
+    """Copies of a state's tensors in host memory, in buffers kept from one checkpoint to the next
+    (pinned for CUDA tensors, so that the copy runs at full speed and a background thread can
+    write them while training changes the originals)."""
+
+    def __init__(self):
+        self.buffers: list[torch.Tensor] = []
+
+    def __call__(self, state):
+        self.n = 0
+        copy = self._copy(state)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the copies are complete before training goes on
+        return copy
+
+    def _copy(self, obj):
+        if torch.is_tensor(obj):
+            if self.n == len(self.buffers):
+                self.buffers.append(torch.empty(0))
+            buf = self.buffers[self.n]
+            if buf.shape != obj.shape or buf.dtype != obj.dtype:
+                buf = self.buffers[self.n] = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=obj.is_cuda)
+            self.n += 1
+            return buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
+        if isinstance(obj, dict):
+            return {k: self._copy(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self._copy(v) for v in obj)
+        return obj
+
+
 class Checkpoint:
     """The run's checkpoints in OUT: the state of every part given (model, optimizer, scaler:
     anything with state_dict/load_state_dict), every RNG (of every process under torchrun), the
@@ -131,6 +168,9 @@ class Checkpoint:
         self.out, self.spec, self.parts = spec.out, spec, parts
         self.d = d or Dist()
         self.inputs = inputs or {}
+        self.host = HostCopy()
+        self.writer: threading.Thread | None = None
+        self.failed: BaseException | None = None
 
     def _manifest(self) -> list[dict]:
         """checkpoint.json's entries, newest first ([] when there is none). Raises ValueError when damaged."""
@@ -200,28 +240,48 @@ class Checkpoint:
                         "run over with --overwrite (it deletes this folder's partial run), or put back a good copy")
 
     def save(self, epoch: int, history: list, evals: list) -> None:
-        """Write this epoch's checkpoint, its .sha256 file and checkpoint.json (all durable), then
-        drop all but the newest two."""
+        """Start writing this epoch's checkpoint (see the module docstring): the state is copied
+        to host memory now, and a background thread writes it, its .sha256 file and
+        checkpoint.json (all durable), then drops all but the newest two."""
         rngs = gather(rng_state())  # every process takes part; rank 0 writes
         if not self.d.main:
             return
+        self.wait()  # one write at a time (and the host buffers are free again)
         state = {"epoch": epoch, "args": self.spec.args, "world": self.d.world, "inputs": self.inputs,
-                 "rng": rngs if self.d.active else rngs[0], "history": history, "evals": evals,
-                 **{name: part.state_dict() for name, part in self.parts.items()}}
-        entry = {"epoch": epoch, **save_verified(self.out / f"checkpoint-epoch{epoch}.pt", state)}
-        write_json(self.out / f"{entry['file']}.sha256", entry)
+                 "rng": rngs if self.d.active else rngs[0], "history": list(history), "evals": list(evals),
+                 **self.host({name: part.state_dict() for name, part in self.parts.items()})}
+        self.writer = threading.Thread(target=self._write, args=(epoch, state), name=f"checkpoint-epoch{epoch}")
+        self.writer.start()
+
+    def _write(self, epoch: int, state: dict) -> None:
         try:
-            earlier = self._manifest()
-        except ValueError:
-            earlier = self._sidecars()
-        keep = [entry] + [e for e in earlier if e["file"] != entry["file"]][:1]
-        write_json(self.out / MANIFEST, {"checkpoints": keep})
-        names = {e["file"] for e in keep}
-        for path in self.out.iterdir():
-            if CHECKPOINT.fullmatch(path.name) and path.name.removesuffix(".sha256") not in names:
-                path.unlink(missing_ok=True)
+            entry = {"epoch": epoch, **save_verified(self.out / f"checkpoint-epoch{epoch}.pt", state)}
+            write_json(self.out / f"{entry['file']}.sha256", entry)
+            try:
+                earlier = self._manifest()
+            except ValueError:
+                earlier = self._sidecars()
+            keep = [entry] + [e for e in earlier if e["file"] != entry["file"]][:1]
+            write_json(self.out / MANIFEST, {"checkpoints": keep})
+            names = {e["file"] for e in keep}
+            for path in self.out.iterdir():
+                if CHECKPOINT.fullmatch(path.name) and path.name.removesuffix(".sha256") not in names:
+                    path.unlink(missing_ok=True)
+        except BaseException as e:  # raised in the training thread by wait()
+            self.failed = e
+
+    def wait(self, quiet: bool = False) -> None:
+        """Block until the checkpoint being written is on disk, then raise the error its write
+        met (unless `quiet`: the loop is being left for another error already)."""
+        if self.writer is not None:
+            self.writer.join()
+            self.writer = None
+        failed, self.failed = self.failed, None
+        if failed is not None and not quiet:
+            raise failed
 
     def remove(self) -> None:
+        self.wait()
         if self.d.main:
             remove_checkpoints(self.out)
 

@@ -96,7 +96,7 @@ class TrainStep:
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if self.clip is not None:
+        if self.clip is not None:  # (not folded into fused AdamW's grad_scale: see NOTES.md, 2026-12-01)
             torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm)
         self.grad_norm.copy_(norm)
         # fp16 loss scaling overflows now and then by design (the scaler skips that step)
@@ -201,6 +201,31 @@ def failure_line(e: BaseException) -> str:
     return f"{type(root).__name__}: {message}{where}"
 
 
+# A shape served by fewer micro-batches an epoch runs eagerly instead of being captured: capturing
+# costs two warm-up passes and a capture (about three eager passes of that shape), and the rare
+# shapes are the long ones, whose passes are compute-bound, so a replay saves well under half of
+# one. (An estimate; the device check's logs say how many shapes were captured.)
+MIN_USES = 8
+
+
+def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]],
+                  batch_size: int) -> list[int]:
+    """For graph capture: one item of each bucket (`bucket(length)`) that at least MIN_USES of
+    an epoch's micro-batches (`batches`: its optimizer batches, cut into `batch_size` rows) are
+    padded to. The sampler's order is known in advance, so this counts exactly what an epoch
+    serves (one process's view; the other epochs reshuffle the same items)."""
+    uses: dict[int, int] = {}
+    for batch in batches:
+        for k in range(0, len(batch), batch_size):
+            b = bucket(max(lengths[i] for i in batch[k:k + batch_size]))
+            uses[b] = uses.get(b, 0) + 1
+    first = {}
+    for i, n in enumerate(lengths):
+        if uses.get(bucket(n), 0) >= MIN_USES:
+            first.setdefault(bucket(n), i)
+    return [first[b] for b in sorted(first)]
+
+
 def shape_key(batch: dict) -> tuple:
     return tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(batch.items()))
 
@@ -243,9 +268,9 @@ class Steps:
         self.update_graph.replay() if self.update_graph is not None else self.step.update()
 
     def capture(self, examples: list[dict], log) -> None:
-        """Capture one micro-step graph per example's shape and the update graph. On failure
-        the run says why in one log line (failure_line) and goes on eagerly; either way the
-        model, optimizer, counters and RNGs end exactly as they started."""
+        """Capture one micro-step graph per example's shape (the largest first) and the update
+        graph. On failure the run says why in one log line (failure_line) and goes on eagerly;
+        either way the model, optimizer, counters and RNGs end exactly as they started."""
         step, t0 = self.step, time.perf_counter()
         self.tried = True
         saved = _snapshot(step)
@@ -254,6 +279,8 @@ class Steps:
             for p in step.params:  # gradients must exist before capture: graphs add into them in place
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
+            # the largest shape first: the smaller graphs then reuse the blocks it left in the shared pool
+            examples = sorted(examples, key=lambda ex: -sum(v.numel() for v in ex.values()))
             static = [to_device(ex, step.device) for ex in examples]
             side = torch.cuda.Stream(step.device)
             side.wait_stream(torch.cuda.current_stream(step.device))
@@ -350,7 +377,7 @@ class Training:
             figures = training.train_epoch(epoch, batches, make_batch, unit="pairs")
             ...evaluate...
             evaluation = training.evaluate(figures, lambda: {"val": ..., "test": ...})
-            training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint
+            training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint (not the last)
 
     `forward(model) -> (batch -> logits)` is the task's model call; `examples()` gives one training
     micro-batch per input shape, for graph capture. The optimizer follows the run's graph mode
@@ -381,9 +408,17 @@ class Training:
         """"on", or "off (why)": the run's choice, unless capture failed."""
         return self.steps.status(self.run.graphs_why)
 
-    def epochs(self) -> range:
-        """The epochs left to train (all of them, or those after a resumed checkpoint's)."""
-        return range(self.start, self.recipe.epochs + 1)
+    def epochs(self):
+        """The epochs left to train (all of them, or those after a resumed checkpoint's). However
+        the loop over them ends (done, an error, Ctrl-C), a checkpoint still being written is
+        finished first (an error leaving the loop closes this generator, which runs `finally`); its
+        write error is raised only when the loop ended well."""
+        done = False
+        try:
+            yield from range(self.start, self.recipe.epochs + 1)
+            done = True
+        finally:
+            self.checkpoint.wait(quiet=not done)
 
     def train_epoch(self, epoch: int, batches: list[list[int]], make_batch: Callable, unit: str,
                     audio_seconds: Callable | None = None) -> dict:
@@ -416,8 +451,10 @@ class Training:
         return evaluation
 
     def end_epoch(self, epoch: int, row: dict, evaluation: dict, line: str) -> None:
-        """Log the epoch's line, keep its history row and evaluation, and write its checkpoint."""
+        """Log the epoch's line, keep its history row and evaluation, and start writing its
+        checkpoint (not after the last epoch: the run saves its model then)."""
         self.run.log(line)
         self.history.append(row)
         self.evals.append(evaluation)
-        self.checkpoint.save(epoch, self.history, self.evals)
+        if epoch < self.recipe.epochs:
+            self.checkpoint.save(epoch, self.history, self.evals)

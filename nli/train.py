@@ -48,7 +48,7 @@ from common.errors import user_errors
 from common.inputs import files_record, model_record
 from common.results import logged_like_trainer, write_config
 from common.run import Run, count_params, run_info
-from common.step import Recipe, Training
+from common.step import Recipe, Training, capture_items
 from nli.config import NLIConfig, parse_args
 from nli.data import (LABEL_NAMES, bucket_length, check_max_length, collate, encode, farstail_record, label_counts,
                       load_farstail, load_tokenizer, token_stats)
@@ -71,13 +71,11 @@ def inputs(cfg: NLIConfig) -> dict:
     return {"data": farstail_record(cfg.data_dir), "model": model_record(cfg.model), **order}
 
 
-def capture_examples(data, cfg: NLIConfig, device, sdpa: bool) -> list[dict]:
-    """One training micro-batch for every bucket a batch can be padded to (a pair of that bucket
-    plus zero-weight rows), for graph capture."""
-    first = {}
-    for i, n in enumerate(data.lengths.tolist()):
-        first.setdefault(bucket_length(n, cfg.max_length), i)
-    return [collate(data, [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for _, i in sorted(first.items())]
+def capture_examples(data, cfg: NLIConfig, device, sdpa: bool, batches: list[list[int]]) -> list[dict]:
+    """One training micro-batch (a pair plus zero-weight rows) for every bucket that an epoch's
+    `batches` use often enough to capture (common/step.py, capture_items)."""
+    items = capture_items(data.lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), batches, cfg.batch_size)
+    return [collate(data, [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in items]
 
 
 def train(cfg: NLIConfig):
@@ -110,7 +108,8 @@ def train(cfg: NLIConfig):
         # 3. AdamW over trainable parameters, linear decay; the step machinery.
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=True, clip=1.0)
         sdpa, read = uses_sdpa(model), inputs(cfg)
-        training = Training(model, forward, run, recipe, read, lambda: capture_examples(data["train"], cfg, device, sdpa))
+        training = Training(model, forward, run, recipe, read,
+                            lambda: capture_examples(data["train"], cfg, device, sdpa, sampler.epoch(1)))
         if d.main:
             write_config(out, run.spec.args, {
                 "experiment": cfg.experiment.name, "device": str(device), "precision": precision_name(dtype),

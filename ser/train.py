@@ -48,7 +48,7 @@ from common.errors import user_errors
 from common.inputs import model_record
 from common.results import write_config
 from common.run import Run, count_params, run_info
-from common.step import Recipe, Training
+from common.step import Recipe, Training, capture_items
 from ser.audio import SAMPLE_RATE, augmentation_settings
 from ser.config import SERConfig, parse_args
 from ser.data import bucket_length, build_dataset, collate, corpus_record, find_clips, read_corpus
@@ -76,13 +76,11 @@ def inputs(cfg: SERConfig) -> dict:
     return record
 
 
-def capture_examples(waves, label_ids, cfg: SERConfig, pad: float, device) -> list[dict]:
-    """One training micro-batch for every whole-second bucket a batch can be padded to."""
-    first = {}
-    for i, w in enumerate(waves):
-        first.setdefault(bucket_length(len(w)), i)
-    return [collate(waves, [i], label_ids, pad, device, rows=cfg.batch_size, weight=0.0)
-            for _, i in sorted(first.items())]
+def capture_examples(waves, label_ids, cfg: SERConfig, pad: float, device, batches: list[list[int]]) -> list[dict]:
+    """One training micro-batch for every whole-second bucket that an epoch's `batches` use often
+    enough to capture (common/step.py, capture_items)."""
+    items = capture_items([len(w) for w in waves], bucket_length, batches, cfg.batch_size)
+    return [collate(waves, [i], label_ids, pad, device, rows=cfg.batch_size, weight=0.0) for i in items]
 
 
 def train(cfg: SERConfig, corpus=None):
@@ -117,7 +115,7 @@ def train(cfg: SERConfig, corpus=None):
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=False, clip=None)
         read = inputs(cfg)
         training = Training(model, forward, run, recipe, read,
-                            lambda: capture_examples(waves["train"], ids["train"], cfg, pad, device))
+                            lambda: capture_examples(waves["train"], ids["train"], cfg, pad, device, sampler.epoch(1)))
         if d.main:
             write_config(out, run.spec.args, {
                 "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,

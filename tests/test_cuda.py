@@ -6,8 +6,13 @@ checkpoints are the real ones. Graph and eager runs launch the same kernels, so 
 agree closely; bf16 autocast and kernels with atomics are not bitwise reproducible, so:
 - per step (steps.csv, `--log-every 1`: the running mean loss of the epoch) within 2%;
 - per epoch (history.csv's train loss) within 1%, the issue's target;
-- final weights within 5e-3 after a few dozen AdamW steps at lr 1e-3.
+- final weights within 5e-3 after a few dozen AdamW steps at lr 1e-3, except the attention key
+  biases: their gradient is exactly zero in exact arithmetic (a key bias adds the same amount to
+  every score of a query's softmax), so what they get is rounding noise, which differs between
+  graph and eager runs (memory-efficient attention's backward adds with atomics) and which AdamW
+  scales up to steps of about ±lr in either direction.
 These tolerances were chosen before the first run on a GPU; NOTES.md records what it measured.
+benchmarks/device_check.sh runs this file without -x, so one failure does not hide the others.
 """
 import csv
 import json
@@ -50,20 +55,22 @@ def close(a: list, b: list, rel: float) -> bool:
 
 
 def worst_weight_difference(a, b) -> float:
+    """The largest difference between two runs' final weights, key biases aside (see the docstring)."""
     wa, wb = (load_file(x / "model" / "model.safetensors") for x in (a, b))
-    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa if not k.endswith("key.bias"))
 
 
 @pytest.fixture(scope="module")
 def long_pairs(tmp_path_factory):
     """FarsTail-shaped data whose pairs span 10 to 220 word pieces: with --max-length 200 every
-    bucket (16, 32, ... 192, 200: 13 shapes) occurs, the longest pairs truncated to 200."""
+    bucket (16, 32, ... 192, 200: 13 shapes) occurs, the longest pairs truncated to 200, each in
+    about 10 micro-batches of 16 an epoch (a bucket needs MIN_USES, 8, to be captured)."""
     folder = tmp_path_factory.mktemp("long")
     write_farstail(folder, rows=(8, 16, 16))  # val and test as generated
     rng = random.Random(0)
     with open(folder / "Train-word.csv", "w", encoding="utf-8") as f:
         f.write("premise\thypothesis\tlabel\n")
-        for i in range(13 * 24):
+        for i in range(13 * 160):
             n = 8 + (i % 13) * 16 + rng.randint(0, 10)
             premise = " ".join(rng.choice(WORDS) for _ in range(n))
             hypothesis = " ".join(rng.sample(premise.split(), 3)) + (" نیست" if i % 3 == 1 else "")
@@ -158,11 +165,11 @@ def test_layerdrop_and_specaugment_draw_afresh_on_every_replay(tmp_path, regular
     a random draw does: with every regulariser off the epochs agree; with LayerDrop or SpecAugment
     alone on they differ (a draw frozen at capture would repeat every replay, as with none)."""
     model = quiet_hubert(tmp_path / "hubert", **regulariser)
-    write_shemo(tmp_path / "data", per_class=6, speakers=2, seconds=(1.2, 1.2), letters="AN")
+    write_shemo(tmp_path / "data", per_class=16, speakers=2, seconds=(1.2, 1.2), letters="AN")  # >= MIN_USES batches
     out = tmp_path / "run"
     ser.train.main(["--model", str(model), "--data-dir", str(tmp_path / "data"), "--out", str(out), "--epochs", "4",
                     "--lr", "1e-30", "--no-balance", "--cuda-graphs", "on", "--batch-size", "2"])
-    assert speed(out)["cuda_graphs"] is True
+    assert speed(out)["cuda_graphs"] is True and speed(out)["graph_shapes"] == 1  # replayed, not run eagerly
     losses = epoch_losses(out)
     spread = (max(losses) - min(losses)) / min(losses)
     if regulariser:  # (measured on the CPU, eager: LayerDrop 0.5 about 1e-2, SpecAugment 0.5 about 8e-4)

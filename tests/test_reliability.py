@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import nli.train
+from common.files import sha256
 from common.outdir import KEEP, contents, owned
 from common.step import Training
 from nli import predict
@@ -138,14 +141,15 @@ def test_a_huge_learning_rate_never_ends_in_exit_0(tiny_bert, farstail_dir, tmp_
 
 
 def test_disk_full_at_each_output_file_then_resume_completes(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
-    """Every file a run writes goes through os.replace (atomic rename): fail each in turn."""
+    """Every file a run writes goes through os.replace (atomic rename): fail each in turn (two epochs:
+    the last epoch writes no checkpoint; the first one's is written in the background)."""
     real_replace = os.replace
     targets = []
     monkeypatch.setattr(os, "replace", lambda src, dst: (targets.append(Path(dst).name), real_replace(src, dst))[1])
-    reference = weights(run_nli(tiny_bert, farstail_dir, tmp_path / "ref", "--epochs", 1))
+    reference = weights(run_nli(tiny_bert, farstail_dir, tmp_path / "ref", "--epochs", 2))
     names = [t for t in dict.fromkeys(targets) if not t.startswith(".")]
     assert {"checkpoint-epoch1.pt", "checkpoint.json", "config.json", "model", "history.csv", "report.txt",
-            "curves.png", "metrics.json"} <= set(names)
+            "curves.png", "metrics.json"} <= set(names) and "checkpoint-epoch2.pt" not in names
     for k, name in enumerate(names):
         out = tmp_path / f"run{k}"
 
@@ -154,14 +158,37 @@ def test_disk_full_at_each_output_file_then_resume_completes(tiny_bert, farstail
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_replace(src, dst)
         monkeypatch.setattr(os, "replace", full)
-        err = fails(1, capsys, tiny_bert, farstail_dir, out, "--epochs", 1)
+        err = fails(1, capsys, tiny_bert, farstail_dir, out, "--epochs", 2)
         assert f"cannot write {out / name}: No space left on device" in err, err
         assert not (out / "metrics.json").exists() or name != "metrics.json"
         monkeypatch.setattr(os, "replace", real_replace)
-        resumed = weights(run_nli(tiny_bert, farstail_dir, out, "--epochs", 1, "--resume"))
+        resumed = weights(run_nli(tiny_bert, farstail_dir, out, "--epochs", 2, "--resume"))
         assert all(torch.equal(reference[key], resumed[key]) for key in reference), name
         left = sorted(p.name for p in out.iterdir())
         assert not [n for n in left if n.endswith(".tmp") or n.startswith("checkpoint")], left
+
+
+def test_ctrl_c_while_checkpoints_are_written_in_the_background_then_resume_is_exact(
+        tiny_bert, farstail_dir, tmp_path, monkeypatch, whole):
+    """Each checkpoint is written while the next epoch trains (from a copy taken at the epoch's
+    end); a Ctrl-C finishes the write in flight before the run exits, and the resume is exact."""
+    import common.checkpoint
+    real = common.checkpoint.save_verified
+
+    def slow(path, state):  # slower than an epoch of this tiny model: training goes on meanwhile
+        time.sleep(1.0)
+        return real(path, state)
+    monkeypatch.setattr(common.checkpoint, "save_verified", slow)
+    kill_in_epoch(monkeypatch, 3)
+    with pytest.raises(SystemExit, match="^130$"):
+        run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("checkpoint-epoch")]
+    run = tmp_path / "run"
+    entries = json.loads((run / "checkpoint.json").read_text())["checkpoints"]
+    assert [e["epoch"] for e in entries] == [2, 1] and all(sha256(run / e["file"]) == e["sha256"] for e in entries)
+    monkeypatch.undo()
+    resumed = weights(run_nli(tiny_bert, farstail_dir, run, "--epochs", 3, "--resume"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 def test_killed_while_writing_results_then_resume_redoes_them(tiny_bert, farstail_dir, tmp_path, monkeypatch, whole):
@@ -400,7 +427,7 @@ def test_a_full_disk_in_any_library_writer_is_one_line(tiny_bert, farstail_dir, 
     def unexpected_pos(obj, f):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1024 vs 980")
     monkeypatch.setattr(common.checkpoint.torch, "save", unexpected_pos)
-    err = fails(1, capsys, tiny_bert, farstail_dir, tmp_path / "b", "--epochs", 1)
+    err = fails(1, capsys, tiny_bert, farstail_dir, tmp_path / "b", "--epochs", 2)
     assert "checkpoint-epoch1.pt: [enforce fail" in err and "(is the disk full?)" in err
 
 

@@ -146,3 +146,25 @@ def test_a_resumed_optimizer_follows_this_runs_graph_mode(graphs_then):
     group = again.param_groups[0]
     assert group["capturable"] is True and torch.is_tensor(group["lr"]) and float(group["lr"]) == pytest.approx(
         7e-4 if graphs_then else 1e-3)
+
+
+def test_capture_covers_exactly_the_buckets_an_epoch_pads_to_often_enough(tiny_bert, farstail_dir):
+    """capture_items counts the sampler's own micro-batches: a bucket is captured iff at least
+    MIN_USES of the epoch's micro-batches are padded to it (the rarer ones run eagerly)."""
+    from common.batching import micro_batches
+    from common.distributed import Dist
+    from common.step import MIN_USES, capture_items
+    from nli.data import bucket_length
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
+    lengths = data.lengths.tolist()
+    batches = LengthGroupedBatches(lengths, 4, seed=0).epoch(1)
+    uses = {}
+    for batch in batches:  # the shapes the loop really builds
+        for idx in micro_batches(batch, 2, Dist())[0]:
+            width = collate(data, idx, CPU, rows=2, weight=1.0)["input_ids"].shape[1]
+            uses[width] = uses.get(width, 0) + 1
+    items = capture_items(lengths, lambda n: bucket_length(n, 200), batches, 2)
+    captured = {collate(data, [i], CPU, rows=2, weight=0.0)["input_ids"].shape[1] for i in items}
+    assert captured == {w for w, n in uses.items() if n >= MIN_USES} and len(items) == len(captured)
+    assert captured and set(uses) - captured  # this data has both kinds
