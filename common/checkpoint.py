@@ -162,7 +162,7 @@ class Checkpoint:
     anything with state_dict/load_state_dict), every RNG (of every process under torchrun), the
     per-epoch results so far, and the fingerprint of the inputs. Saved after each finished epoch
     by rank 0; the newest two are kept. Every process restores from the same verified file.
-    `spec`: the run's RunSpec (common/run.py: out, resume, arguments, those a resume may change)."""
+    `spec`: the run's RunSpec (common/spec.py: out, resume, arguments, those a resume may change)."""
 
     def __init__(self, spec, d: Dist | None = None, inputs: dict | None = None, **parts):
         self.out, self.spec, self.parts = spec.out, spec, parts

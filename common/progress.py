@@ -36,7 +36,7 @@ class Progress:
     capture) are timed apart, so throughput is given with and without warm-up."""
 
     def __init__(self, steps, run, *, epoch: int, first: bool, batches: int, unit: str):
-        """`steps`: the run's Steps (common/step.py); `run`: its Run (log, output folder,
+        """`steps`: the run's Steps (common/graphs.py); `run`: its Run (log, output folder,
         --log-every, processes). `first`: the first epoch this process runs (graph capture and
         warm-up are counted in it). Under torchrun the figures are summed over the processes;
         rank 0 shows and writes them."""

@@ -22,7 +22,7 @@ gradients clipped to norm 1.0.
 - Precision: --amp auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing)
   and fp32 on the CPU. Weights and optimizer state stay fp32; the loss is computed in fp32.
 - Speed: on CUDA (--cuda-graphs auto) each bucket's forward/backward and the optimizer update
-  are captured once as CUDA graphs and replayed (common/step.py, which builds the optimizer,
+  are captured once as CUDA graphs and replayed (common/training.py, which builds the optimizer,
   checkpoint and step machinery for both loops); the CPU runs the same step function eagerly.
   No step reads the device; figures are read every --log-every steps.
 - Ablations apply in one order: keep layers, then prune heads, then freeze. Heads to remove are
@@ -48,7 +48,8 @@ from common.errors import user_errors
 from common.inputs import files_record, model_record
 from common.results import logged_like_trainer, write_config
 from common.run import Run, count_params, run_info
-from common.step import Recipe, Training, capture_items
+from common.graphs import capture_items
+from common.training import Recipe, Training
 from nli.config import NLIConfig, parse_args
 from nli.data import (LABEL_NAMES, bucket_length, check_max_length, collate, encode, farstail_record, label_counts,
                       load_farstail, load_tokenizer, token_stats)
@@ -73,7 +74,7 @@ def inputs(cfg: NLIConfig) -> dict:
 
 def capture_examples(data, cfg: NLIConfig, device, sdpa: bool, batches: list[list[int]]) -> list[dict]:
     """One training micro-batch (a pair plus zero-weight rows) for every bucket that an epoch's
-    `batches` use often enough to capture (common/step.py, capture_items)."""
+    `batches` use often enough to capture (common/graphs.py, capture_items)."""
     items = capture_items(data.lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), batches, cfg.batch_size)
     return [collate(data, [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in items]
 
@@ -127,7 +128,7 @@ def train(cfg: NLIConfig):
         for epoch in training.epochs():
             fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="pairs", make_batch=lambda idx, rows, w:
                                        collate(data["train"], idx, device, rows=rows, weight=w, sdpa_mask=sdpa))
-            ev = training.evaluate(fig, lambda: {"val": evaluate(model, data["val"], device, dtype), "test": evaluate(
+            ev = training.timed_evaluation(fig, lambda: {"val": evaluate(model, data["val"], device, dtype), "test": evaluate(
                 model, data["test"], device, dtype, splits["test"].hard)})
             training.end_epoch(epoch, history_row(epoch, fig, ev), ev, epoch_line(epoch, fig, ev))
 

@@ -25,7 +25,7 @@ librosa phase vocoder (--augment-method librosa, as the study used librosa) or s
   rows: a few fixed shapes instead of one per length.
 - Precision: --amp auto is bf16 autocast on CUDA (fp16 + GradScaler without bf16), fp32 on CPU.
 - Speed: on CUDA (--cuda-graphs auto) each length bucket's forward/backward and the update are
-  captured once as CUDA graphs and replayed (common/step.py, which builds the optimizer,
+  captured once as CUDA graphs and replayed (common/training.py, which builds the optimizer,
   checkpoint and step machinery for both loops); the CPU runs the same step eagerly.
 - Each epoch: train, then evaluate validation and test, each clip padded to its own whole-second
   bucket (as ser.predict does; ser/evaluate.py). After the last epoch the final model is also
@@ -48,7 +48,8 @@ from common.errors import user_errors
 from common.inputs import model_record
 from common.results import write_config
 from common.run import Run, count_params, run_info
-from common.step import Recipe, Training, capture_items
+from common.graphs import capture_items
+from common.training import Recipe, Training
 from ser.audio import SAMPLE_RATE, augmentation_settings
 from ser.config import SERConfig, parse_args
 from ser.data import bucket_length, build_dataset, collate, corpus_record, find_clips, read_corpus
@@ -78,7 +79,7 @@ def inputs(cfg: SERConfig) -> dict:
 
 def capture_examples(waves, label_ids, cfg: SERConfig, pad: float, device, batches: list[list[int]]) -> list[dict]:
     """One training micro-batch for every whole-second bucket that an epoch's `batches` use often
-    enough to capture (common/step.py, capture_items)."""
+    enough to capture (common/graphs.py, capture_items)."""
     items = capture_items([len(w) for w in waves], bucket_length, batches, cfg.batch_size)
     return [collate(waves, [i], label_ids, pad, device, rows=cfg.batch_size, weight=0.0) for i in items]
 
@@ -135,7 +136,7 @@ def train(cfg: SERConfig, corpus=None):
             fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="clips", make_batch=lambda idx, rows, w:
                                        collate(waves["train"], idx, ids["train"], pad, device, rows=rows, weight=w),
                                        audio_seconds=lambda b: sum(len(waves["train"][i]) for i in b) / SAMPLE_RATE)
-            ev = training.evaluate(fig, lambda: {k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype,
+            ev = training.timed_evaluation(fig, lambda: {k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype,
                                                              pad) for k in ("val", "test")})
             training.end_epoch(epoch, history_row(epoch, fig, ev), ev, epoch_line(epoch, fig, ev))
 

@@ -60,7 +60,7 @@ def tiny_hubert(tmp_path_factory):
 def interrupt_at_epoch(monkeypatch, epoch: int):
     """Make training raise KeyboardInterrupt when `epoch` starts, as a Ctrl-C or a kill would
     (the run then says "interrupted" and exits 130). Returns a function that undoes it."""
-    from common.step import Training
+    from common.training import Training
     real = Training.train_epoch
 
     def interrupted(self, at, *args, **kwargs):

@@ -8,7 +8,7 @@ import signal
 import sys
 
 import nli.train
-from common.step import Training
+from common.training import Training
 
 real = Training.train_epoch
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 import nli.train
 from common.files import sha256
 from common.outdir import KEEP, contents, owned
-from common.step import Training
+from common.training import Training
 from nli import predict
 from nli.train import main as nli_main
 from tests.conftest import interrupt_at_epoch

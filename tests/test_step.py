@@ -98,7 +98,7 @@ def test_cuda_graphs_auto_falls_back_to_eager_on_the_cpu(tiny_bert, farstail_dir
 
 
 def test_a_failed_capture_is_named_by_its_first_error_and_where_it_was_raised():
-    from common.step import failure_line
+    from common.graphs import failure_line
 
     class FakeGraph:  # as torch.cuda.graph: ending a broken capture raises an error of its own
         def __enter__(self):
@@ -153,7 +153,7 @@ def test_capture_covers_exactly_the_buckets_an_epoch_pads_to_often_enough(tiny_b
     MIN_USES of the epoch's micro-batches are padded to it (the rarer ones run eagerly)."""
     from common.batching import micro_batches
     from common.distributed import Dist
-    from common.step import MIN_USES, capture_items
+    from common.graphs import MIN_USES, capture_items
     from nli.data import bucket_length
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)

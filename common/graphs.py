@@ -1,0 +1,223 @@
+"""CUDA graphs of the training step (common/step.py's TrainStep), and what a failed capture says.
+
+`Steps` runs a `TrainStep` eagerly or, after `capture`, replays one CUDA graph per input shape
+for the micro-step and one for the update (about 800 kernel launches per step become one
+replay). Capture warms each shape up on a side stream, then puts back the weights, optimizer
+state, counters and every RNG exactly as they were, so capturing changes nothing in the run.
+Dropout keeps drawing fresh numbers on every replay (CUDA graphs advance the generator's
+offset per replay).
+
+When capture fails, the run says why in one line and trains eagerly. The warm-up runs with
+CUDA's sync debug mode set to "error", so a host-device synchronisation (an `.item()`, a copy to
+the host, a data-dependent shape) raises there, with its own traceback, before capture starts;
+the line names the first error of the chain and the file and line it was raised at (not the
+generic "operation failed due to a previous error during capture" that ending a broken capture
+raises). The stream, the graphs and their memory pool are released, and the optimizer goes back
+to eager mode.
+"""
+import contextlib
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from common.device import to_device
+from common.rng import rng_state, set_rng_state
+from common.step import TrainStep, follow_graph_mode
+
+
+@contextlib.contextmanager
+def sync_errors():
+    """Within: any host-device synchronisation raises (CUDA's sync debug mode "error")."""
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
+
+
+@contextlib.contextmanager
+def capturing(graph, pool, stream):
+    """Capture the CUDA work of the block into `graph` on `stream`. Unlike torch.cuda.graph, whose
+    exit ends the capture before it restores the stream (so a failed capture leaves the capture
+    stream current, and the error that ending it raises hides the real one), the stream is
+    always restored and the block's own error is the one raised."""
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool)
+        try:
+            yield
+        except BaseException:
+            try:
+                graph.capture_end()  # ends the broken capture; its own error says nothing new
+            except Exception:
+                pass
+            raise
+        graph.capture_end()
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The first error of a chain (following __cause__ and __context__)."""
+    seen = {id(e)}
+    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        e = nxt
+    return e
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for a failed capture: the root cause's type and message, and where it was raised."""
+    root = root_cause(e)
+    message = (str(root).strip().splitlines() or [""])[0][:200]
+    frames = traceback.extract_tb(root.__traceback__)
+    where = ""
+    if frames:
+        f = frames[-1]
+        path = Path(f.filename)
+        parts = path.parts
+        short = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else \
+            "/".join(parts[-2:])
+        where = f", raised at {short}:{f.lineno} in {f.name}"
+    return f"{type(root).__name__}: {message}{where}"
+
+
+# A shape served by fewer micro-batches an epoch runs eagerly instead of being captured: capturing
+# costs two warm-up passes and a capture (about three eager passes of that shape), and the rare
+# shapes are the long ones, whose passes are compute-bound, so a replay saves well under half of
+# one. (An estimate; the device check's logs say how many shapes were captured.)
+MIN_USES = 8
+
+
+def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]],
+                  batch_size: int) -> list[int]:
+    """For graph capture: one item of each bucket (`bucket(length)`) that at least MIN_USES of
+    an epoch's micro-batches (`batches`: its optimizer batches, cut into `batch_size` rows) are
+    padded to. The sampler's order is known in advance, so this counts exactly what an epoch
+    serves (one process's view; the other epochs reshuffle the same items)."""
+    uses: dict[int, int] = {}
+    for batch in batches:
+        for k in range(0, len(batch), batch_size):
+            b = bucket(max(lengths[i] for i in batch[k:k + batch_size]))
+            uses[b] = uses.get(b, 0) + 1
+    first = {}
+    for i, n in enumerate(lengths):
+        if uses.get(bucket(n), 0) >= MIN_USES:
+            first.setdefault(bucket(n), i)
+    return [first[b] for b in sorted(first)]
+
+
+def shape_key(batch: dict) -> tuple:
+    return tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(batch.items()))
+
+
+class Steps:
+    """Runs a TrainStep: eagerly, or, for the shapes captured by `capture`, by graph replay.
+    Batches come as host tensors (pinned on CUDA); a shape that was not captured runs eagerly."""
+
+    def __init__(self, step: TrainStep):
+        self.step = step
+        self.graphs: dict[tuple, tuple] = {}
+        self.update_graph = None
+        self.capture_seconds = 0.0
+        self.tried = False
+
+    @property
+    def graphed(self) -> bool:
+        return self.update_graph is not None
+
+    def status(self, why_off: str) -> str:
+        """What config.json and the log say about graphs: on, off (capture failed), or why off."""
+        return "on" if self.graphed else ("off (capture failed)" if self.tried else why_off)
+
+    def info(self) -> dict:
+        """metrics.json's graph figures."""
+        return {"cuda_graphs": self.graphed, "graph_shapes": len(self.graphs),
+                "capture_seconds": round(self.capture_seconds, 2)}
+
+    def micro(self, host_batch: dict) -> None:
+        graph = self.graphs.get(shape_key(host_batch))
+        if graph is None:
+            self.step.micro(to_device(host_batch, self.step.device))
+            return
+        g, static = graph
+        for k, v in host_batch.items():
+            static[k].copy_(v, non_blocking=True)
+        g.replay()
+
+    def update(self) -> None:
+        self.update_graph.replay() if self.update_graph is not None else self.step.update()
+
+    def capture(self, examples: list[dict], log) -> None:
+        """Capture one micro-step graph per example's shape (the largest first) and the update
+        graph. On failure the run says why in one log line (failure_line) and goes on eagerly;
+        either way the model, optimizer, counters and RNGs end exactly as they started."""
+        step, t0 = self.step, time.perf_counter()
+        self.tried = True
+        saved = _snapshot(step)
+        made = []
+        try:
+            for p in step.params:  # gradients must exist before capture: graphs add into them in place
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            # the largest shape first: the smaller graphs then reuse the blocks it left in the shared pool
+            examples = sorted(examples, key=lambda ex: -sum(v.numel() for v in ex.values()))
+            static = [to_device(ex, step.device) for ex in examples]
+            side = torch.cuda.Stream(step.device)
+            side.wait_stream(torch.cuda.current_stream(step.device))
+            with torch.cuda.stream(side), sync_errors():  # warm-up: autograd, cuBLAS workspaces, optimizer state
+                for ex in static:
+                    step.micro(ex)
+                    step.micro(ex)
+                step.update()
+            torch.cuda.current_stream(step.device).wait_stream(side)
+            torch.cuda.synchronize(step.device)
+            pool = torch.cuda.graph_pool_handle()
+            for ex in static:
+                made.append(torch.cuda.CUDAGraph())
+                with capturing(made[-1], pool, side):
+                    step.micro(ex)
+                self.graphs[shape_key(ex)] = (made[-1], ex)
+            made.append(torch.cuda.CUDAGraph())
+            with capturing(made[-1], pool, side):
+                step.update()
+            self.update_graph = made[-1]
+        except Exception as e:  # any failure: never crash on it, train eagerly instead
+            self.graphs, self.update_graph = {}, None
+            for g in made:
+                g.reset()
+            made = static = None
+            with contextlib.suppress(Exception):  # release the pool's memory
+                torch.cuda.synchronize(step.device)
+                torch.cuda.empty_cache()
+            follow_graph_mode(step.optimizer, False, step.device)
+            log(f"CUDA graphs off: capture failed ({failure_line(e)}); training eagerly")
+        _restore(step, saved)
+        torch.cuda.synchronize(step.device)
+        self.capture_seconds = time.perf_counter() - t0
+        if self.graphed:
+            log(f"CUDA graphs: {len(self.graphs)} input shapes and the update captured in {self.capture_seconds:.1f} s")
+
+
+def _snapshot(step: TrainStep) -> dict:
+    state = step.optimizer.state
+    return {"params": [p.detach().clone() for p in step.params],
+            "optim": {(i, k): v.clone() for i, p in enumerate(step.params) for k, v in state.get(p, {}).items()
+                      if torch.is_tensor(v)},
+            "counters": [t.clone() for t in step.counters()], "rng": rng_state()}
+
+
+@torch.no_grad()
+def _restore(step: TrainStep, saved: dict) -> None:
+    for p, v in zip(step.params, saved["params"]):
+        p.copy_(v)
+        if p.grad is not None:
+            p.grad.zero_()
+    for i, p in enumerate(step.params):  # state created by the warm-up goes back to AdamW's initial zeros
+        for k, v in step.optimizer.state.get(p, {}).items():
+            if torch.is_tensor(v):
+                v.copy_(saved["optim"][(i, k)]) if (i, k) in saved["optim"] else v.zero_()
+    for t, v in zip(step.counters(), saved["counters"]):
+        t.copy_(v)
+    set_rng_state(saved["rng"])
