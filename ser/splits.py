@@ -37,13 +37,13 @@ class Item:
     augmentation: Augmentation | None = None
 
 
-def split_random(label_names: list[str], seed: int) -> dict[str, list[int]]:
+def split_random(clip_labels: list[str], seed: int) -> dict[str, list[int]]:
     """Stratified 80/10/10: within each class, a seeded shuffle, then 10% test, 10% validation
     (at least one clip each), the rest training."""
     rng = random.Random(seed)
     out = {"train": [], "val": [], "test": []}
-    for label in sorted(set(label_names)):
-        idx = [i for i, y in enumerate(label_names) if y == label]
+    for label in sorted(set(clip_labels)):
+        idx = [i for i, y in enumerate(clip_labels) if y == label]
         if len(idx) < 3:
             raise UserError(f"class {label!r} has {len(idx)} clip(s); at least 3 are needed to split 80/10/10")
         rng.shuffle(idx)
@@ -54,7 +54,7 @@ def split_random(label_names: list[str], seed: int) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def split_by_speaker(label_names: list[str], speakers: list[str | None], seed: int) -> dict[str, list[int]]:
+def split_by_speaker(clip_labels: list[str], speakers: list[str | None], seed: int) -> dict[str, list[int]]:
     """No speaker in two splits. Speakers, largest first (ties in seeded order), each go to the
     split whose per-class targets (80/10/10 of each class) they fill best, so classes are as
     even across splits as the speakers allow."""
@@ -63,9 +63,9 @@ def split_by_speaker(label_names: list[str], speakers: list[str | None], seed: i
     names = sorted(set(speakers))
     if len(names) < 3:
         raise UserError(f"--split speaker needs at least 3 speakers, found {len(names)}")
-    classes = sorted(set(label_names))
+    classes = sorted(set(clip_labels))
     count = {s: {c: 0 for c in classes} for s in names}
-    for y, s in zip(label_names, speakers):
+    for y, s in zip(clip_labels, speakers):
         count[s][y] += 1
     total = {c: sum(count[s][c] for s in names) for c in classes}
     frac = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -160,26 +160,26 @@ class Protocol:
                     "fold's training part balanced alone")
         return "ours: no speaker in two splits, then the training split alone balanced"
 
-    def items(self, label_names: list[str], speakers: list, seed: int, limit: int | None) -> dict[str, list[Item]]:
-        """Each split's items (`label_names`, `speakers`: of every clip read); --limit keeps a
+    def items(self, clip_labels: list[str], speakers: list, seed: int, limit: int | None) -> dict[str, list[Item]]:
+        """Each split's items (`clip_labels`, `speakers`: of every clip read); --limit keeps a
         stratified N of each split. A split drawn empty, or a training split of one class (a
         classifier that cannot be wrong), is refused (check_classes)."""
         if self.kind == "study":
-            items = study_items(label_names, seed=seed, split_seed=self.seed_of_split(seed), limit=limit)
+            items = study_items(clip_labels, seed=seed, split_seed=self.seed_of_split(seed), limit=limit)
         elif self.fold:
-            parts = fold_split(label_names, speakers, self.fold, self.folds, self.seed_of_split(seed))
-            items = balanced(parts, label_names, seed, limit, self.balance)
+            parts = fold_split(clip_labels, speakers, self.fold, self.folds, self.seed_of_split(seed))
+            items = balanced(parts, clip_labels, seed, limit, self.balance)
         else:
-            items = leak_free_items(label_names, speakers, split=self.split, seed=self.seed_of_split(seed),
+            items = leak_free_items(clip_labels, speakers, split=self.split, seed=self.seed_of_split(seed),
                                     limit=limit, balance=self.balance)
-        check_classes(items, label_names, self.flags + (f" (fold {self.fold})" if self.fold else ""))
+        check_classes(items, clip_labels, self.flags + (f" (fold {self.fold})" if self.fold else ""))
         return items
 
 
-def check_classes(items: dict[str, list[Item]], label_names: list[str], flags: str) -> None:
+def check_classes(items: dict[str, list[Item]], clip_labels: list[str], flags: str) -> None:
     """The split as drawn: every split holds items, and the training split at least two classes."""
     for name, its in items.items():
-        classes = sorted({label_names[it.clip] for it in its})
+        classes = sorted({clip_labels[it.clip] for it in its})
         if not classes:
             raise UserError(f"{flags}: the {name} split is empty; the corpus is too small for this split")
         if name == "train" and len(classes) < 2:
@@ -204,13 +204,13 @@ def stratified_head(idx: list, label_of, n: int | None, seed: int) -> list:
     return [idx[p] for p in sorted(keep)]
 
 
-def balance_plan(label_names: list[str], seed: int) -> list[tuple[int, Augmentation]]:
+def balance_plan(clip_labels: list[str], seed: int) -> list[tuple[int, Augmentation]]:
     """The augmented copies that bring every class up to the largest class's count: (source, draw)
-    pairs, the source an index into label_names, taken from the class's own clips in turn, each
+    pairs, the source an index into clip_labels, taken from the class's own clips in turn, each
     copy with its own seeded pitch shift and stretch rate."""
     rng = random.Random(seed)
     by_class: dict[str, list[int]] = {}
-    for i, y in enumerate(label_names):
+    for i, y in enumerate(clip_labels):
         by_class.setdefault(y, []).append(i)
     target = max(len(v) for v in by_class.values())
     plan = []
@@ -222,28 +222,28 @@ def balance_plan(label_names: list[str], seed: int) -> list[tuple[int, Augmentat
     return plan
 
 
-def leak_free_items(label_names: list[str], speakers: list, *, split: str, seed: int, limit: int | None,
+def leak_free_items(clip_labels: list[str], speakers: list, *, split: str, seed: int, limit: int | None,
                     balance: bool) -> dict[str, list[Item]]:
     """Ours: split the clips first (stratified random, or by speaker), keep --limit of each split,
     then add augmented copies of training clips only, so no copy of a validation or test clip is
     ever trained on."""
-    parts = split_random(label_names, seed) if split == "random" else split_by_speaker(label_names, speakers, seed)
-    return balanced(parts, label_names, seed, limit, balance)
+    parts = split_random(clip_labels, seed) if split == "random" else split_by_speaker(clip_labels, speakers, seed)
+    return balanced(parts, clip_labels, seed, limit, balance)
 
 
-def balanced(parts: dict[str, list[int]], label_names: list[str], seed: int, limit: int | None, balance: bool
+def balanced(parts: dict[str, list[int]], clip_labels: list[str], seed: int, limit: int | None, balance: bool
              ) -> dict[str, list[Item]]:
     """Each split's clips as items (--limit: a stratified N of each), the training split alone
     topped up with augmented copies of its own clips when `balance`."""
-    parts = {k: stratified_head(v, label_names.__getitem__, limit, seed) for k, v in parts.items()}
+    parts = {k: stratified_head(v, clip_labels.__getitem__, limit, seed) for k, v in parts.items()}
     items = {k: [Item(i) for i in v] for k, v in parts.items()}
     if balance:
         train = parts["train"]
-        items["train"] += [Item(train[s], draw) for s, draw in balance_plan([label_names[i] for i in train], seed)]
+        items["train"] += [Item(train[s], draw) for s, draw in balance_plan([clip_labels[i] for i in train], seed)]
     return items
 
 
-def speaker_folds(label_names: list[str], speakers: list, folds: int, seed: int) -> list[list[int]]:
+def speaker_folds(clip_labels: list[str], speakers: list, folds: int, seed: int) -> list[list[int]]:
     """K folds of the clips with no speaker in two (scikit-learn's StratifiedGroupKFold, shuffled
     with `seed`: classes as even across folds as the speakers allow); each fold's clip indices."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -251,7 +251,7 @@ def speaker_folds(label_names: list[str], speakers: list, folds: int, seed: int)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # (a class with fewer clips than folds: it warns, and still splits)
         warnings.simplefilter("ignore")
-        return [sorted(test.tolist()) for _, test in splitter.split(label_names, label_names, groups=speakers)]
+        return [sorted(test.tolist()) for _, test in splitter.split(clip_labels, clip_labels, groups=speakers)]
 
 
 def check_fold_speakers(speakers: list, folds: int) -> None:
@@ -262,15 +262,15 @@ def check_fold_speakers(speakers: list, folds: int) -> None:
         raise UserError(f"--folds {folds}: the corpus has {len(set(speakers))} speakers; give at most that many folds")
 
 
-def fold_split(label_names: list[str], speakers: list, fold: int, folds: int, seed: int) -> dict[str, list[int]]:
+def fold_split(clip_labels: list[str], speakers: list, fold: int, folds: int, seed: int) -> dict[str, list[int]]:
     """Fold `fold` (1-based) of `folds`: it is tested, the next fold validates, the others train."""
-    parts = speaker_folds(label_names, speakers, folds, seed)
+    parts = speaker_folds(clip_labels, speakers, folds, seed)
     test, val = parts[fold - 1], parts[fold % folds]
     return {"train": sorted(i for k, p in enumerate(parts) if k not in (fold - 1, fold % folds) for i in p),
             "val": val, "test": test}
 
 
-def study_items(label_names: list[str], *, seed: int, split_seed: int, limit: int | None) -> dict[str, list[Item]]:
+def study_items(clip_labels: list[str], *, seed: int, split_seed: int, limit: int | None) -> dict[str, list[Item]]:
     """The study's: balance the whole corpus with augmented copies up to the largest class (the
     copies' draws seeded by `seed`), then split every item at random as its code does:
 
@@ -281,14 +281,14 @@ def study_items(label_names: list[str], *, seed: int, split_seed: int, limit: in
     evaluation items in its printout). Copies of a validation or test clip can land in training,
     and the test split holds copies too."""
     from sklearn.model_selection import train_test_split
-    pool = [Item(i) for i in range(len(label_names))] + [Item(s, draw) for s, draw in balance_plan(label_names, seed)]
+    pool = [Item(i) for i in range(len(clip_labels))] + [Item(s, draw) for s, draw in balance_plan(clip_labels, seed)]
     try:
         train, rest = train_test_split(pool, test_size=0.2, random_state=split_seed)
         test, val = train_test_split(rest, test_size=0.5, random_state=split_seed)
     except ValueError:  # (scikit-learn: a part would be empty)
         raise UserError(f"--protocol study: the balanced corpus holds {len(pool)} items, too few to split 80/10/10 "
                         "(at least 6 are needed)") from None
-    label_of = lambda item: label_names[item.clip]  # noqa: E731
+    label_of = lambda item: clip_labels[item.clip]  # noqa: E731
     return {k: stratified_head(v, label_of, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
 
 
