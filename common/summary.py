@@ -271,8 +271,8 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
         plot_summary(report.points, root / "summary.png", "Test accuracy, ours (95% interval) and the study's")
         title += ["![test accuracy, ours beside the study's](summary.png)", ""]
     n = f"{seeds} seeds, mean" if seeds > 1 else "one seed"
-    title += [f"**Findings** ({n}):"] + \
-        [f"- {line}" for line in report.findings] + [""]
+    if report.findings:
+        title += [f"**Findings** ({n}):"] + [f"- {line}" for line in report.findings] + [""]
     if report.missing:
         title += [f"**Missing results** (not finished, failed or damaged): {', '.join(report.missing)}", ""]
     write_text(root / "summary.md", "\n".join(title + body + differ) + "\n")

@@ -163,3 +163,13 @@ def test_pruning_curve_feeds_a_hypothesis_only_model_the_hypothesis_alone(tiny_b
     assert "the hypothesis alone" in (tmp_path / "run" / "prune_curve" / "report.txt").read_text()
     # and with the run's own --max-length (recorded in the run's config.json), not a default of its own
     assert json.loads((tmp_path / "run" / "prune_curve" / "config.json").read_text())["args"]["max_length"] == 24
+
+
+def test_the_pruning_budget_is_chosen_on_validation():
+    from nli.prune_curve import budget
+    whole = {"val_accuracy": 0.80, "test_accuracy": 0.70}
+    rows = [{"fraction": 0.1, "heads_removed": 14, "val_accuracy": 0.80, "test_accuracy": 0.60},
+            {"fraction": 0.2, "heads_removed": 29, "val_accuracy": 0.795, "test_accuracy": 0.71},
+            {"fraction": 0.3, "heads_removed": 43, "val_accuracy": 0.70, "test_accuracy": 0.70}]
+    chosen = budget(rows, whole)  # test falls at 0.1, but test never chooses: validation holds until 0.2
+    assert chosen == {"heads": 29, "fraction": 0.2, "val_accuracy": 0.795, "test_accuracy": 0.71}

@@ -1,7 +1,9 @@
 import csv
 import hashlib
 import io
+import json
 
+import numpy as np
 import pytest
 
 from common.errors import UserError
@@ -81,3 +83,26 @@ def test_download_with_right_hash_is_kept(tmp_path, monkeypatch):
     splits = nli_data.load_farstail(tmp_path / "dl")
     assert [len(s) for s in splits.values()] == [6, 3, 3]
     assert all(f"/raw/{nli_data.COMMIT}/data/" in u for u in asked) and len(asked) == 3  # pinned commit
+
+
+def test_hypothesis_only_tokenises_no_premise(tiny_bert, farstail_dir, tmp_path):
+    from nli import predict
+    from nli.data import encode, load_tokenizer, read_split
+    from nli.train import main
+    tok = load_tokenizer(str(tiny_bert))
+    split = read_split(farstail_dir / "Val-word.csv")
+    alone, pair = encode(tok, split, 200, hypothesis_only=True), encode(tok, split, 200)
+    for i in range(len(split)):
+        n = int(alone.lengths[i])
+        assert alone.ids[i, :n].tolist() == tok(split.hypothesis[i])["input_ids"]  # [CLS] h [SEP], nothing else
+        assert alone.types[i].sum() == 0 and n < int(pair.lengths[i])
+    out = tmp_path / "run"
+    main(["--model", str(tiny_bert), "--data-dir", str(farstail_dir), "--out", str(out), "--epochs", "1",
+          "--hypothesis-only", "--lr", "1e-3"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["experiment"] == "hypothesis-only" and set(m["test_subsets"]) >= {"hard_hypothesis", "hard_overlap"}
+    model, tokenizer = predict.load(str(out))
+    assert model.config.hypothesis_only  # so predict feeds the hypothesis alone, as it was trained
+    a = predict.probabilities(model, tokenizer, ["کتاب دانشجو است."], ["کتاب است."])
+    b = predict.probabilities(model, tokenizer, ["شهر تهران بزرگ است."], ["کتاب است."])
+    assert np.allclose(a.numpy(), b.numpy())  # the premise makes no difference

@@ -139,6 +139,7 @@ def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
         m = json.loads((run / "metrics.json").read_text())
         m["test"]["accuracy"] = acc
         (run / "metrics.json").write_text(json.dumps(m))
+        (run / "predictions.csv").unlink()  # (it would no longer match the edited accuracy: a damaged run)
     missing = write_summary(tmp_path, ["nli.study"], seeds=2)
     summary = (tmp_path / "summary.md").read_text()
     assert "0.6000 ± 0.1414" in summary  # mean and sample std of 0.5 and 0.7

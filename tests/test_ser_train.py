@@ -341,3 +341,25 @@ def test_a_frozen_feature_encoder_gets_no_backward(tiny_hubert, shemo_dir, tmp_p
     assert conv and all(torch.equal(before[k], after["hubert." + k]) for k in conv)
     assert not torch.equal(before["encoder.layers.0.attention.q_proj.weight"],
                            after["hubert.encoder.layers.0.attention.q_proj.weight"])
+
+
+def test_the_leak_split_of_the_studys_test_split_adds_up(tiny_hubert, tmp_path):
+    from ser.synthetic import write_shemo
+    from ser.train import main
+    write_shemo(tmp_path / "data", per_class={"A": 12, "N": 8, "S": 5}, speakers=4)
+    out = tmp_path / "study"
+    main(["--model", str(tiny_hubert), "--data-dir", str(tmp_path / "data"), "--out", str(out), "--epochs", "1",
+          "--protocol", "study", "--cache-dir", str(tmp_path / "cache")])
+    m = json.loads((out / "metrics.json").read_text())
+    leak, test = m["test_leak"], m["split_items"]["test"]
+    assert leak["original clips"]["items"] + leak["augmented copies"]["items"] == test["items"]
+    assert leak["source clip also in training"]["items"] + leak["source clip not in training"]["items"] == test["items"]
+    assert leak["augmented copies"]["items"] == test["augmented"]
+    rows = [r for r in csv.DictReader(open(out / "predictions.csv")) if r["split"] == "test"]
+    seen = [r for r in rows if "train" in r["source_also_in"].split(";")]
+    right = sum(r["true"] == r["predicted"] for r in seen)
+    assert leak["source clip also in training"]["accuracy"] == pytest.approx(right / len(seen))
+    overall = sum(g["accuracy"] * g["items"] for k, g in leak.items() if k in ("original clips", "augmented copies")
+                  and g["items"])
+    assert overall / test["items"] == pytest.approx(m["test"]["accuracy"])
+    assert "the leak inside this test split" in (out / "report.txt").read_text()

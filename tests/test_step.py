@@ -98,22 +98,29 @@ def test_cuda_graphs_auto_falls_back_to_eager_on_the_cpu(tiny_bert, farstail_dir
 
 
 def test_a_failed_capture_is_named_by_its_first_error_and_where_it_was_raised():
-    from common.graphs import failure_line
+    """common.graphs.capturing ends a broken capture (whose own error, as torch.cuda.graph's exit
+    raises it, says only "previous error during capture") and raises the block's error instead;
+    failure_line names that error and where it was raised. (No CUDA here: a graph that behaves as
+    a CUDA graph does when its capture broke, and no stream.)"""
+    from common.graphs import capturing, failure_line
+    calls = []
 
-    class FakeGraph:  # as torch.cuda.graph: ending a broken capture raises an error of its own
-        def __enter__(self):
-            return self
+    class BrokenCapture:
+        def capture_begin(self, pool):
+            calls.append("begin")
 
-        def __exit__(self, *exc):
+        def capture_end(self):
+            calls.append("end")
             raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
 
     def forward_with_a_host_sync():
         raise RuntimeError("called a synchronizing CUDA operation")  # what .item() raises under sync debug mode
 
     with pytest.raises(RuntimeError) as e:
-        with FakeGraph():
+        with capturing(BrokenCapture(), None, None):
             forward_with_a_host_sync()
-    assert "previous error during capture" in str(e.value)  # what a plain log line would have said
+    assert calls == ["begin", "end"]  # the broken capture was ended
+    assert "previous error during capture" not in str(e.value)  # the block's own error, not the generic one
     line = failure_line(e.value)
     assert line.startswith("RuntimeError: called a synchronizing CUDA operation, raised at ")
     assert "test_step.py:" in line and "in forward_with_a_host_sync" in line
