@@ -363,3 +363,23 @@ def test_the_leak_split_of_the_studys_test_split_adds_up(tiny_hubert, tmp_path):
                   and g["items"])
     assert overall / test["items"] == pytest.approx(m["test"]["accuracy"])
     assert "the leak inside this test split" in (out / "report.txt").read_text()
+
+
+def test_augment_method_on_the_command_line_chooses_the_backend(tiny_hubert, tmp_path):
+    """--augment-method picks audiomentations' backend: recorded in config.json, and the copies it
+    makes (cached by content and settings) are its own, not the other backend's."""
+    write_shemo(tmp_path / "uneven", per_class={"A": 6, "N": 3}, speakers=2)
+    cache = tmp_path / "cache"
+    made = {}
+    for method in ("librosa", "signalsmith"):
+        before = set(cache.glob("*.npy")) if cache.exists() else set()
+        run(tiny_hubert, tmp_path / "uneven", tmp_path / method, "--augment-method", method, "--cache-dir", cache)
+        config = json.loads((tmp_path / method / "config.json").read_text())
+        assert config["args"]["augment_method"] == method
+        assert config["derived"]["augmentation"]["method"] == {"librosa": "librosa_phase_vocoder",
+                                                               "signalsmith": "signalsmith_stretch"}[method]
+        made[method] = sorted(set(cache.glob("*.npy")) - before)
+        assert made[method]  # this method's own copies (the training split was balanced)
+    assert len(made["librosa"]) == len(made["signalsmith"])  # the same draws, each computed by its own backend
+    first = [np.load(p) for p in made["librosa"]]
+    assert not any(any(len(a) == len(b) and np.allclose(a, b) for a in first) for b in map(np.load, made["signalsmith"]))
