@@ -229,6 +229,7 @@ fi
 
 tasks=()
 [ "$only" != ser ] && tasks+=(--task nli.study)
-[ "$only" != nli ] && tasks+=(--task "ser.study${ser_protocols:+:$ser_protocols}")
+ser_rows=$(IFS=,; echo "${ser_names[*]}")  # (the rows run: with --ser-protocols, the summary shows only these)
+[ "$only" != nli ] && tasks+=(--task "ser.study${ser_protocols:+:$ser_rows}")
 "$py" -m common.summary --out "$out" --seeds "$seeds" "${tasks[@]}" $([ $smoke = 1 ] && echo --smoke)
 echo "== done: $out/summary.md"

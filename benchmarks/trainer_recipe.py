@@ -38,9 +38,9 @@ from common.files import write_json
 from common.progress import WARMUP_STEPS
 from common.results import write_config
 from common.run import count_params, run_info
-from common.spec import args_record
+from common.spec import args_record, check_flags
 from nli.config import Experiment, NLIConfig
-from nli.data import LABEL_NAMES, label_counts, load_farstail, load_tokenizer, token_stats
+from nli.data import LABEL_NAMES, check_max_length, label_counts, load_farstail, load_tokenizer, token_stats
 from nli.evaluate import figures
 from nli.model import encoder_layers, freeze_layers, load_classifier
 from nli.report import PROTOCOL, NLIResult, write_results
@@ -122,6 +122,10 @@ def parse_args(argv=None) -> NLIConfig:
     p.add_argument("--max-length", type=int, default=200)
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder layers")
     a = p.parse_args(argv)
+    check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "limit",
+                                                                "logging_steps", "max_length")})
+    if a.freeze < 0:
+        p.error("--freeze must be 0 or more")
     return NLIConfig(model=a.model, data_dir=a.data_dir, out=a.out, epochs=a.epochs, batch_size=a.batch_size,
                      lr=a.lr, max_length=a.max_length, seed=a.seed, limit=a.limit, experiment=Experiment(a.freeze),
                      trainer_logging_steps=a.logging_steps, grad_accum=a.grad_accum)
@@ -137,6 +141,7 @@ def main(argv=None):
 def run(cfg: NLIConfig):
     splits = load_farstail(cfg.data_dir, cfg.limit)
     tokenizer = load_tokenizer(cfg.model)
+    check_max_length(cfg.max_length, tokenizer, None)
     stats, piece_lengths = token_stats(tokenizer, splits["train"], cfg.max_length)
     data = {k: Pairs(tokenizer, v, cfg.max_length) for k, v in splits.items()}
     set_seed(cfg.seed)  # (a checkpoint without a classification head gets a seeded one)

@@ -57,7 +57,8 @@ class GivenBatches:
 def read_batch_order(path: Path, items: int, batch: int, epochs: int) -> GivenBatches:
     """A batch order file (--batch-order): one line per optimizer step of the whole run, the
     space-separated indices (0-based) of its items, at most `batch` of them, each once, below
-    `items`; the lines divide evenly into `epochs`. A malformed file: an error naming the line."""
+    `items`; the lines divide evenly into `epochs`, each epoch's lines holding every item once.
+    A malformed file: an error naming the line (or the epoch)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -80,7 +81,15 @@ def read_batch_order(path: Path, items: int, batch: int, epochs: int) -> GivenBa
     if not steps or len(steps) % epochs:
         raise UserError(f"--batch-order {path}: {len(steps)} lines (optimizer steps) do not divide into --epochs "
                         f"{epochs} equal epochs")
-    return GivenBatches(steps, epochs)
+    given = GivenBatches(steps, epochs)
+    for epoch in range(1, epochs + 1):  # an epoch is one pass: every training item once
+        seen = sorted(i for step in given.epoch(epoch) for i in step)
+        if seen != list(range(items)):
+            first = (epoch - 1) * given.per_epoch + 1
+            raise UserError(f"--batch-order {path}: epoch {epoch} (lines {first}-{first + given.per_epoch - 1}) holds "
+                            f"{len(seen)} items, {len(set(seen))} of them distinct; an epoch holds each of the {items} "
+                            "training items once")
+    return given
 
 
 def sorted_batches(lengths, batch_size: int) -> list[list[int]]:

@@ -76,8 +76,23 @@ def check_shape(m: dict, required: tuple) -> None:
         value = m
         for key in path.rstrip("{}[]").split("."):
             value = value.get(key) if isinstance(value, dict) else None
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind != dict and kind != list
+                                                                      and not math.isfinite(value)):
             raise Damaged(f"its metrics.json has no {path.rstrip('{}[]')} of the right kind")
+    for split in ("test", "pooled"):  # (a run's test figures; the folds' pooled ones)
+        figures = m.get(split) if isinstance(m.get(split), dict) else {}
+        for key, bounds in (figures.get("intervals") if isinstance(figures.get("intervals"), dict) else {}).items():
+            check_interval(f"{split}.intervals.{key}", figures.get(key), bounds)
+
+
+def check_interval(name: str, value, bounds) -> None:
+    """An interval as metrics.json keeps it: [low, high] holding `value`, or [null, null] (none)."""
+    if bounds == [None, None]:
+        return
+    ok = (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+          and isinstance(value, (int, float)) and bounds[0] <= value <= bounds[1])
+    if not ok:
+        raise Damaged(f"its metrics.json's {name} is not an interval around its figure")
 
 
 def seed_runs(root: Path, rel: str, seeds: int, missing: list, run_links: list, required: tuple = ()) -> list[dict]:
@@ -257,7 +272,7 @@ class Report:
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
     """Write root/summary.md and summary.png from the given task modules ("ser.study:study,..." for
     some rows); returns the runs expected but missing or damaged."""
-    body, differ, findings = [], ["## What differs from the study, and why", ""], []
+    body, differ = [], ["## What differs from the study, and why", ""]
     report = Report(root, seeds)
     for task in tasks:
         name, _, rows = task.partition(":")

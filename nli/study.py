@@ -115,7 +115,7 @@ DIFFERENCES = [
 
 # What the NLI section reads from each run's metrics.json (common.summary.check_shape)
 REQUIRED = ("val.accuracy", "val.loss", "train.loss", "test.accuracy", "test.uar", "test.loss", "test.macro_f1",
-            "test.per_class{}", "params.trainable", "params.total", "speed.train_seconds", "speed.items_per_s",
+            "test.per_class{}", "test.intervals{}", "params.trainable", "params.total", "speed.train_seconds", "speed.items_per_s",
             "test_subsets.hard_hypothesis", "test_subsets.hard_overlap")
 
 
@@ -153,7 +153,8 @@ def section(report) -> list[str]:
                              mean_std([m["speed"]["items_per_s"] for m in runs], 1),
                              col(lambda m: m["test_subsets"]["hard_hypothesis"]),
                              col(lambda m: m["test_subsets"]["hard_overlap"]), comparison_cell(against.get(e.name))))
-            findings.append(f"`{e.name}` " + report.point(f"NLI {e.name}", runs, e.study and e.study["test_accuracy"]))
+            findings.append(f"`{e.name}`{seeds_note(runs, seeds)} "
+                            + report.point(f"NLI {e.name}", runs, e.study and e.study["test_accuracy"]))
         if e.study:
             table.append(row("", "study", *(study_cell(e.study, c) for c in STUDY_CELLS)))
     if findings:

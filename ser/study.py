@@ -5,8 +5,6 @@ the study, and the SER section of summary.md.
     python -m ser.study --list      # one line per protocol: name<TAB>ser.train flags
     python -m ser.study             # every difference from the study, and why
 """
-from pathlib import Path
-
 import numpy as np
 
 from common.results import accuracy_over
@@ -88,7 +86,10 @@ DIFFERENCES = [
 
 # What the SER section reads from each run's metrics.json, and from the folds' (common.summary.check_shape)
 REQUIRED = ("train.accuracy", "train.uar", "val.accuracy", "val.uar", "val.macro_f1", "test.accuracy", "test.uar",
-            "test.macro_f1", "test.per_class{}", "split_items{}", "class_counts.splits.test{}", "speed.items_per_s")
+            "test.macro_f1", "test.per_class{}", "test.intervals{}", "split_items{}", "class_counts.splits.test{}", "speed.items_per_s")
+LEAK = ("test_leak{}",) + tuple(f"test_leak.{g}.items" for g in ("original clips", "augmented copies",
+                                                                 "source clip also in training",
+                                                                 "source clip not in training"))
 REQUIRED_FOLDS = ("folds", "per_fold[]", "pooled.accuracy", "pooled.uar", "pooled.macro_f1", "pooled.intervals{}",
                   "by_gender{}")
 
@@ -109,7 +110,7 @@ def section(report) -> list[str]:
         if not report.asked(p.name):
             continue
         legend.append(f"`{p.name}`: {p.what}")
-        runs = report.runs(f"ser/{p.name}", run_links, REQUIRED)
+        runs = report.runs(f"ser/{p.name}", run_links, REQUIRED + (LEAK if p.name == "study" else ()))
         if not runs:
             table.append(row(p.name, "ours: missing", "", "", ""))
         else:
@@ -124,12 +125,13 @@ def section(report) -> list[str]:
                              " / ".join(str(items[k].get("speakers") or "n/a") for k in ("train", "val", "test")),
                              mean_std([m["speed"]["items_per_s"] for m in runs], 1) + ", " +
                              mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)))
-            findings.append(f"`{p.name}` " + report.point(f"SER {p.name}", runs, PUBLISHED["test"] if p.name == "study" else None))
+            study = PUBLISHED["test"] if p.name == "study" else None
+            findings.append(f"`{p.name}`{seeds_note(runs, seeds)} " + report.point(f"SER {p.name}", runs, study))
         if p.name == "study":
             table.append(row("", "study", f"{PUBLISHED['train']:.3f}", f"{PUBLISHED['val']:.3f}",
                              f"{PUBLISHED['test']:.3f}"))
     folded = (report.runs(f"ser/{FOLDS.name}", run_links, REQUIRED_FOLDS)
-              if (report.root / "ser" / FOLDS.name).is_dir() else [])
+              if report.asked(FOLDS.name) and (report.root / "ser" / FOLDS.name).is_dir() else [])
     if folded:
         legend.append(f"`{FOLDS.name}`: {folded[0]['folds']} speaker-independent folds, each tested once; its figures "
                       "are over every fold's test clips pooled" + fold_seeds(folded, seeds))

@@ -110,3 +110,16 @@ def test_seed_averaged_mcnemar_says_the_rule_it_uses(finished, tmp_path):
     write_summary(tmp_path, ["nli.study:all,freeze9"], seeds=2)
     summary = (tmp_path / "summary.md").read_text()
     assert "at least half of its seeds get it right (a tie counts as right)" in summary and "most seeds" not in summary
+
+
+@pytest.mark.parametrize("bounds", [None, [0.1], ["a", "b"], [0.9, 0.1], [0.8, 0.9]])
+def test_an_interval_that_cannot_be_the_runs_is_a_damaged_run_not_a_traceback(finished, tmp_path, bounds):
+    root = runs_folder(finished, tmp_path, ("all", "freeze9"))
+    path = root / "nli/freeze9/seed0/metrics.json"
+    m = json.loads(path.read_text())
+    m["test"]["intervals"]["accuracy"] = bounds  # missing, short, words, reversed, or not around the figure
+    path.write_text(json.dumps(m))
+    missing = write_summary(root, ["nli.study"])
+    assert "nli/freeze9/seed0 (its metrics.json's test.intervals.accuracy is not an interval around its figure)" \
+        in missing
+    assert "| freeze9 | ours: missing |" in (root / "summary.md").read_text()

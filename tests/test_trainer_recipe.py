@@ -120,6 +120,9 @@ def test_frozen_layer_trains_as_hf_trainer(setup, tmp_path):
     ("0 1\n2 x\n", "line 2: not a list of item numbers: '2 x'"),
     ("0 48\n1\n", "line 1: item 48 is not among the 48 training items"),
     ("0\n1\n2\n", "3 lines (optimizer steps) do not divide into --epochs 2"),
+    ("0 1\n2 3\n", "epoch 1 (lines 1-1) holds 2 items, 2 of them distinct; an epoch holds each of the 48"),
+    (" ".join(map(str, range(8))) + "\n" + " ".join(map(str, range(8))) + "\n",
+     "epoch 1 (lines 1-1) holds 8 items"),
 ])
 def test_a_malformed_batch_order_is_refused_naming_its_line(tiny_bert, farstail_dir, tmp_path, capsys, text, error):
     order = tmp_path / "order.txt"
@@ -130,3 +133,12 @@ def test_a_malformed_batch_order_is_refused_naming_its_line(tiny_bert, farstail_
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"--batch-order {order}" in err and error in err and "Traceback" not in err
     assert [p.name for p in (tmp_path / "run").iterdir()] == [".lock"]  # (nothing written but the run's lock)
+
+
+@pytest.mark.parametrize("flag", [["--epochs", "0"], ["--lr", "-1"], ["--limit", "-3"], ["--max-length", "2"]])
+def test_the_recipe_refuses_a_bad_flag_in_one_line(tiny_bert, farstail_dir, tmp_path, capsys, flag):
+    from benchmarks.trainer_recipe import main as recipe
+    with pytest.raises(SystemExit) as e:
+        recipe(["--model", str(tiny_bert), "--data-dir", str(farstail_dir), "--out", str(tmp_path / "r"), *flag])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and flag[0] in err
