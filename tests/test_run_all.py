@@ -137,7 +137,7 @@ def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
         run = tmp_path / "nli" / "all" / f"seed{seed}"
         shutil.copytree(out / "nli/all/seed0", run)
         m = json.loads((run / "metrics.json").read_text())
-        m["test"]["accuracy"] = acc
+        m["test"]["accuracy"], m["test"]["intervals"]["accuracy"] = acc, [acc - 0.1, acc + 0.1]
         (run / "metrics.json").write_text(json.dumps(m))
         (run / "predictions.csv").unlink()  # (it would no longer match the edited accuracy: a damaged run)
     missing = write_summary(tmp_path, ["nli.study"], seeds=2)
