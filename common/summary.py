@@ -1,6 +1,6 @@
 """summary.md from the runs under one folder (as run_all.sh lays them out). The task modules
 named on the command line (`nli.study`, `ser.study`; none is imported here by name) give their
-section (`section(root, seeds, missing, only)`: `only` the rows asked for, None for all) and
+section (`section(report)`: a Report of the runs' folder, seeds and the rows asked for) and
 their differences from the study (`DIFFERENCES`); this module reads and checks each run's files,
 averages over seeds, lists missing or damaged runs and writes the file.
 
@@ -76,8 +76,8 @@ def check_shape(m: dict, required: tuple) -> None:
         value = m
         for key in path.rstrip("{}[]").split("."):
             value = value.get(key) if isinstance(value, dict) else None
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind != dict and kind != list
-                                                                      and not math.isfinite(value)):
+        number = kind not in (dict, list)
+        if not isinstance(value, kind) or isinstance(value, bool) or (number and not math.isfinite(value)):
             raise Damaged(f"its metrics.json has no {path.rstrip('{}[]')} of the right kind")
     for split in ("test", "pooled"):  # (a run's test figures; the folds' pooled ones)
         figures = m.get(split) if isinstance(m.get(split), dict) else {}
@@ -186,9 +186,9 @@ def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
     return seed_intervals([ids(m, "true") for m in runs], [ids(m, "predicted") for m in runs], n)
 
 
-def test_cells(runs: list[dict]) -> dict[str, str]:
-    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% interval."""
-    found = test_intervals(runs)
+def test_cells(runs: list[dict], found: dict[str, list[float]]) -> dict[str, str]:
+    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% interval
+    (`found`: test_intervals(runs), computed once per run set by the caller)."""
     return {key: mean_std([m["test"][key] for m in runs]) + (f" {interval_text(found[key])}" if key in found else "")
             for key in TESTED}
 
@@ -224,8 +224,8 @@ def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]
 def comparison_cell(result: dict | None) -> str:
     if result is None:
         return ""
-    return (f"{result['difference']:+.4f} {interval_text(result['interval'], signed=True)}, p {result['p']:.3g} (Holm {result['holm_p']:.3g})"
-            + (" *" if result["significant"] else ""))
+    return (f"{result['difference']:+.4f} {interval_text(result['interval'], signed=True)}, p {result['p']:.3g} "
+            f"(Holm {result['holm_p']:.3g})" + (" *" if result["significant"] else ""))
 
 
 def comparison_words(reference: str, count: int, items: str) -> str:
@@ -256,10 +256,10 @@ class Report:
     def runs(self, rel: str, run_links: list, required: tuple = ()) -> list[dict]:
         return seed_runs(self.root, rel, self.seeds, self.missing, run_links, required)
 
-    def point(self, label: str, runs: list[dict], study: float | None = None) -> str:
-        """Add a test accuracy to summary.png; return it in words, "0.8260 [0.8000, 0.8500]", with
-        where the study's figure lies ("; the study's 0.826 inside")."""
-        ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), test_intervals(runs).get("accuracy")
+    def point(self, label: str, runs: list[dict], found: dict, study: float | None = None) -> str:
+        """Add a test accuracy (`found`: the runs' test_intervals) to summary.png; return it in
+        words, "0.8260 [0.8000, 0.8500]", with where the study's figure lies ("; the study's 0.826 inside")."""
+        ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), found.get("accuracy")
         bounds = bounds or [float("nan")] * 2
         self.points.append((label, ours, bounds, study))
         words = f"{ours:.4f} {interval_text(bounds)}"

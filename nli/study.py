@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, read_metrics,
-                            row, seeds_note, short_count, test_cells)
+                            row, seeds_note, short_count, test_cells, test_intervals)
 from nli.config import Experiment
 
 
@@ -144,7 +144,8 @@ def section(report) -> list[str]:
         else:
             name = e.name + seeds_note(runs, seeds)
             col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-            p, test = runs[0]["params"], test_cells(runs)
+            ci = test_intervals(runs)
+            p, test = runs[0]["params"], test_cells(runs, ci)
             table.append(row(name, "ours", col(lambda m: m["val"]["accuracy"]), test["accuracy"],
                              col(lambda m: m["train"].get("trainer_logged_last")), col(lambda m: m["val"]["loss"]),
                              col(lambda m: m["test"]["loss"]), test["macro_f1"]))
@@ -154,7 +155,7 @@ def section(report) -> list[str]:
                              col(lambda m: m["test_subsets"]["hard_hypothesis"]),
                              col(lambda m: m["test_subsets"]["hard_overlap"]), comparison_cell(against.get(e.name))))
             findings.append(f"`{e.name}`{seeds_note(runs, seeds)} "
-                            + report.point(f"NLI {e.name}", runs, e.study and e.study["test_accuracy"]))
+                            + report.point(f"NLI {e.name}", runs, ci, e.study and e.study["test_accuracy"]))
         if e.study:
             table.append(row("", "study", *(study_cell(e.study, c) for c in STUDY_CELLS)))
     if findings:

@@ -10,7 +10,7 @@ import numpy as np
 from common.results import accuracy_over
 from common.stats import interval_text
 from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, row,
-                            seeds_note, test_cells)
+                            seeds_note, test_cells, test_intervals)
 from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
@@ -116,7 +116,8 @@ def section(report) -> list[str]:
         else:
             found[p.name] = runs
             name, col = p.name + seeds_note(runs, seeds), lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-            items, test = runs[0]["split_items"], test_cells(runs)
+            ci = test_intervals(runs)
+            items, test = runs[0]["split_items"], test_cells(runs, ci)
             table.append(row(name, "ours", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["val"]["accuracy"]),
                              test["accuracy"]))
             extra.append(row(name, col(lambda m: m["train"]["uar"]), col(lambda m: m["val"]["uar"]),
@@ -126,7 +127,8 @@ def section(report) -> list[str]:
                              mean_std([m["speed"]["items_per_s"] for m in runs], 1) + ", " +
                              mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)))
             study = PUBLISHED["test"] if p.name == "study" else None
-            findings.append(f"`{p.name}`{seeds_note(runs, seeds)} " + report.point(f"SER {p.name}", runs, study))
+            findings.append(f"`{p.name}`{seeds_note(runs, seeds)} " + report.point(f"SER {p.name}", runs, ci,
+                                                                                         study))
         if p.name == "study":
             table.append(row("", "study", f"{PUBLISHED['train']:.3f}", f"{PUBLISHED['val']:.3f}",
                              f"{PUBLISHED['test']:.3f}"))

@@ -27,17 +27,18 @@ def test_seeds_that_tested_different_items_are_scored_against_their_own_labels()
     # two seeds, each with its own test split (as the leak-free protocols draw them), each predicting it perfectly
     seed0 = run(list("aabbab"), list("aabbab"), ["x1", "x2", "x3", "x4", "x5", "x6"])
     seed1 = run(list("bbaaba"), list("bbaaba"), ["y1", "y2", "y3", "y4", "y5", "y6"])
-    cells = summary_md.test_cells([seed0, seed1])
+    cells = summary_md.test_cells([seed0, seed1], summary_md.test_intervals([seed0, seed1]))
     assert cells["accuracy"] == "1.0000 ± 0.0000 [1.0000, 1.0000]"  # seed 0's labels would give about [0, 0.3]
     # on the same items every seed's predictions are resampled together, as before
     seed1_same = run(list("aabbab"), list("abbbab"), ["x1", "x2", "x3", "x4", "x5", "x6"])
-    cells = summary_md.test_cells([seed0, seed1_same])
+    cells = summary_md.test_cells([seed0, seed1_same], summary_md.test_intervals([seed0, seed1_same]))
     low, high = intervals([0, 0, 1, 1, 0, 1], [[0, 0, 1, 1, 0, 1], [0, 1, 1, 1, 0, 1]], 2)["accuracy"]
     assert cells["accuracy"].endswith(f"[{low:.4f}, {high:.4f}]") and low < high
 
 
 def test_one_test_item_gets_no_interval_but_a_word():
-    cells = summary_md.test_cells([run(["a"], ["a"], ["x"]), run(["a"], ["b"], ["x"])])
+    runs = [run(["a"], ["a"], ["x"]), run(["a"], ["b"], ["x"])]
+    cells = summary_md.test_cells(runs, summary_md.test_intervals(runs))
     assert "[no interval: fewer than 2 items]" in cells["accuracy"]
 
 
