@@ -188,6 +188,8 @@ class Checkpoint:
         """The entries the checkpoint files' own .sha256 files give, newest first."""
         entries = []
         for path in self.out.glob("checkpoint-epoch*.pt.sha256"):
+            if not CHECKPOINT.fullmatch(path.name):  # (a user's checkpoint-epoch-best.pt.sha256 is not ours)
+                continue
             try:
                 entry = json.loads(path.read_text(encoding="utf-8"))
                 assert {"file", "epoch", "bytes", "sha256"} <= set(entry) and path.name == entry["file"] + ".sha256"
@@ -214,7 +216,7 @@ class Checkpoint:
         entries = self._entries(log)
         recorded = {e["file"] for e in entries}
         for path in sorted(self.out.glob("checkpoint-epoch*.pt")):
-            if path.name not in recorded:  # written, but the run stopped before recording it: never trusted
+            if CHECKPOINT.fullmatch(path.name) and path.name not in recorded:  # written, but the run stopped before recording it: never trusted
                 log(f"warning: {path.name} has no recorded checksum (the run stopped while saving it); not used")
         if not entries:
             return 1, [], []

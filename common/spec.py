@@ -2,6 +2,7 @@
 ser/config.py): `RunSpec`, and the command-line flags and checks both trainers share. Light on
 purpose (no torch): the study modules that run_all.sh asks for the experiment lists import it.
 """
+import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,6 +18,15 @@ def resolved(value):
 def args_record(values: dict) -> dict:
     """Command-line arguments as JSON values, paths resolved, as config.json keeps them."""
     return {k: resolved(v) for k, v in values.items()}
+
+
+def recorded_arg(run: Path, name: str) -> int | None:
+    """A whole-number argument a finished or started run recorded in its config.json (None when
+    it cannot be read)."""
+    try:
+        return int(json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))["args"][name])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
   same predictions always give the same interval). Given the predictions of several seeds on the
   same items, each resample averages the figure over the seeds: the interval of the seed-averaged
   figure; seeds that tested different items (`seed_intervals`) are each resampled on their own
-  items and labels. No interval for a single item. UAR and macro F1 follow common/metrics.py's rule for absent classes in every resample.
+  items and labels. No interval for a single item. UAR and macro F1 follow common/metrics.py's
+  rule for absent classes in every resample.
 - `paired`: two models on the same test items: the exact McNemar test (a two-sided binomial test,
   `scipy.stats.binomtest`, on the items one gets right and the other wrong) and the paired
   bootstrap interval of the accuracy difference. With several seeds an item counts as right for a

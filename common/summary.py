@@ -25,7 +25,6 @@ import numpy as np
 
 from common.files import write_text
 from common.metrics import summarize
-from common.plots import plot_summary
 from common.stats import holm, interval_text, intervals, paired, seed_intervals
 
 SIGNIFICANCE = 0.05  # after Holm's correction
@@ -283,6 +282,7 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
     title = ["# Summary" + (" (SMOKE RUN: tiny random models on generated data; the numbers mean nothing)"
                             if smoke else ""), ""]
     if report.points:
+        from common.plots import plot_summary  # (matplotlib: not for `python -m nli.study --list`)
         plot_summary(report.points, root / "summary.png", "Test accuracy, ours (95% interval) and the study's")
         title += ["![test accuracy, ours beside the study's](summary.png)", ""]
     n = f"{seeds} seeds, mean" if seeds > 1 else "one seed"

@@ -23,7 +23,6 @@ prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json 
 """
 import argparse
 import copy
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -40,7 +39,7 @@ from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import csv_text, write_config
 from common.run import Run, count_params, run_info
-from common.spec import RunFlags, add_run_flags, check_counts, run_spec
+from common.spec import RunFlags, add_run_flags, check_counts, recorded_arg, run_spec
 from nli.data import LABEL_NAMES, encode, farstail_record, load_farstail, load_tokenizer
 from nli.evaluate import pair_logits
 from nli.importance import head_importance, remaining_heads
@@ -100,14 +99,6 @@ def parse_args(argv=None) -> CurveConfig:
         p.error("--fractions: each must lie between 0 and 1")
     check_counts(p, {k: getattr(a, k) for k in ("seeds", "importance_batches", "batch_size", "limit", "max_length")})
     return CurveConfig(**vars(a))
-
-
-def run_max_length(model: Path) -> int:
-    """The --max-length the run that trained `model` used (its config.json beside model/), else 200."""
-    try:
-        return int(json.loads((model.parent / "config.json").read_text(encoding="utf-8"))["args"]["max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 200
 
 
 def random_scores(model, seed: int) -> dict[int, dict[int, float]]:
@@ -188,7 +179,7 @@ def main(argv=None):
     with user_errors():
         model = model_of_run(cfg.model, "nli.train")  # a one-line error if it is not a trained model
         curve(replace(cfg, model=model, out=cfg.out or model.parent / "prune_curve",
-                      max_length=cfg.max_length or run_max_length(model)))
+                      max_length=cfg.max_length or recorded_arg(model.parent, "max_length") or 200))
 
 
 def curve(cfg: CurveConfig):

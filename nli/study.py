@@ -5,10 +5,9 @@ NLI section of summary.md.
     python -m nli.study --list      # one line per experiment: name<TAB>nli.train flags
     python -m nli.study             # every difference from the study, and why
 """
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from common.spec import recorded_arg
 from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, read_metrics,
                             row, seeds_note, short_count, test_cells, test_intervals)
 from nli.config import Experiment
@@ -162,7 +161,8 @@ def section(report) -> list[str]:
         report.findings.append("NLI, test accuracy [95% interval] and whether the study's figure lies inside it: "
                                + ", ".join(findings) + ".")
     logged = first["train"].get("trainer_logged") if first else None
-    every = logging_steps(report.root / "nli" / first["experiment"] / f"seed{first['_seed']}") if first else None
+    every = recorded_arg(report.root / "nli" / first["experiment"] / f"seed{first['_seed']}",
+                         "trainer_logging_steps") if first else None
     window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {every or '?'} steps"
     lines = ["## NLI: ParsBERT on FarsTail", "", f"The study's table, ours beside it ({n}):", "", *table, "",
              *[f"- {x}" for x in legend], "",
@@ -202,14 +202,6 @@ def section(report) -> list[str]:
         lines += ["", "FarsTail labels per split (the data the runs read):", "", *header("split", *labels, "total")]
         lines += [row(k, *(v[x] for x in labels), sum(v.values())) for k, v in counts.items()]
     return lines + ["", *run_links, ""]
-
-
-def logging_steps(folder: Path) -> int | None:
-    """The run's --trainer-logging-steps, from its config.json (None when it cannot be read)."""
-    try:
-        return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["args"]["trainer_logging_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def study_cell(figures: dict, key: str) -> str:
