@@ -15,7 +15,6 @@ word pieces (p95 96, max 154).
 import argparse
 import csv
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,6 +34,35 @@ def parsbert_shaped(tokenizer_dir: Path) -> Path:
     return folder
 
 
+def parse(p: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:
+    """Both benchmarks' flags: p's with --json, and the trainer's flags (those after --)."""
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    a, extra = p.parse_known_args(argv)
+    return a, [x for x in extra if x != "--"]  # `-- --batch-size 8`: what follows -- goes to the trainer
+
+
+def timed(train, flags: list[str], work: Path, a, extra: list[str]) -> tuple[dict, dict, list[dict], dict]:
+    """Run `train` (a trainer's main) with --out in work; its metrics.json's speed, its config.json,
+    its history.csv rows and the figures both benchmarks give."""
+    train([*flags, "--out", str(work / "run"), "--epochs", str(a.epochs), *extra])
+    speed = json.loads((work / "run" / "metrics.json").read_text())["speed"]
+    cfg = json.loads((work / "run" / "config.json").read_text())
+    epochs = list(csv.DictReader(open(work / "run" / "history.csv")))
+    return speed, cfg, epochs, {
+        "train_seconds": speed["train_seconds"], "warmup_seconds": speed["warmup_seconds"],
+        "cuda_graphs": speed["cuda_graphs"], "graph_shapes": speed["graph_shapes"],
+        "capture_seconds": speed["capture_seconds"], "eval_seconds": speed["eval_seconds"], "epochs": a.epochs,
+        "per_epoch_train_loss": [float(r["train_loss"]) for r in epochs], "device": cfg["run_info"]["device"],
+        "precision": cfg["derived"]["precision"], "batch": cfg["derived"]["optimizer_batch"],
+        "torch": torch.__version__, "extra_flags": extra}
+
+
+def report(result: dict, path: Path | None) -> None:
+    print(json.dumps(result))
+    if path:
+        path.write_text(json.dumps(result, indent=2))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.nli_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "farstail")
@@ -42,33 +70,16 @@ def main(argv=None):
     p.add_argument("--model", type=Path, help="a model folder to time instead (a tiny one, for a dry run)")
     p.add_argument("--pairs", type=int, default=320, help="training pairs timed (the first N of the training split)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over them")
-    p.add_argument("--json", type=Path, help="also write the figures here")
-    a, extra = p.parse_known_args(argv)
-    extra = [x for x in extra if x != "--"]  # `-- --batch-size 8`: what follows -- goes to nli.train
+    a, extra = parse(p, argv)
     from nli.train import main as train
     model = a.model or parsbert_shaped(a.tokenizer)
-    out = Path(tempfile.mkdtemp(prefix="nli-bench-"))
-    try:
-        train(["--model", str(model), "--data-dir", str(a.data_dir), "--out", str(out), "--epochs", str(a.epochs),
-               "--limit", str(a.pairs), "--overwrite", *extra])
-        speed = json.loads((out / "metrics.json").read_text())["speed"]
-        cfg = json.loads((out / "config.json").read_text())
-        epochs = list(csv.DictReader(open(out / "history.csv")))
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    result = {"pairs_per_s": speed["items_per_s"], "pairs_per_s_steady": speed["items_per_s_steady"],
-              "train_seconds": speed["train_seconds"], "warmup_seconds": speed["warmup_seconds"],
-              "cuda_graphs": speed["cuda_graphs"], "graph_shapes": speed["graph_shapes"],
-              "capture_seconds": speed["capture_seconds"], "pairs": a.pairs, "epochs": a.epochs,
-              "eval_seconds": speed["eval_seconds"], "eval_pairs": cfg["derived"]["pairs"]["val"] + cfg["derived"]["pairs"]["test"],
-              "warmup_pairs": speed["warmup_items"],
-              "per_epoch_train_loss": [float(r["train_loss"]) for r in epochs],
-              "per_epoch_pairs_per_s": [float(r["items_per_s"]) for r in epochs],
-              "device": cfg["run_info"]["device"], "precision": cfg["derived"]["precision"],
-              "batch": cfg["derived"]["optimizer_batch"], "torch": torch.__version__, "extra_flags": extra}
-    print(json.dumps(result))
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2))
+    with tempfile.TemporaryDirectory(prefix="nli-bench-", ignore_cleanup_errors=True) as work:
+        speed, cfg, epochs, result = timed(train, ["--model", str(model), "--data-dir", str(a.data_dir), "--limit",
+                                                   str(a.pairs)], Path(work), a, extra)
+    report({"pairs_per_s": speed["items_per_s"], "pairs_per_s_steady": speed["items_per_s_steady"], **result,
+            "pairs": a.pairs, "warmup_pairs": speed["warmup_items"],
+            "eval_pairs": cfg["derived"]["pairs"]["val"] + cfg["derived"]["pairs"]["test"],
+            "per_epoch_pairs_per_s": [float(r["items_per_s"]) for r in epochs]}, a.json)
 
 
 if __name__ == "__main__":

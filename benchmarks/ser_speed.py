@@ -12,17 +12,14 @@ capture, first steps) counted in, clips/s without it, and the warm-up seconds (e
 checkpoints excluded).
 """
 import argparse
-import csv
-import json
 import math
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.nli_speed import ROOT, parse, report, timed
 
 
 def hubert_base_shaped() -> Path:
@@ -51,39 +48,19 @@ def main(argv=None):
     p.add_argument("--model", type=Path, help="a model folder to time instead (a tiny one, for a dry run)")
     p.add_argument("--clips", type=int, default=60, help="clips written (80%% of them are trained on)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over the training clips")
-    p.add_argument("--json", type=Path, help="also write the figures here")
-    a, extra = p.parse_known_args(argv)
-    extra = [x for x in extra if x != "--"]  # `-- --batch-size 8`: what follows -- goes to ser.train
+    a, extra = parse(p, argv)
     from ser.train import main as train
     model = a.model or hubert_base_shaped()
-    work = Path(tempfile.mkdtemp(prefix="ser-bench-"))
-    try:
-        mean_s = shemo_like_clips(work / "clips", a.clips)
-        train(["--model", str(model), "--data-dir", str(work / "clips"), "--out", str(work / "run"),
-               "--epochs", str(a.epochs),
-               "--no-balance", *extra])
-        m = json.loads((work / "run" / "metrics.json").read_text())
-        epochs = list(csv.DictReader(open(work / "run" / "history.csv")))
-        cfg = json.loads((work / "run" / "config.json").read_text())
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    speed = m["speed"]
-    result = {"clips_per_s": speed["items_per_s"], "audio_seconds_per_s": speed["audio_seconds_per_s"],
-              "clips_per_s_steady": speed["items_per_s_steady"],
-              "audio_seconds_per_s_steady": speed["audio_seconds_per_s_steady"],
-              "warmup_audio_seconds": speed["warmup_audio_seconds"], "eval_seconds": speed["eval_seconds"],
-              "eval_clips": cfg["derived"]["clips"]["val"] + cfg["derived"]["clips"]["test"],
-              "train_seconds": speed["train_seconds"],
-              "warmup_seconds": speed["warmup_seconds"], "cuda_graphs": speed["cuda_graphs"],
-              "graph_shapes": speed["graph_shapes"], "capture_seconds": speed["capture_seconds"], "epochs": a.epochs,
-              "per_epoch_train_loss": [float(r["train_loss"]) for r in epochs],
-              "train_clips": cfg["derived"]["clips"]["train"],
-              "mean_clip_seconds": round(mean_s, 2), "batch": cfg["derived"]["optimizer_batch"],
-              "device": cfg["run_info"]["device"], "precision": cfg["derived"]["precision"],
-              "torch": torch.__version__, "extra_flags": extra}
-    print(json.dumps(result))
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2))
+    with tempfile.TemporaryDirectory(prefix="ser-bench-", ignore_cleanup_errors=True) as work:
+        mean_s = shemo_like_clips(Path(work) / "clips", a.clips)
+        speed, cfg, _, result = timed(train, ["--model", str(model), "--data-dir", str(Path(work) / "clips"),
+                                              "--no-balance"], Path(work), a, extra)
+    clips = cfg["derived"]["clips"]
+    report({"clips_per_s": speed["items_per_s"], "audio_seconds_per_s": speed["audio_seconds_per_s"],
+            "clips_per_s_steady": speed["items_per_s_steady"],
+            "audio_seconds_per_s_steady": speed["audio_seconds_per_s_steady"],
+            "warmup_audio_seconds": speed["warmup_audio_seconds"], "eval_clips": clips["val"] + clips["test"],
+            **result, "train_clips": clips["train"], "mean_clip_seconds": round(mean_s, 2)}, a.json)
 
 
 if __name__ == "__main__":
