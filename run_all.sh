@@ -66,15 +66,15 @@ fi
 export PYTHONUNBUFFERED=1
 
 # The experiments, from their one source: name<TAB>flags per line.
-nli_names=(); nli_flags=(); ser_names=(); ser_flags=()
+nli_names=(); nli_flags=(); ser_names=(); ser_flags=(); known=""  # known: the protocols, folds apart
 while IFS=$'\t' read -r name flags; do nli_names+=("$name"); nli_flags+=("$flags"); done < <("$py" -m nli.study --list)
 while IFS=$'\t' read -r name flags; do
+  [[ "$flags" == *--folds* ]] || known+="${known:+,}$name"
   if [ -z "$ser_protocols" ] || [[ ",$ser_protocols," == *",$name,"* ]] || [[ "$flags" == *--folds* ]]; then
     ser_names+=("$name"); ser_flags+=("$flags")
   fi
 done < <("$py" -m ser.study --list ${ser_folds:+--folds "$ser_folds"})
 curve_of=$("$py" -c "from nli.study import CURVE_OF; print(CURVE_OF)")
-known=$("$py" -m ser.study --list | cut -f1 | paste -sd, -)
 for name in ${ser_protocols//,/ }; do
   [[ ",$known," == *",$name,"* ]] || usage "--ser-protocols: unknown protocol $name (known: $known)"
 done
@@ -151,8 +151,9 @@ $(q --seed "$seed" --cache-dir "$out/ser/augmented-cache" --out "$dir" --resume)
 done
 total=${#J_NAME[@]}
 
-start() {  # start JOB SLOT: the command (it replaces this shell) on the slot's GPU (if --gpus)
+start() {  # start JOB SLOT: the command, replacing this shell, on the slot's GPU (--gpus), into its log (--slots)
   if [ -n "${gpus[$2]:-}" ]; then export CUDA_VISIBLE_DEVICES=${gpus[$2]}; fi
+  if [ "$slots" -gt 1 ]; then exec > "$(logf "$1")" 2>&1; fi
   exec bash -c "${J_CMD[$1]}"
 }
 logf() { echo "$out/logs/$(echo "${J_NAME[$1]}" | tr ' ' '-').log"; }
@@ -192,14 +193,9 @@ while :; do
   fi
   if [ "$next" -ge 0 ]; then
     slot=${free[0]}; free=("${free[@]:1}")
-    head="== [$((next + 1))/$total] ${J_NAME[$next]} -> ${J_DIR[$next]}${gpus[$slot]:+ (GPU ${gpus[$slot]})}"
-    if [ "$slots" -gt 1 ]; then
-      echo "$head; output in $(logf "$next")"
-      start "$next" "$slot" > "$(logf "$next")" 2>&1 &
-    else
-      echo "$head"
-      start "$next" "$slot" &
-    fi
+    log=""; [ "$slots" = 1 ] || log="; output in $(logf "$next")"
+    echo "== [$((next + 1))/$total] ${J_NAME[$next]} -> ${J_DIR[$next]}${gpus[$slot]:+ (GPU ${gpus[$slot]})}$log"
+    start "$next" "$slot" &
     slot_of[$!]=$slot; job_of[$!]=$next; state[$next]=running
     continue
   fi
