@@ -8,16 +8,14 @@
 #   2. the study's NLI recipe (benchmarks/trainer_recipe.py: HF Trainer, fp32, pad 200, batch 16)
 #      over one whole FarsTail epoch (7,266 pairs), and ours, graphs on
 #   3. SER at the study's batch 2: the recipe's way (ours eager, fp32) and ours, graphs on
-#   4. ours eager (bf16): NLI, SER
-#   5. the CUDA tests (tests/test_cuda.py), no -x, capped to the time left
-#   6. table.md (benchmarks/table.py): whole run against whole run, steady against steady,
-#      the projected 3-epoch NLI run, and the two goal ratios
+#   4. ours eager (bf16): NLI, SER;  5. tests/test_cuda.py, no -x, capped to the time left
+#   6. table.md (benchmarks/table.py: like against like, and the two goal ratios)
 #   QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh   # every step, small sizes (works on a CPU)
 # Sizes: PAIRS (default 7266), CLIPS (400); TESTS_MAX (default 150 s); STEP_SCALE (default 1)
 # multiplies every step's time limit; NLI_MODEL and SER_MODEL time the given model folders instead of
-# the full-size random ones (a dry run on a slow, shared CPU: tiny models from nli/ser.synthetic). $OUT gets the JSON
-# figures, table.md, steps.log (steps, warnings, the end of each log) and cuda_tests.log; whole
-# logs stay in $LOGS.
+# the full-size random ones (a dry run on a slow CPU: tiny models from nli/ser.synthetic). $OUT gets
+# the JSON figures, table.md, steps.log (steps, warnings, each log's end) and cuda_tests.log;
+# whole logs stay in $LOGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check}; mkdir -p "$OUT"
@@ -27,7 +25,6 @@ budget=${BUDGET:-470}
 began=$(date +%s)
 pairs=${PAIRS:-$([ "$quick" = 1 ] && echo 32 || echo 7266)}
 clips=${CLIPS:-$([ "$quick" = 1 ] && echo 24 || echo 400)}
-tests_max=${TESTS_MAX:-150}
 data=${BENCH_DATA:-$PWD/.bench/data}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 warn() { echo "warning: $*" | tee -a "$OUT/steps.log"; }
@@ -69,7 +66,6 @@ echo "$versions" | tee -a "$OUT/steps.log"
 for f in farstail/Train-word.csv parsbert-v1/vocab.txt; do
   [ -e "$data/$f" ] || warn "$data/$f is missing (run benchmarks/prepare_device.sh): the NLI steps will fail"
 done
-[ -e benchmarks/trainer_recipe.py ] || { warn "benchmarks/trainer_recipe.py is missing: no recipe step"; have_accelerate=0; }
 
 # step NAME SECONDS LOG COMMAND...: run under `timeout`, given no more than the budget has left
 # (15 s kept for the table); the end of its log goes into steps.log.
@@ -107,7 +103,7 @@ step "4b. SER ours, $clips clips, batch 2, graphs off" 70 "$LOGS/ser_eager.log" 
   $ser --json "$OUT/ser_eager.json" -- --cuda-graphs off
 if [ "$have_pytest" = 1 ]; then
   step "5. CUDA tests (graphs vs eager, fresh randomness per replay, resume across modes, failed capture)" \
-    "$tests_max" "$OUT/cuda_tests.log" \
+    "${TESTS_MAX:-150}" "$OUT/cuda_tests.log" \
     python3 -m pytest -q -rfE --durations=10 -p no:cacheprovider -p no:xdist -o addopts='' tests/test_cuda.py
 fi
 echo "== 6. table (at $(( $(date +%s) - began )) s)" | tee -a "$OUT/steps.log"

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Builds, from a clone and the package registry, everything benchmarks/device_check.sh needs on
-# a bare GPU machine (no network; Python 3.12), in .bench/ (git-ignored), then checks every file
-# the call needs and prints the `run` call. Nothing outside the repository is read but the two
-# data folders given (FarsTail and the ParsBERT v1 tokenizer; no network here but the registry).
+# Builds in .bench/ (git-ignored), from the two data folders given and the package registry, everything
+# benchmarks/device_check.sh needs on a bare GPU machine (no network; Python 3.12), then checks every
+# file the call needs and prints the `run` call.
 #   bash benchmarks/prepare_device.sh [FARSTAIL_DIR [TOKENIZER_DIR]]   # build .bench/, then check it
 #   bash benchmarks/prepare_device.sh --check                          # check only (the pre-flight)
 # Defaults: ../shared/data/farstail and ../shared/data/parsbert-v1 beside the clone, when they exist.
@@ -30,18 +29,12 @@ if [ "${1:-}" != "--check" ]; then
     --platform any -d $B/whl $WHEELS || echo "missing: some wheels could not be downloaded (see above)"
 fi
 
-# The pre-flight: every file the call reads, and the carry's size.
+# The pre-flight: every carried file the call reads (the tracked ones travel with the tree), and the carry's size.
 bad=0
-need() { if [ -e "$1" ]; then :; else echo "missing: $1 ($2)"; bad=1; fi; }
+need() { [ -e "$1" ] || { echo "missing: $1 ($2)"; bad=1; }; }
 for f in Train-word.csv Val-word.csv Test-word.csv; do need "$B/data/farstail/$f" "FarsTail: NLI steps and the recipe"; done
 need "$B/data/parsbert-v1/vocab.txt" "the ParsBERT tokenizer: NLI steps and the recipe"
-for w in soundfile cffi pycparser accelerate psutil; do
-  ls $B/whl/${w}-*.whl >/dev/null 2>&1 || { echo "missing: $B/whl/${w}-*.whl (the device lacks it: $w)"; bad=1; }
-done
-for f in benchmarks/device_check.sh benchmarks/nli_speed.py benchmarks/ser_speed.py benchmarks/table.py \
-         benchmarks/trainer_recipe.py tests/test_cuda.py tests/conftest.py; do
-  need "$f" "part of the call"
-done
+for w in $WHEELS; do need $B/whl/"${w%%=*}"-*.whl "the device lacks it: ${w%%=*}"; done
 size=$(du -scb $B/data/farstail $B/data/parsbert-v1 $B/whl 2>/dev/null | tail -1 | cut -f1)
 echo "carry: $B/data/farstail $B/data/parsbert-v1 $B/whl: $(( size / 1048576 )) MiB (limit 64 MiB in all)"
 [ "$size" -lt $(( 60 * 1048576 )) ] || { echo "too large: the carry must stay under 64 MiB"; bad=1; }
