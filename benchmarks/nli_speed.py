@@ -7,10 +7,8 @@
 Builds BertConfig(vocab_size=100000) with random weights (no hub here; speed does not depend on
 the values), saves it once under .bench/ with the ParsBERT v1 tokenizer, then runs the real
 command line, `python -m nli.train`, on the first --pairs training pairs of FarsTail for
---epochs epochs and prints the loop's own figures from metrics.json: training pairs/s over all
-epochs with warm-up (graph capture and the first steps) counted in, the same without it, and
-the warm-up seconds (evaluation and checkpoints excluded). Real FarsTail pairs average about 60
-word pieces (p95 96, max 154).
+--epochs epochs and prints the loop's own figures from metrics.json (pairs/s with and without
+warm-up). Real FarsTail pairs average about 60 word pieces (p95 96, max 154).
 """
 import argparse
 import csv

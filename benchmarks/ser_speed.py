@@ -6,10 +6,8 @@
 Builds HubertConfig() (HuBERT-base: 7 conv layers with group norm, 12 transformer layers, 768
 wide) with random weights once under .bench/, writes --clips ShEMO-named clips of noise whose
 lengths follow ShEMO's (log-normal around 3.5 s, mean about 4 s, 0.5 to 20 s) at 16 kHz, then runs
-the real command line, `python -m ser.train`, for --epochs epochs without balancing and prints
-the loop's own figures from metrics.json: clips/s and audio-seconds/s with warm-up (graph
-capture, first steps) counted in, clips/s without it, and the warm-up seconds (evaluation and
-checkpoints excluded).
+the real command line, `python -m ser.train --no-balance`, for --epochs epochs and prints the
+loop's own figures from metrics.json (clips/s and audio-seconds/s, with and without warm-up).
 """
 import argparse
 import math

@@ -56,8 +56,7 @@ def main(argv=None):
             if not path.exists():
                 rows.append(f"| {task} {mode} | missing ({path.name} was not written: see steps.log) | | | | |")
                 continue
-            r = json.loads(path.read_text())
-            runs[mode] = r
+            r = runs[mode] = json.loads(path.read_text())
             f, base = figures(task, r), (figures(task, runs["recipe"]) if "recipe" in runs else None)
             label = f"{task} {mode} " + (f"(batch {r['batch']}, {r['precision']}, {r['device']})" if "batch" in r
                                          else "(HF Trainer, batch 16, fp32, every pair padded to 200)")
@@ -70,15 +69,14 @@ def main(argv=None):
                 a, b = projected_seconds(ours, NLI_RUN_PAIRS), projected_seconds(base, NLI_RUN_PAIRS)
                 got = b / a if a and b else None
                 what = (f"the whole 3-epoch run with capture, projected from the measured epoch: ours {a:.0f} s, "
-                        f"the recipe {b:.0f} s" if got else "n/a (no steady rate)")
+                        f"the recipe {b:.0f} s" if got else "no steady rate")
             else:
                 got = ours["rate"] / base["rate"] if ours["rate"] and base["rate"] else None
                 what = "the whole measured run at batch 2, warm-up and capture in"
-            figure = f"{got:.2f}x" if got else "n/a"
-            goals.append(f"- {task.upper()} goal >= {GOAL[task]:g}x: {figure} "
-                         f"({what}){' MET' if got and got >= GOAL[task] else ''}")
         else:
-            goals.append(f"- {task.upper()} goal >= {GOAL[task]:g}x: n/a (the recipe's or our graphed run is missing)")
+            got, what = None, "the recipe's or our graphed run is missing"
+        goals.append(f"- {task.upper()} goal >= {GOAL[task]:g}x: {f'{got:.2f}x' if got else 'n/a'} "
+                     f"({what}){' MET' if got and got >= GOAL[task] else ''}")
         if "graphs" in runs and "eager" in runs:
             a, b = runs["graphs"]["per_epoch_train_loss"], runs["eager"]["per_epoch_train_loss"]
             worst = max(abs(x - y) / abs(y) for x, y in zip(a, b)) if a and b else None

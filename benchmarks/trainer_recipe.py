@@ -11,15 +11,12 @@ without warm-up, gradient clipping 1.0, seed 42, fp32, a random sampler). The ro
 nli.train does. After each epoch the model predicts the validation and test splits (Trainer's
 predict, outside the timed training).
 
-Writes into --out what nli.train writes (metrics.json with the same keys, report.txt, history.csv,
-model/, plots), with speed measured between Trainer's step callbacks, and batch_order.txt: the
-training items of each optimizer step in the order Trainer's dataloader served them, one line per
-step, which `nli.train --batch-order` replays; trainer_log.json: Trainer's log_history.
-metrics.json's train.loss is Trainer's own figure (the mean loss over all steps), train.trainer_logged
-its log every --logging-steps steps; history.csv's train_loss, the mean of an epoch's logged losses.
-With --grad-accum K note that Trainer 5.x sums the K micro-batch means for a model whose forward
-takes **kwargs (BERT's does), so its loss and gradients are K times the large batch's
-(tests/test_trainer_recipe.py measures it).
+Writes what nli.train writes (docs/speed.md), speed timed between Trainer's step callbacks, plus
+batch_order.txt (each optimizer step's training items as Trainer served them, for `nli.train
+--batch-order`) and trainer_log.json (Trainer's log_history). train.loss is Trainer's mean over all
+steps; history.csv's train_loss, the mean of an epoch's logged losses. With --grad-accum K, Trainer 5.x
+sums the K micro-batch means for a model whose forward takes **kwargs (BERT's does), so its loss and
+gradients are K times the large batch's (tests/test_trainer_recipe.py measures it).
 """
 import argparse
 import time
