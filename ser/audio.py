@@ -1,11 +1,10 @@
-"""Audio, as every part of the SER pipeline sees it: read as 16 kHz mono float32 (channels
-averaged, resampled with torchaudio), checked (not empty, silent, NaN or absurd), padded to at
-least MIN_SECONDS and cut to at most MAX_SECONDS, normalised per clip as the feature extractor
-says; and the augmented copies that balance classes (pitch shift, then time stretch, with
-audiomentations), computed once into a content-keyed cache.
+"""Audio, as every part of the SER pipeline sees it: read as 16 kHz mono float32, checked,
+padded or cut, normalised per clip (docs/ser.md, Audio); and the augmented copies that balance
+classes (pitch shift, then time stretch, with audiomentations), cached by content.
 
-audiomentations is imported only when a copy is made, so a run without copies (--no-balance,
-or classes already even) needs none of it.
+audiomentations is imported only when a copy is made, so --no-balance runs need none of it;
+torch only when a clip is read or normalised, so `python -m ser.study --list` (which imports
+ser/splits.py, and so the augmentation types here) stays light.
 """
 import hashlib
 import io
@@ -13,19 +12,29 @@ import json
 import warnings
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
-import torch
 
 from common.errors import UserError
 from common.files import atomic_write
-from common.run import package_version
-from ser.splits import PITCH_SEMITONES, STRETCH_RATE, Augmentation
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
 MAX_SECONDS = 60.0  # longer clips are cut to their first 60 s (a 10-minute clip would need tens of GB)
 SILENCE = 1e-4  # a clip whose every sample lies within this of its mean is silent (zeros, or a constant: DC)
 LOUDEST = 100.0  # audio read as float lies within about ±1; samples beyond this are not audio
+# Balancing: every augmented copy gets a pitch shift and a time stretch, with parameters drawn
+# from these ranges (ours: the study gives none).
+PITCH_SEMITONES = (-2.0, 2.0)
+STRETCH_RATE = (0.85, 1.15)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One augmented copy's draw: a pitch shift in semitones, then a time stretch by `rate`."""
+    semitones: float
+    rate: float
 
 
 def sample_problem(wave: np.ndarray) -> str | None:
@@ -46,24 +55,20 @@ def sample_problem(wave: np.ndarray) -> str | None:
     return None
 
 
-def check_samples(wave: np.ndarray, path) -> None:
-    """ValueError naming the file unless its samples are usable (sample_problem)."""
-    problem = sample_problem(wave)
-    if problem:
-        raise ValueError(f"{path} {problem}")
-
-
 def read_audio(path: Path) -> np.ndarray:
     """A file as 16 kHz mono float32: channels averaged, resampled with torchaudio. Raises
     ValueError (unreadable, empty, silent, or holding NaN, infinite or absurdly large samples),
     naming the file, so the caller decides between skipping and stopping."""
     import soundfile as sf
+    import torch
     from torchaudio.functional import resample
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for missing, corrupt or unknown files
         raise ValueError(f"cannot read {path}: {e}") from None
-    check_samples(wave, path)
+    problem = sample_problem(wave)
+    if problem:
+        raise ValueError(f"{path} {problem}")
     wave = wave.mean(axis=1)
     if rate != SAMPLE_RATE:
         wave = resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
@@ -81,9 +86,10 @@ def crop_long(wave: np.ndarray) -> np.ndarray:
     return wave[:int(MAX_SECONDS * SAMPLE_RATE)]
 
 
-def normalize(wave: np.ndarray, do_normalize: bool) -> torch.Tensor:
+def normalize(wave: np.ndarray, do_normalize: bool):
     """Zero mean, unit variance per clip (Wav2Vec2FeatureExtractor's formula) when the feature
-    extractor asks for it; done once per clip, before any padding, not per batch."""
+    extractor asks for it; done once per clip, before any padding, not per batch: a tensor."""
+    import torch
     x = torch.from_numpy(wave)
     if do_normalize:
         x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
@@ -109,6 +115,7 @@ def augment(wave: np.ndarray, draw: Augmentation, method: str = "librosa") -> np
 def augmentation_settings(method: str) -> dict:
     """What defines an augmented copy besides its source and drawn parameters (config.json, cache
     key). Read without importing audiomentations, which is needed only when copies are made."""
+    from common.run import package_version
     return {"method": AUGMENT_METHODS[method], "pitch_semitones": list(PITCH_SEMITONES),
             "stretch_rate": list(STRETCH_RATE), "audiomentations": package_version("audiomentations"),
             "sample_rate": SAMPLE_RATE}

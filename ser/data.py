@@ -285,7 +285,7 @@ def collate(waves: list[torch.Tensor], idx: list[int], label_ids: torch.Tensor, 
 
 def check_shemo(folder: Path) -> dict[str, int]:
     """Usable clips per emotion in a ShEMO folder: ShEMO-named .wav files whose samples soundfile
-    can read and training would keep (not empty, silent, NaN or absurdly large; check_samples).
+    can read and training would keep (not empty, silent, NaN or absurdly large; sample_problem).
     A UserError when fewer than two emotions have 3 usable clips each (what a split needs).
     Decodes every clip once (no resampling): well under a minute for ShEMO's 3,000 clips."""
     import soundfile as sf

@@ -14,19 +14,9 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.results import write_text_csv
+from ser.audio import PITCH_SEMITONES, STRETCH_RATE, Augmentation
 
-# Balancing: every augmented copy gets a pitch shift and a time stretch (ser/audio.py), with
-# parameters drawn from these ranges (ours: the study gives none).
 STUDY_RANDOM_STATE = 10  # the study's train_test_split(..., random_state=10), both splits
-PITCH_SEMITONES = (-2.0, 2.0)
-STRETCH_RATE = (0.85, 1.15)
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """One augmented copy's draw: a pitch shift in semitones, then a time stretch by `rate`."""
-    semitones: float
-    rate: float
 
 
 @dataclass(frozen=True)
