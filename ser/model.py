@@ -1,31 +1,18 @@
 """HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out →
 Linear(hidden, C) → Linear(C, C), as in the study; plus saving and reloading that model.
 
-Attention masks follow the feature extractor: HuBERT-base (group-norm feature encoder,
-`return_attention_mask=False`) was trained without one, so padded batches are zero-padded and
-passed no mask; layer-norm encoders whose extractor says `return_attention_mask=True` get it.
-Either way the mean over time counts only each clip's own frames (from the convolution output
-lengths). With a mask and a layer-norm encoder a clip's pooled vector does not change when
-padding is appended; group norm normalises over the whole padded length, so there a clip's
-output depends on how far it is padded: training, evaluation and prediction all pad a clip up
-to whole seconds (ser/data.py), so it gets the same logits in evaluation and in ser.predict.
+Attention masks follow the feature extractor (HuBERT-base's says none: it was trained without).
+HuBERT-base's group norm normalises over the whole padded length, so a clip's output depends on
+its padding: training, evaluation and prediction all pad to whole seconds (ser/data.py), so a
+clip gets the same logits in evaluation and in ser.predict.
 
-Training-time randomness is drawn on the device. transformers decides HuBERT's LayerDrop with
-`torch.rand([])` on the host and draws SpecAugment's time masks with numpy; a CUDA graph would
-freeze both at capture. Here the same two regularisers are drawn with the device's generator,
-so every replay (and every eager step) gets fresh draws and `--seed` fixes them all:
-- LayerDrop (config.layerdrop, 0.1 for HuBERT-base): each encoder layer's output is replaced by
-  its input with that probability. The layer is still computed (no time saved), so the choice
-  needs no host decision. Its gradients are then zeros, where transformers (which skips the
-  layer, and whose zero_grad sets gradients to None) gives none, and AdamW would still move its
-  weights by momentum: `restore_dropped_layers` puts back, after each optimizer step, the
-  weights and AdamW state of every layer dropped in all of the step's micro-batches (and every
-  process's), so the update is transformers'. tests/test_ser_reference.py checks it step by step.
-- SpecAugment (config.mask_time_prob 0.05, spans of mask_time_length 10 frames, at least
-  mask_time_min_masks 2): as transformers' `_compute_mask_indices`, but spans stay inside each
-  clip's own frames (transformers, given no attention mask, spreads them over the padding too)
-  and start positions are drawn with replacement (transformers: without), so spans overlap a
-  little more often. Feature-axis masking (mask_feature_prob, 0 for HuBERT-base) likewise.
+LayerDrop and SpecAugment are drawn with the device's generator (transformers draws them on the
+host, which a CUDA graph would freeze), so every replay gets fresh draws and --seed fixes them.
+A dropped layer is still computed and its output discarded; `restore_dropped_layers` then puts
+back its weights and AdamW state, so the update is transformers' (which skips the layer and
+leaves its gradients None). SpecAugment spans stay inside each clip's own frames and their
+starts are drawn with replacement (transformers: without). tests/test_ser_reference.py checks
+the loop step by step against the study's; docs/ser.md has the rest.
 """
 import copy
 import functools

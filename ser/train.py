@@ -2,42 +2,14 @@
 
     python -m ser.train --data-dir path/to/shemo --out runs/ser/leak-free-random/seed0
     python -m ser.train --data-dir path/to/shemo --protocol study --out runs/ser/study/seed0
-    python -m ser.train --manifest ../shared/data/emodb/manifest.csv --split speaker --out runs/emodb
+    python -m ser.train --manifest path/to/manifest.csv --split speaker --out runs/other-corpus
     python -m ser.train --data-dir path/to/shemo --split speaker --folds 5 --out runs/ser/folds  # each fold tested once
 
-The model is the study's: 16 kHz audio, HuBERT → mean over time → Linear(hidden, C) →
-Linear(C, C), batch 2, 5 epochs, lr 5e-6, cross-entropy (every setting: ser/config.py). The study
-names no optimizer or schedule; ours is AdamW without weight decay at a constant rate, with no
-gradient clipping. Two protocols (--protocol; ser/splits.py):
-- leak-free (default): the clips are split first (--split random: stratified 80/10/10; speaker:
-  no speaker in two splits), then only the training split is balanced with augmented copies, so
-  no copy of a validation or test clip is trained on.
-- study: as the study did, the whole corpus is balanced with augmented copies, then every item
-  is split at random (train_test_split 0.2 then 0.5, not stratified), so copies of validation
-  and test clips are trained on. split.csv shows which (column source_also_in).
-Augmented copies: pitch shift ±2 semitones then time stretch 0.85-1.15, with audiomentations'
-librosa phase vocoder (--augment-method librosa, as the study used librosa) or signalsmith
-(ser/audio.py).
-
-- Batch: one optimizer step sees --batch-size × --grad-accum clips, grouped by length; each
-  clip's loss is weighted 1 / (clips in the optimizer batch) (same update as one big batch).
-  Each micro-batch is zero-padded up to whole seconds, and a short one filled with zero-weight
-  rows: a few fixed shapes instead of one per length.
-- Precision: --amp auto is bf16 autocast on CUDA (fp16 + GradScaler without bf16), fp32 on CPU.
-- Speed: on CUDA (--cuda-graphs auto) each length bucket's forward/backward and the update are
-  captured once as CUDA graphs and replayed (common/training.py, which builds the optimizer,
-  checkpoint and step machinery for both loops); the CPU runs the same step eagerly.
-- Each epoch: train, then evaluate validation and test, each clip padded to its own whole-second
-  bucket (as ser.predict does; ser/evaluate.py). After the last epoch the final model is also
-  evaluated on the training split; history.csv's train_accuracy is the running accuracy during
-  the epoch.
-- Randomness: the seed fixes the split, augmentation, batch order, head initialisation, and
-  HuBERT's LayerDrop and SpecAugment masks (drawn on the device, ser/model.py); --resume
-  restores every generator.
-
-Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt, split.csv,
-curves.png, confusion_matrix_{train,val,test}.png, class_distribution.png, clip_lengths.png,
-model/, metrics.json (written last).
+The study's model and recipe (HuBERT → mean over time → Linear(hidden, C) → Linear(C, C), batch 2,
+5 epochs, lr 5e-6, cross-entropy; ser/config.py) with AdamW without weight decay at a constant
+rate, which the study does not name. The protocols, balancing, loop and outputs: docs/ser.md.
+main() reads as the method: data → model → augmented copies → batches → loop → results; the
+step machinery (CUDA graphs, precision, checkpoints) is common/training.py's, as for NLI.
 """
 from transformers.utils import logging as hf_logging
 
