@@ -1,7 +1,6 @@
-"""The SER corpus as the loop sees it: finding the clips (ShEMO's file names, or a manifest),
-reading them (ser/audio.py), assigning items to splits under a protocol (ser/splits.py), making
-the augmented copies, and the dataset: every wave normalised once, label ids, and batches padded
-to whole seconds.
+"""The SER corpus as the loop sees it: the clips found (ShEMO's names, or a manifest) and read,
+split under a protocol (ser/splits.py), the augmented copies, every wave normalised once, and
+batches padded to whole seconds.
 
     python -m ser.data --check DIR     # what run_all.sh asks of a ShEMO folder before any training
 """
@@ -35,9 +34,8 @@ class Clip:
 
 
 def speaker_id(name: str) -> str:
-    """One spelling per speaker: a name of letters then digits keeps its letters and writes its
-    number with at least two digits (F1, F01 and F001 are all F01, as ShEMO writes them; 3 and 03
-    are 03); any other name is kept as written."""
+    """One spelling per speaker: letters then a number of at least two digits (F1, F01, F001: F01;
+    3: 03); any other name as written."""
     m = SPEAKER_ID.match(name)
     return f"{m.group(1)}{int(m.group(2)):02d}" if m else name
 
@@ -62,8 +60,7 @@ def first_repeat(keys: list) -> tuple[int, int] | None:
 
 
 def file_key(path: Path):
-    """What identifies a file however its path is spelled (./a, a, a link to it): its device and
-    inode, or its resolved path when it cannot be opened."""
+    """A file however its path is spelled (./a, a, a link): device and inode, else its resolved path."""
     try:
         st = path.stat()
         return st.st_dev, st.st_ino
@@ -79,9 +76,8 @@ def shemo_wavs(folder: Path) -> list[Path]:
 
 
 def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
-    """Every *.wav under folder (any sub-folders); returns the clips and the names that do not
-    parse. One clip found twice (the same name in two folders, F1A01.wav beside F01A01.wav, or
-    one file reached twice through a link) is refused, naming both files."""
+    """The ShEMO-named clips under folder and the .wav names that do not parse; one clip found twice
+    (in two folders, F1A01.wav beside F01A01.wav, through a link) is refused, naming both files."""
     clips, bad, keys = [], [], []
     for path in shemo_wavs(folder):
         info = parse_shemo_name(path.name)
@@ -102,9 +98,8 @@ def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
 
 
 def read_manifest(path: Path) -> list[Clip]:
-    """CSV `path,label[,speaker]`, paths relative to the CSV's folder; speakers as speaker_id
-    writes them. A clip listed twice (the same file, however its path is spelled, under any
-    label or speaker) is refused, naming both lines."""
+    """CSV `path,label[,speaker]`, paths relative to the CSV's folder; a file listed twice (however
+    spelled, under any label) is refused, naming both lines."""
     if not path.is_file():
         raise UserError(f"--manifest {path}: no such file")
     cols, rows = read_table(path)
@@ -128,8 +123,7 @@ def read_manifest(path: Path) -> list[Clip]:
 
 
 def find_clips(data_dir: Path | None, manifest: Path | None) -> tuple[list[Clip], list[str]]:
-    """The corpus's clips, listed but not read: ShEMO's folder (scan_shemo) or a manifest (no
-    misnamed files)."""
+    """The corpus's clips, listed but not read, and the misnamed files (scan_shemo's pair)."""
     return scan_shemo(data_dir) if data_dir is not None else (read_manifest(manifest), [])
 
 
@@ -147,9 +141,8 @@ def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
 
 
 def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], list[np.ndarray], list[str]]:
-    """Read every clip; unreadable, empty or silent files are skipped with a warning naming them
-    (an error with strict). Clips under MIN_SECONDS are zero-padded to it; clips over MAX_SECONDS
-    are cut to it, each named in the log."""
+    """Read every clip, skipping unusable files with a warning (an error with strict), padding short
+    clips and cutting long ones (each named in the log)."""
     from tqdm import tqdm
     kept, waves, skipped = [], [], []
     for clip in tqdm(clips, desc="reading audio", unit="clip", dynamic_ncols=True):
@@ -214,8 +207,7 @@ class Dataset:
 
 def read_corpus(found: tuple[list[Clip], list[str]], protocol: Protocol, seed: int, limit: int | None, strict: bool,
                 log=print) -> Corpus:
-    """Read the clips (`found`: the clips and the misnamed files, as scan_shemo gives them) and
-    decide each item's split under `protocol`. Writes nothing."""
+    """Read the clips (`found`: find_clips's pair) and split them under `protocol`. Writes nothing."""
     clips, misnamed = found
     for name in misnamed:
         log(f"warning: {name} does not follow ShEMO's naming (like F01A01.wav); left out")
@@ -284,10 +276,8 @@ def collate(waves: list[torch.Tensor], idx: list[int], label_ids: torch.Tensor, 
 
 
 def check_shemo(folder: Path) -> dict[str, int]:
-    """Usable clips per emotion in a ShEMO folder: ShEMO-named .wav files whose samples soundfile
-    can read and training would keep (not empty, silent, NaN or absurdly large; sample_problem).
-    A UserError when fewer than two emotions have 3 usable clips each (what a split needs).
-    Decodes every clip once (no resampling): well under a minute for ShEMO's 3,000 clips."""
+    """Usable clips per emotion (those training would keep: sample_problem) in a ShEMO folder; a
+    UserError unless two emotions have 3 each. No resampling: under a minute for ShEMO's 3,000 clips."""
     import soundfile as sf
     from tqdm import tqdm
     if not folder.is_dir():

@@ -162,14 +162,9 @@ def forward(model):
 
 
 def freeze_feature_encoder(model: EmotionClassifier) -> None:
-    """No gradient for the convolutional front end, and no backward through it at all:
-    transformers' `_freeze_parameters` also clears the flag that makes the encoder ask for
-    gradients of its input (with `requires_grad_(False)` alone the CNN's backward still runs)."""
-    encoder = model.hubert.feature_extractor
-    if hasattr(encoder, "_freeze_parameters"):
-        encoder._freeze_parameters()
-    else:
-        encoder.requires_grad_(False)
+    """No gradient for the convolutional front end, and no backward through it at all (every
+    wav2vec2-style feature encoder's `_freeze_parameters`; `requires_grad_(False)` alone still runs it)."""
+    model.hubert.feature_extractor._freeze_parameters()
 
 
 STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz, padding value 0, do_normalize=True, "
@@ -177,10 +172,7 @@ STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz,
 
 
 def study_feature_extractor() -> Wav2Vec2FeatureExtractor:
-    """The study's settings: it built its extractor from facebook/wav2vec2-base-960h, not from the
-    HuBERT checkpoint: 16 kHz, zero-mean unit-variance normalisation, padding value 0, no attention
-    mask. Called on a padded batch without an attention mask (as the study did) it normalises each
-    padded row as a whole; we call it per clip, before padding, so our padding stays zero."""
+    """The study's extractor (STUDY_EXTRACTOR), which normalised each padded row; ours is called per clip."""
     return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                     return_attention_mask=False)
 
@@ -190,13 +182,13 @@ def feature_extractor_for(model: str, explicit: str | None = None, study: bool =
     """The feature extractor named by --feature-extractor; else under the study's protocol
     (`study`) the study's settings; else the model's own, else the study's. Returns it and a
     description of where it came from (written to config.json)."""
-    if study and not explicit:
-        return study_feature_extractor(), STUDY_EXTRACTOR
     if explicit:
         try:
             fe, source = AutoFeatureExtractor.from_pretrained(explicit), explicit
         except (OSError, ValueError) as e:
             raise UserError(f"--feature-extractor {explicit}: cannot load it ({str(e).splitlines()[0]})") from None
+    elif study:
+        fe, source = study_feature_extractor(), STUDY_EXTRACTOR
     else:
         try:
             fe, source = AutoFeatureExtractor.from_pretrained(model), f"{model} (the model's own)"
