@@ -38,10 +38,8 @@ class Augmentation:
 
 
 def sample_problem(wave: np.ndarray) -> str | None:
-    """What makes these samples (frames × channels, or one channel) unusable for a model (None:
-    nothing): none at all, NaN or infinite ones, absurdly large ones, or silence: the channels'
-    mean never moving more than SILENCE from its own mean, so a constant (DC) at any level is
-    silence too. Details follow in parentheses."""
+    """Why these samples (frames × channels, or one channel) are unusable, details in parentheses;
+    None when they are usable. A constant (DC) at any level is silence too."""
     if wave.size == 0:
         return "is empty"
     if not np.isfinite(wave).all():
@@ -56,9 +54,8 @@ def sample_problem(wave: np.ndarray) -> str | None:
 
 
 def read_audio(path: Path) -> np.ndarray:
-    """A file as 16 kHz mono float32: channels averaged, resampled with torchaudio. Raises
-    ValueError (unreadable, empty, silent, or holding NaN, infinite or absurdly large samples),
-    naming the file, so the caller decides between skipping and stopping."""
+    """A file as 16 kHz mono float32; a ValueError naming the file when it is unreadable or its
+    samples unusable (sample_problem), so the caller decides between skipping and stopping."""
     import soundfile as sf
     import torch
     from torchaudio.functional import resample
@@ -101,8 +98,7 @@ AUGMENT_METHODS = {"librosa": "librosa_phase_vocoder", "signalsmith": "signalsmi
 
 def augment(wave: np.ndarray, draw: Augmentation, method: str = "librosa") -> np.ndarray:
     """Pitch shift then time stretch (which changes the length), both always applied, with
-    audiomentations' `method` backend (librosa's phase vocoder, as the study used librosa, or
-    signalsmith_stretch, audiomentations' own default)."""
+    audiomentations' `method` backend (AUGMENT_METHODS)."""
     from audiomentations import PitchShift, TimeStretch
     backend = AUGMENT_METHODS[method]
     out = PitchShift(min_semitones=draw.semitones, max_semitones=draw.semitones, method=backend, p=1.0)(
@@ -122,9 +118,8 @@ def augmentation_settings(method: str) -> dict:
 
 
 def cache_key(wave: np.ndarray, draw: Augmentation, settings: dict) -> str:
-    """Names an augmented clip by its source audio's content, the augmentation's parameters and
-    settings (method, ranges, audiomentations version), so a change of data, seed or settings
-    never reuses a stale file."""
+    """An augmented clip's name from its source's content, its draw and the settings, so a change of
+    data, seed or settings never reuses a stale file."""
     h = hashlib.sha256(wave.tobytes())
     h.update(json.dumps({"semitones": draw.semitones, "rate": draw.rate, **settings, "v": 2},
                         sort_keys=True).encode())
@@ -133,9 +128,8 @@ def cache_key(wave: np.ndarray, draw: Augmentation, settings: dict) -> str:
 
 def augmented_copies(waves: list[np.ndarray], plan: list[tuple[int, Augmentation]], cache_dir: Path,
                      method: str = "librosa", log=print) -> list[np.ndarray]:
-    """Compute each planned copy ((index of its source in waves, draw)) once and keep it in
-    cache_dir (.npy, written atomically). A cached file that does not load or holds no usable audio (truncated,
-    empty, NaN) is named in the log and computed again. Each copy is cut to MAX_SECONDS."""
+    """Each planned copy ((index of its source in waves, draw)), computed once into cache_dir and cut
+    to MAX_SECONDS; a damaged cached file is named in the log and computed again."""
     from tqdm import tqdm
     if not plan:
         return []
@@ -160,7 +154,9 @@ def augmented_copies(waves: list[np.ndarray], plan: list[tuple[int, Augmentation
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wave = augment(src, draw, method)
-        atomic_write(path, lambda tmp, wave=wave: _save_npy(tmp, wave))
+        buffer = io.BytesIO()  # (np.save into a file names a full disk "N requested and M written"; the OS's words)
+        np.save(buffer, wave)
+        atomic_write(path, lambda tmp, data=buffer.getvalue(): tmp.write_bytes(data))
         out.append(crop_long(wave))
     return out
 
@@ -176,12 +172,3 @@ def _load_cached(path: Path) -> tuple[np.ndarray | None, str]:
     if not np.isfinite(wave).all():
         return None, "NaN or infinite samples"
     return wave, ""
-
-
-def _save_npy(path: Path, wave: np.ndarray) -> None:
-    """np.save through Python's write, so a full disk is named as the OS names it ("No space left on
-    device"); np.save into a file reports a short write as "N requested and M written"."""
-    buffer = io.BytesIO()
-    np.save(buffer, wave)
-    with open(path, "wb") as f:
-        f.write(buffer.getbuffer())
