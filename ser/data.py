@@ -186,21 +186,15 @@ class Dataset:
     label_names: list[str]
     waves: dict[str, list[torch.Tensor]]
     label_ids: dict[str, torch.Tensor]
-    copies: dict[str, int]  # augmented copies per split
     counts: dict  # clips per class: the corpus as read, training before/after balancing, each split
     clip_seconds: list[float]  # every readable clip's length
-    skipped: list[str]
-    misnamed: list[str]
+    skipped_files: list[str]  # unreadable or unusable, then misnamed
     records: dict[str, list[dict]]  # per split, each item as split.csv describes it (ser/splits.py)
-
-    @property
-    def skipped_files(self) -> list[str]:
-        return self.skipped + self.misnamed
 
     @property
     def split_items(self) -> dict:
         """Items per split, how many of them are augmented copies, and how many speakers they hold."""
-        return {k: {"items": len(v), "augmented": self.copies[k],
+        return {k: {"items": len(v), "augmented": sum(bool(r["augmentation"]) for r in self.records[k]),
                     "speakers": len({r["speaker"] for r in self.records[k]} - {""}) or None}
                 for k, v in self.waves.items()}
 
@@ -238,8 +232,8 @@ def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_
     counts = {"corpus": per_class([Item(i) for i in range(len(clips))]),
               "before": per_class([it for it in items["train"] if it.augmentation is None]),
               "after": per_class(items["train"]), "splits": {k: per_class(v) for k, v in items.items()}}
-    return Dataset(names, waves, label_ids, {k: sum(it.augmentation is not None for it in v) for k, v in items.items()},
-                   counts, [len(w) / SAMPLE_RATE for w in raw], corpus.skipped, corpus.misnamed, records)
+    return Dataset(names, waves, label_ids, counts, [len(w) / SAMPLE_RATE for w in raw],
+                   corpus.skipped + corpus.misnamed, records)
 
 
 def bucket_length(n: int, bucket: int = SAMPLE_RATE) -> int:

@@ -96,9 +96,7 @@ REQUIRED_FOLDS = ("folds", "per_fold[]", "pooled.accuracy", "pooled.uar", "poole
 
 def section(report) -> list[str]:
     """The SER part of summary.md (`report`: common.summary.Report): the study's figures with every
-    protocol beside them, then our additions (UAR, F1, items, speakers, speed), the leak measured
-    inside the study's own test split, the speaker-independent folds when they were run, the
-    difference between the study's protocol and ours with what it mixes, and the class counts."""
+    protocol beside them, then our additions, the leak, the folds and the class counts."""
     seeds = report.seeds
     n = f"{seeds} seeds, mean ± std" if seeds > 1 else "one seed"
     table = header("protocol", "run", "train acc", "val acc", "test acc [95% CI]")
@@ -179,8 +177,7 @@ FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder 
 
 
 def pooled_cell(runs: list[dict], key: str) -> str:
-    """A test figure of the folds: over every fold's test clips pooled (every clip tested once), with
-    the first seed's 95% interval (mean ± std over seeds with several)."""
+    """A test figure over every fold's test clips pooled, mean ± std over seeds, the first seed's interval."""
     return f"{mean_std([m['pooled'][key] for m in runs])} {interval_text(runs[0]['pooled']['intervals'][key])}"
 
 

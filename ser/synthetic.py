@@ -41,10 +41,9 @@ def write_shemo(folder: Path, per_class: int | dict = 10, speakers: int = 4, rat
 
 def tiny_hubert_config(**overrides):
     from transformers import HubertConfig
-    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-              conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
-    kw.update(overrides)
-    return HubertConfig(**kw)
+    return HubertConfig(**{**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                  conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+                           **overrides})
 
 
 def write_tiny_hubert(folder: Path, seed: int = 0, **overrides) -> None:

@@ -49,13 +49,6 @@ def inputs(cfg: SERConfig) -> dict:
     return record
 
 
-def capture_examples(waves, label_ids, cfg: SERConfig, pad: float, device, batches: list[list[int]]) -> list[dict]:
-    """One training micro-batch for every whole-second bucket that an epoch's `batches` use often
-    enough to capture (common/graphs.py, capture_items)."""
-    items = capture_items([len(w) for w in waves], bucket_length, batches, cfg.batch_size)
-    return [collate(waves, [i], label_ids, pad, device, rows=cfg.batch_size, weight=0.0) for i in items]
-
-
 def train(cfg: SERConfig, corpus=None):
     """One run (`corpus`: the clips already read and split, as ser/folds.py passes each fold's)."""
     with distributed(cfg.device) as d, Run(cfg.run_spec(), d, inputs=lambda: inputs(cfg),
@@ -87,8 +80,10 @@ def train(cfg: SERConfig, corpus=None):
         sampler = LengthGroupedBatches([len(w) for w in waves["train"]], cfg.batch_size * cfg.grad_accum, cfg.seed)
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=False, clip=None)
         read = inputs(cfg)
-        training = Training(model, forward, run, recipe, read,
-                            lambda: capture_examples(waves["train"], ids["train"], cfg, pad, device, sampler.epoch(1)))
+        # (graph capture: one micro-batch per whole-second bucket an epoch uses often enough; common/graphs.py)
+        training = Training(model, forward, run, recipe, read, lambda: [
+            collate(waves["train"], [i], ids["train"], pad, device, rows=cfg.batch_size, weight=0.0) for i in
+            capture_items([len(w) for w in waves["train"]], bucket_length, sampler.epoch(1), cfg.batch_size)])
         if d.main:
             write_config(out, run.spec.args, {
                 "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
@@ -146,8 +141,8 @@ def data_line(corpus, data, cfg: SERConfig) -> str:
     """The log's line on the data: clips, classes, protocol, items per split, skipped files."""
     return (f"{len(corpus.clips)} clips, {len(data.label_names)} classes; {cfg.protocol.description}; "
             + ", ".join(f"{k} {v['items']} ({v['augmented']} augmented)" for k, v in data.split_items.items())
-            + f"; {len(data.skipped_files)} files skipped ({len(data.skipped)} unreadable, empty or silent; "
-            f"{len(data.misnamed)} not named like ShEMO)")
+            + f"; {len(data.skipped_files)} files skipped ({len(corpus.skipped)} unreadable, empty or silent; "
+            f"{len(corpus.misnamed)} not named like ShEMO)")
 
 
 def recipe_text(cfg: SERConfig, run, training: Training, fe_source: str) -> str:
