@@ -64,14 +64,6 @@ def fold_results(folder) -> tuple[dict, list[dict]] | None:
     return (m, tested) if tested is not None and all(r.get("speaker") is not None for r in tested) else None
 
 
-def fold_figures(k: int, m: dict) -> dict:
-    """folds.csv's row of fold k from its metrics.json."""
-    items, test = m["split_items"], m["test"]
-    return {"fold": k, "test_accuracy": test["accuracy"], "test_uar": test["uar"], "test_macro_f1": test["macro_f1"],
-            "val_accuracy": m["val"]["accuracy"], **{f"{s}_items": items[s]["items"] for s in items},
-            **{f"{s}_speakers": items[s]["speakers"] for s in items}}
-
-
 def write_fold_results(cfg, log) -> None:
     """folds.csv, report.txt and metrics.json (last) of the folds in cfg.out."""
     rows, pooled, names = [], [], None
@@ -82,8 +74,11 @@ def write_fold_results(cfg, log) -> None:
             raise UserError(f"fold {k}'s metrics.json or predictions.csv in {folder} cannot be read; run the same "
                             "command with --resume to train that fold again")
         m, tested = got
-        names = list(m["test"]["per_class"])
-        rows.append(fold_figures(k, m))
+        names, items, test = list(m["test"]["per_class"]), m["split_items"], m["test"]
+        rows.append({"fold": k, "test_accuracy": test["accuracy"], "test_uar": test["uar"],
+                     "test_macro_f1": test["macro_f1"], "val_accuracy": m["val"]["accuracy"],
+                     **{f"{s}_items": items[s]["items"] for s in items},
+                     **{f"{s}_speakers": items[s]["speakers"] for s in items}})
         pooled += tested
     true = np.array([names.index(r["true"]) for r in pooled])
     pred = np.array([names.index(r["predicted"]) for r in pooled])

@@ -1,18 +1,10 @@
 """HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out →
 Linear(hidden, C) → Linear(C, C), as in the study; plus saving and reloading that model.
 
-Attention masks follow the feature extractor (HuBERT-base's says none: it was trained without).
-HuBERT-base's group norm normalises over the whole padded length, so a clip's output depends on
-its padding: training, evaluation and prediction all pad to whole seconds (ser/data.py), so a
-clip gets the same logits in evaluation and in ser.predict.
-
-LayerDrop and SpecAugment are drawn with the device's generator (transformers draws them on the
-host, which a CUDA graph would freeze), so every replay gets fresh draws and --seed fixes them.
-A dropped layer is still computed and its output discarded; `restore_dropped_layers` then puts
-back its weights and AdamW state, so the update is transformers' (which skips the layer and
-leaves its gradients None). SpecAugment spans stay inside each clip's own frames and their
-starts are drawn with replacement (transformers: without). tests/test_ser_reference.py checks
-the loop step by step against the study's; docs/ser.md has the rest.
+Attention masks follow the feature extractor (HuBERT-base's says none). LayerDrop and SpecAugment
+are drawn with the device's generator (transformers draws them on the host, which a CUDA graph
+would freeze); a dropped layer is computed, then its weights and AdamW state put back
+(`restore_dropped_layers`), so the update is transformers'. docs/ser.md says how they differ.
 """
 import copy
 import functools

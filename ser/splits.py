@@ -209,7 +209,6 @@ def speaker_folds(clip_labels: list[str], speakers: list, folds: int, seed: int)
     """K folds of the clips with no speaker in two (scikit-learn's StratifiedGroupKFold, shuffled
     with `seed`: classes as even across folds as the speakers allow); each fold's clip indices."""
     from sklearn.model_selection import StratifiedGroupKFold
-    check_fold_speakers(speakers, folds)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # (a class with fewer clips than folds: it warns, and still splits)
         warnings.simplefilter("ignore")
@@ -217,7 +216,8 @@ def speaker_folds(clip_labels: list[str], speakers: list, folds: int, seed: int)
 
 
 def check_fold_speakers(speakers: list, folds: int) -> None:
-    """--folds K needs a speaker for every clip and at least K speakers (one or more per fold)."""
+    """--folds K needs a speaker for every clip and at least K speakers (ser/folds.py checks it before any
+    audio is read)."""
     if any(s is None for s in speakers):
         raise UserError("--folds needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
     if len(set(speakers)) < folds:

@@ -72,6 +72,7 @@ def train(cfg: SERConfig, corpus=None):
         # 3. The augmented copies (computed once, cached), split.csv, every wave normalised once.
         data = dataset(corpus, cfg, fe, run)
         waves, ids, pad = data.waves, data.label_ids, float(fe.padding_value)
+        score = lambda k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype, pad)  # noqa: E731
         log(data_line(corpus, data, cfg))
 
         # 4. Batches of similar length; AdamW at a constant rate; the step machinery.
@@ -103,8 +104,7 @@ def train(cfg: SERConfig, corpus=None):
             fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="clips", make_batch=lambda idx, rows, w:
                                        collate(waves["train"], idx, ids["train"], pad, device, rows=rows, weight=w),
                                        audio_seconds=lambda b: sum(len(waves["train"][i]) for i in b) / SAMPLE_RATE)
-            ev = training.timed_evaluation(fig, lambda: {k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype,
-                                                             pad) for k in ("val", "test")})
+            ev = training.timed_evaluation(fig, lambda: {k: score(k) for k in ("val", "test")})
             training.end_epoch(epoch, history_row(epoch, fig, ev), ev, epoch_line(epoch, fig, ev))
 
         # 6. Results (rank 0): the final model on the training split too, then every file, metrics.json last.
@@ -113,7 +113,7 @@ def train(cfg: SERConfig, corpus=None):
         result = SERResult(
             task="ser", experiment=cfg.protocol.name, seed=cfg.seed, protocol=cfg.protocol.description,
             history=training.history, evals=training.evals, params=params, graphs=training.steps.info(),
-            train=evaluate(model, waves["train"], ids["train"], data.label_names, device, dtype, pad),
+            train=score("train"),
             label_names=data.label_names, label_ids={k: v.numpy() for k, v in ids.items()}, records=data.records,
             measure_leak=cfg.protocol.kind == "study", class_counts=data.counts, split_items=data.split_items,
             skipped_files=data.skipped_files, clip_seconds=data.clip_seconds,
