@@ -38,8 +38,7 @@ class Augmentation:
 
 
 def sample_problem(wave: np.ndarray) -> str | None:
-    """Why these samples (frames × channels, or one channel) are unusable, details in parentheses;
-    None when they are usable. A constant (DC) at any level is silence too."""
+    """Why these samples (frames × channels, or one) are unusable, or None; a constant (DC) is silence."""
     if wave.size == 0:
         return "is empty"
     if not np.isfinite(wave).all():
@@ -54,8 +53,7 @@ def sample_problem(wave: np.ndarray) -> str | None:
 
 
 def read_audio(path: Path) -> np.ndarray:
-    """A file as 16 kHz mono float32; a ValueError naming the file when it is unreadable or its
-    samples unusable (sample_problem), so the caller decides between skipping and stopping."""
+    """A file as 16 kHz mono float32; a ValueError naming it when unreadable or unusable (the caller decides)."""
     import soundfile as sf
     import torch
     from torchaudio.functional import resample
@@ -84,8 +82,7 @@ def crop_long(wave: np.ndarray) -> np.ndarray:
 
 
 def normalize(wave: np.ndarray, do_normalize: bool):
-    """Zero mean, unit variance per clip (Wav2Vec2FeatureExtractor's formula) when the feature
-    extractor asks for it; done once per clip, before any padding, not per batch: a tensor."""
+    """A tensor, zero mean and unit variance (Wav2Vec2FeatureExtractor's formula) if asked: per clip, before padding."""
     import torch
     x = torch.from_numpy(wave)
     if do_normalize:
@@ -97,8 +94,7 @@ AUGMENT_METHODS = {"librosa": "librosa_phase_vocoder", "signalsmith": "signalsmi
 
 
 def augment(wave: np.ndarray, draw: Augmentation, method: str = "librosa") -> np.ndarray:
-    """Pitch shift then time stretch (which changes the length), both always applied, with
-    audiomentations' `method` backend (AUGMENT_METHODS)."""
+    """Pitch shift, then time stretch (the length changes), with audiomentations' `method` backend."""
     from audiomentations import PitchShift, TimeStretch
     backend = AUGMENT_METHODS[method]
     out = PitchShift(min_semitones=draw.semitones, max_semitones=draw.semitones, method=backend, p=1.0)(
@@ -109,8 +105,7 @@ def augment(wave: np.ndarray, draw: Augmentation, method: str = "librosa") -> np
 
 
 def augmentation_settings(method: str) -> dict:
-    """What defines an augmented copy besides its source and drawn parameters (config.json, cache
-    key). Read without importing audiomentations, which is needed only when copies are made."""
+    """What defines a copy besides its source and draw (config.json, cache key), without importing audiomentations."""
     from common.run import package_version
     return {"method": AUGMENT_METHODS[method], "pitch_semitones": list(PITCH_SEMITONES),
             "stretch_rate": list(STRETCH_RATE), "audiomentations": package_version("audiomentations"),
@@ -118,8 +113,7 @@ def augmentation_settings(method: str) -> dict:
 
 
 def cache_key(wave: np.ndarray, draw: Augmentation, settings: dict) -> str:
-    """An augmented clip's name from its source's content, its draw and the settings, so a change of
-    data, seed or settings never reuses a stale file."""
+    """A copy's name from its source's content, its draw and the settings: a stale file is never reused."""
     h = hashlib.sha256(wave.tobytes())
     h.update(json.dumps({"semitones": draw.semitones, "rate": draw.rate, **settings, "v": 2},
                         sort_keys=True).encode())

@@ -34,8 +34,7 @@ class Clip:
 
 
 def speaker_id(name: str) -> str:
-    """One spelling per speaker: letters then a number of at least two digits (F1, F01, F001: F01;
-    3: 03); any other name as written."""
+    """One spelling per speaker: letters, then a number of at least two digits (F1, F001: F01; 3: 03)."""
     m = SPEAKER_ID.match(name)
     return f"{m.group(1)}{int(m.group(2)):02d}" if m else name
 
@@ -128,8 +127,7 @@ def find_clips(data_dir: Path | None, manifest: Path | None) -> tuple[list[Clip]
 
 
 def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
-    """The fingerprint of the corpus (common/inputs.py): every clip by size and modification time,
-    and the manifest by its SHA-256."""
+    """The corpus's fingerprint (common/inputs.py): clips by size and time, the manifest by SHA-256."""
     if data_dir is not None:
         folder = Path(data_dir)
         wavs = shemo_wavs(folder) if folder.is_dir() else []  # (a folder that is gone: common.inputs skips it)
@@ -181,8 +179,7 @@ class Corpus:
 
 @dataclass
 class Dataset:
-    """What the loop needs, built once: normalised waves and label ids per split, and what the
-    report says about them."""
+    """What the loop needs, built once: normalised waves and label ids per split, and the report's facts."""
     label_names: list[str]
     waves: dict[str, list[torch.Tensor]]
     label_ids: dict[str, torch.Tensor]
@@ -215,8 +212,7 @@ def read_corpus(found: tuple[list[Clip], list[str]], protocol: Protocol, seed: i
 
 def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path | None,
                   method: str = "librosa", log=print) -> Dataset:
-    """Compute the augmented copies (cached), write split.csv (unless None), and normalise every
-    wave once."""
+    """Make the augmented copies (cached), write split.csv (unless None), normalise every wave once."""
     clips, raw, names, items = corpus.clips, corpus.raw, corpus.label_names, corpus.items
     planned = list(dict.fromkeys(it for its in items.values() for it in its if it.augmentation is not None))
     made = augmented_copies(raw, [(it.clip, it.augmentation) for it in planned], cache_dir, method, log)

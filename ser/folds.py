@@ -22,9 +22,8 @@ GENDER = re.compile(r"^([FM])\d+$")  # ShEMO's speaker ids: F01, M12
 
 
 def run_folds(cfg, train, inputs) -> None:
-    """Train every fold (`train`: ser.train's train(cfg, corpus); `inputs`: its fingerprint
-    function), then write the folds' summary into cfg.out. The clips are read once, and every
-    fold's split drawn and checked before anything is written."""
+    """Train every fold (`train`, `inputs`: ser.train's), then write their summary; the clips are read
+    once, and every fold's split drawn and checked before anything is written."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--folds runs its folds one after another in one process; start it without torchrun")
     folds = cfg.protocol.folds

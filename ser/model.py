@@ -132,9 +132,7 @@ class EmotionClassifier(nn.Module):
         return hidden
 
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_values: (batch, samples), zero-padded; lengths: each clip's real sample count.
-        The encoder's forward (transformers' HubertModel.forward) written out, with SpecAugment
-        drawn on the device."""
+        """HubertModel.forward written out, with SpecAugment drawn on the device; lengths: real sample counts."""
         h = self.hubert
         frames = h._get_feat_extract_output_lengths(lengths)
         features = h.feature_extractor(input_values).transpose(1, 2)
@@ -171,9 +169,8 @@ def study_feature_extractor() -> Wav2Vec2FeatureExtractor:
 
 def feature_extractor_for(model: str, explicit: str | None = None, study: bool = False
                           ) -> tuple[Wav2Vec2FeatureExtractor, str]:
-    """The feature extractor named by --feature-extractor; else under the study's protocol
-    (`study`) the study's settings; else the model's own, else the study's. Returns it and a
-    description of where it came from (written to config.json)."""
+    """(extractor, where it came from): --feature-extractor; else the study's under its protocol; else the
+    model's own, else the study's."""
     if explicit:
         try:
             fe, source = AutoFeatureExtractor.from_pretrained(explicit), explicit
@@ -202,8 +199,7 @@ def build_classifier(model: str, label_names: list[str], use_attention_mask: boo
 
 
 def save_classifier(model: EmotionClassifier, fe, label_names: list[str], folder: Path) -> None:
-    """Encoder config (with label names and the head's description), all weights as one
-    safetensors file, and the feature extractor: everything load_classifier needs."""
+    """Config (with label names and head), weights (safetensors) and feature extractor: load_classifier's input."""
     folder.mkdir(parents=True, exist_ok=True)
     config = model.hubert.config
     config.id2label = dict(enumerate(label_names))
@@ -216,8 +212,7 @@ def save_classifier(model: EmotionClassifier, fe, label_names: list[str], folder
 
 
 def load_classifier(folder: str) -> tuple[EmotionClassifier, object, list[str]]:
-    """(model in eval mode, feature extractor, label names) from a folder written by save_classifier
-    (or a run folder holding one as model/)."""
+    """(model in eval mode, feature extractor, label names) from save_classifier's folder or a run's."""
     path = model_of_run(folder, "ser.train")
     config = AutoConfig.from_pretrained(path)
     if not getattr(config, "classifier_head", None) or not (path / "model.safetensors").exists():

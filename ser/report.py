@@ -86,8 +86,7 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
 
 
 def report(cfg, result: SERResult, record: dict) -> str:
-    """report.txt: the per-epoch table, the final figures on every split, where each comes from,
-    the class counts and each split's classification report."""
+    """report.txt: per-epoch table, final figures, class counts and each split's classification report."""
     speed, graphs, splits = record["speed"], result.graphs, result.splits
     lines = [f"Speech emotion recognition, model {cfg.model}, seed {cfg.seed}, {cfg.epochs} epochs",
              f"protocol: {result.protocol}", f"recipe: {result.recipe}",

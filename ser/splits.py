@@ -19,8 +19,7 @@ STUDY_RANDOM_STATE = 10  # the study's train_test_split(..., random_state=10), b
 
 @dataclass(frozen=True)
 class Item:
-    """One example: clip number `clip` of the corpus as read, or (with `augmentation`) an
-    augmented copy of it."""
+    """One example: clip number `clip` of the corpus as read, or (with `augmentation`) a copy of it."""
     clip: int
     augmentation: Augmentation | None = None
 
@@ -135,9 +134,7 @@ class Protocol:
         return "ours: no speaker in two splits, then the training split alone balanced"
 
     def items(self, clip_labels: list[str], speakers: list, seed: int, limit: int | None) -> dict[str, list[Item]]:
-        """Each split's items (`clip_labels`, `speakers`: of every clip read); --limit keeps a
-        stratified N of each split. A split drawn empty, or a training split of one class (a
-        classifier that cannot be wrong), is refused (check_classes)."""
+        """Each split's items (`clip_labels`, `speakers`: of every clip read), checked (check_classes)."""
         split_seed = self.seed_of_split(seed)
         if self.kind == "study":
             items = study_items(clip_labels, seed=seed, split_seed=split_seed, limit=limit)
@@ -195,8 +192,7 @@ def balance_plan(clip_labels: list[str], seed: int) -> list[tuple[int, Augmentat
 
 def balanced(parts: dict[str, list[int]], clip_labels: list[str], seed: int, limit: int | None, balance: bool
              ) -> dict[str, list[Item]]:
-    """Each split's clips as items (--limit: a stratified N of each), the training split alone
-    topped up with augmented copies of its own clips when `balance`."""
+    """Each split's clips as items (--limit: N of each), the training split alone balanced when `balance`."""
     parts = {k: stratified_head(v, clip_labels.__getitem__, limit, seed) for k, v in parts.items()}
     items = {k: [Item(i) for i in v] for k, v in parts.items()}
     if balance:
@@ -206,8 +202,7 @@ def balanced(parts: dict[str, list[int]], clip_labels: list[str], seed: int, lim
 
 
 def speaker_folds(clip_labels: list[str], speakers: list, folds: int, seed: int) -> list[list[int]]:
-    """K folds of the clips with no speaker in two (scikit-learn's StratifiedGroupKFold, shuffled
-    with `seed`: classes as even across folds as the speakers allow); each fold's clip indices."""
+    """Each fold's clip indices, no speaker in two (StratifiedGroupKFold, shuffled with `seed`)."""
     from sklearn.model_selection import StratifiedGroupKFold
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # (a class with fewer clips than folds: it warns, and still splits)
@@ -216,8 +211,7 @@ def speaker_folds(clip_labels: list[str], speakers: list, folds: int, seed: int)
 
 
 def check_fold_speakers(speakers: list, folds: int) -> None:
-    """--folds K needs a speaker for every clip and at least K speakers (ser/folds.py checks it before any
-    audio is read)."""
+    """--folds K needs a speaker for every clip and at least K speakers (checked before any audio is read)."""
     if any(s is None for s in speakers):
         raise UserError("--folds needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
     if len(set(speakers)) < folds:
@@ -255,9 +249,8 @@ def study_items(clip_labels: list[str], *, seed: int, split_seed: int, limit: in
 
 
 def item_records(clips: list, items: dict[str, list[Item]]) -> dict[str, list[dict]]:
-    """Each split's items as split.csv describes them: label, speaker, source file, augmentation,
-    and which other splits hold the same source clip (as itself or as a copy), the record that
-    shows whether a validation or test clip reached training. (`clips`: the corpus's, ser/data.py.)"""
+    """split.csv's rows per split; `source_also_in` (the other splits holding the same source clip) shows
+    whether a validation or test clip reached training."""
     where: dict[int, set] = {}
     for name, its in items.items():
         for it in its:

@@ -23,8 +23,7 @@ def tone(rng: np.random.Generator, hz: float, amp: float, seconds: float, rate: 
 
 def write_shemo(folder: Path, per_class: int | dict = 10, speakers: int = 4, rate: int = 16000, seed: int = 0,
                 letters: str = "AFHNSW", seconds=(0.4, 2.5)) -> None:
-    """ShEMO's layout: female/ and male/ folders, files like F01A01.wav (gender, speaker, emotion, index).
-    per_class is one count for every emotion letter, or a count per letter (uneven classes)."""
+    """ShEMO's layout (female/F01A01.wav, male/...); per_class: one count, or a count per letter."""
     import soundfile as sf
     rng = np.random.default_rng(seed)
     counts = per_class if isinstance(per_class, dict) else dict.fromkeys(letters, per_class)

@@ -125,8 +125,7 @@ def train(cfg: SERConfig, corpus=None):
 
 
 def dataset(corpus, cfg: SERConfig, fe, run):
-    """build_dataset in --out; under torchrun rank 0 makes the copies and split.csv, and the
-    other processes then read its cache."""
+    """build_dataset in --out; under torchrun rank 0 makes the copies and split.csv, the others read its cache."""
     d = run.d
     if not d.main:
         barrier()
