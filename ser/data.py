@@ -4,6 +4,7 @@ batches padded to whole seconds.
 
     python -m ser.data --check DIR     # what run_all.sh asks of a ShEMO folder before any training
 """
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -232,19 +233,17 @@ def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_
                    corpus.skipped + corpus.misnamed, records)
 
 
-def bucket_length(n: int, bucket: int = SAMPLE_RATE) -> int:
+def bucket_length(n: int) -> int:
     """Pad up to whole seconds: a small fixed set of shapes instead of one per clip length."""
-    return -(-n // bucket) * bucket
+    return -(-n // SAMPLE_RATE) * SAMPLE_RATE
 
 
 def bucket_batches(lengths: list[int], size: int) -> list[list[int]]:
     """Evaluation order: clips sorted by length, batches formed within each whole-second bucket,
     so each clip is padded to its own bucket, exactly as ser.predict pads it alone."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: dict[int, list[int]] = {}
-    for i in order:
-        groups.setdefault(bucket_length(lengths[i]), []).append(i)
-    return [g[j:j + size] for _, g in sorted(groups.items()) for j in range(0, len(g), size)]
+    groups = [list(g) for _, g in itertools.groupby(order, key=lambda i: bucket_length(lengths[i]))]
+    return [g[j:j + size] for g in groups for j in range(0, len(g), size)]
 
 
 def collate(waves: list[torch.Tensor], idx: list[int], label_ids: torch.Tensor, padding_value: float,

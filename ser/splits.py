@@ -95,10 +95,8 @@ class Protocol:
         """Its folder under runs/ser/ and metrics.json's `experiment`."""
         if self.kind == "study":
             return "study"
-        name = f"leak-free-{self.split}" + ("" if self.balance else "-no-balance")
-        if self.folds:
-            return name + (f"-fold{self.fold}of{self.folds}" if self.fold else "-folds")
-        return name
+        folds = (f"-fold{self.fold}of{self.folds}" if self.fold else "-folds") if self.folds else ""
+        return f"leak-free-{self.split}" + ("" if self.balance else "-no-balance") + folds
 
     @property
     def flags(self) -> str:
