@@ -7,9 +7,8 @@
 
 The study's model and recipe (HuBERT → mean over time → Linear(hidden, C) → Linear(C, C), batch 2,
 5 epochs, lr 5e-6, cross-entropy; ser/config.py) with AdamW without weight decay at a constant
-rate, which the study does not name. The protocols, balancing, loop and outputs: docs/ser.md.
-main() reads as the method: data → model → augmented copies → batches → loop → results; the
-step machinery (CUDA graphs, precision, checkpoints) is common/training.py's, as for NLI.
+rate, which the study does not name. The protocols, balancing, loop and outputs: docs/ser.md;
+the step machinery (CUDA graphs, precision, checkpoints) is common/training.py's, as for NLI.
 """
 from transformers.utils import logging as hf_logging
 
