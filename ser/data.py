@@ -17,9 +17,10 @@ from common.device import pinned
 from common.errors import UserError
 from common.files import read_table
 from common.inputs import files_record
+from common.results import write_text_csv
 from ser.audio import (MAX_SECONDS, SAMPLE_RATE, augmented_copies, crop_long, normalize, pad_short, read_audio,
                        sample_problem)
-from ser.splits import Item, Protocol, item_records, write_split_csv
+from ser.splits import Item, Protocol, item_records
 
 # ShEMO's emotion letters, in the label order used everywhere (model ids, reports).
 EMOTIONS = {"A": "anger", "F": "fear", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise"}
@@ -220,7 +221,8 @@ def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_
     copy_of = dict(zip(planned, made))
     records = item_records(clips, items)
     if split_csv is not None:
-        write_split_csv(split_csv, records)
+        write_text_csv(split_csv, [{"split": name, **r} for name, rows in records.items() for r in rows],
+                       ["split", "label", "speaker", "path", "augmentation", "source_also_in"])
     waves = {k: [normalize(raw[it.clip] if it.augmentation is None else copy_of[it], do_normalize) for it in its]
              for k, its in items.items()}
     label_ids = {k: torch.tensor([names.index(clips[it.clip].label) for it in its], dtype=torch.long)

@@ -8,10 +8,8 @@ clip into training and inflates test accuracy (docs/ser.md, Protocols).
 import random
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from common.errors import UserError
-from common.results import write_text_csv
 from ser.audio import PITCH_SEMITONES, STRETCH_RATE, Augmentation
 
 STUDY_RANDOM_STATE = 10  # the study's train_test_split(..., random_state=10), both splits
@@ -260,9 +258,3 @@ def item_records(clips: list, items: dict[str, list[Item]]) -> dict[str, list[di
                 "augmentation": "" if aug is None else f"pitch {aug.semitones:+.2f} semitones, stretch x{aug.rate:.3f}",
                 "source_also_in": ";".join(sorted(where[it.clip] - {name}))}
     return {name: [record(name, it) for it in its] for name, its in items.items()}
-
-
-def write_split_csv(path: Path, records: dict[str, list[dict]]) -> None:
-    """split.csv: every item's split, then its item_records fields."""
-    write_text_csv(path, [{"split": name, **r} for name, rows in records.items() for r in rows],
-                   ["split", "label", "speaker", "path", "augmentation", "source_also_in"])
