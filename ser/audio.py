@@ -1,11 +1,10 @@
-"""Audio, as every part of the SER pipeline sees it: read as 16 kHz mono float32 (channels
-averaged, resampled with torchaudio), checked (not empty, silent, NaN or absurd), padded to at
-least MIN_SECONDS and cut to at most MAX_SECONDS, normalised per clip as the feature extractor
-says; and the augmented copies that balance classes (pitch shift, then time stretch, with
-audiomentations), computed once into a content-keyed cache.
+"""Audio, as every part of the SER pipeline sees it: read as 16 kHz mono float32, checked,
+padded or cut, normalised per clip (docs/ser.md, Audio); and the augmented copies that balance
+classes (pitch shift, then time stretch, with audiomentations), cached by content.
 
-audiomentations is imported only when a copy is made, so a run without copies (--no-balance,
-or classes already even) needs none of it.
+audiomentations is imported only when a copy is made, so --no-balance runs need none of it;
+torch only when a clip is read or normalised, so `python -m ser.study --list` (which imports
+ser/splits.py, and so the augmentation types here) stays light.
 """
 import hashlib
 import io
@@ -13,26 +12,33 @@ import json
 import warnings
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
-import torch
 
 from common.errors import UserError
 from common.files import atomic_write
-from common.run import package_version
-from ser.splits import PITCH_SEMITONES, STRETCH_RATE, Augmentation
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugment time masks fit
 MAX_SECONDS = 60.0  # longer clips are cut to their first 60 s (a 10-minute clip would need tens of GB)
 SILENCE = 1e-4  # a clip whose every sample lies within this of its mean is silent (zeros, or a constant: DC)
 LOUDEST = 100.0  # audio read as float lies within about ±1; samples beyond this are not audio
+# Balancing: every augmented copy gets a pitch shift and a time stretch, with parameters drawn
+# from these ranges (ours: the study gives none).
+PITCH_SEMITONES = (-2.0, 2.0)
+STRETCH_RATE = (0.85, 1.15)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One augmented copy's draw: a pitch shift in semitones, then a time stretch by `rate`."""
+    semitones: float
+    rate: float
 
 
 def sample_problem(wave: np.ndarray) -> str | None:
-    """What makes these samples (frames × channels, or one channel) unusable for a model (None:
-    nothing): none at all, NaN or infinite ones, absurdly large ones, or silence: the channels'
-    mean never moving more than SILENCE from its own mean, so a constant (DC) at any level is
-    silence too. Details follow in parentheses."""
+    """Why these samples (frames × channels, or one) are unusable, or None; a constant (DC) is silence."""
     if wave.size == 0:
         return "is empty"
     if not np.isfinite(wave).all():
@@ -46,24 +52,18 @@ def sample_problem(wave: np.ndarray) -> str | None:
     return None
 
 
-def check_samples(wave: np.ndarray, path) -> None:
-    """ValueError naming the file unless its samples are usable (sample_problem)."""
-    problem = sample_problem(wave)
-    if problem:
-        raise ValueError(f"{path} {problem}")
-
-
 def read_audio(path: Path) -> np.ndarray:
-    """A file as 16 kHz mono float32: channels averaged, resampled with torchaudio. Raises
-    ValueError (unreadable, empty, silent, or holding NaN, infinite or absurdly large samples),
-    naming the file, so the caller decides between skipping and stopping."""
+    """A file as 16 kHz mono float32; a ValueError naming it when unreadable or unusable (the caller decides)."""
     import soundfile as sf
+    import torch
     from torchaudio.functional import resample
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for missing, corrupt or unknown files
         raise ValueError(f"cannot read {path}: {e}") from None
-    check_samples(wave, path)
+    problem = sample_problem(wave)
+    if problem:
+        raise ValueError(f"{path} {problem}")
     wave = wave.mean(axis=1)
     if rate != SAMPLE_RATE:
         wave = resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
@@ -81,9 +81,9 @@ def crop_long(wave: np.ndarray) -> np.ndarray:
     return wave[:int(MAX_SECONDS * SAMPLE_RATE)]
 
 
-def normalize(wave: np.ndarray, do_normalize: bool) -> torch.Tensor:
-    """Zero mean, unit variance per clip (Wav2Vec2FeatureExtractor's formula) when the feature
-    extractor asks for it; done once per clip, before any padding, not per batch."""
+def normalize(wave: np.ndarray, do_normalize: bool):
+    """A tensor, zero mean and unit variance (Wav2Vec2FeatureExtractor's formula) if asked: per clip, before padding."""
+    import torch
     x = torch.from_numpy(wave)
     if do_normalize:
         x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
@@ -94,9 +94,7 @@ AUGMENT_METHODS = {"librosa": "librosa_phase_vocoder", "signalsmith": "signalsmi
 
 
 def augment(wave: np.ndarray, draw: Augmentation, method: str = "librosa") -> np.ndarray:
-    """Pitch shift then time stretch (which changes the length), both always applied, with
-    audiomentations' `method` backend (librosa's phase vocoder, as the study used librosa, or
-    signalsmith_stretch, audiomentations' own default)."""
+    """Pitch shift, then time stretch (the length changes), with audiomentations' `method` backend."""
     from audiomentations import PitchShift, TimeStretch
     backend = AUGMENT_METHODS[method]
     out = PitchShift(min_semitones=draw.semitones, max_semitones=draw.semitones, method=backend, p=1.0)(
@@ -107,17 +105,15 @@ def augment(wave: np.ndarray, draw: Augmentation, method: str = "librosa") -> np
 
 
 def augmentation_settings(method: str) -> dict:
-    """What defines an augmented copy besides its source and drawn parameters (config.json, cache
-    key). Read without importing audiomentations, which is needed only when copies are made."""
+    """What defines a copy besides its source and draw (config.json, cache key), without importing audiomentations."""
+    from common.run import package_version
     return {"method": AUGMENT_METHODS[method], "pitch_semitones": list(PITCH_SEMITONES),
             "stretch_rate": list(STRETCH_RATE), "audiomentations": package_version("audiomentations"),
             "sample_rate": SAMPLE_RATE}
 
 
 def cache_key(wave: np.ndarray, draw: Augmentation, settings: dict) -> str:
-    """Names an augmented clip by its source audio's content, the augmentation's parameters and
-    settings (method, ranges, audiomentations version), so a change of data, seed or settings
-    never reuses a stale file."""
+    """A copy's name from its source's content, its draw and the settings: a stale file is never reused."""
     h = hashlib.sha256(wave.tobytes())
     h.update(json.dumps({"semitones": draw.semitones, "rate": draw.rate, **settings, "v": 2},
                         sort_keys=True).encode())
@@ -126,9 +122,8 @@ def cache_key(wave: np.ndarray, draw: Augmentation, settings: dict) -> str:
 
 def augmented_copies(waves: list[np.ndarray], plan: list[tuple[int, Augmentation]], cache_dir: Path,
                      method: str = "librosa", log=print) -> list[np.ndarray]:
-    """Compute each planned copy ((index of its source in waves, draw)) once and keep it in
-    cache_dir (.npy, written atomically). A cached file that does not load or holds no usable audio (truncated,
-    empty, NaN) is named in the log and computed again. Each copy is cut to MAX_SECONDS."""
+    """Each planned copy ((index of its source in waves, draw)), computed once into cache_dir and cut
+    to MAX_SECONDS; a damaged cached file is named in the log and computed again."""
     from tqdm import tqdm
     if not plan:
         return []
@@ -153,7 +148,9 @@ def augmented_copies(waves: list[np.ndarray], plan: list[tuple[int, Augmentation
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wave = augment(src, draw, method)
-        atomic_write(path, lambda tmp, wave=wave: _save_npy(tmp, wave))
+        buffer = io.BytesIO()  # (np.save into a file names a full disk "N requested and M written"; the OS's words)
+        np.save(buffer, wave)
+        atomic_write(path, lambda tmp, data=buffer.getvalue(): tmp.write_bytes(data))
         out.append(crop_long(wave))
     return out
 
@@ -169,12 +166,3 @@ def _load_cached(path: Path) -> tuple[np.ndarray | None, str]:
     if not np.isfinite(wave).all():
         return None, "NaN or infinite samples"
     return wave, ""
-
-
-def _save_npy(path: Path, wave: np.ndarray) -> None:
-    """np.save through Python's write, so a full disk is named as the OS names it ("No space left on
-    device"); np.save into a file reports a short write as "N requested and M written"."""
-    buffer = io.BytesIO()
-    np.save(buffer, wave)
-    with open(path, "wb") as f:
-        f.write(buffer.getbuffer())

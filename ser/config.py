@@ -1,14 +1,6 @@
-"""Every setting of a SER run, in one typed block, built once from the command line.
-
-    python -m ser.train [--model NAME_OR_DIR] [--feature-extractor NAME_OR_DIR] (--data-dir DIR | --manifest CSV)
-        [--out DIR] [--epochs 5] [--batch-size 2] [--lr 5e-6] [--seed 0] [--limit N]
-        [--protocol leak-free|study] [--split random|speaker] [--no-balance] [--split-seed N] [--folds K]
-        [--augment-method librosa|signalsmith]
-        [--cache-dir DIR] [--strict] [--freeze-feature-encoder] [--grad-accum K] [--amp ...] [--device ...]
-        [--cuda-graphs ...] [--log-every 50] [--resume] [--overwrite]
-
-The defaults are the study's recipe (batch 2, 5 epochs, lr 5e-6). The protocol (--protocol,
---split, --no-balance, --split-seed, --folds) is one object, ser/splits.py's `Protocol`.
+"""Every setting of a SER run, in one typed block, built once from the command line
+(`python -m ser.train --help`). The defaults are the study's recipe (batch 2, 5 epochs, lr 5e-6);
+the protocol flags make one object, ser/splits.py's `Protocol`.
 """
 import argparse
 from dataclasses import asdict, dataclass, field

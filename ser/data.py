@@ -1,10 +1,10 @@
-"""The SER corpus as the loop sees it: finding the clips (ShEMO's file names, or a manifest),
-reading them (ser/audio.py), assigning items to splits under a protocol (ser/splits.py), making
-the augmented copies, and the dataset: every wave normalised once, label ids, and batches padded
-to whole seconds.
+"""The SER corpus as the loop sees it: the clips found (ShEMO's names, or a manifest) and read,
+split under a protocol (ser/splits.py), the augmented copies, every wave normalised once, and
+batches padded to whole seconds.
 
     python -m ser.data --check DIR     # what run_all.sh asks of a ShEMO folder before any training
 """
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -17,9 +17,10 @@ from common.device import pinned
 from common.errors import UserError
 from common.files import read_table
 from common.inputs import files_record
+from common.results import write_text_csv
 from ser.audio import (MAX_SECONDS, SAMPLE_RATE, augmented_copies, crop_long, normalize, pad_short, read_audio,
                        sample_problem)
-from ser.splits import Item, Protocol, item_records, write_split_csv
+from ser.splits import Item, Protocol, item_records
 
 # ShEMO's emotion letters, in the label order used everywhere (model ids, reports).
 EMOTIONS = {"A": "anger", "F": "fear", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise"}
@@ -35,9 +36,7 @@ class Clip:
 
 
 def speaker_id(name: str) -> str:
-    """One spelling per speaker: a name of letters then digits keeps its letters and writes its
-    number with at least two digits (F1, F01 and F001 are all F01, as ShEMO writes them; 3 and 03
-    are 03); any other name is kept as written."""
+    """One spelling per speaker: letters, then a number of at least two digits (F1, F001: F01; 3: 03)."""
     m = SPEAKER_ID.match(name)
     return f"{m.group(1)}{int(m.group(2)):02d}" if m else name
 
@@ -62,8 +61,7 @@ def first_repeat(keys: list) -> tuple[int, int] | None:
 
 
 def file_key(path: Path):
-    """What identifies a file however its path is spelled (./a, a, a link to it): its device and
-    inode, or its resolved path when it cannot be opened."""
+    """A file however its path is spelled (./a, a, a link): device and inode, else its resolved path."""
     try:
         st = path.stat()
         return st.st_dev, st.st_ino
@@ -79,9 +77,8 @@ def shemo_wavs(folder: Path) -> list[Path]:
 
 
 def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
-    """Every *.wav under folder (any sub-folders); returns the clips and the names that do not
-    parse. One clip found twice (the same name in two folders, F1A01.wav beside F01A01.wav, or
-    one file reached twice through a link) is refused, naming both files."""
+    """The ShEMO-named clips under folder and the .wav names that do not parse; one clip found twice
+    (in two folders, F1A01.wav beside F01A01.wav, through a link) is refused, naming both files."""
     clips, bad, keys = [], [], []
     for path in shemo_wavs(folder):
         info = parse_shemo_name(path.name)
@@ -102,9 +99,8 @@ def scan_shemo(folder: Path) -> tuple[list[Clip], list[str]]:
 
 
 def read_manifest(path: Path) -> list[Clip]:
-    """CSV `path,label[,speaker]`, paths relative to the CSV's folder; speakers as speaker_id
-    writes them. A clip listed twice (the same file, however its path is spelled, under any
-    label or speaker) is refused, naming both lines."""
+    """CSV `path,label[,speaker]`, paths relative to the CSV's folder; a file listed twice (however
+    spelled, under any label) is refused, naming both lines."""
     if not path.is_file():
         raise UserError(f"--manifest {path}: no such file")
     cols, rows = read_table(path)
@@ -128,14 +124,12 @@ def read_manifest(path: Path) -> list[Clip]:
 
 
 def find_clips(data_dir: Path | None, manifest: Path | None) -> tuple[list[Clip], list[str]]:
-    """The corpus's clips, listed but not read: ShEMO's folder (scan_shemo) or a manifest (no
-    misnamed files)."""
+    """The corpus's clips, listed but not read, and the misnamed files (scan_shemo's pair)."""
     return scan_shemo(data_dir) if data_dir is not None else (read_manifest(manifest), [])
 
 
 def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
-    """The fingerprint of the corpus (common/inputs.py): every clip by size and modification time,
-    and the manifest by its SHA-256."""
+    """The corpus's fingerprint (common/inputs.py): clips by size and time, the manifest by SHA-256."""
     if data_dir is not None:
         folder = Path(data_dir)
         wavs = shemo_wavs(folder) if folder.is_dir() else []  # (a folder that is gone: common.inputs skips it)
@@ -147,9 +141,8 @@ def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
 
 
 def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], list[np.ndarray], list[str]]:
-    """Read every clip; unreadable, empty or silent files are skipped with a warning naming them
-    (an error with strict). Clips under MIN_SECONDS are zero-padded to it; clips over MAX_SECONDS
-    are cut to it, each named in the log."""
+    """Read every clip, skipping unusable files with a warning (an error with strict), padding short
+    clips and cutting long ones (each named in the log)."""
     from tqdm import tqdm
     kept, waves, skipped = [], [], []
     for clip in tqdm(clips, desc="reading audio", unit="clip", dynamic_ncols=True):
@@ -188,34 +181,26 @@ class Corpus:
 
 @dataclass
 class Dataset:
-    """What the loop needs, built once: normalised waves and label ids per split, and what the
-    report says about them."""
+    """What the loop needs, built once: normalised waves and label ids per split, and the report's facts."""
     label_names: list[str]
     waves: dict[str, list[torch.Tensor]]
     label_ids: dict[str, torch.Tensor]
-    copies: dict[str, int]  # augmented copies per split
     counts: dict  # clips per class: the corpus as read, training before/after balancing, each split
     clip_seconds: list[float]  # every readable clip's length
-    skipped: list[str]
-    misnamed: list[str]
+    skipped_files: list[str]  # unreadable or unusable, then misnamed
     records: dict[str, list[dict]]  # per split, each item as split.csv describes it (ser/splits.py)
-
-    @property
-    def skipped_files(self) -> list[str]:
-        return self.skipped + self.misnamed
 
     @property
     def split_items(self) -> dict:
         """Items per split, how many of them are augmented copies, and how many speakers they hold."""
-        return {k: {"items": len(v), "augmented": self.copies[k],
+        return {k: {"items": len(v), "augmented": sum(bool(r["augmentation"]) for r in self.records[k]),
                     "speakers": len({r["speaker"] for r in self.records[k]} - {""}) or None}
                 for k, v in self.waves.items()}
 
 
 def read_corpus(found: tuple[list[Clip], list[str]], protocol: Protocol, seed: int, limit: int | None, strict: bool,
                 log=print) -> Corpus:
-    """Read the clips (`found`: the clips and the misnamed files, as scan_shemo gives them) and
-    decide each item's split under `protocol`. Writes nothing."""
+    """Read the clips (`found`: find_clips's pair) and split them under `protocol`. Writes nothing."""
     clips, misnamed = found
     for name in misnamed:
         log(f"warning: {name} does not follow ShEMO's naming (like F01A01.wav); left out")
@@ -229,15 +214,15 @@ def read_corpus(found: tuple[list[Clip], list[str]], protocol: Protocol, seed: i
 
 def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_csv: Path | None,
                   method: str = "librosa", log=print) -> Dataset:
-    """Compute the augmented copies (cached), write split.csv (unless None), and normalise every
-    wave once."""
+    """Make the augmented copies (cached), write split.csv (unless None), normalise every wave once."""
     clips, raw, names, items = corpus.clips, corpus.raw, corpus.label_names, corpus.items
     planned = list(dict.fromkeys(it for its in items.values() for it in its if it.augmentation is not None))
     made = augmented_copies(raw, [(it.clip, it.augmentation) for it in planned], cache_dir, method, log)
     copy_of = dict(zip(planned, made))
     records = item_records(clips, items)
     if split_csv is not None:
-        write_split_csv(split_csv, records)
+        write_text_csv(split_csv, [{"split": name, **r} for name, rows in records.items() for r in rows],
+                       ["split", "label", "speaker", "path", "augmentation", "source_also_in"])
     waves = {k: [normalize(raw[it.clip] if it.augmentation is None else copy_of[it], do_normalize) for it in its]
              for k, its in items.items()}
     label_ids = {k: torch.tensor([names.index(clips[it.clip].label) for it in its], dtype=torch.long)
@@ -246,23 +231,21 @@ def build_dataset(corpus: Corpus, *, cache_dir: Path, do_normalize: bool, split_
     counts = {"corpus": per_class([Item(i) for i in range(len(clips))]),
               "before": per_class([it for it in items["train"] if it.augmentation is None]),
               "after": per_class(items["train"]), "splits": {k: per_class(v) for k, v in items.items()}}
-    return Dataset(names, waves, label_ids, {k: sum(it.augmentation is not None for it in v) for k, v in items.items()},
-                   counts, [len(w) / SAMPLE_RATE for w in raw], corpus.skipped, corpus.misnamed, records)
+    return Dataset(names, waves, label_ids, counts, [len(w) / SAMPLE_RATE for w in raw],
+                   corpus.skipped + corpus.misnamed, records)
 
 
-def bucket_length(n: int, bucket: int = SAMPLE_RATE) -> int:
+def bucket_length(n: int) -> int:
     """Pad up to whole seconds: a small fixed set of shapes instead of one per clip length."""
-    return -(-n // bucket) * bucket
+    return -(-n // SAMPLE_RATE) * SAMPLE_RATE
 
 
 def bucket_batches(lengths: list[int], size: int) -> list[list[int]]:
     """Evaluation order: clips sorted by length, batches formed within each whole-second bucket,
     so each clip is padded to its own bucket, exactly as ser.predict pads it alone."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: dict[int, list[int]] = {}
-    for i in order:
-        groups.setdefault(bucket_length(lengths[i]), []).append(i)
-    return [g[j:j + size] for _, g in sorted(groups.items()) for j in range(0, len(g), size)]
+    groups = [list(g) for _, g in itertools.groupby(order, key=lambda i: bucket_length(lengths[i]))]
+    return [g[j:j + size] for g in groups for j in range(0, len(g), size)]
 
 
 def collate(waves: list[torch.Tensor], idx: list[int], label_ids: torch.Tensor, padding_value: float,
@@ -284,10 +267,8 @@ def collate(waves: list[torch.Tensor], idx: list[int], label_ids: torch.Tensor, 
 
 
 def check_shemo(folder: Path) -> dict[str, int]:
-    """Usable clips per emotion in a ShEMO folder: ShEMO-named .wav files whose samples soundfile
-    can read and training would keep (not empty, silent, NaN or absurdly large; check_samples).
-    A UserError when fewer than two emotions have 3 usable clips each (what a split needs).
-    Decodes every clip once (no resampling): well under a minute for ShEMO's 3,000 clips."""
+    """Usable clips per emotion (those training would keep: sample_problem) in a ShEMO folder; a
+    UserError unless two emotions have 3 each. No resampling: under a minute for ShEMO's 3,000 clips."""
     import soundfile as sf
     from tqdm import tqdm
     if not folder.is_dir():

@@ -1,13 +1,6 @@
-"""Speaker-independent folds (`ser.train --split speaker --folds K`): K runs of ser.train, fold k
-testing on fold k's speakers, validating on the next fold's and training on the others' (each
-fold's training part balanced alone; ser/splits.py), in OUT/fold1 ... OUT/foldK, then their
-summary in OUT: per fold and mean ± std of test accuracy, UAR and macro F1; speakers and clips in
-every split of every fold; and, since every clip is tested exactly once, the figures over all
-folds' test items pooled, with 95% bootstrap intervals, and test accuracy by the speaker's
-gender (ShEMO's names carry it: F01 is a woman, M01 a man).
-
-A resumed run skips the folds that finished and continues the others; metrics.json (written
-last) marks the whole set finished.
+"""Speaker-independent folds (`ser.train --split speaker --folds K`): K runs of ser.train in
+OUT/fold1 ... OUT/foldK, then their summary in OUT (folds.csv, report.txt, metrics.json; docs/ser.md).
+A resumed run skips the folds that finished; metrics.json (written last) marks the set finished.
 """
 import os
 import re
@@ -25,16 +18,12 @@ from common.summary import read_metrics, test_predictions
 from ser.data import find_clips, read_corpus
 from ser.splits import check_fold_speakers
 
-FOLD_FIELDS = ["fold", "test_accuracy", "test_uar", "test_macro_f1", "val_accuracy", "train_items", "val_items",
-               "test_items", "train_speakers", "val_speakers", "test_speakers"]
 GENDER = re.compile(r"^([FM])\d+$")  # ShEMO's speaker ids: F01, M12
 
 
 def run_folds(cfg, train, inputs) -> None:
-    """Train every fold (`train`: ser.train's train(cfg, corpus); `inputs`: its fingerprint
-    function), then write the folds' summary into cfg.out. The clips are read once, and every
-    fold's split is drawn and checked before anything is written; the fold count against the
-    speakers even before any audio is read."""
+    """Train every fold (`train`, `inputs`: ser.train's), then write their summary; the clips are read
+    once, and every fold's split drawn and checked before anything is written."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--folds runs its folds one after another in one process; start it without torchrun")
     folds = cfg.protocol.folds
@@ -74,14 +63,6 @@ def fold_results(folder) -> tuple[dict, list[dict]] | None:
     return (m, tested) if tested is not None and all(r.get("speaker") is not None for r in tested) else None
 
 
-def fold_figures(k: int, m: dict) -> dict:
-    """folds.csv's row of fold k from its metrics.json."""
-    items, test = m["split_items"], m["test"]
-    return {"fold": k, "test_accuracy": test["accuracy"], "test_uar": test["uar"], "test_macro_f1": test["macro_f1"],
-            "val_accuracy": m["val"]["accuracy"], **{f"{s}_items": items[s]["items"] for s in items},
-            **{f"{s}_speakers": items[s]["speakers"] for s in items}}
-
-
 def write_fold_results(cfg, log) -> None:
     """folds.csv, report.txt and metrics.json (last) of the folds in cfg.out."""
     rows, pooled, names = [], [], None
@@ -92,8 +73,11 @@ def write_fold_results(cfg, log) -> None:
             raise UserError(f"fold {k}'s metrics.json or predictions.csv in {folder} cannot be read; run the same "
                             "command with --resume to train that fold again")
         m, tested = got
-        names = list(m["test"]["per_class"])
-        rows.append(fold_figures(k, m))
+        names, items, test = list(m["test"]["per_class"]), m["split_items"], m["test"]
+        rows.append({"fold": k, "test_accuracy": test["accuracy"], "test_uar": test["uar"],
+                     "test_macro_f1": test["macro_f1"], "val_accuracy": m["val"]["accuracy"],
+                     **{f"{s}_items": items[s]["items"] for s in items},
+                     **{f"{s}_speakers": items[s]["speakers"] for s in items}})
         pooled += tested
     true = np.array([names.index(r["true"]) for r in pooled])
     pred = np.array([names.index(r["predicted"]) for r in pooled])
@@ -108,7 +92,7 @@ def write_fold_results(cfg, log) -> None:
               "mean": {k: float(np.mean(v)) for k, v in figures.items()},
               "std": {k: float(np.std(v, ddof=1)) for k, v in figures.items()},
               "pooled": overall, "by_gender": by_gender}
-    write_text_csv(cfg.out / "folds.csv", rows, FOLD_FIELDS)
+    write_text_csv(cfg.out / "folds.csv", rows, list(rows[0]))
     write_text(cfg.out / "report.txt", fold_report(cfg, record))
     write_json(cfg.out / "metrics.json", record)  # last: marks the set of folds finished
     log(f"done: test accuracy over {cfg.protocol.folds} folds {record['mean']['accuracy']:.4f} ± "

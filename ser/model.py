@@ -1,31 +1,10 @@
 """HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out →
 Linear(hidden, C) → Linear(C, C), as in the study; plus saving and reloading that model.
 
-Attention masks follow the feature extractor: HuBERT-base (group-norm feature encoder,
-`return_attention_mask=False`) was trained without one, so padded batches are zero-padded and
-passed no mask; layer-norm encoders whose extractor says `return_attention_mask=True` get it.
-Either way the mean over time counts only each clip's own frames (from the convolution output
-lengths). With a mask and a layer-norm encoder a clip's pooled vector does not change when
-padding is appended; group norm normalises over the whole padded length, so there a clip's
-output depends on how far it is padded: training, evaluation and prediction all pad a clip up
-to whole seconds (ser/data.py), so it gets the same logits in evaluation and in ser.predict.
-
-Training-time randomness is drawn on the device. transformers decides HuBERT's LayerDrop with
-`torch.rand([])` on the host and draws SpecAugment's time masks with numpy; a CUDA graph would
-freeze both at capture. Here the same two regularisers are drawn with the device's generator,
-so every replay (and every eager step) gets fresh draws and `--seed` fixes them all:
-- LayerDrop (config.layerdrop, 0.1 for HuBERT-base): each encoder layer's output is replaced by
-  its input with that probability. The layer is still computed (no time saved), so the choice
-  needs no host decision. Its gradients are then zeros, where transformers (which skips the
-  layer, and whose zero_grad sets gradients to None) gives none, and AdamW would still move its
-  weights by momentum: `restore_dropped_layers` puts back, after each optimizer step, the
-  weights and AdamW state of every layer dropped in all of the step's micro-batches (and every
-  process's), so the update is transformers'. tests/test_ser_reference.py checks it step by step.
-- SpecAugment (config.mask_time_prob 0.05, spans of mask_time_length 10 frames, at least
-  mask_time_min_masks 2): as transformers' `_compute_mask_indices`, but spans stay inside each
-  clip's own frames (transformers, given no attention mask, spreads them over the padding too)
-  and start positions are drawn with replacement (transformers: without), so spans overlap a
-  little more often. Feature-axis masking (mask_feature_prob, 0 for HuBERT-base) likewise.
+Attention masks follow the feature extractor (HuBERT-base's says none). LayerDrop and SpecAugment
+are drawn with the device's generator (transformers draws them on the host, which a CUDA graph
+would freeze); a dropped layer is computed, then its weights and AdamW state put back
+(`restore_dropped_layers`), so the update is transformers'. docs/ser.md says how they differ.
 """
 import copy
 import functools
@@ -153,9 +132,7 @@ class EmotionClassifier(nn.Module):
         return hidden
 
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_values: (batch, samples), zero-padded; lengths: each clip's real sample count.
-        The encoder's forward (transformers' HubertModel.forward) written out, with SpecAugment
-        drawn on the device."""
+        """HubertModel.forward written out, with SpecAugment drawn on the device; lengths: real sample counts."""
         h = self.hubert
         frames = h._get_feat_extract_output_lengths(lengths)
         features = h.feature_extractor(input_values).transpose(1, 2)
@@ -175,14 +152,9 @@ def forward(model):
 
 
 def freeze_feature_encoder(model: EmotionClassifier) -> None:
-    """No gradient for the convolutional front end, and no backward through it at all:
-    transformers' `_freeze_parameters` also clears the flag that makes the encoder ask for
-    gradients of its input (with `requires_grad_(False)` alone the CNN's backward still runs)."""
-    encoder = model.hubert.feature_extractor
-    if hasattr(encoder, "_freeze_parameters"):
-        encoder._freeze_parameters()
-    else:
-        encoder.requires_grad_(False)
+    """No gradient for the convolutional front end, and no backward through it at all (every
+    wav2vec2-style feature encoder's `_freeze_parameters`; `requires_grad_(False)` alone still runs it)."""
+    model.hubert.feature_extractor._freeze_parameters()
 
 
 STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz, padding value 0, do_normalize=True, "
@@ -190,26 +162,22 @@ STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz,
 
 
 def study_feature_extractor() -> Wav2Vec2FeatureExtractor:
-    """The study's settings: it built its extractor from facebook/wav2vec2-base-960h, not from the
-    HuBERT checkpoint: 16 kHz, zero-mean unit-variance normalisation, padding value 0, no attention
-    mask. Called on a padded batch without an attention mask (as the study did) it normalises each
-    padded row as a whole; we call it per clip, before padding, so our padding stays zero."""
+    """The study's extractor (STUDY_EXTRACTOR), which normalised each padded row; ours is called per clip."""
     return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                     return_attention_mask=False)
 
 
 def feature_extractor_for(model: str, explicit: str | None = None, study: bool = False
                           ) -> tuple[Wav2Vec2FeatureExtractor, str]:
-    """The feature extractor named by --feature-extractor; else under the study's protocol
-    (`study`) the study's settings; else the model's own, else the study's. Returns it and a
-    description of where it came from (written to config.json)."""
-    if study and not explicit:
-        return study_feature_extractor(), STUDY_EXTRACTOR
+    """(extractor, where it came from): --feature-extractor; else the study's under its protocol; else the
+    model's own, else the study's."""
     if explicit:
         try:
             fe, source = AutoFeatureExtractor.from_pretrained(explicit), explicit
         except (OSError, ValueError) as e:
             raise UserError(f"--feature-extractor {explicit}: cannot load it ({str(e).splitlines()[0]})") from None
+    elif study:
+        fe, source = study_feature_extractor(), STUDY_EXTRACTOR
     else:
         try:
             fe, source = AutoFeatureExtractor.from_pretrained(model), f"{model} (the model's own)"
@@ -231,8 +199,7 @@ def build_classifier(model: str, label_names: list[str], use_attention_mask: boo
 
 
 def save_classifier(model: EmotionClassifier, fe, label_names: list[str], folder: Path) -> None:
-    """Encoder config (with label names and the head's description), all weights as one
-    safetensors file, and the feature extractor: everything load_classifier needs."""
+    """Config (with label names and head), weights (safetensors) and feature extractor: load_classifier's input."""
     folder.mkdir(parents=True, exist_ok=True)
     config = model.hubert.config
     config.id2label = dict(enumerate(label_names))
@@ -245,8 +212,7 @@ def save_classifier(model: EmotionClassifier, fe, label_names: list[str], folder
 
 
 def load_classifier(folder: str) -> tuple[EmotionClassifier, object, list[str]]:
-    """(model in eval mode, feature extractor, label names) from a folder written by save_classifier
-    (or a run folder holding one as model/)."""
+    """(model in eval mode, feature extractor, label names) from save_classifier's folder or a run's."""
     path = model_of_run(folder, "ser.train")
     config = AutoConfig.from_pretrained(path)
     if not getattr(config, "classifier_head", None) or not (path / "model.safetensors").exists():

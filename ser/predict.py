@@ -2,11 +2,8 @@
 
     python -m ser.predict --model runs/ser/leak-free-random/seed0/model clip.wav other.mp3 ...
 
-Any sample rate, mono or stereo, wav/flac/mp3 (read as in training: 16 kHz mono, cut to its first
-60 s, normalised as the saved feature extractor says, zero-padded to whole seconds, as evaluation
-pads it). Prints the emotion and every label's probability per file. A file that cannot be read,
-or is empty, silent or holds no usable samples, gets a message naming it and no label; the others
-are still printed, and the exit status is then 1.
+Each file is read as in training and padded as evaluation pads it; prints its emotion and every
+label's probability. A file that cannot be used gets a message naming it, and the exit status is 1.
 """
 import argparse
 import sys

@@ -17,10 +17,8 @@ HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 
 @dataclass
 class SERResult(RunResult):
-    """A finished SER run: the common figures (`train`: the final model on the training split),
-    and what the report says of the corpus and the split (`records`: each split's items as
-    split.csv describes them; `measure_leak`: the study's protocol, whose test split is split by
-    how much of each item training saw)."""
+    """A finished SER run: the common figures (`train`: the final model on the training split), and
+    the corpus and split (`records`: split.csv's rows; `measure_leak`: the study's protocol)."""
     records: dict = field(default_factory=dict)
     measure_leak: bool = False
     class_counts: dict = field(default_factory=dict)
@@ -39,10 +37,8 @@ class SERResult(RunResult):
         return [{k: r[k] for k in ("path", "speaker", "augmentation", "source_also_in")} for r in self.records[split]]
 
     def leak_split(self) -> dict:
-        """The leak measured inside one run's test split (the study's protocol): test accuracy of
-        (a) original clips against augmented copies, and (b) items whose source clip also has a
-        copy (or itself) in training against those whose source does not; each with its items
-        and a 95% bootstrap interval. Each pair of groups makes up the whole test split."""
+        """The leak inside the test split: test accuracy (items, 95% interval) of original clips against
+        copies, and of items whose source clip training also saw against the others."""
         records, correct = self.records["test"], self.predictions()["test"] == self.label_ids["test"]
         copy = np.array([bool(r["augmentation"]) for r in records])
         seen = np.array(["train" in r["source_also_in"].split(";") for r in records])
@@ -55,14 +51,6 @@ class SERResult(RunResult):
     def splits(self) -> dict:
         """The final model's figures on every split."""
         return {"train": self.train, **self.final}
-
-
-def leak_lines(leak: dict | None) -> list[str]:
-    """report.txt's lines on the leak inside the test split (the study's protocol)."""
-    if not leak:
-        return []
-    return ["the leak inside this test split (test accuracy, 95% bootstrap interval): "
-            + "; ".join(f"{name} {accuracy_over(g, 'items')}" for name, g in leak.items())]
 
 
 def counts_table(counts: dict) -> str:
@@ -98,8 +86,7 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
 
 
 def report(cfg, result: SERResult, record: dict) -> str:
-    """report.txt: the per-epoch table, the final figures on every split, where each comes from,
-    the class counts and each split's classification report."""
+    """report.txt: per-epoch table, final figures, class counts and each split's classification report."""
     speed, graphs, splits = record["speed"], result.graphs, result.splits
     lines = [f"Speech emotion recognition, model {cfg.model}, seed {cfg.seed}, {cfg.epochs} epochs",
              f"protocol: {result.protocol}", f"recipe: {result.recipe}",
@@ -122,7 +109,9 @@ def report(cfg, result: SERResult, record: dict) -> str:
              "clips per class:", counts_table(result.class_counts),
              "items per split (augmented copies among them; speakers): " + ", ".join(
                  f"{k} {v['items']} ({v['augmented']}; {v['speakers'] or 'n/a'})" for k, v in result.split_items.items()),
-             *leak_lines(record.get("test_leak")), "",
+             *(["the leak inside this test split (test accuracy, 95% bootstrap interval): " + "; ".join(
+                 f"{name} {accuracy_over(g, 'items')}" for name, g in record["test_leak"].items())]
+               if record.get("test_leak") else []), "",
              f"parameters: {result.params['trainable']:,} trainable of {result.params['total']:,}",
              f"training speed: {speed['items_per_s']} clips/s ({speed['audio_seconds_per_s']} audio-s/s) over "
              f"{speed['train_seconds']} s, {speed['items_per_s_steady']} clips/s without the "

@@ -1,38 +1,23 @@
 """Which item goes where: the splits (stratified random, by speaker, the study's), the balance
-plan (the augmented copies that even the classes), and the protocols that combine them, each one
-structured object (`Protocol`) that the command line, the data code, the report and the summary
-all read. split.csv records the outcome.
+plan (the augmented copies that even the classes), and `Protocol`, which combines them and which
+the command line, the data code, the report and the summary all read. split.csv records the outcome.
 
-Splitting comes first in our protocols: augmenting before the split (as the study did) lets
-copies of a test clip into training and inflates test accuracy. The study's protocol is kept
-beside them, run the same way, so the two can be compared on the same data.
+Our protocols split first: augmenting before the split (as the study did) lets copies of a test
+clip into training and inflates test accuracy (docs/ser.md, Protocols).
 """
 import random
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from common.errors import UserError
-from common.results import write_text_csv
+from ser.audio import PITCH_SEMITONES, STRETCH_RATE, Augmentation
 
-# Balancing: every augmented copy gets a pitch shift and a time stretch (ser/audio.py), with
-# parameters drawn from these ranges (ours: the study gives none).
 STUDY_RANDOM_STATE = 10  # the study's train_test_split(..., random_state=10), both splits
-PITCH_SEMITONES = (-2.0, 2.0)
-STRETCH_RATE = (0.85, 1.15)
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """One augmented copy's draw: a pitch shift in semitones, then a time stretch by `rate`."""
-    semitones: float
-    rate: float
 
 
 @dataclass(frozen=True)
 class Item:
-    """One example: clip number `clip` of the corpus as read, or (with `augmentation`) an
-    augmented copy of it."""
+    """One example: clip number `clip` of the corpus as read, or (with `augmentation`) a copy of it."""
     clip: int
     augmentation: Augmentation | None = None
 
@@ -82,25 +67,14 @@ def split_by_speaker(clip_labels: list[str], speakers: list[str | None], seed: i
         assign[s] = best
         for c in classes:
             have[best][c] += count[s][c]
-    out = {k: [i for i, s in enumerate(speakers) if assign[s] == k] for k in frac}
-    return out
+    return {k: [i for i, s in enumerate(speakers) if assign[s] == k] for k in frac}
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """How the corpus becomes training, validation and test items (--protocol, --split,
-    --no-balance):
-    - `study`: as the study did, the whole corpus is balanced with augmented copies, then every item
-      is split at random (scikit-learn's train_test_split 0.2 then 0.5, not stratified,
-      random_state 10 as the study's), so copies of validation and test clips are trained on;
-    - `leak-free`: the clips are split first (`split` random: stratified 80/10/10; speaker: no
-      speaker in two splits), then the training split alone is balanced (unless not `balance`),
-      so no copy of a validation or test clip is trained on.
-    `split_seed` (--split-seed) fixes the split: by default the study's random_state 10 under
-    `study`, and the training seed under `leak-free`.
-    `folds` (--folds K, with the speaker split): K speaker-independent folds, no speaker in two;
-    fold k tests on fold k, validates on the next fold and trains on the others (balanced alone).
-    `fold` is the one a run trains (ser.train --folds runs each in turn)."""
+    """How the corpus becomes training, validation and test items: --protocol (`kind`), --split,
+    --no-balance (not `balance`), --split-seed, --folds; `fold` is the fold a run trains
+    (ser.train --folds runs each in turn). What each does: `description`, docs/ser.md."""
     kind: str = "leak-free"
     split: str = "random"
     balance: bool = True
@@ -119,10 +93,8 @@ class Protocol:
         """Its folder under runs/ser/ and metrics.json's `experiment`."""
         if self.kind == "study":
             return "study"
-        name = f"leak-free-{self.split}" + ("" if self.balance else "-no-balance")
-        if self.folds:
-            return name + (f"-fold{self.fold}of{self.folds}" if self.fold else "-folds")
-        return name
+        folds = (f"-fold{self.fold}of{self.folds}" if self.fold else "-folds") if self.folds else ""
+        return f"leak-free-{self.split}" + ("" if self.balance else "-no-balance") + folds
 
     @property
     def flags(self) -> str:
@@ -147,7 +119,7 @@ class Protocol:
 
     @property
     def what(self) -> str:
-        """The summary's words for it, beside the study's own figures."""
+        """The summary's words for it, beside the study's own figures (the folds have their own: ser/study.py)."""
         if self.kind == "study":
             return ("the study's: the whole corpus balanced by augmentation, then split 80/10/10 at random (not "
                     "stratified); copies of validation and test clips can be trained on, and the test split holds "
@@ -155,23 +127,20 @@ class Protocol:
         if self.split == "random":
             return ("ours: a stratified random 80/10/10 split first, then the training split alone balanced; "
                     "speakers are shared between splits, as in the study")
-        if self.folds:
-            return (f"ours: {self.folds} speaker-independent folds, each tested once (no speaker in two folds), each "
-                    "fold's training part balanced alone")
         return "ours: no speaker in two splits, then the training split alone balanced"
 
     def items(self, clip_labels: list[str], speakers: list, seed: int, limit: int | None) -> dict[str, list[Item]]:
-        """Each split's items (`clip_labels`, `speakers`: of every clip read); --limit keeps a
-        stratified N of each split. A split drawn empty, or a training split of one class (a
-        classifier that cannot be wrong), is refused (check_classes)."""
+        """Each split's items (`clip_labels`, `speakers`: of every clip read), checked (check_classes)."""
+        split_seed = self.seed_of_split(seed)
         if self.kind == "study":
-            items = study_items(clip_labels, seed=seed, split_seed=self.seed_of_split(seed), limit=limit)
-        elif self.fold:
-            parts = fold_split(clip_labels, speakers, self.fold, self.folds, self.seed_of_split(seed))
+            items = study_items(clip_labels, seed=seed, split_seed=split_seed, limit=limit)
+        elif self.fold:  # (a fold's copies and --limit are drawn with the training seed)
+            parts = fold_split(clip_labels, speakers, self.fold, self.folds, split_seed)
             items = balanced(parts, clip_labels, seed, limit, self.balance)
-        else:
-            items = leak_free_items(clip_labels, speakers, split=self.split, seed=self.seed_of_split(seed),
-                                    limit=limit, balance=self.balance)
+        else:  # (the copies and --limit drawn with the split's seed)
+            parts = (split_random(clip_labels, split_seed) if self.split == "random"
+                     else split_by_speaker(clip_labels, speakers, split_seed))
+            items = balanced(parts, clip_labels, split_seed, limit, self.balance)
         check_classes(items, clip_labels, self.flags + (f" (fold {self.fold})" if self.fold else ""))
         return items
 
@@ -213,28 +182,13 @@ def balance_plan(clip_labels: list[str], seed: int) -> list[tuple[int, Augmentat
     for i, y in enumerate(clip_labels):
         by_class.setdefault(y, []).append(i)
     target = max(len(v) for v in by_class.values())
-    plan = []
-    for label in sorted(by_class):
-        members = by_class[label]
-        for k in range(target - len(members)):
-            plan.append((members[k % len(members)], Augmentation(rng.uniform(*PITCH_SEMITONES),
-                                                                 rng.uniform(*STRETCH_RATE))))
-    return plan
-
-
-def leak_free_items(clip_labels: list[str], speakers: list, *, split: str, seed: int, limit: int | None,
-                    balance: bool) -> dict[str, list[Item]]:
-    """Ours: split the clips first (stratified random, or by speaker), keep --limit of each split,
-    then add augmented copies of training clips only, so no copy of a validation or test clip is
-    ever trained on."""
-    parts = split_random(clip_labels, seed) if split == "random" else split_by_speaker(clip_labels, speakers, seed)
-    return balanced(parts, clip_labels, seed, limit, balance)
+    return [(members[k % len(members)], Augmentation(rng.uniform(*PITCH_SEMITONES), rng.uniform(*STRETCH_RATE)))
+            for _, members in sorted(by_class.items()) for k in range(target - len(members))]
 
 
 def balanced(parts: dict[str, list[int]], clip_labels: list[str], seed: int, limit: int | None, balance: bool
              ) -> dict[str, list[Item]]:
-    """Each split's clips as items (--limit: a stratified N of each), the training split alone
-    topped up with augmented copies of its own clips when `balance`."""
+    """Each split's clips as items (--limit: N of each), the training split alone balanced when `balance`."""
     parts = {k: stratified_head(v, clip_labels.__getitem__, limit, seed) for k, v in parts.items()}
     items = {k: [Item(i) for i in v] for k, v in parts.items()}
     if balance:
@@ -244,10 +198,8 @@ def balanced(parts: dict[str, list[int]], clip_labels: list[str], seed: int, lim
 
 
 def speaker_folds(clip_labels: list[str], speakers: list, folds: int, seed: int) -> list[list[int]]:
-    """K folds of the clips with no speaker in two (scikit-learn's StratifiedGroupKFold, shuffled
-    with `seed`: classes as even across folds as the speakers allow); each fold's clip indices."""
+    """Each fold's clip indices, no speaker in two (StratifiedGroupKFold, shuffled with `seed`)."""
     from sklearn.model_selection import StratifiedGroupKFold
-    check_fold_speakers(speakers, folds)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # (a class with fewer clips than folds: it warns, and still splits)
         warnings.simplefilter("ignore")
@@ -255,7 +207,7 @@ def speaker_folds(clip_labels: list[str], speakers: list, folds: int, seed: int)
 
 
 def check_fold_speakers(speakers: list, folds: int) -> None:
-    """--folds K needs a speaker for every clip and at least K speakers (one or more per fold)."""
+    """--folds K needs a speaker for every clip and at least K speakers (checked before any audio is read)."""
     if any(s is None for s in speakers):
         raise UserError("--folds needs a speaker for every clip (ShEMO names, or a manifest speaker column)")
     if len(set(speakers)) < folds:
@@ -292,30 +244,17 @@ def study_items(clip_labels: list[str], *, seed: int, split_seed: int, limit: in
     return {k: stratified_head(v, label_of, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
 
 
-RECORD_FIELDS = ["label", "speaker", "path", "augmentation", "source_also_in"]
-
-
 def item_records(clips: list, items: dict[str, list[Item]]) -> dict[str, list[dict]]:
-    """Each split's items as split.csv describes them: label, speaker, source file, augmentation,
-    and which other splits hold the same source clip (as itself or as a copy), the record that
-    shows whether a validation or test clip reached training. (`clips`: the corpus's, ser/data.py.)"""
+    """split.csv's rows per split; `source_also_in` (the other splits holding the same source clip) shows
+    whether a validation or test clip reached training."""
     where: dict[int, set] = {}
     for name, its in items.items():
         for it in its:
             where.setdefault(it.clip, set()).add(name)
-    records = {}
-    for name, its in items.items():
-        records[name] = []
-        for it in its:
-            clip, aug = clips[it.clip], it.augmentation
-            records[name].append({
-                "label": clip.label, "speaker": clip.speaker or "", "path": str(clip.path),
+
+    def record(name: str, it: Item) -> dict:
+        clip, aug = clips[it.clip], it.augmentation
+        return {"label": clip.label, "speaker": clip.speaker or "", "path": str(clip.path),
                 "augmentation": "" if aug is None else f"pitch {aug.semitones:+.2f} semitones, stretch x{aug.rate:.3f}",
-                "source_also_in": ";".join(sorted(where[it.clip] - {name}))})
-    return records
-
-
-def write_split_csv(path: Path, records: dict[str, list[dict]]) -> None:
-    """split.csv: every item's split, then its item_records fields."""
-    write_text_csv(path, [{"split": name, **r} for name, rows in records.items() for r in rows],
-                   ["split"] + RECORD_FIELDS)
+                "source_also_in": ";".join(sorted(where[it.clip] - {name}))}
+    return {name: [record(name, it) for it in its] for name, its in items.items()}

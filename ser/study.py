@@ -96,9 +96,7 @@ REQUIRED_FOLDS = ("folds", "per_fold[]", "pooled.accuracy", "pooled.uar", "poole
 
 def section(report) -> list[str]:
     """The SER part of summary.md (`report`: common.summary.Report): the study's figures with every
-    protocol beside them, then our additions (UAR, F1, items, speakers, speed), the leak measured
-    inside the study's own test split, the speaker-independent folds when they were run, the
-    difference between the study's protocol and ours with what it mixes, and the class counts."""
+    protocol beside them, then our additions, the leak, the folds and the class counts."""
     seeds = report.seeds
     n = f"{seeds} seeds, mean ± std" if seeds > 1 else "one seed"
     table = header("protocol", "run", "train acc", "val acc", "test acc [95% CI]")
@@ -136,7 +134,7 @@ def section(report) -> list[str]:
               if report.asked(FOLDS.name) and (report.root / "ser" / FOLDS.name).is_dir() else [])
     if folded:
         legend.append(f"`{FOLDS.name}`: {folded[0]['folds']} speaker-independent folds, each tested once; its figures "
-                      "are over every fold's test clips pooled" + fold_seeds(folded, seeds))
+                      "are over every fold's test clips pooled" + fold_seeds(folded))
         table.append(row(FOLDS.name + seeds_note(folded, seeds), "ours", "", "", pooled_cell(folded, "accuracy")))
         report.points.append((f"SER {FOLDS.name}", float(np.mean([m["pooled"]["accuracy"] for m in folded])),
                               folded[0]["pooled"]["intervals"]["accuracy"], None))
@@ -179,12 +177,11 @@ FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder 
 
 
 def pooled_cell(runs: list[dict], key: str) -> str:
-    """A test figure of the folds: over every fold's test clips pooled (every clip tested once), with
-    the first seed's 95% interval (mean ± std over seeds with several)."""
+    """A test figure over every fold's test clips pooled, mean ± std over seeds, the first seed's interval."""
     return f"{mean_std([m['pooled'][key] for m in runs])} {interval_text(runs[0]['pooled']['intervals'][key])}"
 
 
-def fold_seeds(runs: list[dict], seeds: int) -> str:
+def fold_seeds(runs: list[dict]) -> str:
     return (f" (seeds {', '.join(str(m['_seed']) for m in runs)}: the pooled figures are mean ± std over them, the "
             f"interval seed {runs[0]['_seed']}'s)" if len(runs) > 1 else "")
 
@@ -214,9 +211,9 @@ def leak_inside_the_study(runs: list[dict] | None) -> list[str]:
     """The leak measured inside the study protocol's own test split, with intervals."""
     if not runs or "test_leak" not in runs[0]:
         return []
-    leak = runs[0]["test_leak"]
     return ["", f"**The leak inside the study's own test split** (seed {runs[0]['seed']}; one test split, so no two "
-                "test sets are compared): test accuracy of " + "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in leak.items())
+                "test sets are compared): test accuracy of "
+            + "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in runs[0]["test_leak"].items())
             + ". Original clips against copies, and clips whose source training also saw against those it did not, "
               "split the same test items two ways."]
 

@@ -23,8 +23,7 @@ def tone(rng: np.random.Generator, hz: float, amp: float, seconds: float, rate: 
 
 def write_shemo(folder: Path, per_class: int | dict = 10, speakers: int = 4, rate: int = 16000, seed: int = 0,
                 letters: str = "AFHNSW", seconds=(0.4, 2.5)) -> None:
-    """ShEMO's layout: female/ and male/ folders, files like F01A01.wav (gender, speaker, emotion, index).
-    per_class is one count for every emotion letter, or a count per letter (uneven classes)."""
+    """ShEMO's layout (female/F01A01.wav, male/...); per_class: one count, or a count per letter."""
     import soundfile as sf
     rng = np.random.default_rng(seed)
     counts = per_class if isinstance(per_class, dict) else dict.fromkeys(letters, per_class)
@@ -41,10 +40,9 @@ def write_shemo(folder: Path, per_class: int | dict = 10, speakers: int = 4, rat
 
 def tiny_hubert_config(**overrides):
     from transformers import HubertConfig
-    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-              conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
-    kw.update(overrides)
-    return HubertConfig(**kw)
+    return HubertConfig(**{**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                  conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+                           **overrides})
 
 
 def write_tiny_hubert(folder: Path, seed: int = 0, **overrides) -> None:

@@ -2,42 +2,13 @@
 
     python -m ser.train --data-dir path/to/shemo --out runs/ser/leak-free-random/seed0
     python -m ser.train --data-dir path/to/shemo --protocol study --out runs/ser/study/seed0
-    python -m ser.train --manifest ../shared/data/emodb/manifest.csv --split speaker --out runs/emodb
+    python -m ser.train --manifest path/to/manifest.csv --split speaker --out runs/other-corpus
     python -m ser.train --data-dir path/to/shemo --split speaker --folds 5 --out runs/ser/folds  # each fold tested once
 
-The model is the study's: 16 kHz audio, HuBERT → mean over time → Linear(hidden, C) →
-Linear(C, C), batch 2, 5 epochs, lr 5e-6, cross-entropy (every setting: ser/config.py). The study
-names no optimizer or schedule; ours is AdamW without weight decay at a constant rate, with no
-gradient clipping. Two protocols (--protocol; ser/splits.py):
-- leak-free (default): the clips are split first (--split random: stratified 80/10/10; speaker:
-  no speaker in two splits), then only the training split is balanced with augmented copies, so
-  no copy of a validation or test clip is trained on.
-- study: as the study did, the whole corpus is balanced with augmented copies, then every item
-  is split at random (train_test_split 0.2 then 0.5, not stratified), so copies of validation
-  and test clips are trained on. split.csv shows which (column source_also_in).
-Augmented copies: pitch shift ±2 semitones then time stretch 0.85-1.15, with audiomentations'
-librosa phase vocoder (--augment-method librosa, as the study used librosa) or signalsmith
-(ser/audio.py).
-
-- Batch: one optimizer step sees --batch-size × --grad-accum clips, grouped by length; each
-  clip's loss is weighted 1 / (clips in the optimizer batch) (same update as one big batch).
-  Each micro-batch is zero-padded up to whole seconds, and a short one filled with zero-weight
-  rows: a few fixed shapes instead of one per length.
-- Precision: --amp auto is bf16 autocast on CUDA (fp16 + GradScaler without bf16), fp32 on CPU.
-- Speed: on CUDA (--cuda-graphs auto) each length bucket's forward/backward and the update are
-  captured once as CUDA graphs and replayed (common/training.py, which builds the optimizer,
-  checkpoint and step machinery for both loops); the CPU runs the same step eagerly.
-- Each epoch: train, then evaluate validation and test, each clip padded to its own whole-second
-  bucket (as ser.predict does; ser/evaluate.py). After the last epoch the final model is also
-  evaluated on the training split; history.csv's train_accuracy is the running accuracy during
-  the epoch.
-- Randomness: the seed fixes the split, augmentation, batch order, head initialisation, and
-  HuBERT's LayerDrop and SpecAugment masks (drawn on the device, ser/model.py); --resume
-  restores every generator.
-
-Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt, split.csv,
-curves.png, confusion_matrix_{train,val,test}.png, class_distribution.png, clip_lengths.png,
-model/, metrics.json (written last).
+The study's model and recipe (HuBERT → mean over time → Linear(hidden, C) → Linear(C, C), batch 2,
+5 epochs, lr 5e-6, cross-entropy; ser/config.py) with AdamW without weight decay at a constant
+rate, which the study does not name. The protocols, balancing, loop and outputs: docs/ser.md;
+the step machinery (CUDA graphs, precision, checkpoints) is common/training.py's, as for NLI.
 """
 from transformers.utils import logging as hf_logging
 
@@ -77,13 +48,6 @@ def inputs(cfg: SERConfig) -> dict:
     return record
 
 
-def capture_examples(waves, label_ids, cfg: SERConfig, pad: float, device, batches: list[list[int]]) -> list[dict]:
-    """One training micro-batch for every whole-second bucket that an epoch's `batches` use often
-    enough to capture (common/graphs.py, capture_items)."""
-    items = capture_items([len(w) for w in waves], bucket_length, batches, cfg.batch_size)
-    return [collate(waves, [i], label_ids, pad, device, rows=cfg.batch_size, weight=0.0) for i in items]
-
-
 def train(cfg: SERConfig, corpus=None):
     """One run (`corpus`: the clips already read and split, as ser/folds.py passes each fold's)."""
     with distributed(cfg.device) as d, Run(cfg.run_spec(), d, inputs=lambda: inputs(cfg),
@@ -107,6 +71,7 @@ def train(cfg: SERConfig, corpus=None):
         # 3. The augmented copies (computed once, cached), split.csv, every wave normalised once.
         data = dataset(corpus, cfg, fe, run)
         waves, ids, pad = data.waves, data.label_ids, float(fe.padding_value)
+        score = lambda k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype, pad)  # noqa: E731
         log(data_line(corpus, data, cfg))
 
         # 4. Batches of similar length; AdamW at a constant rate; the step machinery.
@@ -115,8 +80,10 @@ def train(cfg: SERConfig, corpus=None):
         sampler = LengthGroupedBatches([len(w) for w in waves["train"]], cfg.batch_size * cfg.grad_accum, cfg.seed)
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=False, clip=None)
         read = inputs(cfg)
-        training = Training(model, forward, run, recipe, read,
-                            lambda: capture_examples(waves["train"], ids["train"], cfg, pad, device, sampler.epoch(1)))
+        # (graph capture: one micro-batch per whole-second bucket an epoch uses often enough; common/graphs.py)
+        training = Training(model, forward, run, recipe, read, lambda: [
+            collate(waves["train"], [i], ids["train"], pad, device, rows=cfg.batch_size, weight=0.0) for i in
+            capture_items([len(w) for w in waves["train"]], bucket_length, sampler.epoch(1), cfg.batch_size)])
         if d.main:
             write_config(out, run.spec.args, {
                 "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
@@ -136,8 +103,7 @@ def train(cfg: SERConfig, corpus=None):
             fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="clips", make_batch=lambda idx, rows, w:
                                        collate(waves["train"], idx, ids["train"], pad, device, rows=rows, weight=w),
                                        audio_seconds=lambda b: sum(len(waves["train"][i]) for i in b) / SAMPLE_RATE)
-            ev = training.timed_evaluation(fig, lambda: {k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype,
-                                                             pad) for k in ("val", "test")})
+            ev = training.timed_evaluation(fig, lambda: {k: score(k) for k in ("val", "test")})
             training.end_epoch(epoch, history_row(epoch, fig, ev), ev, epoch_line(epoch, fig, ev))
 
         # 6. Results (rank 0): the final model on the training split too, then every file, metrics.json last.
@@ -146,7 +112,7 @@ def train(cfg: SERConfig, corpus=None):
         result = SERResult(
             task="ser", experiment=cfg.protocol.name, seed=cfg.seed, protocol=cfg.protocol.description,
             history=training.history, evals=training.evals, params=params, graphs=training.steps.info(),
-            train=evaluate(model, waves["train"], ids["train"], data.label_names, device, dtype, pad),
+            train=score("train"),
             label_names=data.label_names, label_ids={k: v.numpy() for k, v in ids.items()}, records=data.records,
             measure_leak=cfg.protocol.kind == "study", class_counts=data.counts, split_items=data.split_items,
             skipped_files=data.skipped_files, clip_seconds=data.clip_seconds,
@@ -158,8 +124,7 @@ def train(cfg: SERConfig, corpus=None):
 
 
 def dataset(corpus, cfg: SERConfig, fe, run):
-    """build_dataset in --out; under torchrun rank 0 makes the copies and split.csv, and the
-    other processes then read its cache."""
+    """build_dataset in --out; under torchrun rank 0 makes the copies and split.csv, the others read its cache."""
     d = run.d
     if not d.main:
         barrier()
@@ -174,8 +139,8 @@ def data_line(corpus, data, cfg: SERConfig) -> str:
     """The log's line on the data: clips, classes, protocol, items per split, skipped files."""
     return (f"{len(corpus.clips)} clips, {len(data.label_names)} classes; {cfg.protocol.description}; "
             + ", ".join(f"{k} {v['items']} ({v['augmented']} augmented)" for k, v in data.split_items.items())
-            + f"; {len(data.skipped_files)} files skipped ({len(data.skipped)} unreadable, empty or silent; "
-            f"{len(data.misnamed)} not named like ShEMO)")
+            + f"; {len(data.skipped_files)} files skipped ({len(corpus.skipped)} unreadable, empty or silent; "
+            f"{len(corpus.misnamed)} not named like ShEMO)")
 
 
 def recipe_text(cfg: SERConfig, run, training: Training, fe_source: str) -> str:

@@ -144,7 +144,7 @@ def test_a_full_disk_under_the_augmentation_cache_is_named_as_the_os_names_it(tm
     import resource
     from common.errors import RunFailed
     from ser import audio
-    from ser.splits import Augmentation
+    from ser.audio import Augmentation
     monkeypatch.setattr(audio, "augment", lambda wave, draw, method: np.ones(64000, np.float32))  # 256 kB
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limits[1]))  # (Python ignores SIGXFSZ: writes fail)

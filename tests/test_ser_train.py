@@ -284,11 +284,11 @@ def test_study_protocol_trains_on_copies_of_test_clips_and_split_csv_says_so(tin
 
 @pytest.mark.parametrize("split", ["random", "speaker"])
 def test_leak_free_protocols_never_train_on_a_held_out_clip(split):
-    from ser.splits import leak_free_items, study_items
+    from ser.splits import Protocol, study_items
     rng = np.random.default_rng(0)
     labels = [str(x) for x in rng.choice(["a", "b", "c"], 300, p=[0.6, 0.3, 0.1])]
     speakers = [f"S{i % 12}" for i in range(300)]
-    items = leak_free_items(labels, speakers, split=split, seed=0, limit=None, balance=True)
+    items = Protocol("leak-free", split).items(labels, speakers, seed=0, limit=None)
     held_out = {it.clip for k in ("val", "test") for it in items[k]}
     assert all(it.augmentation is None for k in ("val", "test") for it in items[k])
     assert not held_out & {it.clip for it in items["train"]}
