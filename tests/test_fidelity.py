@@ -146,3 +146,6 @@ def test_the_study_modules_print_their_lists_and_differences():
     assert "0.7896" in differences and "logging_steps" in differences and "observation, not a fact" in differences
     ser = run("ser.study")
     assert "random_state=10" in ser and "wav2vec2-base-960h" in ser and "soxr_hq" in ser and "ambiguous" in ser
+    # run_all.sh lists the experiments before anything trains: the lists must not import torch
+    light = "import sys, nli.study, ser.study; print(sorted({'torch', 'transformers', 'matplotlib'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", light], cwd=ROOT, capture_output=True, text=True).stdout == "[]\n"
