@@ -43,10 +43,8 @@ class Split:
         return len(self.label_ids)
 
     def head(self, n: int | None) -> "Split":
-        if n is None:
-            return self
-        return Split(self.premise[:n], self.hypothesis[:n], self.label_ids[:n],
-                     {k: v[:n] for k, v in self.hard.items()})
+        return self if n is None else Split(self.premise[:n], self.hypothesis[:n], self.label_ids[:n],
+                                            {k: v[:n] for k, v in self.hard.items()})
 
 
 def download_farstail(data_dir: Path, log=print) -> None:
@@ -166,13 +164,10 @@ class Encoded:
 
 
 def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = False) -> Encoded:
-    """Tokenise premise and hypothesis together ([CLS] p [SEP] h [SEP]), truncated to max_length,
-    once, into padded matrices that every batch is sliced from. With `hypothesis_only` the premise
-    is left out altogether ([CLS] h [SEP]): the hypothesis-only baseline."""
-    if hypothesis_only:
-        enc = tokenizer(split.hypothesis, truncation=True, max_length=max_length)
-    else:
-        enc = tokenizer(split.premise, split.hypothesis, truncation=True, max_length=max_length)
+    """[CLS] premise [SEP] hypothesis [SEP] (with `hypothesis_only`: [CLS] hypothesis [SEP]),
+    truncated to max_length, once, into padded matrices that every batch is sliced from."""
+    texts = (split.hypothesis,) if hypothesis_only else (split.premise, split.hypothesis)
+    enc = tokenizer(*texts, truncation=True, max_length=max_length)
     types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
     lengths = torch.tensor([len(x) for x in enc["input_ids"]])
     width = bucket_length(int(lengths.max()), max_length)
@@ -186,15 +181,10 @@ def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = Fal
 
 def collate(data: Encoded, idx: list[int], device: torch.device, *, rows: int | None = None, weight: float = 1.0,
             sdpa_mask: bool = True) -> dict:
-    """The pairs in idx, padded to the bucket of the longest (not to --max-length), as host
-    tensors (pinned for a CUDA device).
-
-    `rows` fills a short batch up to that many rows with copies of its first pair whose weight
-    is 0 (training keeps one shape per bucket); `weight` is each real pair's weight in the loss.
-    The attention mask is always given and built here on the host: for SDPA a ready 4D boolean
-    mask (batch, 1, 1, length), which transformers passes through without inspecting it on the
-    device (its `mask.all()` check would be a GPU-to-host sync in every forward); otherwise the
-    usual 2D mask."""
+    """The pairs in idx, padded to the bucket of the longest, as host tensors (pinned for CUDA).
+    `rows` fills a short batch with zero-weight copies of its first pair (one shape per bucket);
+    `weight` is each real pair's loss weight. For SDPA the mask is a ready 4D boolean one, which
+    transformers passes through without its `mask.all()` check (a GPU-to-host sync per forward)."""
     n = len(idx)
     rows = rows or n
     take = torch.tensor(list(idx) + [idx[0]] * (rows - n))

@@ -1,18 +1,9 @@
-"""Which attention heads matter: gradient-based head importance (Michel, Levy and Neubig, "Are
-Sixteen Heads Really Better than One?", NeurIPS 2019), and choosing heads to remove by it.
-
-A gate ξ_h = 1 multiplies each head's output. The heads' outputs reach the rest of the layer
-only through the attention block's output projection, whose input is the heads' contexts side by
-side, so a forward pre-hook that scales head h's slice of that input by ξ_h gates it exactly.
-A head's importance is the expected absolute gradient of the loss with respect to its gate,
-I_h = mean over batches of |∂L_b/∂ξ_h| (L_b: a batch's mean cross-entropy), computed in eval mode
-(no dropout) under the run's precision, then normalised within each layer (divided by the
-layer's L2 norm of scores, as Michel et al. did). The hooks are removed afterwards and the model
-is left as it was (only the gates get gradients).
-
-Heads are numbered as in the unpruned model: a layer that lost heads 1 and 2 of 12 scores heads
-0, 3, 4, ... 11 (the model's config.pruned_heads says which are gone). Scoring, choosing
-(`nli.model.choose_by_importance`) and removing (`nli.model.prune_heads`) stay separate.
+"""Gradient-based head importance (Michel, Levy and Neubig, "Are Sixteen Heads Really Better than
+One?", NeurIPS 2019; docs/nli.md). A gate ξ_h = 1 scales head h's slice of the input of the
+attention output projection (a forward pre-hook), which gates the head exactly, since that
+projection is the only way its output reaches the layer. I_h = mean over batches of |∂L_b/∂ξ_h|,
+in eval mode under the run's precision, normalised by the layer's L2 norm. Heads keep the numbers
+of the unpruned model (config.pruned_heads says which are gone).
 """
 import contextlib
 

@@ -1,22 +1,15 @@
 """How many attention heads a fine-tuned NLI model can lose, with no retraining: accuracy as heads
-are removed by importance (nli/importance.py) and at random.
+are removed by importance (nli/importance.py) and at random (docs/nli.md, "The curve").
 
     python -m nli.prune_curve --model runs/nli/all/seed0/model [--fractions 0.1,0.2,...,0.9]
         [--seeds 3] [--iterative] [--data-dir DIR] [--limit N] [--out DIR]
 
-For each fraction f, round(f × heads) heads are removed structurally from a copy of the model,
-and validation and test accuracy, parameters and inference pairs/s are measured:
-- importance: the lowest-scoring heads by gradient importance on --importance-batches batches of
-  the training split (never the test split), computed once on the whole model;
-- importance-iterative (--iterative): as Michel et al. did, importance recomputed on the pruned
-  model after each step, and the next step's heads taken from it;
-- random: heads drawn at random, once per seed 0 … --seeds−1 (the same seed, the same heads).
-Fraction 0 is the model as it is. Pairs are encoded as the model was trained (a --hypothesis-only
-model, whose config says so, gets the hypothesis alone). No layer ever loses its last head (a
-fraction that would need that is skipped). The head budget of a way of choosing is chosen on the
-validation split: the largest number of heads removed before validation accuracy falls more than
-one point below the whole model's (random: the mean over seeds), counting only fractions up to
-the first that falls below; test accuracy is reported at that budget, never used to choose it.
+For each fraction f, round(f × heads) heads are removed from a copy of the model: the lowest by
+importance on training batches (never the test split), computed once or (--iterative) again after
+each step, and at random once per seed (the same seed, the same heads). No layer loses its last
+head (a fraction that would need that is skipped). The head budget is chosen on validation only:
+the most heads removed before validation accuracy falls more than one point below the whole
+model's (random: the mean over seeds), counting only fractions up to the first that falls below.
 
 Outputs in --out (default: prune_curve/ beside the model folder): config.json, train.log,
 prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json (written last).
@@ -128,15 +121,15 @@ def plot_prune_curve(rows: list[dict], whole: float, path: Path, title: str) -> 
     random (mean over seeds, min-max band), the whole model as a line."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, style in (("importance", "o-"), ("importance-iterative", "s--")):
-        pts = sorted((r["fraction"], r["test_accuracy"]) for r in rows if r["method"] == method)
+        pts = by_fraction(rows, method)
         if pts:
-            ax.plot([0] + [f for f, _ in pts], [whole] + [a for _, a in pts], style, label=method)
-    fs = sorted({r["fraction"] for r in rows if r["method"] == "random"})
-    if fs:
-        acc = [[r["test_accuracy"] for r in rows if r["method"] == "random" and r["fraction"] == f] for f in fs]
-        ax.plot([0] + fs, [whole] + [float(np.mean(a)) for a in acc], "^-", color="tab:gray", label="random (mean)")
-        ax.fill_between([0] + fs, [whole] + [min(a) for a in acc], [whole] + [max(a) for a in acc], color="tab:gray",
-                        alpha=0.2, label="random (min-max over seeds)")
+            ax.plot([0, *pts], [whole] + [rs[0]["test_accuracy"] for rs in pts.values()], style, label=method)
+    random_rows = by_fraction(rows, "random")
+    if random_rows:
+        fs, acc = [0, *random_rows], [[whole]] + [[r["test_accuracy"] for r in rs] for rs in random_rows.values()]
+        ax.plot(fs, [float(np.mean(a)) for a in acc], "^-", color="tab:gray", label="random (mean)")
+        ax.fill_between(fs, [min(a) for a in acc], [max(a) for a in acc], color="tab:gray", alpha=0.2,
+                        label="random (min-max over seeds)")
     ax.axhline(whole, color="tab:red", ls=":", label="whole model")
     ax.axhline(whole - DROP, color="tab:red", ls=":", alpha=0.4, label="one point below")
     ax.set(xlabel="fraction of attention heads removed (no retraining)", ylabel="test accuracy", title=title)
@@ -161,16 +154,21 @@ def plot_head_importance(scores: dict, layers: int, heads: int, path: Path) -> N
     save(fig, path)
 
 
+def by_fraction(rows: list[dict], method: str) -> dict[float, list[dict]]:
+    """One method's rows by fraction (`rows` come in increasing fraction)."""
+    fractions = dict.fromkeys(r["fraction"] for r in rows if r["method"] == method)
+    return {f: [r for r in rows if r["method"] == method and r["fraction"] == f] for f in fractions}
+
+
 def budget(rows: list[dict], whole: dict) -> dict:
     """Heads removed (and fraction) before validation accuracy first falls more than DROP below
     the whole model's (`whole`: its row), with the validation and test accuracy there."""
-    ok = {"heads": 0, "fraction": 0.0, "val_accuracy": whole["val_accuracy"], "test_accuracy": whole["test_accuracy"]}
+    ok = {"heads_removed": 0, "fraction": 0.0, **whole}
     for r in sorted(rows, key=lambda r: r["fraction"]):
         if r["val_accuracy"] < whole["val_accuracy"] - DROP:
             break
-        ok = {"heads": r["heads_removed"], "fraction": r["fraction"], "val_accuracy": r["val_accuracy"],
-              "test_accuracy": r["test_accuracy"]}
-    return ok
+        ok = r
+    return {"heads": ok["heads_removed"], **{k: ok[k] for k in ("fraction", "val_accuracy", "test_accuracy")}}
 
 
 def main(argv=None):
@@ -243,12 +241,9 @@ def curve(cfg: CurveConfig):
 
 def write_curve(out, cfg, rows, scores, whole, total, layers, per_layer, alone: bool) -> None:
     methods = [m for m in ("importance", "importance-iterative", "random") if any(r["method"] == m for r in rows)]
-    mean_random = []
-    for f in sorted({r["fraction"] for r in rows if r["method"] == "random"}):
-        rs = [r for r in rows if r["method"] == "random" and r["fraction"] == f]
-        mean_random.append({"fraction": f, "heads_removed": rs[0]["heads_removed"],
-                            "val_accuracy": float(np.mean([r["val_accuracy"] for r in rs])),
-                            "test_accuracy": float(np.mean([r["test_accuracy"] for r in rs]))})
+    mean_random = [{"fraction": f, "heads_removed": rs[0]["heads_removed"],
+                    **{k: float(np.mean([r[k] for r in rs])) for k in ("val_accuracy", "test_accuracy")}}
+                   for f, rs in by_fraction(rows, "random").items()]
     budgets = {m: budget(mean_random if m == "random" else [r for r in rows if r["method"] == m], whole)
                for m in methods}
     write_text(out / "prune_curve.csv", csv_text(rows, FIELDS))

@@ -1,43 +1,34 @@
-"""Fine-tune ParsBERT on FarsTail (Persian NLI), with the study's ablations.
+"""Fine-tune ParsBERT on FarsTail (Persian NLI), with the study's ablations (docs/nli.md).
 
     python -m nli.train --out runs/nli/all                      # all layers trained
     python -m nli.train --out runs/nli/freeze9 --freeze 9       # first 9 encoder layers frozen
     python -m nli.train --out runs/nli/keep9 --keep-layers 9    # only the first 9 layers kept
     python -m nli.train --out runs/nli/prune --prune-heads 0.5  # half the heads removed, at random
-    python -m nli.train --out runs/nli/pi --prune-heads 0.5 --prune-by importance  # the least important half
-    python -m nli.train --out runs/nli/pm --prune-heads 0.5 --prune-by masking     # the study's: 50% of weights masked
+    python -m nli.train --out runs/nli/pm --prune-heads 0.5 --prune-by masking  # the study's: 50% of weights masked
 
 The recipe is the study's (HF Trainer defaults; every setting in nli/config.py): premise and
 hypothesis tokenised together and truncated to --max-length 200, batch 16, 3 epochs, AdamW (lr
 3e-5, no weight decay), learning rate decaying linearly to zero over all steps with no warm-up,
 gradients clipped to norm 1.0.
 
-- Batch: one optimizer step sees --batch-size × --grad-accum pairs. The sampler forms batches of
-  that size from pairs of similar length and cuts each into micro-batches of --batch-size; each
-  pair's loss is weighted 1 / (pairs in the optimizer batch), so accumulation gives the same
-  update as one large batch (a short last batch too). Micro-batches are padded up to a multiple
-  of 16 word pieces (a bucket), and a short one is filled with zero-weight rows: few shapes.
-  --batch-order FILE replaces the sampler: one line per optimizer step of the whole run, the
-  indices of its training pairs (benchmarks/trainer_recipe.py writes HF Trainer's order this way).
+- Batch: one optimizer step sees --batch-size × --grad-accum pairs of similar length (or, with
+  --batch-order FILE, exactly the file's), cut into micro-batches of --batch-size; each pair's
+  loss is weighted 1 / (pairs in the optimizer batch), so accumulation gives the update of one
+  large batch. Micro-batches are padded to a multiple of 16 word pieces, a short one filled with
+  zero-weight rows: few shapes, each captured once as a CUDA graph on CUDA (common/graphs.py).
 - Precision: --amp auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing)
   and fp32 on the CPU. Weights and optimizer state stay fp32; the loss is computed in fp32.
-- Speed: on CUDA (--cuda-graphs auto) each bucket's forward/backward and the optimizer update
-  are captured once as CUDA graphs and replayed (common/training.py, which builds the optimizer,
-  checkpoint and step machinery for both loops); the CPU runs the same step function eagerly.
-  No step reads the device; figures are read every --log-every steps.
-- Ablations apply in one order: keep layers, then prune heads, then freeze. Heads to remove are
-  drawn at random with the seed, or (--prune-by importance) are the lowest-scoring by gradient
-  head importance on --importance-batches training batches of the starting model (nli/importance.py).
-  --prune-by masking is the study's own method instead: no head removed, that fraction of every
-  attention weight's entries masked at random with torch.nn.utils.prune for the whole run.
+- Ablations apply in one order: keep layers, then prune heads (at random with the seed, or the
+  lowest by head importance on training batches: nli/importance.py; or, --prune-by masking, the
+  study's random masking of attention weights), then freeze.
 - Each epoch: train, then evaluate validation and test (nli/evaluate.py). Test is reported,
   never used to choose. The final model's figures are the headline (as in the study);
-  metrics.json's `best` holds the epoch with the best validation accuracy.
-- Each finished epoch writes a verified checkpoint; --resume continues from it and ends with the
-  weights an uninterrupted run would have. metrics.json is written last and marks the run done.
+  metrics.json's `best` holds the epoch with the best validation accuracy. Each epoch writes a
+  verified checkpoint (--resume); metrics.json is written last and marks the run done.
 
-Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt, curves.png,
-confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json (see docs/outputs.md).
+Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt (nli/report.py),
+curves.png, confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json
+(see docs/outputs.md).
 """
 from transformers.utils import logging as hf_logging
 
