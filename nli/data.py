@@ -1,6 +1,6 @@
 """FarsTail: find or download the three files, read them with CSV quoting, check every row,
 tokenise each split once, and pad batches up to a few fixed lengths (buckets)."""
-import tempfile
+import hashlib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 
 from common.device import pinned
 from common.errors import UserError
-from common.files import read_table, sha256
+from common.files import atomic_write, read_table
 from common.inputs import files_record
 
 # Fixed label ids (a label's id is its index), recorded in the saved model's id2label / label2id.
@@ -58,18 +58,15 @@ def download_farstail(data_dir: Path, log=print) -> None:
         log(f"downloading {url}")
         hint = (f"download it by hand from {url} (sha256 {SHA256[name]}) into {data_dir}/, "
                 f"or point --data-dir at a folder holding {', '.join(FILES.values())}")
-        with tempfile.NamedTemporaryFile(dir=data_dir, delete=False, suffix=".part") as tmp:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as r:
-                    tmp.write(r.read())
-            except OSError as e:
-                Path(tmp.name).unlink()
-                raise UserError(f"could not download {name} ({e}); {hint}") from None
-        got = sha256(Path(tmp.name))
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                body = r.read()
+        except OSError as e:
+            raise UserError(f"could not download {name} ({e}); {hint}") from None
+        got = hashlib.sha256(body).hexdigest()
         if got != SHA256[name]:
-            Path(tmp.name).unlink()
             raise UserError(f"downloaded {name} has sha256 {got}, expected {SHA256[name]}; {hint}")
-        Path(tmp.name).replace(dest)
+        atomic_write(dest, lambda tmp: tmp.write_bytes(body))
 
 
 def read_split(path: Path) -> Split:

@@ -104,8 +104,7 @@ def random_scores(model, seed: int) -> dict[int, dict[int, float]]:
 def measure(base, heads: dict, data: dict, device, dtype) -> dict:
     """Remove `heads` from a copy of base; its val/test accuracy, parameters and eval pairs/s."""
     model = copy.deepcopy(base)
-    if heads:
-        prune_heads(model, heads)
+    prune_heads(model, heads)
     out = {"heads_removed": sum(len(h) for h in heads.values()), "params": count_params(model)["total"]}
     start, pairs = time.perf_counter(), 0
     for split in ("val", "test"):
@@ -194,13 +193,11 @@ def curve(cfg: CurveConfig):
         tokenizer = load_tokenizer(str(cfg.model))
         alone = bool(getattr(base.config, "hypothesis_only", False))  # (nli.train --hypothesis-only: no premise)
         data = {k: encode(tokenizer, v, cfg.max_length, alone) for k, v in splits.items()}
-        total = sum(len(remaining_heads(base, i)) for i in range(len(encoder_layers(base))))
         layers = len(encoder_layers(base))
+        total = sum(len(remaining_heads(base, i)) for i in range(layers))
         batches = LengthGroupedBatches(data["train"].lengths.tolist(), cfg.batch_size, cfg.seed).epoch(0)
         batches = batches[:cfg.importance_batches]
-
-        def importance(model):
-            return head_importance(model, data["train"], batches, device, dtype)
+        importance = lambda model: head_importance(model, data["train"], batches, device, dtype)  # noqa: E731
         run.begin()
         write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device), "hypothesis_only": alone,
                                       "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
@@ -217,9 +214,7 @@ def curve(cfg: CurveConfig):
             if n > total - layers:
                 log(f"fraction {f:g} would leave a layer without heads ({n} of {total}); skipped")
                 continue
-            point = {"fraction": f}
-            rows.append({"method": "importance", "seed": "", **point,
-                         **measure(base, choose_by_importance(scores, n), data, device, dtype)})
+            chosen = [("importance", "", choose_by_importance(scores, n))]
             if cfg.iterative:
                 current = copy.deepcopy(base)
                 prune_heads(current, iterative_heads)
@@ -227,11 +222,10 @@ def curve(cfg: CurveConfig):
                 if more > 0:
                     for layer, hs in choose_by_importance(importance(current), more).items():
                         iterative_heads[layer] = sorted(iterative_heads.get(layer, []) + hs)
-                rows.append({"method": "importance-iterative", "seed": "", **point,
-                             **measure(base, iterative_heads, data, device, dtype)})
-            for seed in range(cfg.seeds):
-                rows.append({"method": "random", "seed": seed, **point,
-                             **measure(base, choose_by_importance(random_scores(base, seed), n), data, device, dtype)})
+                chosen.append(("importance-iterative", "", iterative_heads))
+            chosen += [("random", seed, choose_by_importance(random_scores(base, seed), n)) for seed in range(cfg.seeds)]
+            rows += [{"method": method, "seed": seed, "fraction": f, **measure(base, heads, data, device, dtype)}
+                     for method, seed, heads in chosen]
             log(f"fraction {f:g} ({n} heads): " + ", ".join(
                 f"{r['method']}{'' if r['seed'] == '' else ' ' + str(r['seed'])} test {r['test_accuracy']:.4f}"
                 for r in rows if r["fraction"] == f))
@@ -265,9 +259,7 @@ def write_curve(out, cfg, rows, scores, whole, total, layers, per_layer, alone: 
               f"{b['test_accuracy']:.4f}" + (" (mean over seeds)" if m == "random" else "") for m, b in budgets.items()]
     write_text(out / "report.txt", "\n".join(lines) + "\n")
     write_json(out / "metrics.json", {"task": "nli", "experiment": "prune-curve", "heads": total, "layers": layers,
-                                      "whole": whole, "head_budget": budgets, "points": rows,
-                                      "importance": {str(k): {str(h): v for h, v in row.items()}
-                                                     for k, row in scores.items()}})
+                                      "whole": whole, "head_budget": budgets, "points": rows, "importance": scores})
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ SUBSETS = ["hard_hypothesis", "easy_hypothesis", "hard_overlap", "easy_overlap"]
 
 @dataclass
 class NLIResult(RunResult):
-    """A finished NLI run: the common figures, and what the report says of the data and the
-    experiment (token statistics, label counts, removed heads and their scores; the test split's
-    hard-subset flags for predictions.csv)."""
+    """A finished NLI run: the common figures, the data's statistics, what the experiment did, and
+    the test split's hard-subset flags (for predictions.csv)."""
     hard: dict = field(default_factory=dict)
     token_stats: dict = field(default_factory=dict)
     piece_lengths: dict = field(default_factory=dict)

@@ -132,17 +132,15 @@ def section(report) -> list[str]:
             table.append(row(e.name, "ours: missing", *[""] * 6))
         else:
             name = e.name + seeds_note(runs, seeds)
-            col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
+            col = lambda part, key, digits=4: mean_std([m[part].get(key) for m in runs], digits)  # noqa: E731
             ci = test_intervals(runs)
             p, test = runs[0]["params"], test_cells(runs, ci)
-            table.append(row(name, "ours", col(lambda m: m["val"]["accuracy"]), test["accuracy"],
-                             col(lambda m: m["train"].get("trainer_logged_last")), col(lambda m: m["val"]["loss"]),
-                             col(lambda m: m["test"]["loss"]), test["macro_f1"]))
-            extra.append(row(name, col(lambda m: m["train"]["loss"]), f"{short_count(p['trainable'])} / "
-                             f"{short_count(p['total'])}", mean_std([m["speed"]["train_seconds"] for m in runs], 1),
-                             mean_std([m["speed"]["items_per_s"] for m in runs], 1),
-                             col(lambda m: m["test_subsets"]["hard_hypothesis"]),
-                             col(lambda m: m["test_subsets"]["hard_overlap"]), comparison_cell(against.get(e.name))))
+            table.append(row(name, "ours", col("val", "accuracy"), test["accuracy"], col("train", "trainer_logged_last"),
+                             col("val", "loss"), col("test", "loss"), test["macro_f1"]))
+            extra.append(row(name, col("train", "loss"), f"{short_count(p['trainable'])} / {short_count(p['total'])}",
+                             col("speed", "train_seconds", 1), col("speed", "items_per_s", 1),
+                             col("test_subsets", "hard_hypothesis"), col("test_subsets", "hard_overlap"),
+                             comparison_cell(against.get(e.name))))
             findings.append(f"`{e.name}`{seeds_note(runs, seeds)} "
                             + report.point(f"NLI {e.name}", runs, ci, e.study and e.study["test_accuracy"]))
         if e.study:
