@@ -14,8 +14,7 @@ RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_ev
 
 @dataclass(frozen=True)
 class Experiment:
-    """The study's ablations (applied by nli.model.apply_experiment) and the hypothesis-only
-    baseline, as the flags of nli.train name them."""
+    """The study's ablations (nli.model.apply_experiment) and the hypothesis-only baseline."""
     freeze: int = 0
     keep_layers: int | None = None
     prune_heads: float | None = None

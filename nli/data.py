@@ -70,9 +70,8 @@ def download_farstail(data_dir: Path, log=print) -> None:
 
 
 def read_split(path: Path) -> Split:
-    """Read one FarsTail file: tab-separated with standard CSV quoting (quoted fields may hold
-    tabs, quotes and newlines), so csv's default quoting, not a split on tabs. UTF-8, with or
-    without a byte-order mark. Every row is checked; an error names the file and line."""
+    """One FarsTail file: tab-separated with CSV quoting (quoted fields may hold tabs, quotes and
+    newlines), UTF-8. Every row is checked; an error names the file and line."""
     cols, rows = read_table(path, delimiter="\t")
     missing = [c for c in ("premise", "hypothesis", "label") if c not in cols]
     if missing:
@@ -127,8 +126,7 @@ def load_tokenizer(model: str):
 
 
 def check_max_length(max_length: int, tokenizer, positions: int | None) -> None:
-    """--max-length must hold the special tokens and a word piece of each sentence, and fit the
-    model's position embeddings."""
+    """--max-length holds the special tokens and a word piece of each sentence, within `positions`."""
     least = tokenizer.num_special_tokens_to_add(pair=True) + 2
     if max_length < least:
         raise UserError(f"--max-length {max_length}: a pair needs at least {least} word pieces (its special tokens "
@@ -145,8 +143,7 @@ def bucket_length(n: int, max_length: int) -> int:
 
 @dataclass
 class Encoded:
-    """One tokenised split, padded once: token ids and segment ids as (pairs, width) matrices
-    (width: the bucket of the longest pair), each pair's length, and its label id."""
+    """One tokenised split, padded once to the bucket of its longest pair: ids, segment ids, lengths, labels."""
     ids: torch.Tensor
     types: torch.Tensor
     lengths: torch.Tensor

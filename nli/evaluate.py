@@ -25,8 +25,7 @@ def pair_logits(model, data: Encoded, device, dtype) -> tuple[np.ndarray, float]
 
 
 def evaluate(model, data: Encoded, device, dtype, hard: dict | None = None) -> dict:
-    """A split's figures (accuracy, UAR, loss, macro F1, per class) and its predictions; with
-    `hard` (the test split's flags), accuracy on each hard subset and its easy complement."""
+    """A split's figures (common/metrics.py) and predictions; stops the run on a NaN loss."""
     logits, loss = pair_logits(model, data, device, dtype)
     if not math.isfinite(loss):
         raise RunFailed("the evaluation loss is NaN or infinite; the run stopped and wrote no results")

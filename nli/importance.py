@@ -24,8 +24,7 @@ def remaining_heads(model, layer: int) -> list[int]:
 
 @contextlib.contextmanager
 def head_gates(model):
-    """Gates (one tensor of ones per layer, one entry per remaining head, requires_grad) applied
-    by forward pre-hooks on each attention output projection; removed on exit."""
+    """Per layer, a gate of ones per remaining head (requires_grad), applied while inside."""
     gates, handles = [], []
     try:
         for layer in encoder_layers(model):

@@ -25,12 +25,9 @@ def encoder_layers(model) -> torch.nn.ModuleList:
 
 
 def load_classifier(name: str, label_names: list[str] | None = None):
-    """A sequence classifier from a hub id or a save_pretrained folder.
-
-    `label_names` sets a fresh classification head with those names (training); None keeps the
-    folder's own head and label names (prediction). A folder whose config lists `pruned_heads`
-    is rebuilt at full size, pruned to the same shapes, then loaded, since plain
-    `from_pretrained` would meet weights of the wrong shape."""
+    """A sequence classifier from a hub id or a save_pretrained folder: with `label_names`, a fresh
+    head with those names (training), else the folder's own (prediction). A config that lists
+    `pruned_heads` is built at full size and pruned before its (smaller) weights are loaded."""
     kw = {} if label_names is None else {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                                          "label2id": {n: i for i, n in enumerate(label_names)}}
     try:
@@ -82,8 +79,7 @@ def count_to_remove(fraction: float, total: int, layers: int) -> int:
 
 
 def choose_heads(num_layers: int, num_heads: int, fraction: float, seed: int) -> dict[int, list[int]]:
-    """round(fraction × all heads) heads drawn uniformly at random over the whole model with `seed`,
-    never every head of one layer: heads are taken in a seeded random order, skipping a head that
+    """round(fraction × all heads) heads in a random order fixed by `seed`, skipping a head that
     would be its layer's last. Selection only; `prune_heads` does the removal."""
     n = count_to_remove(fraction, num_layers * num_heads, num_layers)
     pairs = [(layer, head) for layer in range(num_layers) for head in range(num_heads)]
@@ -116,9 +112,8 @@ def choose_by_importance(scores: dict[int, dict[int, float]], n: int) -> dict[in
 
 
 def prune_heads(model, heads: dict[int, list[int]]) -> None:
-    """Remove the given heads ({layer: [head numbers of the unpruned layer]}) from the model's
-    attention blocks and record every removed head in model.config.pruned_heads. A model that
-    already lacks some heads can lose more (heads are always numbered as in the unpruned model)."""
+    """Remove heads ({layer: [heads]}, numbered as in the unpruned model, also when some are gone
+    already) from the attention blocks; model.config.pruned_heads records every removed head."""
     done = {int(k): set(v) for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()}
     layers = encoder_layers(model)
     for layer, drop in heads.items():
@@ -161,8 +156,7 @@ def mask_attention_weights(model, fraction: float) -> dict:
 
 
 def make_masks_permanent(model) -> None:
-    """Fold torch.nn.utils.prune's masks into the weights (the masked entries stay zero), so the
-    model saves and reloads as a plain one with the same logits."""
+    """Fold prune's masks into the weights, so the model saves and reloads as a plain one."""
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod):
@@ -170,8 +164,7 @@ def make_masks_permanent(model) -> None:
 
 
 def freeze_layers(model, n: int) -> None:
-    """The first n encoder layers get no gradient (and so no optimizer state); embeddings, the
-    other layers, pooler and classifier train."""
+    """The first n encoder layers get no gradient (and so no optimizer state)."""
     layers = encoder_layers(model)
     if not 0 <= n <= len(layers):
         raise UserError(f"--freeze {n}: the model has {len(layers)} encoder layers")

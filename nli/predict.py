@@ -32,8 +32,7 @@ def load(model_dir: str):
 
 @torch.inference_mode()
 def probabilities(model, tokenizer, premises, hypotheses, max_length: int = 200) -> torch.Tensor:
-    """Softmax probabilities, one row per pair (batches padded to their own longest pair). A
-    hypothesis-only model (its config says so) is given the hypotheses alone, as it was trained."""
+    """Softmax probabilities, one row per pair; a hypothesis-only model gets the hypotheses alone."""
     out = []
     alone = getattr(model.config, "hypothesis_only", False)
     for i in range(0, len(premises), BATCH):

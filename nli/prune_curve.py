@@ -116,8 +116,7 @@ def measure(base, heads: dict, data: dict, device, dtype) -> dict:
 
 
 def plot_prune_curve(rows: list[dict], whole: float, path: Path, title: str) -> None:
-    """Test accuracy against the fraction of heads removed: importance (one-shot, iterative),
-    random (mean over seeds, min-max band), the whole model as a line."""
+    """Test accuracy against the fraction of heads removed, by method (random: mean, min-max band)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, style in (("importance", "o-"), ("importance-iterative", "s--")):
         pts = by_fraction(rows, method)
@@ -142,8 +141,7 @@ def plot_head_importance(scores: dict, layers: int, heads: int, path: Path) -> N
     """Layers × heads heat map of importance (normalised within each layer); removed heads blank."""
     grid = np.full((layers, heads), np.nan)
     for layer, row in scores.items():
-        for h, v in row.items():
-            grid[layer, h] = v
+        grid[layer, list(row)] = list(row.values())
     fig, ax = plt.subplots(figsize=(0.5 * heads + 2.5, 0.4 * layers + 1.8))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     fig.colorbar(im, ax=ax, label="importance (normalised per layer)")
@@ -160,8 +158,7 @@ def by_fraction(rows: list[dict], method: str) -> dict[float, list[dict]]:
 
 
 def budget(rows: list[dict], whole: dict) -> dict:
-    """Heads removed (and fraction) before validation accuracy first falls more than DROP below
-    the whole model's (`whole`: its row), with the validation and test accuracy there."""
+    """The most heads removed before validation accuracy first falls DROP below `whole`'s, and the accuracies there."""
     ok = {"heads_removed": 0, "fraction": 0.0, **whole}
     for r in sorted(rows, key=lambda r: r["fraction"]):
         if r["val_accuracy"] < whole["val_accuracy"] - DROP:
@@ -223,7 +220,7 @@ def curve(cfg: CurveConfig):
                     for layer, hs in choose_by_importance(importance(current), more).items():
                         iterative_heads[layer] = sorted(iterative_heads.get(layer, []) + hs)
                 chosen.append(("importance-iterative", "", iterative_heads))
-            chosen += [("random", seed, choose_by_importance(random_scores(base, seed), n)) for seed in range(cfg.seeds)]
+            chosen += [("random", k, choose_by_importance(random_scores(base, k), n)) for k in range(cfg.seeds)]
             rows += [{"method": method, "seed": seed, "fraction": f, **measure(base, heads, data, device, dtype)}
                      for method, seed, heads in chosen]
             log(f"fraction {f:g} ({n} heads): " + ", ".join(

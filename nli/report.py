@@ -59,8 +59,7 @@ def write_results(out, cfg, model, tokenizer, result: NLIResult) -> None:
 
 
 def report(cfg, result: NLIResult, record: dict) -> str:
-    """report.txt: the per-epoch table, the final figures, where each comes from, and the test
-    split's classification report."""
+    """report.txt: the per-epoch table, the final figures and where each comes from."""
     speed, graphs, final, stats = record["speed"], result.graphs, result.final, result.token_stats
     lines = [f"FarsTail NLI, experiment {result.experiment}, seed {cfg.seed}, {cfg.epochs} epochs, model {cfg.model}",
              f"recipe: {result.recipe}",

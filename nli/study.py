@@ -15,19 +15,16 @@ from nli.config import Experiment
 
 @dataclass(frozen=True, kw_only=True)
 class StudyRow(Experiment):
-    """One experiment of the table (its name is its folder under runs/nli/), in words, the study's
-    figures for it (one run; None where the study did not run it), what the study's row beside it
-    is where that is not the same experiment, and notes on cells where the study contradicts itself."""
+    """One experiment of the table: in words, the study's figures (None where it did not run it),
+    the study's method where its row beside it differs, and notes on self-contradicting cells."""
     what: str
     study: dict | None = None
     study_method: str = ""
     notes: tuple = ()
 
 
-# The study's figures: validation accuracy to three decimals from its log; test accuracy to three
-# decimals from its text (the table's value where they differ); train loss (the last value HF
-# Trainer logged: the mean of steps 501-1000 of 1365), validation and test loss and macro F1 from
-# its table (two decimals).
+# The study's figures: val accuracy from its log, test accuracy from its text (three decimals; the table's where
+# they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and F1 from its table.
 def _study(val, test, trainer_logged_loss, val_loss, test_loss, f1):
     return {"val_accuracy": val, "test_accuracy": test, "trainer_logged_loss": trainer_logged_loss,
             "val_loss": val_loss, "test_loss": test_loss, "macro_f1": f1}
@@ -135,8 +132,9 @@ def section(report) -> list[str]:
             col = lambda part, key, digits=4: mean_std([m[part].get(key) for m in runs], digits)  # noqa: E731
             ci = test_intervals(runs)
             p, test = runs[0]["params"], test_cells(runs, ci)
-            table.append(row(name, "ours", col("val", "accuracy"), test["accuracy"], col("train", "trainer_logged_last"),
-                             col("val", "loss"), col("test", "loss"), test["macro_f1"]))
+            table.append(row(name, "ours", col("val", "accuracy"), test["accuracy"],
+                             col("train", "trainer_logged_last"), col("val", "loss"), col("test", "loss"),
+                             test["macro_f1"]))
             extra.append(row(name, col("train", "loss"), f"{short_count(p['trainable'])} / {short_count(p['total'])}",
                              col("speed", "train_seconds", 1), col("speed", "items_per_s", 1),
                              col("test_subsets", "hard_hypothesis"), col("test_subsets", "hard_overlap"),

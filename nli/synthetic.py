@@ -26,12 +26,11 @@ def sentence(rng: random.Random, n: int) -> list[str]:
 
 def pair(rng: random.Random, label: str) -> tuple[str, str]:
     premise = sentence(rng, rng.randint(4, 30))
-    if label == "e":
-        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [premise[-1]]
-    elif label == "c":
-        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [NEGATION]
-    else:
+    if label == "n":
         hyp = sentence(rng, rng.randint(3, 8))
+    else:  # entailed: the premise's verb; contradicted: a negation
+        ending = premise[-1] if label == "e" else NEGATION
+        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [ending]
     return " ".join(premise) + ".", " ".join(hyp) + "."
 
 

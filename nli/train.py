@@ -87,7 +87,9 @@ def train(cfg: NLIConfig):
         log(f"FarsTail: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} pairs; longest premise "
             f"{stats['max_premise_tokens']} and hypothesis {stats['max_hypothesis_tokens']} word pieces; "
             f"{stats['truncated_pairs']} training pairs truncated to {cfg.max_length}")
-        sampler = training_batches(cfg, data["train"])
+        batch = cfg.batch_size * cfg.grad_accum  # pairs per optimizer step: similar lengths, or exactly the file's
+        sampler = (read_batch_order(cfg.batch_order, len(data["train"]), batch, cfg.epochs) if cfg.batch_order
+                   else LengthGroupedBatches(data["train"].lengths.tolist(), batch, cfg.seed))
 
         # 2. Model and the experiment: keep layers, then prune heads (at random, by importance, or the study's
         #    masking), then freeze.
@@ -139,14 +141,6 @@ def train(cfg: NLIConfig):
         write_results(out, cfg, model, tokenizer, result)
         training.checkpoint.remove()
         log(f"done: test accuracy {result.final['test']['accuracy']:.4f}; results in {out}")
-
-
-def training_batches(cfg: NLIConfig, train_data):
-    """Each epoch's optimizer batches: pairs of similar length, or (--batch-order) exactly the file's."""
-    batch = cfg.batch_size * cfg.grad_accum
-    if cfg.batch_order:
-        return read_batch_order(cfg.batch_order, len(train_data), batch, cfg.epochs)
-    return LengthGroupedBatches(train_data.lengths.tolist(), batch, cfg.seed)
 
 
 def importance_of(train_data, cfg: NLIConfig, run):
