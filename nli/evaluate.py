@@ -1,6 +1,5 @@
-"""How an NLI model is scored, for training (each epoch) and the pruning curve alike: logits of
-every pair in a fixed length-sorted order, padded to the same buckets as training, and the
-figures of common/metrics.py, plus accuracy on FarsTail's hard and easy test subsets."""
+"""How an NLI model is scored, for training and the pruning curve alike: every pair in a fixed
+length-sorted order, padded to training's buckets; common/metrics.py's figures and FarsTail's subsets."""
 import math
 
 import numpy as np

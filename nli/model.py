@@ -1,6 +1,5 @@
-"""ParsBERT (any BERT-family encoder) for sequence-pair classification, and the study's
-ablations: keep the first N layers, remove attention heads (for real), freeze layers; and the
-study's own "pruning", random weight masking with torch.nn.utils.prune, as its own experiment.
+"""ParsBERT (any BERT-family encoder) for pair classification, and the study's ablations: keep
+the first N layers, remove attention heads (for real) or mask weights as the study did, freeze.
 
 transformers 5.x removed `prune_heads`: heads are removed here by slicing each attention block's
 query/key/value rows and output projection's columns (`prune_linear_layer`); its attention code

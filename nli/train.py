@@ -64,8 +64,7 @@ def inputs(cfg: NLIConfig) -> dict:
 
 
 def capture_examples(data, cfg: NLIConfig, device, sdpa: bool, batches: list[list[int]]) -> list[dict]:
-    """One training micro-batch (a pair plus zero-weight rows) for every bucket that an epoch's
-    `batches` use often enough to capture (common/graphs.py, capture_items)."""
+    """A zero-weight training micro-batch for each bucket worth a CUDA graph (common/graphs.py)."""
     items = capture_items(data.lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), batches, cfg.batch_size)
     return [collate(data, [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in items]
 
@@ -91,8 +90,7 @@ def train(cfg: NLIConfig):
         sampler = (read_batch_order(cfg.batch_order, len(data["train"]), batch, cfg.epochs) if cfg.batch_order
                    else LengthGroupedBatches(data["train"].lengths.tolist(), batch, cfg.seed))
 
-        # 2. Model and the experiment: keep layers, then prune heads (at random, by importance, or the study's
-        #    masking), then freeze.
+        # 2. Model and the experiment: keep layers, then prune heads (or mask weights), then freeze.
         model = load_classifier(cfg.model, LABEL_NAMES).to(device)
         check_max_length(cfg.max_length, tokenizer, getattr(model.config, "max_position_embeddings", None))
         applied = apply_experiment(model, cfg.experiment, cfg.seed, importance_of(data["train"], cfg, run))
@@ -144,8 +142,7 @@ def train(cfg: NLIConfig):
 
 
 def importance_of(train_data, cfg: NLIConfig, run):
-    """With --prune-by importance: the function that scores a model's heads on the first
-    --importance-batches training batches (of epoch 0's order, never the test split)."""
+    """With --prune-by importance: head scores on the first --importance-batches training batches."""
     if cfg.experiment.prune_by != "importance":
         return None
     batches = LengthGroupedBatches(train_data.lengths.tolist(), cfg.batch_size, cfg.seed).epoch(0)
@@ -153,8 +150,7 @@ def importance_of(train_data, cfg: NLIConfig, run):
 
 
 def train_loss(history: list[dict], every: int) -> dict:
-    """metrics.json's `train`: the last epoch's mean loss (ours), and the loss as HF Trainer logs
-    it every `every` steps (the study's table shows the last value Trainer logged)."""
+    """metrics.json's `train`: the last epoch's mean loss, and the loss as HF Trainer logs it every `every` steps."""
     logged = logged_like_trainer([x for row in history for x in row["step_losses"]], every)
     return {"loss": history[-1]["train_loss"], "trainer_logged": logged,
             "trainer_logged_last": logged[-1]["loss"] if logged else None}
