@@ -83,14 +83,9 @@ def choose_heads(num_layers: int, num_heads: int, fraction: float, seed: int) ->
     n = count_to_remove(fraction, num_layers * num_heads, num_layers)
     pairs = [(layer, head) for layer in range(num_layers) for head in range(num_heads)]
     random.Random(seed).shuffle(pairs)
-    chosen: dict[int, list[int]] = {}
-    for layer, head in pairs:
-        if len(chosen.get(layer, [])) < num_heads - 1:
-            chosen.setdefault(layer, []).append(head)
-            n -= 1
-            if n == 0:
-                break
-    return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
+    position = {pair: k for k, pair in enumerate(pairs)}  # as scores: the lowest first
+    return choose_by_importance({layer: {head: position[layer, head] for head in range(num_heads)}
+                                 for layer in range(num_layers)}, n)
 
 
 def choose_by_importance(scores: dict[int, dict[int, float]], n: int) -> dict[int, list[int]]:

@@ -10,6 +10,7 @@ a contradiction adds a negation, a neutral hypothesis is drawn from other words.
 import argparse
 import csv
 import random
+import unicodedata
 from pathlib import Path
 
 WORDS = ("کتاب دانشجو دانشگاه شهر تهران ایران فرهنگ تاریخ علم هنر زبان فارسی شعر کار خانه مدرسه معلم "
@@ -55,8 +56,6 @@ def write_farstail(folder: Path, rows=(120, 60, 60), seed: int = 0) -> None:
 
 def write_tiny_bert(folder: Path, layers: int = 12, hidden: int = 32, heads: int = 4, seed: int = 0) -> None:
     """A BERT of the given depth with tiny widths and a WordPiece vocabulary of WORDS."""
-    import unicodedata
-
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
     folder.mkdir(parents=True, exist_ok=True)
