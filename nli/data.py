@@ -82,11 +82,10 @@ def read_split(path: Path) -> Split:
         label = (row["label"] or "").strip()
         if label not in CODES:
             raise UserError(f"{path}, line {line}: unknown label {label!r} (expected one of {', '.join(CODES)})")
-        for col in ("premise", "hypothesis"):
+        for col, texts in (("premise", split.premise), ("hypothesis", split.hypothesis)):
             if not (row[col] or "").strip():
                 raise UserError(f"{path}, line {line}: empty {col}")
-        split.premise.append(row["premise"].strip())
-        split.hypothesis.append(row["hypothesis"].strip())
+            texts.append(row[col].strip())
         split.label_ids.append(CODES.index(label))
         for c in hard_cols:
             value = (row[c] or "").strip()

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from common.device import autocast
-from common.errors import UserError
 from nli.data import collate
 from nli.model import encoder_layers, forward, uses_sdpa
 
@@ -53,8 +52,6 @@ def batch_loss(model, batch: dict, device, dtype) -> torch.Tensor:
 
 def raw_importance(model, data, batches: list[list[int]], device, dtype) -> list[torch.Tensor]:
     """Per layer, mean over `batches` of |∂L_b/∂ξ| for each remaining head (in the layer's order)."""
-    if not batches:
-        raise UserError("head importance needs at least one batch of examples")
     was_training = model.training
     model.eval()
     sdpa = uses_sdpa(model)
