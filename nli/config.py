@@ -1,17 +1,9 @@
-"""Every setting of an NLI run, in one typed block, built once from the command line.
-
-    python -m nli.train [--model NAME_OR_DIR] [--data-dir DIR] [--out DIR] [--epochs 3] [--batch-size 16]
-        [--lr 3e-5] [--max-length 200] [--seed 0] [--limit N] [--freeze N] [--keep-layers N]
-        [--prune-heads FRACTION] [--prune-by random|importance|masking] [--hypothesis-only]
-        [--importance-batches 32] [--trainer-logging-steps 500] [--grad-accum K] [--batch-order FILE]
-        [--amp auto|bf16|fp16|off] [--device auto|cpu|cuda] [--cuda-graphs auto|on|off] [--log-every 50]
-        [--resume] [--overwrite]
-
-The defaults are the study's recipe (HF Trainer's defaults). An `Experiment` is one ablation
-(keep layers, prune heads, freeze layers): its name and its flags are derived from it, here only.
+"""Every setting of an NLI run (python -m nli.train), in one typed block, built once from the
+command line. The defaults are the study's recipe (HF Trainer's defaults). An `Experiment` is one
+ablation: its name and its flags are derived from it, here only.
 """
 import argparse
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from common.spec import RunFlags, RunSpec, add_run_flags, check_flags, run_spec
@@ -22,12 +14,7 @@ RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_ev
 
 @dataclass(frozen=True)
 class Experiment:
-    """The study's ablations, applied in one order: keep the first `keep_layers` encoder layers,
-    then remove a `prune_heads` fraction of the attention heads (chosen at random with the seed,
-    or the least important: `prune_by`) or, with `prune_by` "masking", mask that fraction of the
-    entries of every attention weight at random as the study did (no head removed), then freeze
-    the first `freeze` layers. `hypothesis_only`: the model never sees the premise (the
-    dataset-artifact baseline: how much a model gets from the hypothesis alone)."""
+    """The study's ablations (nli.model.apply_experiment) and the hypothesis-only baseline."""
     freeze: int = 0
     keep_layers: int | None = None
     prune_heads: float | None = None
@@ -127,7 +114,6 @@ def parse_args(argv=None) -> NLIConfig:
         p.error(f"--prune-heads {a.prune_heads}: give a fraction of the heads between 0 and 1, like 0.5")
     if a.prune_by != "random" and not a.prune_heads:
         p.error(f"--prune-by {a.prune_by} goes with --prune-heads (the fraction); give --prune-heads too")
-    experiment = Experiment(a.freeze, a.keep_layers, a.prune_heads, a.prune_by, a.hypothesis_only)
-    flat = {k: v for k, v in vars(a).items() if k not in ("freeze", "keep_layers", "prune_heads", "prune_by",
-                                                           "hypothesis_only")}
-    return NLIConfig(**flat, experiment=experiment)
+    values = vars(a)
+    experiment = Experiment(**{f.name: values.pop(f.name) for f in fields(Experiment)})
+    return NLIConfig(**values, experiment=experiment)

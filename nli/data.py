@@ -1,6 +1,6 @@
 """FarsTail: find or download the three files, read them with CSV quoting, check every row,
 tokenise each split once, and pad batches up to a few fixed lengths (buckets)."""
-import tempfile
+import hashlib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 
 from common.device import pinned
 from common.errors import UserError
-from common.files import read_table, sha256
+from common.files import atomic_write, read_table
 from common.inputs import files_record
 
 # Fixed label ids (a label's id is its index), recorded in the saved model's id2label / label2id.
@@ -43,10 +43,8 @@ class Split:
         return len(self.label_ids)
 
     def head(self, n: int | None) -> "Split":
-        if n is None:
-            return self
-        return Split(self.premise[:n], self.hypothesis[:n], self.label_ids[:n],
-                     {k: v[:n] for k, v in self.hard.items()})
+        return self if n is None else Split(self.premise[:n], self.hypothesis[:n], self.label_ids[:n],
+                                            {k: v[:n] for k, v in self.hard.items()})
 
 
 def download_farstail(data_dir: Path, log=print) -> None:
@@ -60,24 +58,20 @@ def download_farstail(data_dir: Path, log=print) -> None:
         log(f"downloading {url}")
         hint = (f"download it by hand from {url} (sha256 {SHA256[name]}) into {data_dir}/, "
                 f"or point --data-dir at a folder holding {', '.join(FILES.values())}")
-        with tempfile.NamedTemporaryFile(dir=data_dir, delete=False, suffix=".part") as tmp:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as r:
-                    tmp.write(r.read())
-            except OSError as e:
-                Path(tmp.name).unlink()
-                raise UserError(f"could not download {name} ({e}); {hint}") from None
-        got = sha256(Path(tmp.name))
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                body = r.read()
+        except OSError as e:
+            raise UserError(f"could not download {name} ({e}); {hint}") from None
+        got = hashlib.sha256(body).hexdigest()
         if got != SHA256[name]:
-            Path(tmp.name).unlink()
             raise UserError(f"downloaded {name} has sha256 {got}, expected {SHA256[name]}; {hint}")
-        Path(tmp.name).replace(dest)
+        atomic_write(dest, lambda tmp: tmp.write_bytes(body))
 
 
 def read_split(path: Path) -> Split:
-    """Read one FarsTail file: tab-separated with standard CSV quoting (quoted fields may hold
-    tabs, quotes and newlines), so csv's default quoting, not a split on tabs. UTF-8, with or
-    without a byte-order mark. Every row is checked; an error names the file and line."""
+    """One FarsTail file: tab-separated with CSV quoting (quoted fields may hold tabs, quotes and
+    newlines), UTF-8. Every row is checked; an error names the file and line."""
     cols, rows = read_table(path, delimiter="\t")
     missing = [c for c in ("premise", "hypothesis", "label") if c not in cols]
     if missing:
@@ -88,11 +82,10 @@ def read_split(path: Path) -> Split:
         label = (row["label"] or "").strip()
         if label not in CODES:
             raise UserError(f"{path}, line {line}: unknown label {label!r} (expected one of {', '.join(CODES)})")
-        for col in ("premise", "hypothesis"):
+        for col, texts in (("premise", split.premise), ("hypothesis", split.hypothesis)):
             if not (row[col] or "").strip():
                 raise UserError(f"{path}, line {line}: empty {col}")
-        split.premise.append(row["premise"].strip())
-        split.hypothesis.append(row["hypothesis"].strip())
+            texts.append(row[col].strip())
         split.label_ids.append(CODES.index(label))
         for c in hard_cols:
             value = (row[c] or "").strip()
@@ -132,8 +125,7 @@ def load_tokenizer(model: str):
 
 
 def check_max_length(max_length: int, tokenizer, positions: int | None) -> None:
-    """--max-length must hold the special tokens and a word piece of each sentence, and fit the
-    model's position embeddings."""
+    """--max-length holds the special tokens and a word piece of each sentence, within `positions`."""
     least = tokenizer.num_special_tokens_to_add(pair=True) + 2
     if max_length < least:
         raise UserError(f"--max-length {max_length}: a pair needs at least {least} word pieces (its special tokens "
@@ -150,8 +142,7 @@ def bucket_length(n: int, max_length: int) -> int:
 
 @dataclass
 class Encoded:
-    """One tokenised split, padded once: token ids and segment ids as (pairs, width) matrices
-    (width: the bucket of the longest pair), each pair's length, and its label id."""
+    """One tokenised split, padded once to the bucket of its longest pair: ids, segment ids, lengths, labels."""
     ids: torch.Tensor
     types: torch.Tensor
     lengths: torch.Tensor
@@ -166,13 +157,10 @@ class Encoded:
 
 
 def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = False) -> Encoded:
-    """Tokenise premise and hypothesis together ([CLS] p [SEP] h [SEP]), truncated to max_length,
-    once, into padded matrices that every batch is sliced from. With `hypothesis_only` the premise
-    is left out altogether ([CLS] h [SEP]): the hypothesis-only baseline."""
-    if hypothesis_only:
-        enc = tokenizer(split.hypothesis, truncation=True, max_length=max_length)
-    else:
-        enc = tokenizer(split.premise, split.hypothesis, truncation=True, max_length=max_length)
+    """[CLS] premise [SEP] hypothesis [SEP] (with `hypothesis_only`: [CLS] hypothesis [SEP]),
+    truncated to max_length, once, into padded matrices that every batch is sliced from."""
+    texts = (split.hypothesis,) if hypothesis_only else (split.premise, split.hypothesis)
+    enc = tokenizer(*texts, truncation=True, max_length=max_length)
     types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
     lengths = torch.tensor([len(x) for x in enc["input_ids"]])
     width = bucket_length(int(lengths.max()), max_length)
@@ -186,15 +174,10 @@ def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = Fal
 
 def collate(data: Encoded, idx: list[int], device: torch.device, *, rows: int | None = None, weight: float = 1.0,
             sdpa_mask: bool = True) -> dict:
-    """The pairs in idx, padded to the bucket of the longest (not to --max-length), as host
-    tensors (pinned for a CUDA device).
-
-    `rows` fills a short batch up to that many rows with copies of its first pair whose weight
-    is 0 (training keeps one shape per bucket); `weight` is each real pair's weight in the loss.
-    The attention mask is always given and built here on the host: for SDPA a ready 4D boolean
-    mask (batch, 1, 1, length), which transformers passes through without inspecting it on the
-    device (its `mask.all()` check would be a GPU-to-host sync in every forward); otherwise the
-    usual 2D mask."""
+    """The pairs in idx, padded to the bucket of the longest, as host tensors (pinned for CUDA).
+    `rows` fills a short batch with zero-weight copies of its first pair (one shape per bucket);
+    `weight` is each real pair's loss weight. For SDPA the mask is a ready 4D boolean one, which
+    transformers passes through without its `mask.all()` check (a GPU-to-host sync per forward)."""
     n = len(idx)
     rows = rows or n
     take = torch.tensor(list(idx) + [idx[0]] * (rows - n))

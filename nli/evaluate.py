@@ -1,6 +1,5 @@
-"""How an NLI model is scored, for training (each epoch) and the pruning curve alike: logits of
-every pair in a fixed length-sorted order, padded to the same buckets as training, and the
-figures of common/metrics.py, plus accuracy on FarsTail's hard and easy test subsets."""
+"""How an NLI model is scored, for training and the pruning curve alike: every pair in a fixed
+length-sorted order, padded to training's buckets; common/metrics.py's figures and FarsTail's subsets."""
 import math
 
 import numpy as np
@@ -25,8 +24,7 @@ def pair_logits(model, data: Encoded, device, dtype) -> tuple[np.ndarray, float]
 
 
 def evaluate(model, data: Encoded, device, dtype, hard: dict | None = None) -> dict:
-    """A split's figures (accuracy, UAR, loss, macro F1, per class) and its predictions; with
-    `hard` (the test split's flags), accuracy on each hard subset and its easy complement."""
+    """A split's figures (common/metrics.py) and predictions; stops the run on a NaN loss."""
     logits, loss = pair_logits(model, data, device, dtype)
     if not math.isfinite(loss):
         raise RunFailed("the evaluation loss is NaN or infinite; the run stopped and wrote no results")

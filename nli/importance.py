@@ -1,18 +1,9 @@
-"""Which attention heads matter: gradient-based head importance (Michel, Levy and Neubig, "Are
-Sixteen Heads Really Better than One?", NeurIPS 2019), and choosing heads to remove by it.
-
-A gate ξ_h = 1 multiplies each head's output. The heads' outputs reach the rest of the layer
-only through the attention block's output projection, whose input is the heads' contexts side by
-side, so a forward pre-hook that scales head h's slice of that input by ξ_h gates it exactly.
-A head's importance is the expected absolute gradient of the loss with respect to its gate,
-I_h = mean over batches of |∂L_b/∂ξ_h| (L_b: a batch's mean cross-entropy), computed in eval mode
-(no dropout) under the run's precision, then normalised within each layer (divided by the
-layer's L2 norm of scores, as Michel et al. did). The hooks are removed afterwards and the model
-is left as it was (only the gates get gradients).
-
-Heads are numbered as in the unpruned model: a layer that lost heads 1 and 2 of 12 scores heads
-0, 3, 4, ... 11 (the model's config.pruned_heads says which are gone). Scoring, choosing
-(`nli.model.choose_by_importance`) and removing (`nli.model.prune_heads`) stay separate.
+"""Gradient-based head importance (Michel, Levy and Neubig, "Are Sixteen Heads Really Better than
+One?", NeurIPS 2019; docs/nli.md). A gate ξ_h = 1 scales head h's slice of the input of the
+attention output projection (a forward pre-hook), which gates the head exactly, since that
+projection is the only way its output reaches the layer. I_h = mean over batches of |∂L_b/∂ξ_h|,
+in eval mode under the run's precision, normalised by the layer's L2 norm. Heads keep the numbers
+of the unpruned model (config.pruned_heads says which are gone).
 """
 import contextlib
 
@@ -20,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from common.device import autocast
-from common.errors import UserError
 from nli.data import collate
 from nli.model import encoder_layers, forward, uses_sdpa
 
@@ -33,8 +23,7 @@ def remaining_heads(model, layer: int) -> list[int]:
 
 @contextlib.contextmanager
 def head_gates(model):
-    """Gates (one tensor of ones per layer, one entry per remaining head, requires_grad) applied
-    by forward pre-hooks on each attention output projection; removed on exit."""
+    """Per layer, a gate of ones per remaining head (requires_grad), applied while inside."""
     gates, handles = [], []
     try:
         for layer in encoder_layers(model):
@@ -63,8 +52,6 @@ def batch_loss(model, batch: dict, device, dtype) -> torch.Tensor:
 
 def raw_importance(model, data, batches: list[list[int]], device, dtype) -> list[torch.Tensor]:
     """Per layer, mean over `batches` of |∂L_b/∂ξ| for each remaining head (in the layer's order)."""
-    if not batches:
-        raise UserError("head importance needs at least one batch of examples")
     was_training = model.training
     model.eval()
     sdpa = uses_sdpa(model)

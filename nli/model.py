@@ -1,15 +1,11 @@
-"""ParsBERT (any BERT-family encoder) for sequence-pair classification, and the study's
-ablations: keep the first N layers, remove attention heads (for real), freeze layers; and the
-study's own "pruning", random weight masking with torch.nn.utils.prune, as its own experiment.
+"""ParsBERT (any BERT-family encoder) for pair classification, and the study's ablations: keep
+the first N layers, remove attention heads (for real) or mask weights as the study did, freeze.
 
-transformers 5.x removed `prune_heads`, `config.pruned_heads` and `head_mask`. Heads are removed
-here by slicing each attention block's query/key/value rows and its output projection's columns
-with `prune_linear_layer` (what the old `prune_heads` did); the v5 attention code reshapes with
-`view(..., -1, head_size)`, so it infers the smaller head count and every attention backend
-(SDPA, eager) keeps working. The removed heads are written to the config as `pruned_heads`
-({"layer": [heads]}, JSON string keys), and `load_classifier` rebuilds those shapes on reload.
+transformers 5.x removed `prune_heads`: heads are removed here by slicing each attention block's
+query/key/value rows and output projection's columns (`prune_linear_layer`); its attention code
+reshapes with `view(..., -1, head_size)`, so every backend infers the smaller head count. The
+removed heads go to the config as `pruned_heads`, from which `load_classifier` rebuilds the shapes.
 """
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
+from torch.nn.utils import prune
 from transformers.pytorch_utils import prune_linear_layer
 
 from common.errors import UserError
@@ -26,23 +23,10 @@ def encoder_layers(model) -> torch.nn.ModuleList:
     return model.base_model.encoder.layer
 
 
-def load_weights(model, folder: Path) -> None:
-    """Load safetensors weights (one file or shards) saved by save_pretrained, strictly."""
-    index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    state = {}
-    for name in files:
-        state.update(load_file(folder / name))
-    model.load_state_dict(state, strict=True)
-
-
 def load_classifier(name: str, label_names: list[str] | None = None):
-    """A sequence classifier from a hub id or a save_pretrained folder.
-
-    `label_names` sets a fresh classification head with those names (training); None keeps the
-    folder's own head and label names (prediction). A folder whose config lists `pruned_heads`
-    is rebuilt at full size, pruned to the same shapes, then loaded, since plain
-    `from_pretrained` would meet weights of the wrong shape."""
+    """A sequence classifier from a hub id or a save_pretrained folder: with `label_names`, a fresh
+    head with those names (training), else the folder's own (prediction). A config that lists
+    `pruned_heads` is built at full size and pruned before its (smaller) weights are loaded."""
     kw = {} if label_names is None else {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                                          "label2id": {n: i for i, n in enumerate(label_names)}}
     try:
@@ -52,11 +36,11 @@ def load_classifier(name: str, label_names: list[str] | None = None):
         pruned = getattr(config, "pruned_heads", None) or {}
         if not pruned:
             return AutoModelForSequenceClassification.from_pretrained(name, config=config)
-        # Rebuild at full size, remove the recorded heads, then load the saved (smaller) weights.
         config.pruned_heads = {}
         model = AutoModelForSequenceClassification.from_config(config)
         prune_heads(model, {int(k): v for k, v in pruned.items()})
-        load_weights(model, Path(name))
+        # (one file: save_pretrained shards only above 50 GB)
+        model.load_state_dict(load_file(Path(name) / "model.safetensors"), strict=True)
         return model
     except OSError as e:
         raise UserError(f"--model {name}: cannot load it ({str(e).splitlines()[0]}); give a local folder made by "
@@ -94,20 +78,14 @@ def count_to_remove(fraction: float, total: int, layers: int) -> int:
 
 
 def choose_heads(num_layers: int, num_heads: int, fraction: float, seed: int) -> dict[int, list[int]]:
-    """round(fraction × all heads) heads drawn uniformly at random over the whole model with `seed`,
-    never every head of one layer: heads are taken in a seeded random order, skipping a head that
+    """round(fraction × all heads) heads in a random order fixed by `seed`, skipping a head that
     would be its layer's last. Selection only; `prune_heads` does the removal."""
     n = count_to_remove(fraction, num_layers * num_heads, num_layers)
     pairs = [(layer, head) for layer in range(num_layers) for head in range(num_heads)]
     random.Random(seed).shuffle(pairs)
-    chosen: dict[int, list[int]] = {}
-    for layer, head in pairs:
-        if len(chosen.get(layer, [])) < num_heads - 1:
-            chosen.setdefault(layer, []).append(head)
-            n -= 1
-            if n == 0:
-                break
-    return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
+    position = {pair: k for k, pair in enumerate(pairs)}  # as scores: the lowest first
+    return choose_by_importance({layer: {head: position[layer, head] for head in range(num_heads)}
+                                 for layer in range(num_layers)}, n)
 
 
 def choose_by_importance(scores: dict[int, dict[int, float]], n: int) -> dict[int, list[int]]:
@@ -128,9 +106,8 @@ def choose_by_importance(scores: dict[int, dict[int, float]], n: int) -> dict[in
 
 
 def prune_heads(model, heads: dict[int, list[int]]) -> None:
-    """Remove the given heads ({layer: [head numbers of the unpruned layer]}) from the model's
-    attention blocks and record every removed head in model.config.pruned_heads. A model that
-    already lacks some heads can lose more (heads are always numbered as in the unpruned model)."""
+    """Remove heads ({layer: [heads]}, numbered as in the unpruned model, also when some are gone
+    already) from the attention blocks; model.config.pruned_heads records every removed head."""
     done = {int(k): set(v) for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()}
     layers = encoder_layers(model)
     for layer, drop in heads.items():
@@ -153,17 +130,11 @@ def prune_heads(model, heads: dict[int, list[int]]) -> None:
 
 
 def mask_attention_weights(model, fraction: float) -> dict:
-    """The study's described pruning (its text, not its code, which it does not show), applied to
-    the model it is given: `torch.nn.utils.prune.random_unstructured` with amount `fraction` on
-    every parameter whose name contains "attention" and ends in "weight" (the query, key, value
-    and output projections of every layer and, reading the description literally,
-    `attention.output.LayerNorm.weight`). The masked entries are drawn at random
-    (torch's generator, fixed by --seed), stay zero through training (the weight is
-    `weight_orig * weight_mask` at every forward), and no head or computation is removed.
-    Returns what was masked: tensors, entries, masked entries."""
-    from torch.nn.utils import prune
-    if not 0 < fraction < 1:
-        raise UserError(f"--prune-heads {fraction}: give a fraction between 0 and 1")
+    """The study's described pruning (docs/nli.md): `prune.random_unstructured` with amount
+    `fraction` on every parameter whose name contains "attention" and ends in "weight" (read
+    literally, also `attention.output.LayerNorm.weight`), drawn with torch's seeded generator. The
+    entries stay zero through training (weight = weight_orig * weight_mask at every forward); no
+    head or computation is removed. Returns what was masked: tensors, entries, masked entries."""
     targets = [name for name, _ in model.named_parameters() if "attention" in name and name.endswith("weight")]
     if not targets:
         raise UserError("the model has no parameter whose name contains 'attention' and ends in 'weight' to mask")
@@ -179,9 +150,7 @@ def mask_attention_weights(model, fraction: float) -> dict:
 
 
 def make_masks_permanent(model) -> None:
-    """Fold torch.nn.utils.prune's masks into the weights (the masked entries stay zero), so the
-    model saves and reloads as a plain one with the same logits."""
-    from torch.nn.utils import prune
+    """Fold prune's masks into the weights, so the model saves and reloads as a plain one."""
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod):
@@ -189,8 +158,7 @@ def make_masks_permanent(model) -> None:
 
 
 def freeze_layers(model, n: int) -> None:
-    """The first n encoder layers get no gradient (and so no optimizer state); embeddings, the
-    other layers, pooler and classifier train."""
+    """The first n encoder layers get no gradient (and so no optimizer state)."""
     layers = encoder_layers(model)
     if not 0 <= n <= len(layers):
         raise UserError(f"--freeze {n}: the model has {len(layers)} encoder layers")
@@ -200,20 +168,17 @@ def freeze_layers(model, n: int) -> None:
 
 @dataclass
 class Applied:
-    """What an experiment did to the model: the heads removed ({layer: [heads]}, numbered as in
-    the unpruned model), their importance scores (with --prune-by importance), and what masking
-    masked (with --prune-by masking)."""
+    """What an experiment did: the heads removed ({layer: [heads]}, numbered as in the unpruned
+    model), their scores (--prune-by importance), and what masking masked (--prune-by masking)."""
     pruned_heads: dict = field(default_factory=dict)
     head_scores: dict | None = None
     masked_weights: dict | None = None
 
 
 def apply_experiment(model, experiment, seed: int, importance=None) -> Applied:
-    """The study's ablations in their one order (`experiment`: nli/config.py's Experiment): keep
-    the first layers, then remove a fraction of the heads (or, with prune_by "masking", mask that
-    fraction of the attention weights' entries, as the study did), then freeze the first layers.
-    Heads are chosen at random with `seed`, or, when `importance` is given (a function model ->
-    {layer: {head: score}}), the lowest-scoring ones."""
+    """The study's ablations in their one order (nli/config.py's Experiment): keep layers, then
+    remove heads (or mask weights), then freeze. Heads are chosen at random with `seed`, or, when
+    `importance` is given (a function model -> {layer: {head: score}}), the lowest-scoring ones."""
     if experiment.keep_layers:
         keep_layers(model, experiment.keep_layers)
     done = Applied()
@@ -234,7 +199,6 @@ def apply_experiment(model, experiment, seed: int, importance=None) -> Applied:
 
 def uses_sdpa(model) -> bool:
     """Whether the model attends with SDPA (then batches carry a ready 4D boolean mask: nli/data.py)."""
-    model = getattr(model, "module", model)  # (under DDP)
     return model.config._attn_implementation == "sdpa"
 
 

@@ -1,13 +1,10 @@
-"""Predict entailment / contradiction / neutral with a model trained by `nli.train`.
+"""Predict entailment / contradiction / neutral with a model trained by `nli.train` (docs/nli.md).
 
     python -m nli.predict --model runs/nli/all/seed0/model "PREMISE" "HYPOTHESIS"
     python -m nli.predict --model DIR --tsv pairs.tsv [--output predictions.tsv]
 
-The TSV needs `premise` and `hypothesis` columns (CSV quoting, as FarsTail's files; UTF-8); the
-output repeats them with the predicted label and one probability column per label. Shortened and
-pruned models load through the same path (nli.model.load_classifier). --model may also name a
-run folder (its model/ is used). The output's folder must exist and --output must not be a
-folder: both are checked before predicting, and no folder is ever replaced.
+The TSV needs `premise` and `hypothesis` columns (CSV quoting, UTF-8); the output adds the label
+and one probability column per label. --model may also name a run folder (its model/ is used).
 """
 import argparse
 import csv
@@ -35,8 +32,7 @@ def load(model_dir: str):
 
 @torch.inference_mode()
 def probabilities(model, tokenizer, premises, hypotheses, max_length: int = 200) -> torch.Tensor:
-    """Softmax probabilities, one row per pair (batches padded to their own longest pair). A
-    hypothesis-only model (its config says so) is given the hypotheses alone, as it was trained."""
+    """Softmax probabilities, one row per pair; a hypothesis-only model gets the hypotheses alone."""
     out = []
     alone = getattr(model.config, "hypothesis_only", False)
     for i in range(0, len(premises), BATCH):

@@ -1,22 +1,13 @@
 """How many attention heads a fine-tuned NLI model can lose, with no retraining: accuracy as heads
-are removed by importance (nli/importance.py) and at random.
+are removed by importance (nli/importance.py) and at random (docs/nli.md, "The curve").
 
     python -m nli.prune_curve --model runs/nli/all/seed0/model [--fractions 0.1,0.2,...,0.9]
         [--seeds 3] [--iterative] [--data-dir DIR] [--limit N] [--out DIR]
 
-For each fraction f, round(f × heads) heads are removed structurally from a copy of the model,
-and validation and test accuracy, parameters and inference pairs/s are measured:
-- importance: the lowest-scoring heads by gradient importance on --importance-batches batches of
-  the training split (never the test split), computed once on the whole model;
-- importance-iterative (--iterative): as Michel et al. did, importance recomputed on the pruned
-  model after each step, and the next step's heads taken from it;
-- random: heads drawn at random, once per seed 0 … --seeds−1 (the same seed, the same heads).
-Fraction 0 is the model as it is. Pairs are encoded as the model was trained (a --hypothesis-only
-model, whose config says so, gets the hypothesis alone). No layer ever loses its last head (a
-fraction that would need that is skipped). The head budget of a way of choosing is chosen on the
-validation split: the largest number of heads removed before validation accuracy falls more than
-one point below the whole model's (random: the mean over seeds), counting only fractions up to
-the first that falls below; test accuracy is reported at that budget, never used to choose it.
+For each fraction f, round(f × heads) heads are removed from a copy of the model (never a layer's
+last head): the lowest by importance on training batches, once or (--iterative) after each step,
+and at random once per seed. The head budget is chosen on validation only: the most heads removed
+before validation accuracy falls more than one point below the whole model's (random: the mean).
 
 Outputs in --out (default: prune_curve/ beside the model folder): config.json, train.log,
 prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json (written last).
@@ -111,8 +102,7 @@ def random_scores(model, seed: int) -> dict[int, dict[int, float]]:
 def measure(base, heads: dict, data: dict, device, dtype) -> dict:
     """Remove `heads` from a copy of base; its val/test accuracy, parameters and eval pairs/s."""
     model = copy.deepcopy(base)
-    if heads:
-        prune_heads(model, heads)
+    prune_heads(model, heads)
     out = {"heads_removed": sum(len(h) for h in heads.values()), "params": count_params(model)["total"]}
     start, pairs = time.perf_counter(), 0
     for split in ("val", "test"):
@@ -124,19 +114,18 @@ def measure(base, heads: dict, data: dict, device, dtype) -> dict:
 
 
 def plot_prune_curve(rows: list[dict], whole: float, path: Path, title: str) -> None:
-    """Test accuracy against the fraction of heads removed: importance (one-shot, iterative),
-    random (mean over seeds, min-max band), the whole model as a line."""
+    """Test accuracy against the fraction of heads removed, by method (random: mean, min-max band)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, style in (("importance", "o-"), ("importance-iterative", "s--")):
-        pts = sorted((r["fraction"], r["test_accuracy"]) for r in rows if r["method"] == method)
+        pts = by_fraction(rows, method)
         if pts:
-            ax.plot([0] + [f for f, _ in pts], [whole] + [a for _, a in pts], style, label=method)
-    fs = sorted({r["fraction"] for r in rows if r["method"] == "random"})
-    if fs:
-        acc = [[r["test_accuracy"] for r in rows if r["method"] == "random" and r["fraction"] == f] for f in fs]
-        ax.plot([0] + fs, [whole] + [float(np.mean(a)) for a in acc], "^-", color="tab:gray", label="random (mean)")
-        ax.fill_between([0] + fs, [whole] + [min(a) for a in acc], [whole] + [max(a) for a in acc], color="tab:gray",
-                        alpha=0.2, label="random (min-max over seeds)")
+            ax.plot([0, *pts], [whole] + [rs[0]["test_accuracy"] for rs in pts.values()], style, label=method)
+    random_rows = by_fraction(rows, "random")
+    if random_rows:
+        fs, acc = [0, *random_rows], [[whole]] + [[r["test_accuracy"] for r in rs] for rs in random_rows.values()]
+        ax.plot(fs, [float(np.mean(a)) for a in acc], "^-", color="tab:gray", label="random (mean)")
+        ax.fill_between(fs, [min(a) for a in acc], [max(a) for a in acc], color="tab:gray", alpha=0.2,
+                        label="random (min-max over seeds)")
     ax.axhline(whole, color="tab:red", ls=":", label="whole model")
     ax.axhline(whole - DROP, color="tab:red", ls=":", alpha=0.4, label="one point below")
     ax.set(xlabel="fraction of attention heads removed (no retraining)", ylabel="test accuracy", title=title)
@@ -150,8 +139,7 @@ def plot_head_importance(scores: dict, layers: int, heads: int, path: Path) -> N
     """Layers × heads heat map of importance (normalised within each layer); removed heads blank."""
     grid = np.full((layers, heads), np.nan)
     for layer, row in scores.items():
-        for h, v in row.items():
-            grid[layer, h] = v
+        grid[layer, list(row)] = list(row.values())
     fig, ax = plt.subplots(figsize=(0.5 * heads + 2.5, 0.4 * layers + 1.8))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     fig.colorbar(im, ax=ax, label="importance (normalised per layer)")
@@ -161,16 +149,20 @@ def plot_head_importance(scores: dict, layers: int, heads: int, path: Path) -> N
     save(fig, path)
 
 
+def by_fraction(rows: list[dict], method: str) -> dict[float, list[dict]]:
+    """One method's rows by fraction (`rows` come in increasing fraction)."""
+    fractions = dict.fromkeys(r["fraction"] for r in rows if r["method"] == method)
+    return {f: [r for r in rows if r["method"] == method and r["fraction"] == f] for f in fractions}
+
+
 def budget(rows: list[dict], whole: dict) -> dict:
-    """Heads removed (and fraction) before validation accuracy first falls more than DROP below
-    the whole model's (`whole`: its row), with the validation and test accuracy there."""
-    ok = {"heads": 0, "fraction": 0.0, "val_accuracy": whole["val_accuracy"], "test_accuracy": whole["test_accuracy"]}
+    """The most heads removed before validation accuracy first falls DROP below `whole`'s, and the accuracies there."""
+    ok = {"heads_removed": 0, "fraction": 0.0, **whole}
     for r in sorted(rows, key=lambda r: r["fraction"]):
         if r["val_accuracy"] < whole["val_accuracy"] - DROP:
             break
-        ok = {"heads": r["heads_removed"], "fraction": r["fraction"], "val_accuracy": r["val_accuracy"],
-              "test_accuracy": r["test_accuracy"]}
-    return ok
+        ok = r
+    return {"heads": ok["heads_removed"], **{k: ok[k] for k in ("fraction", "val_accuracy", "test_accuracy")}}
 
 
 def main(argv=None):
@@ -196,13 +188,11 @@ def curve(cfg: CurveConfig):
         tokenizer = load_tokenizer(str(cfg.model))
         alone = bool(getattr(base.config, "hypothesis_only", False))  # (nli.train --hypothesis-only: no premise)
         data = {k: encode(tokenizer, v, cfg.max_length, alone) for k, v in splits.items()}
-        total = sum(len(remaining_heads(base, i)) for i in range(len(encoder_layers(base))))
         layers = len(encoder_layers(base))
+        total = sum(len(remaining_heads(base, i)) for i in range(layers))
         batches = LengthGroupedBatches(data["train"].lengths.tolist(), cfg.batch_size, cfg.seed).epoch(0)
         batches = batches[:cfg.importance_batches]
-
-        def importance(model):
-            return head_importance(model, data["train"], batches, device, dtype)
+        importance = lambda model: head_importance(model, data["train"], batches, device, dtype)  # noqa: E731
         run.begin()
         write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device), "hypothesis_only": alone,
                                       "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
@@ -219,9 +209,7 @@ def curve(cfg: CurveConfig):
             if n > total - layers:
                 log(f"fraction {f:g} would leave a layer without heads ({n} of {total}); skipped")
                 continue
-            point = {"fraction": f}
-            rows.append({"method": "importance", "seed": "", **point,
-                         **measure(base, choose_by_importance(scores, n), data, device, dtype)})
+            chosen = [("importance", "", choose_by_importance(scores, n))]
             if cfg.iterative:
                 current = copy.deepcopy(base)
                 prune_heads(current, iterative_heads)
@@ -229,11 +217,10 @@ def curve(cfg: CurveConfig):
                 if more > 0:
                     for layer, hs in choose_by_importance(importance(current), more).items():
                         iterative_heads[layer] = sorted(iterative_heads.get(layer, []) + hs)
-                rows.append({"method": "importance-iterative", "seed": "", **point,
-                             **measure(base, iterative_heads, data, device, dtype)})
-            for seed in range(cfg.seeds):
-                rows.append({"method": "random", "seed": seed, **point,
-                             **measure(base, choose_by_importance(random_scores(base, seed), n), data, device, dtype)})
+                chosen.append(("importance-iterative", "", iterative_heads))
+            chosen += [("random", k, choose_by_importance(random_scores(base, k), n)) for k in range(cfg.seeds)]
+            rows += [{"method": method, "seed": seed, "fraction": f, **measure(base, heads, data, device, dtype)}
+                     for method, seed, heads in chosen]
             log(f"fraction {f:g} ({n} heads): " + ", ".join(
                 f"{r['method']}{'' if r['seed'] == '' else ' ' + str(r['seed'])} test {r['test_accuracy']:.4f}"
                 for r in rows if r["fraction"] == f))
@@ -243,12 +230,9 @@ def curve(cfg: CurveConfig):
 
 def write_curve(out, cfg, rows, scores, whole, total, layers, per_layer, alone: bool) -> None:
     methods = [m for m in ("importance", "importance-iterative", "random") if any(r["method"] == m for r in rows)]
-    mean_random = []
-    for f in sorted({r["fraction"] for r in rows if r["method"] == "random"}):
-        rs = [r for r in rows if r["method"] == "random" and r["fraction"] == f]
-        mean_random.append({"fraction": f, "heads_removed": rs[0]["heads_removed"],
-                            "val_accuracy": float(np.mean([r["val_accuracy"] for r in rs])),
-                            "test_accuracy": float(np.mean([r["test_accuracy"] for r in rs]))})
+    mean_random = [{"fraction": f, "heads_removed": rs[0]["heads_removed"],
+                    **{k: float(np.mean([r[k] for r in rs])) for k in ("val_accuracy", "test_accuracy")}}
+                   for f, rs in by_fraction(rows, "random").items()]
     budgets = {m: budget(mean_random if m == "random" else [r for r in rows if r["method"] == m], whole)
                for m in methods}
     write_text(out / "prune_curve.csv", csv_text(rows, FIELDS))
@@ -270,9 +254,7 @@ def write_curve(out, cfg, rows, scores, whole, total, layers, per_layer, alone: 
               f"{b['test_accuracy']:.4f}" + (" (mean over seeds)" if m == "random" else "") for m, b in budgets.items()]
     write_text(out / "report.txt", "\n".join(lines) + "\n")
     write_json(out / "metrics.json", {"task": "nli", "experiment": "prune-curve", "heads": total, "layers": layers,
-                                      "whole": whole, "head_budget": budgets, "points": rows,
-                                      "importance": {str(k): {str(h): v for h, v in row.items()}
-                                                     for k, row in scores.items()}})
+                                      "whole": whole, "head_budget": budgets, "points": rows, "importance": scores})
 
 
 if __name__ == "__main__":

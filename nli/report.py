@@ -17,9 +17,8 @@ SUBSETS = ["hard_hypothesis", "easy_hypothesis", "hard_overlap", "easy_overlap"]
 
 @dataclass
 class NLIResult(RunResult):
-    """A finished NLI run: the common figures, and what the report says of the data and the
-    experiment (token statistics, label counts, removed heads and their scores; the test split's
-    hard-subset flags for predictions.csv)."""
+    """A finished NLI run: the common figures, the data's statistics, what the experiment did, and
+    the test split's hard-subset flags (for predictions.csv)."""
     hard: dict = field(default_factory=dict)
     token_stats: dict = field(default_factory=dict)
     piece_lengths: dict = field(default_factory=dict)
@@ -60,8 +59,7 @@ def write_results(out, cfg, model, tokenizer, result: NLIResult) -> None:
 
 
 def report(cfg, result: NLIResult, record: dict) -> str:
-    """report.txt: the per-epoch table, the final figures, where each comes from, and the test
-    split's classification report."""
+    """report.txt: the per-epoch table, the final figures and where each comes from."""
     speed, graphs, final, stats = record["speed"], result.graphs, result.final, result.token_stats
     lines = [f"FarsTail NLI, experiment {result.experiment}, seed {cfg.seed}, {cfg.epochs} epochs, model {cfg.model}",
              f"recipe: {result.recipe}",

@@ -13,55 +13,42 @@ from common.summary import (comparison_cell, comparison_words, comparisons, head
 from nli.config import Experiment
 
 
-@dataclass(frozen=True)
-class StudyRow:
-    """One experiment of the table: what it is (its name and flags are derived from it), in words,
-    the study's figures for it (one run; None where the study did not run it), what the study's
-    row beside it is where that is not the same experiment, and notes on cells where the study
-    contradicts itself."""
-    experiment: Experiment
+@dataclass(frozen=True, kw_only=True)
+class StudyRow(Experiment):
+    """One experiment of the table: in words, the study's figures (None where it did not run it),
+    the study's method where its row beside it differs, and notes on self-contradicting cells."""
     what: str
-    study: dict | None
+    study: dict | None = None
     study_method: str = ""
     notes: tuple = ()
 
-    @property
-    def name(self) -> str:  # its folder under runs/nli/
-        return self.experiment.name
 
-    @property
-    def flags(self) -> str:
-        return self.experiment.flags
-
-
-# The study's figures: validation accuracy to three decimals from its log; test accuracy to three
-# decimals from its text (the table's value where they differ); train loss (the last value HF
-# Trainer logged: the mean of steps 501-1000 of 1365), validation and test loss and macro F1 from
-# its table (two decimals).
+# The study's figures: val accuracy from its log, test accuracy from its text (three decimals; the table's where
+# they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and F1 from its table.
 def _study(val, test, trainer_logged_loss, val_loss, test_loss, f1):
     return {"val_accuracy": val, "test_accuracy": test, "trainer_logged_loss": trainer_logged_loss,
             "val_loss": val_loss, "test_loss": test_loss, "macro_f1": f1}
 
 
 EXPERIMENTS = [
-    StudyRow(Experiment(), "all layers trained", _study(0.812, 0.826, 0.32, 0.74, 0.69, 0.82)),
-    StudyRow(Experiment(freeze=9), "first 9 encoder layers frozen", _study(0.784, 0.78, 0.53, 0.59, 0.55, 0.79),
+    StudyRow(what="all layers trained", study=_study(0.812, 0.826, 0.32, 0.74, 0.69, 0.82)),
+    StudyRow(freeze=9, what="first 9 encoder layers frozen", study=_study(0.784, 0.78, 0.53, 0.59, 0.55, 0.79),
              notes=("the study's test accuracy for freeze9 is 0.78 in its table and 0.7896 in its log; the table's "
                     "value is shown",)),
-    StudyRow(Experiment(freeze=12), "all 12 encoder layers frozen", _study(0.613, 0.625, 0.69, 0.82, 0.77, 0.59)),
-    StudyRow(Experiment(keep_layers=9), "only the first 9 encoder layers kept",
-             _study(0.807, 0.820, 0.34, 0.73, 0.67, 0.82)),
-    StudyRow(Experiment(prune_heads=0.5), "ours: half of all attention heads removed structurally, chosen at random",
-             _study(0.780, 0.795, 0.18, 1.14, 0.57, 0.79),
+    StudyRow(freeze=12, what="all 12 encoder layers frozen", study=_study(0.613, 0.625, 0.69, 0.82, 0.77, 0.59)),
+    StudyRow(keep_layers=9, what="only the first 9 encoder layers kept",
+             study=_study(0.807, 0.820, 0.34, 0.73, 0.67, 0.82)),
+    StudyRow(prune_heads=0.5, what="ours: half of all attention heads removed structurally, chosen at random",
+             study=_study(0.780, 0.795, 0.18, 1.14, 0.57, 0.79),
              study_method="its pruning, 50% of attention weight entries masked (prune0.5-masking's method)",
              notes=("the study's validation loss for its pruned model is 1.14 in its table and 1.147 in its log; the "
                     "table's value is shown",)),
-    StudyRow(Experiment(prune_heads=0.5, prune_by="masking"), "the study's method: random 50% of the entries of "
-             "every attention weight masked with torch.nn.utils.prune, no head removed", None),
-    StudyRow(Experiment(prune_heads=0.5, prune_by="importance"), "ours: the least important half of the heads "
-             "removed (gradient head importance of the starting model)", None),
-    StudyRow(Experiment(hypothesis_only=True), "ours: the premise left out, the dataset-artifact baseline: what a "
-             "model gets from the hypothesis alone", None),
+    StudyRow(prune_heads=0.5, prune_by="masking", what="the study's method: random 50% of the entries "
+             "of every attention weight masked with torch.nn.utils.prune, no head removed"),
+    StudyRow(prune_heads=0.5, prune_by="importance", what="ours: the least important half of the heads "
+             "removed (gradient head importance of the starting model)"),
+    StudyRow(hypothesis_only=True, what="ours: the premise left out, the dataset-artifact baseline: what a "
+             "model gets from the hypothesis alone"),
 ]
 CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
 REFERENCE = "all"  # every other experiment is compared with this one on the same test pairs
@@ -142,17 +129,16 @@ def section(report) -> list[str]:
             table.append(row(e.name, "ours: missing", *[""] * 6))
         else:
             name = e.name + seeds_note(runs, seeds)
-            col = lambda f: mean_std([f(m) for m in runs])  # noqa: E731
+            col = lambda part, key, digits=4: mean_std([m[part].get(key) for m in runs], digits)  # noqa: E731
             ci = test_intervals(runs)
             p, test = runs[0]["params"], test_cells(runs, ci)
-            table.append(row(name, "ours", col(lambda m: m["val"]["accuracy"]), test["accuracy"],
-                             col(lambda m: m["train"].get("trainer_logged_last")), col(lambda m: m["val"]["loss"]),
-                             col(lambda m: m["test"]["loss"]), test["macro_f1"]))
-            extra.append(row(name, col(lambda m: m["train"]["loss"]), f"{short_count(p['trainable'])} / "
-                             f"{short_count(p['total'])}", mean_std([m["speed"]["train_seconds"] for m in runs], 1),
-                             mean_std([m["speed"]["items_per_s"] for m in runs], 1),
-                             col(lambda m: m["test_subsets"]["hard_hypothesis"]),
-                             col(lambda m: m["test_subsets"]["hard_overlap"]), comparison_cell(against.get(e.name))))
+            table.append(row(name, "ours", col("val", "accuracy"), test["accuracy"],
+                             col("train", "trainer_logged_last"), col("val", "loss"), col("test", "loss"),
+                             test["macro_f1"]))
+            extra.append(row(name, col("train", "loss"), f"{short_count(p['trainable'])} / {short_count(p['total'])}",
+                             col("speed", "train_seconds", 1), col("speed", "items_per_s", 1),
+                             col("test_subsets", "hard_hypothesis"), col("test_subsets", "hard_overlap"),
+                             comparison_cell(against.get(e.name))))
             findings.append(f"`{e.name}`{seeds_note(runs, seeds)} "
                             + report.point(f"NLI {e.name}", runs, ci, e.study and e.study["test_accuracy"]))
         if e.study:

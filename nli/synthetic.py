@@ -10,6 +10,7 @@ a contradiction adds a negation, a neutral hypothesis is drawn from other words.
 import argparse
 import csv
 import random
+import unicodedata
 from pathlib import Path
 
 WORDS = ("کتاب دانشجو دانشگاه شهر تهران ایران فرهنگ تاریخ علم هنر زبان فارسی شعر کار خانه مدرسه معلم "
@@ -26,12 +27,11 @@ def sentence(rng: random.Random, n: int) -> list[str]:
 
 def pair(rng: random.Random, label: str) -> tuple[str, str]:
     premise = sentence(rng, rng.randint(4, 30))
-    if label == "e":
-        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [premise[-1]]
-    elif label == "c":
-        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [NEGATION]
-    else:
+    if label == "n":
         hyp = sentence(rng, rng.randint(3, 8))
+    else:  # entailed: the premise's verb; contradicted: a negation
+        ending = premise[-1] if label == "e" else NEGATION
+        hyp = rng.sample(premise[:-1], rng.randint(2, min(6, len(premise) - 1))) + [ending]
     return " ".join(premise) + ".", " ".join(hyp) + "."
 
 
@@ -56,8 +56,6 @@ def write_farstail(folder: Path, rows=(120, 60, 60), seed: int = 0) -> None:
 
 def write_tiny_bert(folder: Path, layers: int = 12, hidden: int = 32, heads: int = 4, seed: int = 0) -> None:
     """A BERT of the given depth with tiny widths and a WordPiece vocabulary of WORDS."""
-    import unicodedata
-
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
     folder.mkdir(parents=True, exist_ok=True)

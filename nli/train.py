@@ -1,43 +1,34 @@
-"""Fine-tune ParsBERT on FarsTail (Persian NLI), with the study's ablations.
+"""Fine-tune ParsBERT on FarsTail (Persian NLI), with the study's ablations (docs/nli.md).
 
     python -m nli.train --out runs/nli/all                      # all layers trained
     python -m nli.train --out runs/nli/freeze9 --freeze 9       # first 9 encoder layers frozen
     python -m nli.train --out runs/nli/keep9 --keep-layers 9    # only the first 9 layers kept
     python -m nli.train --out runs/nli/prune --prune-heads 0.5  # half the heads removed, at random
-    python -m nli.train --out runs/nli/pi --prune-heads 0.5 --prune-by importance  # the least important half
-    python -m nli.train --out runs/nli/pm --prune-heads 0.5 --prune-by masking     # the study's: 50% of weights masked
+    python -m nli.train --out runs/nli/pm --prune-heads 0.5 --prune-by masking  # the study's: 50% of weights masked
 
 The recipe is the study's (HF Trainer defaults; every setting in nli/config.py): premise and
 hypothesis tokenised together and truncated to --max-length 200, batch 16, 3 epochs, AdamW (lr
 3e-5, no weight decay), learning rate decaying linearly to zero over all steps with no warm-up,
 gradients clipped to norm 1.0.
 
-- Batch: one optimizer step sees --batch-size × --grad-accum pairs. The sampler forms batches of
-  that size from pairs of similar length and cuts each into micro-batches of --batch-size; each
-  pair's loss is weighted 1 / (pairs in the optimizer batch), so accumulation gives the same
-  update as one large batch (a short last batch too). Micro-batches are padded up to a multiple
-  of 16 word pieces (a bucket), and a short one is filled with zero-weight rows: few shapes.
-  --batch-order FILE replaces the sampler: one line per optimizer step of the whole run, the
-  indices of its training pairs (benchmarks/trainer_recipe.py writes HF Trainer's order this way).
+- Batch: one optimizer step sees --batch-size × --grad-accum pairs of similar length (or, with
+  --batch-order FILE, exactly the file's), cut into micro-batches of --batch-size; each pair's
+  loss is weighted 1 / (pairs in the optimizer batch), so accumulation gives the update of one
+  large batch. Micro-batches are padded to a multiple of 16 word pieces, a short one filled with
+  zero-weight rows: few shapes, each captured once as a CUDA graph on CUDA (common/graphs.py).
 - Precision: --amp auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing)
   and fp32 on the CPU. Weights and optimizer state stay fp32; the loss is computed in fp32.
-- Speed: on CUDA (--cuda-graphs auto) each bucket's forward/backward and the optimizer update
-  are captured once as CUDA graphs and replayed (common/training.py, which builds the optimizer,
-  checkpoint and step machinery for both loops); the CPU runs the same step function eagerly.
-  No step reads the device; figures are read every --log-every steps.
-- Ablations apply in one order: keep layers, then prune heads, then freeze. Heads to remove are
-  drawn at random with the seed, or (--prune-by importance) are the lowest-scoring by gradient
-  head importance on --importance-batches training batches of the starting model (nli/importance.py).
-  --prune-by masking is the study's own method instead: no head removed, that fraction of every
-  attention weight's entries masked at random with torch.nn.utils.prune for the whole run.
+- Ablations apply in one order: keep layers, then prune heads (at random with the seed, or the
+  lowest by head importance on training batches: nli/importance.py; or, --prune-by masking, the
+  study's random masking of attention weights), then freeze.
 - Each epoch: train, then evaluate validation and test (nli/evaluate.py). Test is reported,
   never used to choose. The final model's figures are the headline (as in the study);
-  metrics.json's `best` holds the epoch with the best validation accuracy.
-- Each finished epoch writes a verified checkpoint; --resume continues from it and ends with the
-  weights an uninterrupted run would have. metrics.json is written last and marks the run done.
+  metrics.json's `best` holds the epoch with the best validation accuracy. Each epoch writes a
+  verified checkpoint (--resume); metrics.json is written last and marks the run done.
 
-Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt, curves.png,
-confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json (see docs/outputs.md).
+Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt (nli/report.py),
+curves.png, confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json
+(see docs/outputs.md).
 """
 from transformers.utils import logging as hf_logging
 
@@ -73,8 +64,7 @@ def inputs(cfg: NLIConfig) -> dict:
 
 
 def capture_examples(data, cfg: NLIConfig, device, sdpa: bool, batches: list[list[int]]) -> list[dict]:
-    """One training micro-batch (a pair plus zero-weight rows) for every bucket that an epoch's
-    `batches` use often enough to capture (common/graphs.py, capture_items)."""
+    """A zero-weight training micro-batch for each bucket worth a CUDA graph (common/graphs.py)."""
     items = capture_items(data.lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), batches, cfg.batch_size)
     return [collate(data, [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in items]
 
@@ -96,10 +86,11 @@ def train(cfg: NLIConfig):
         log(f"FarsTail: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} pairs; longest premise "
             f"{stats['max_premise_tokens']} and hypothesis {stats['max_hypothesis_tokens']} word pieces; "
             f"{stats['truncated_pairs']} training pairs truncated to {cfg.max_length}")
-        sampler = training_batches(cfg, data["train"])
+        batch = cfg.batch_size * cfg.grad_accum  # pairs per optimizer step: similar lengths, or exactly the file's
+        sampler = (read_batch_order(cfg.batch_order, len(data["train"]), batch, cfg.epochs) if cfg.batch_order
+                   else LengthGroupedBatches(data["train"].lengths.tolist(), batch, cfg.seed))
 
-        # 2. Model and the experiment: keep layers, then prune heads (at random, by importance, or the study's
-        #    masking), then freeze.
+        # 2. Model and the experiment: keep layers, then prune heads (or mask weights), then freeze.
         model = load_classifier(cfg.model, LABEL_NAMES).to(device)
         check_max_length(cfg.max_length, tokenizer, getattr(model.config, "max_position_embeddings", None))
         applied = apply_experiment(model, cfg.experiment, cfg.seed, importance_of(data["train"], cfg, run))
@@ -150,17 +141,8 @@ def train(cfg: NLIConfig):
         log(f"done: test accuracy {result.final['test']['accuracy']:.4f}; results in {out}")
 
 
-def training_batches(cfg: NLIConfig, train_data):
-    """Each epoch's optimizer batches: pairs of similar length, or (--batch-order) exactly the file's."""
-    batch = cfg.batch_size * cfg.grad_accum
-    if cfg.batch_order:
-        return read_batch_order(cfg.batch_order, len(train_data), batch, cfg.epochs)
-    return LengthGroupedBatches(train_data.lengths.tolist(), batch, cfg.seed)
-
-
 def importance_of(train_data, cfg: NLIConfig, run):
-    """With --prune-by importance: the function that scores a model's heads on the first
-    --importance-batches training batches (of epoch 0's order, never the test split)."""
+    """With --prune-by importance: head scores on the first --importance-batches training batches."""
     if cfg.experiment.prune_by != "importance":
         return None
     batches = LengthGroupedBatches(train_data.lengths.tolist(), cfg.batch_size, cfg.seed).epoch(0)
@@ -168,8 +150,7 @@ def importance_of(train_data, cfg: NLIConfig, run):
 
 
 def train_loss(history: list[dict], every: int) -> dict:
-    """metrics.json's `train`: the last epoch's mean loss (ours), and the loss as HF Trainer logs
-    it every `every` steps (the study's table shows the last value Trainer logged)."""
+    """metrics.json's `train`: the last epoch's mean loss, and the loss as HF Trainer logs it every `every` steps."""
     logged = logged_like_trainer([x for row in history for x in row["step_losses"]], every)
     return {"loss": history[-1]["train_loss"], "trainer_logged": logged,
             "trainer_logged_last": logged[-1]["loss"] if logged else None}
