@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -33,20 +34,13 @@ def log_errors_to(path: Path | None) -> None:
 
 
 def _say(*lines: str) -> None:
-    """Print the last of `lines` (after the others, on stderr) and append it to train.log. A closed
-    terminal (SIGHUP) may refuse it; train.log still gets it."""
-    line = lines[-1]
+    """Print `lines` on stderr (rank 0) and append the last to train.log (which a closed terminal cannot refuse)."""
     if os.environ.get("RANK", "0") == "0":
-        try:
+        with contextlib.suppress(OSError):
             print(*lines, sep="\n", file=sys.stderr, flush=True)
-        except OSError:
-            pass
     if _log_file is not None:
-        try:
-            with open(_log_file, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass  # the disk may be the very problem; stderr has the line
+        with contextlib.suppress(OSError), open(_log_file, "a", encoding="utf-8") as f:  # (the disk may be the problem)
+            f.write(lines[-1] + "\n")
 
 
 def _sigterm(signum, frame):
@@ -55,12 +49,10 @@ def _sigterm(signum, frame):
 
 @contextlib.contextmanager
 def user_errors(interrupted: str = "interrupted"):
-    """Turn UserError (exit 2) and RunFailed (exit 1) into one line on stderr, also written to
-    train.log when the run has one; Ctrl-C, SIGTERM and SIGHUP into the line `interrupted` (exit
-    130). Under torchrun only rank 0 prints it (all exit alike)."""
+    """Turn the errors and signals of the module docstring into one line (`interrupted` for a signal)."""
     log_errors_to(None)
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.getsignal(s) for s in stops} if _main_thread() else {}
+    previous = {s: signal.getsignal(s) for s in stops} if threading.current_thread() is threading.main_thread() else {}
     for s in previous:
         if s != signal.SIGINT:  # (Python turns SIGINT into KeyboardInterrupt itself)
             signal.signal(s, _sigterm)
@@ -78,8 +70,3 @@ def user_errors(interrupted: str = "interrupted"):
         log_errors_to(None)
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
