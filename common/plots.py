@@ -1,6 +1,5 @@
-"""PNG plots for both tasks (matplotlib, Agg backend: no display needed). Margins are set in
-inches from what each plot holds (`margins`) rather than by matplotlib's tight_layout, which
-measured every text once more and took about a third of each plot's time."""
+"""PNG plots for both tasks (matplotlib, Agg backend). Margins are set in inches from what each
+plot holds (`margins`): tight_layout measured every text again and took a third of each plot's time."""
 from pathlib import Path
 
 import matplotlib
@@ -21,15 +20,13 @@ def save(fig, path: Path) -> None:
 
 
 def margins(fig, left: float, right: float, bottom: float, top: float, wspace: float | None = None) -> None:
-    """Subplot margins given in inches (the figure's size may vary), space between columns as a
-    fraction of an axis's width."""
+    """Subplot margins in inches; `wspace` as a fraction of an axis's width."""
     w, h = fig.get_size_inches()
     fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, wspace=wspace)
 
 
 def label_inches(names, rotated: bool = False) -> float:
-    """About how much room tick labels of these names take, in inches (rotated 30-45 degrees:
-    less across, as much down)."""
+    """About how much room tick labels of these names take, in inches (less across when rotated)."""
     longest = max((len(str(n)) for n in names), default=1)
     return 0.2 + 0.075 * longest * (0.75 if rotated else 1.0)
 
@@ -106,8 +103,7 @@ def plot_counts(series: dict[str, dict[str, int]], path: Path, title: str, ylabe
 
 
 def plot_summary(points: list, path: Path, title: str) -> None:
-    """One row per result: ours as a dot with its interval, the study's figure as a cross
-    (`points`: (label, ours, [low, high], the study's or None))."""
+    """One row per (label, ours, [low, high], the study's or None): ours with its interval, the study's a cross."""
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(points)))
     y = np.arange(len(points))[::-1]
     for yi, (label, ours, (low, high), study) in zip(y, points):
