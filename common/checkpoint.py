@@ -23,7 +23,6 @@ FINISHED = "metrics.json"  # written last: its presence means every result file 
 CHANGED = ("start the run over with --overwrite (it deletes this folder's partial run), or give another --out")
 
 
-# ---------------------------------------------------------------- arguments of a run
 def check_same_args(old: dict, new: dict, free: set, where: str) -> None:
     """Refuse to continue a run in `where` whose recorded arguments differ from `new` (except `free`)."""
     changed = [k for k in new if k not in free and resolved(old.get(k)) != new[k]]
@@ -46,7 +45,6 @@ def recorded_config(out: Path) -> dict | None:
         raise UserError(f"{path} is not readable; give another --out, or --overwrite to replace this run") from None
 
 
-# ---------------------------------------------------------------- checkpoints
 class _HashingFile:
     """A writable file that also feeds every byte to SHA-256 (so the file is hashed once, as written)."""
 
@@ -120,12 +118,8 @@ class Checkpoint:
     """The run's checkpoints: the parts given (with state_dict), RNGs, results so far, inputs' fingerprint."""
 
     def __init__(self, spec, d: Dist | None = None, inputs: dict | None = None, **parts):
-        self.out, self.spec, self.parts = spec.out, spec, parts
-        self.d = d or Dist()
-        self.inputs = inputs or {}
-        self.host = HostCopy()
-        self.writer: threading.Thread | None = None
-        self.failed: BaseException | None = None
+        self.out, self.spec, self.parts, self.d, self.inputs = spec.out, spec, parts, d or Dist(), inputs or {}
+        self.host, self.writer, self.failed = HostCopy(), None, None  # (the writing thread, and its error)
 
     def _manifest(self) -> list[dict]:
         """checkpoint.json's entries, newest first ([] when there is none); ValueError when damaged."""
@@ -142,9 +136,7 @@ class Checkpoint:
     def _sidecars(self) -> list[dict]:
         """The entries the checkpoint files' own .sha256 files give, newest first."""
         entries = []
-        for path in self.out.glob("checkpoint-epoch*.pt.sha256"):
-            if not CHECKPOINT.fullmatch(path.name):  # (a user's checkpoint-epoch-best.pt.sha256 is not ours)
-                continue
+        for path in [p for p in self.out.glob("*.pt.sha256") if CHECKPOINT.fullmatch(p.name)]:  # not a user's
             try:
                 entry = json.loads(path.read_text(encoding="utf-8"))
                 assert {"file", "epoch", "bytes", "sha256"} <= set(entry) and path.name == entry["file"] + ".sha256"

@@ -1,10 +1,7 @@
-"""How a run ends when something goes wrong: one line on stderr (and in train.log once it is
-open), a non-zero exit status, never a traceback for a failure a person can act on.
-
-- UserError: a mistake the user can fix (bad flag, missing file, bad label): exit status 2.
-- RunFailed: the run itself cannot go on (non-finite loss, disk full): exit status 1.
-- Ctrl-C, SIGTERM (a scheduler's stop) or SIGHUP (a closed terminal): "interrupted", exit status
-  130. A training run adds that --resume continues it from its last finished epoch.
+"""How a run ends when something goes wrong (docs/reliability.md): one line on stderr (and in
+train.log once it is open), never a traceback for a failure a person can act on. Exit status 2
+for a UserError (a mistake the user can fix), 1 for RunFailed (the run cannot go on: a
+non-finite loss, a full disk), 130 for Ctrl-C, SIGTERM or SIGHUP ("interrupted").
 """
 import contextlib
 import os

@@ -1,9 +1,6 @@
-"""Reading and writing the files a run keeps.
-
-Every result file is written through `atomic_write` (temporary sibling, fsync, rename, folder
-fsync), so a reader finds the old file or the new one, never half of one, even after a power
-cut; a failed write is one line naming the path. Text inputs are read as UTF-8 (a byte-order
-mark is accepted); another encoding is an error naming the file and line.
+"""Reading and writing the files a run keeps: every result file through `atomic_write`, so a
+reader finds the old file or the new one, never half of one, even after a power cut; text inputs
+as UTF-8 (a byte-order mark is accepted), another encoding being an error naming the file and line.
 """
 import contextlib
 import csv
@@ -88,12 +85,9 @@ def _remove(path: Path, quiet: bool = False) -> None:
 
 
 def sha256(path: Path) -> str:
-    """The file's SHA-256, read in 16 MiB pieces (checkpoints run to gigabytes)."""
-    h = hashlib.sha256()
+    """The file's SHA-256, read in pieces (checkpoints run to gigabytes)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def finite(obj):

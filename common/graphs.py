@@ -65,10 +65,8 @@ def failure_line(e: BaseException) -> str:
     return f"{type(root).__name__}: {message}{where}"
 
 
-# A shape served by fewer micro-batches an epoch runs eagerly instead of being captured: capturing
-# costs two warm-up passes and a capture (about three eager passes of that shape), and the rare
-# shapes are the long ones, whose passes are compute-bound, so a replay saves well under half of
-# one. (An estimate; the device check's logs say how many shapes were captured.)
+# A shape served by fewer micro-batches an epoch runs eagerly: capturing costs about three eager passes of it, and
+# a replay saves well under half of one of these rare, long, compute-bound passes (an estimate).
 MIN_USES = 8
 
 

@@ -63,9 +63,7 @@ def changes(old: dict, new: dict) -> list[str]:
 
 def refuse_changed(old: dict | None, new: dict, what: str, remedy: str) -> None:
     """A UserError naming the changed inputs (at most five) when `old` and `new` differ."""
-    if not old:
-        return
-    diff = changes(old, new)
+    diff = changes(old, new) if old else []
     if diff:
         more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
         raise UserError(f"{what} read other inputs than there are now: {'; '.join(diff[:5])}{more}. {remedy}")

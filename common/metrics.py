@@ -1,9 +1,8 @@
 """Classification figures from labels and predictions, the same for both tasks (numpy only).
 
-A class a split does not hold (common with small SER splits) has undefined recall and F1 (None
-in metrics.json, "n/a" in the report; precision too when never predicted), so every macro figure
-averages over the classes present, which makes UAR scikit-learn's `balanced_accuracy_score`; the
-absent classes are listed (`absent`). A class present but never predicted has precision 0.
+A class a split does not hold has undefined recall and F1 (None in metrics.json, "n/a" in the
+report), so every macro figure averages over the classes present (UAR is then scikit-learn's
+`balanced_accuracy_score`); a class present but never predicted has precision 0.
 """
 import numpy as np
 
@@ -27,7 +26,6 @@ def per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 def summarize(y_true, y_pred, label_names: list[str], loss: float | None = None) -> dict:
     """accuracy, UAR, loss, macro F1, per-class figures keyed by label name, and the `absent` classes."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     cm = confusion(y_true, y_pred, len(label_names))
     p, r, f, s = per_class(cm)
     present = s > 0

@@ -67,18 +67,14 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> 
     save(fig, path)
 
 
-def plot_histograms(series: dict, path: Path, xlabel: str, title: str, marks: dict | None = None) -> None:
-    """One histogram per named series, side by side; `marks` draws labelled vertical lines."""
+def plot_histograms(series: dict, path: Path, xlabel: str, title: str) -> None:
+    """One histogram per named series, side by side."""
     fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.8), squeeze=False)
     for ax, (name, values) in zip(axes[0], series.items()):
         lo, hi = min(values), max(values)
         integers = all(float(v).is_integer() for v in values) and hi - lo <= 80
         bins = np.arange(lo, hi + 2) - 0.5 if integers else 50  # one bar per token count when they fit
         ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
-        for label, x in (marks or {}).items():
-            ax.axvline(x, color="tab:red", ls="--", label=label)
-        if marks:
-            ax.legend()
         ax.set(xlabel=xlabel, ylabel="count", title=f"{name} (max {max(values):g}, mean {np.mean(values):.1f})")
     fig.suptitle(title)
     margins(fig, left=0.75, right=0.2, bottom=0.55, top=0.75, wspace=0.3)

@@ -114,7 +114,6 @@ class Progress:
                "items_per_s": self.items / seconds,
                "items_per_s_steady": (self.items - warm_items) / steady_s if steady_s > 0 else None}
         if self.audio:
-            out["audio_seconds"], out["warmup_audio"] = self.audio, warm_audio
-            out["audio_seconds_per_s"] = self.audio / seconds
-            out["audio_seconds_per_s_steady"] = (self.audio - warm_audio) / steady_s if steady_s > 0 else None
+            out.update(audio_seconds=self.audio, warmup_audio=warm_audio, audio_seconds_per_s=self.audio / seconds,
+                       audio_seconds_per_s_steady=(self.audio - warm_audio) / steady_s if steady_s > 0 else None)
         return out

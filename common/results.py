@@ -34,23 +34,16 @@ def write_text_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     write_text(path, csv_text(rows, fields))
 
 
-def write_history(out: Path, rows: list[dict], fields: list[str] = HISTORY_FIELDS) -> None:
-    write_text_csv(out / "history.csv", rows, fields)
-
-
 def speed_record(history: list[dict], graphs: dict) -> dict:
     """metrics.json's speed: training time and throughput over all epochs, with and without warm-up."""
-    seconds = sum(r["seconds"] for r in history)
-    items = sum(r["items"] for r in history)
-    warm = sum(r["warmup_seconds"] for r in history)
-    warm_items = sum(r["warmup_items"] for r in history)
+    seconds, items, warm, warm_items = (sum(r[key] for r in history)
+                                        for key in ("seconds", "items", "warmup_seconds", "warmup_items"))
     rec = {"train_seconds": round(seconds, 2), "items_per_s": round(items / seconds, 2) if seconds else None,
            "warmup_seconds": round(warm, 2), "warmup_items": warm_items,
            "items_per_s_steady": round((items - warm_items) / (seconds - warm), 2) if seconds > warm else None,
            "eval_seconds": round(sum(r.get("eval_seconds", 0.0) for r in history), 2), **graphs}
     if any("audio_seconds" in r for r in history):
-        audio = sum(r.get("audio_seconds", 0.0) for r in history)
-        warm_audio = sum(r.get("warmup_audio", 0.0) for r in history)
+        audio, warm_audio = (sum(r.get(key, 0.0) for r in history) for key in ("audio_seconds", "warmup_audio"))
         rec.update(audio_seconds=round(audio, 1), warmup_audio_seconds=round(warm_audio, 1),
                    audio_seconds_per_s=round(audio / seconds, 2) if seconds else None,
                    audio_seconds_per_s_steady=round((audio - warm_audio) / (seconds - warm), 2)

@@ -34,9 +34,7 @@ class RunLog:
     """Prints a line and appends it to train.log (kept until the file is open); `quiet`: log nothing."""
 
     def __init__(self, quiet: bool = False):
-        self.path: Path | None = None
-        self.pending: list[str] = []
-        self.quiet = quiet
+        self.path, self.pending, self.quiet = None, [], quiet
 
     def __call__(self, *parts) -> None:
         line = " ".join(str(p) for p in parts)
@@ -72,11 +70,8 @@ class Run:
     def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs, reads: tuple = ()):
         # --out is free on resume: the marker in the folder says it is a run, so a moved folder resumes
         self.spec, self.out = replace(spec, free=spec.free | {"out"}), spec.out
-        self.d = d or Dist()
-        self.inputs, self.reads = inputs, reads
-        self.log = RunLog(quiet=not self.d.main)
-        self.finished = False
-        self.lock = None
+        self.d, self.inputs, self.reads = d or Dist(), inputs, reads
+        self.log, self.finished, self.lock = RunLog(quiet=not self.d.main), False, None
 
     def __enter__(self):
         if self.d.main:

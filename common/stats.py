@@ -49,9 +49,8 @@ def _figures(true: np.ndarray, preds: np.ndarray, n_classes: int) -> dict[str, n
             recall.append(np.where(support > 0, tp / support, np.nan))  # absent in a resample: left out
             f1.append(np.where(support > 0, 2 * tp / (support + predicted), np.nan))
     with np.errstate(invalid="ignore"):
-        uar = np.nanmean(np.stack(recall), axis=0).mean(0)
-        macro_f1 = np.nanmean(np.stack(f1), axis=0).mean(0)
-    return {"accuracy": acc, "uar": uar, "macro_f1": macro_f1}
+        return {"accuracy": acc, "uar": np.nanmean(np.stack(recall), axis=0).mean(0),
+                "macro_f1": np.nanmean(np.stack(f1), axis=0).mean(0)}
 
 
 def intervals(true, preds, n_classes: int) -> dict[str, list[float]]:
@@ -62,8 +61,7 @@ def intervals(true, preds, n_classes: int) -> dict[str, list[float]]:
 def seed_intervals(trues: list, preds: list, n_classes: int) -> dict[str, list[float]]:
     """The intervals of the seed-averaged figures when the seeds tested different items, each seed's
     resampled against its own labels (`trues[s]`; `preds[s]`: (n_s,) or (k, n_s)); nan under MIN_ITEMS."""
-    trues = [np.asarray(t) for t in trues]
-    preds = [np.atleast_2d(np.asarray(p)) for p in preds]
+    trues, preds = [np.asarray(t) for t in trues], [np.atleast_2d(np.asarray(p)) for p in preds]
     if min(len(t) for t in trues) < MIN_ITEMS:
         return {k: [float("nan")] * 2 for k in ("accuracy", "uar", "macro_f1")}
     values = {"accuracy": [], "uar": [], "macro_f1": []}

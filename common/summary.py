@@ -110,11 +110,9 @@ def seeds_note(runs: list[dict], seeds: int) -> str:
 
 def test_items(runs: list[dict]) -> tuple | None:
     """The test items of runs (every column but the prediction), or None when seeds differ or lack them."""
-    keys = set()
-    for run in runs:
-        if run["_test"] is None:
-            return None
-        keys.add(tuple(tuple(v for k, v in r.items() if k not in ("predicted",)) for r in run["_test"]))
+    if any(run["_test"] is None for run in runs):
+        return None
+    keys = {tuple(tuple(v for k, v in r.items() if k != "predicted") for r in run["_test"]) for run in runs}
     return keys.pop() if len(keys) == 1 else None
 
 
@@ -224,8 +222,7 @@ class Report:
 
     def point(self, label: str, runs: list[dict], found: dict, study: float | None = None) -> str:
         """Add a test accuracy to summary.png; return it as "0.8260 [0.8000, 0.8500]; the study's 0.826 inside"."""
-        ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), found.get("accuracy")
-        bounds = bounds or [float("nan")] * 2
+        ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), found.get("accuracy") or [np.nan] * 2
         self.points.append((label, ours, bounds, study))
         words = f"{ours:.4f} {interval_text(bounds)}"
         if study is None:

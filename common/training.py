@@ -43,15 +43,13 @@ class Recipe:
 class Training:
     """AdamW over the trainable parameters, the GradScaler, the checkpoint (resumed from with
     --resume), DDP under torchrun, the step function, and CUDA graphs when the run asks for them.
+    `forward(model) -> (batch -> logits)`; `examples()`: a micro-batch per input shape, for graph capture.
 
-        training = Training(model, forward, run, recipe, inputs, examples)
         for epoch in training.epochs():
             figures = training.train_epoch(epoch, batches, make_batch, unit="pairs")
-            ...evaluate...
             evaluation = training.timed_evaluation(figures, lambda: {"val": ..., "test": ...})
             training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint (not the last)
-
-    `forward(model) -> (batch -> logits)`; `examples()`: a micro-batch per input shape, for graph capture."""
+    """
 
     def __init__(self, model, forward: Callable, run, recipe: Recipe, inputs: dict, examples: Callable[[], list]):
         self.run, self.recipe, self.model = run, recipe, model
