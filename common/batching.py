@@ -8,8 +8,7 @@ from common.errors import UserError
 
 
 class LengthGroupedBatches:
-    """Batches of items of similar length, in random order, the same for the same (seed, epoch): so a
-    resumed run and every process under torchrun see the same list."""
+    """Batches of items of similar length, in random order, the same for the same (seed, epoch)."""
 
     def __init__(self, lengths, batch_size: int, seed: int, window: int = 50):
         self.lengths, self.batch_size, self.seed, self.window = [int(n) for n in lengths], batch_size, seed, window
@@ -86,8 +85,7 @@ def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
 
 
 def micro_batches(batch: list[int], batch_size: int, d: Dist) -> tuple[list[list[int]], int]:
-    """This process's share of one optimizer batch, cut into micro-batches, and the rows each is
-    filled up to; every process gets as many (so each does one all-reduce per step)."""
+    """This process's share of an optimizer batch in micro-batches (as many in every process), and their rows."""
     share = batch[d.rank::d.world]
     rows = -(-batch_size // d.world)
     count = -(-(-(-len(batch) // d.world)) // rows)

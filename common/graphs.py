@@ -34,17 +34,14 @@ def sync_errors():
 
 @contextlib.contextmanager
 def capturing(graph, pool, stream):
-    """Capture the block into `graph` on `stream`. Unlike torch.cuda.graph, the stream is always
-    restored and the block's own error is the one raised (not the one ending the capture raises)."""
+    """Capture the block into `graph` on `stream`; unlike torch.cuda.graph, raise the block's own error."""
     with torch.cuda.stream(stream):
         graph.capture_begin(pool)
         try:
             yield
         except BaseException:
-            try:
-                graph.capture_end()  # ends the broken capture; its own error says nothing new
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):  # end the broken capture; its own error says nothing new
+                graph.capture_end()
             raise
         graph.capture_end()
 
@@ -72,8 +69,7 @@ MIN_USES = 8
 
 def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]],
                   batch_size: int) -> list[int]:
-    """For graph capture: one item of each bucket (`bucket(length)`) that at least MIN_USES of an
-    epoch's micro-batches (its optimizer `batches` cut into `batch_size` rows) are padded to."""
+    """One item of each bucket (`bucket(length)`) that at least MIN_USES of an epoch's micro-batches fill."""
     uses = collections.Counter(bucket(max(lengths[i] for i in batch[k:k + batch_size]))
                                for batch in batches for k in range(0, len(batch), batch_size))
     first = {}

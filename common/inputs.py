@@ -49,15 +49,10 @@ def changes(old: dict, new: dict) -> list[str]:
             continue
         for name in sorted(set(was["files"]) | set(now["files"])):
             a, b = was["files"].get(name), now["files"].get(name)
-            if a == b:
-                continue
-            path = root / name
-            if a is None:
-                out.append(f"{path} is new")
-            elif b is None or b == "missing":
-                out.append(f"{path} is gone")
-            else:
-                out.append(f"{path} changed ({a} then, {b} now)")
+            if a != b:
+                path = root / name
+                out.append(f"{path} is new" if a is None else f"{path} is gone" if b in (None, "missing")
+                           else f"{path} changed ({a} then, {b} now)")
     return out
 
 

@@ -119,9 +119,7 @@ def empty_out_dir(out: Path) -> list[str]:
     if not is_run(out):
         raise UserError(f"{out} holds no run of this project (no {MARKER} file); refusing to delete anything there")
     left = []
-    for path in contents(out):
-        if path.name in KEEP:
-            continue
+    for path in [p for p in contents(out) if p.name not in KEEP]:
         if not owned(path):
             left.append(path.name)
         elif path.is_dir() and not path.is_symlink():

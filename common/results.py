@@ -64,9 +64,8 @@ def summary_only(split: dict) -> dict:
 
 @dataclass
 class RunResult:
-    """A finished run's figures. `evals[i]`: epoch i+1's {"val": ..., "test": ...} with per-item
-    predictions. metrics.json's `train`, `val` and `test` describe the final model (as the study
-    reported), `best` the first epoch of highest validation accuracy."""
+    """A finished run's figures (`evals[i]`: epoch i+1's {"val": ..., "test": ...}). metrics.json's `train`, `val`
+    and `test` describe the final model (as the study reported), `best` the first best epoch by validation accuracy."""
     task: str
     experiment: str
     seed: int

@@ -64,8 +64,7 @@ class RunLog:
 
 
 class Run:
-    """One training run's output folder, log, device, precision, CUDA graphs and seed. `inputs()`: the
-    fingerprint of what the run reads; `reads`: the paths it reads, which --overwrite must not delete."""
+    """One run's output folder, log, device, precision, graphs, seed; `reads`: paths --overwrite must spare."""
 
     def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs, reads: tuple = ()):
         # --out is free on resume: the marker in the folder says it is a run, so a moved folder resumes

@@ -29,8 +29,7 @@ def recorded_arg(run: Path, name: str) -> int | None:
 
 @dataclass(frozen=True)
 class RunFlags:
-    """The run-level flags every program shares, their one source of defaults: the typed configs
-    (NLIConfig, SERConfig, CurveConfig) and RunSpec inherit them, add_run_flags declares them."""
+    """The run-level flags every program shares: the one source of their defaults (add_run_flags)."""
     amp: str = "auto"  # autocast precision: auto (bf16 on CUDA where supported, else fp16; fp32 on a CPU)
     device: str = "auto"
     cuda_graphs: str = "auto"  # replay each step from CUDA graphs (auto: on when the device is CUDA)
@@ -41,8 +40,7 @@ class RunFlags:
 
 @dataclass(frozen=True, kw_only=True)
 class RunSpec(RunFlags):
-    """What common/ knows of a run: program, output folder, seed, the command line as config.json
-    records it (`args`), the arguments a --resume may change (`free`), and the run-level flags."""
+    """What common/ knows of a run; `args`: as config.json records them; `free`: those a --resume may change."""
     program: str
     out: Path
     seed: int

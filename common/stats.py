@@ -36,8 +36,7 @@ def _percentiles(values: np.ndarray) -> list[float]:
 
 
 def _figures(true: np.ndarray, preds: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
-    """Accuracy, UAR and macro F1 of each resample: `true` (R, n) labels and `preds` (S, R, n)
-    predictions of S seeds; figures averaged over the seeds, one per resample."""
+    """Accuracy, UAR and macro F1 of R resamples (`true` (R, n), `preds` (seeds, R, n)), averaged over seeds."""
     acc = (preds == true[None]).mean(-1).mean(0)
     recall, f1 = [], []
     for c in range(n_classes):
@@ -89,8 +88,7 @@ def mcnemar(correct_a, correct_b) -> dict:
 
 
 def paired(correct_a, correct_b) -> dict:
-    """A against B on the same items: accuracy difference (A − B), its paired bootstrap interval,
-    and McNemar's exact test (on seed-averaged correctness: right when right in MAJORITY of seeds)."""
+    """A against B on the same items: accuracy difference (A − B), its paired interval, McNemar's test."""
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
     diff = a - b
     return {"difference": float(diff.mean()), "interval": accuracy_interval(diff),

@@ -15,8 +15,7 @@ from common.device import autocast
 
 
 class TrainStep:
-    """forward + backward of one micro-batch (`micro`), and the optimizer update (`update`).
-    `forward(batch) -> logits` is the task's model call; `batch` holds at least `label_ids` and `weights`."""
+    """forward + backward of one micro-batch (`micro`: a batch with `label_ids` and `weights`), the update."""
 
     def __init__(self, forward, params: list, optimizer, scaler, device: torch.device, dtype, clip: float | None,
                  steps: int):

@@ -58,8 +58,7 @@ class Damaged(ValueError):
 
 
 def check_shape(m: dict, required: tuple) -> None:
-    """Raise Damaged unless metrics.json holds every `required` key (dotted paths): a finite number,
-    or a dict where the path ends in {} and a list where it ends in []."""
+    """Raise Damaged unless metrics.json holds every `required` dotted path: a finite number, or a {} dict, [] list."""
     for path in required:
         kind = {"{": dict, "[": list}.get(path[-2:-1], (int, float))
         value = m
@@ -79,8 +78,7 @@ def check_shape(m: dict, required: tuple) -> None:
 
 
 def test_predictions(folder: Path, m: dict) -> list[dict] | None:
-    """The test rows of a run's predictions.csv (None when it has none). Given its metrics.json (`m`),
-    rows that do not reproduce its labels, test accuracy and macro F1 make the run Damaged."""
+    """The test rows of a run's predictions.csv (None without one); Damaged unless they reproduce `m`'s."""
     path = folder / "predictions.csv"
     if not path.exists():
         return None
@@ -187,8 +185,7 @@ def comparison_words(reference: str, count: int, items: str) -> str:
 
 @dataclass
 class Report:
-    """Handed to each task's `section(report)`: where the runs are, how many seeds, the rows asked for
-    (`only`, None for all); the sections add missing runs, findings and summary.png's points."""
+    """Handed to each task's `section(report)`, which adds missing runs, findings and summary.png's points."""
     root: Path
     seeds: int = 1
     only: set | None = None
@@ -200,24 +197,22 @@ class Report:
         return self.only is None or name in self.only
 
     def runs(self, rel: str, run_links: list, required: tuple = ()) -> list[dict]:
-        """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)
-        and its seed (`_seed`); missing or damaged runs go to `missing`, found ones to `run_links`."""
+        """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)."""
         runs = []
         for seed in range(self.seeds):
             folder = self.root / rel / f"seed{seed}"
             m = read_metrics(folder)
+            if m is None and not (folder / "metrics.json").exists():
+                self.missing.append(f"{rel}/seed{seed}")
+                continue
             try:
                 if m is None:
-                    if (folder / "metrics.json").exists():
-                        raise Damaged("its metrics.json is damaged")
-                    self.missing.append(f"{rel}/seed{seed}")
-                    continue
+                    raise Damaged("its metrics.json is damaged")
                 check_shape(m, required)
                 runs.append({**m, "_test": test_predictions(folder, m), "_seed": seed})
+                run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(self.root, folder)}")
             except Damaged as e:
                 self.missing.append(f"{rel}/seed{seed} ({e})")
-                continue
-            run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(self.root, folder)}")
         return runs
 
     def point(self, label: str, runs: list[dict], found: dict, study: float | None = None) -> str:

@@ -17,8 +17,7 @@ from common.step import TrainStep, follow_graph_mode, make_optimizer, set_lr
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the weights are updated: AdamW at `lr` (decaying linearly to 0 with `decay`), micro-batches
-    of `batch_size` rows, `grad_accum` of them a step, gradient norm clipped to `clip` (None: not)."""
+    """How the weights are updated (`decay`: linearly to 0; `clip`: the gradient norm, None for none)."""
     lr: float
     epochs: int
     batch_size: int
@@ -41,8 +40,7 @@ class Recipe:
 
 
 class Training:
-    """AdamW over the trainable parameters, the GradScaler, the checkpoint (resumed from with
-    --resume), DDP under torchrun, the step function, and CUDA graphs when the run asks for them.
+    """One run's AdamW, GradScaler, checkpoint (restored with --resume), DDP, step and CUDA graphs.
     `forward(model) -> (batch -> logits)`; `examples()`: a micro-batch per input shape, for graph capture.
 
         for epoch in training.epochs():
@@ -87,8 +85,7 @@ class Training:
 
     def train_epoch(self, epoch: int, batches: list[list[int]], make_batch: Callable, unit: str,
                     audio_seconds: Callable | None = None) -> dict:
-        """One pass over `batches`. `make_batch(idx, rows, weight)`: the items idx as host tensors,
-        filled up to `rows` rows, each real one weighted `weight`."""
+        """One pass over `batches`; `make_batch(idx, rows, weight)`: the items idx filled up to `rows` rows."""
         d, recipe = self.run.d, self.recipe
         progress = Progress(self.steps, self.run, epoch=epoch, first=epoch == self.start, batches=len(batches),
                             unit=unit)
