@@ -1,1 +1,0 @@
-"""Pieces shared by the `nli` and `ser` packages: run helpers, metrics, result files, plots, batching."""

@@ -1,6 +1,5 @@
-"""Batch order for both tasks: length-grouped training batches with a per-epoch seed, each cut
-into micro-batches (this process's share of them under torchrun), a batch order given in full
-(replayed from a file), and a fixed length-sorted order for evaluation."""
+"""Batch order for both tasks: length-grouped training batches, cut into micro-batches, a batch
+order given in a file, and a fixed length-sorted order for evaluation."""
 import random
 from pathlib import Path
 
@@ -9,20 +8,10 @@ from common.errors import UserError
 
 
 class LengthGroupedBatches:
-    """Training batches of items with similar length, in an order fixed by (seed, epoch).
-
-    Each epoch: shuffle all items, cut them into windows of `batch_size * window` items, sort each
-    window by length, cut it into batches, then shuffle the batches. Padding per batch then stays
-    small while the batch order stays random. The same (seed, epoch) always gives the same
-    batches, so a resumed run sees exactly the batches an uninterrupted run would, and every
-    process of a distributed run can shard the same list.
-    """
+    """Batches of items of similar length, in random order, the same for the same (seed, epoch)."""
 
     def __init__(self, lengths, batch_size: int, seed: int, window: int = 50):
-        self.lengths = [int(n) for n in lengths]
-        self.batch_size = batch_size
-        self.seed = seed
-        self.window = window
+        self.lengths, self.batch_size, self.seed, self.window = [int(n) for n in lengths], batch_size, seed, window
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
@@ -41,8 +30,7 @@ class LengthGroupedBatches:
 
 
 class GivenBatches:
-    """A batch order given in full: `steps` holds every optimizer batch of the run in order, the
-    same number in each epoch (the same interface as LengthGroupedBatches)."""
+    """Every optimizer batch of the run in order (`steps`), as LengthGroupedBatches gives them."""
 
     def __init__(self, steps: list[list[int]], epochs: int):
         self.steps, self.per_epoch = steps, len(steps) // epochs
@@ -55,10 +43,7 @@ class GivenBatches:
 
 
 def read_batch_order(path: Path, items: int, batch: int, epochs: int) -> GivenBatches:
-    """A batch order file (--batch-order): one line per optimizer step of the whole run, the
-    space-separated indices (0-based) of its items, at most `batch` of them, each once, below
-    `items`; the lines divide evenly into `epochs`, each epoch's lines holding every item once.
-    A malformed file: an error naming the line (or the epoch)."""
+    """A --batch-order file: per optimizer step of the run, the 0-based indices of its items."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -93,18 +78,14 @@ def read_batch_order(path: Path, items: int, batch: int, epochs: int) -> GivenBa
 
 
 def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
-    """Evaluation order: items sorted by length (stable), so each batch pads little and every
-    run evaluates each item beside the same batchmates."""
+    """Evaluation order: items sorted by length (stable: each item always has the same batchmates)."""
     lengths = [int(n) for n in lengths]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def micro_batches(batch: list[int], batch_size: int, d: Dist) -> tuple[list[list[int]], int]:
-    """This process's share of one optimizer batch, cut into micro-batches, and the rows each
-    micro-batch is filled up to. Every process gets the same number of micro-batches (an empty
-    one is all zero-weight filler rows), so each does exactly one gradient all-reduce per step.
-    One process: the batch cut into micro-batches of batch_size."""
+    """This process's share of an optimizer batch in micro-batches (as many in every process), and their rows."""
     share = batch[d.rank::d.world]
     rows = -(-batch_size // d.world)
     count = -(-(-(-len(batch) // d.world)) // rows)

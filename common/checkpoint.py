@@ -1,35 +1,18 @@
-"""What makes a run safe to interrupt: verified checkpoints, the arguments and inputs a run
-was made with, and the rule that says a run is finished. (The lock and the output-folder rules
-are in common/outdir.py.)
-
-- Checkpoint: after each finished epoch but the last (the model is saved then anyway) the whole
-  training state is copied to host memory (pinned buffers on CUDA, reused from one checkpoint to
-  the next) and written by a background thread while the next epoch trains: to
-  `checkpoint-epoch<N>.pt` (temporary file, fsync, rename), its SHA-256 and size to a sidecar
-  `checkpoint-epoch<N>.pt.sha256`, and both to `checkpoint.json`, which keeps the newest two.
-  A write is finished (joined) before the next one starts, before the loop ends, and when the
-  loop is left by an error or Ctrl-C; a process killed mid-write leaves the previous checkpoint
-  valid (nothing is recorded until its file is complete). Under torchrun only rank 0 writes.
-  `--resume` verifies a file's size and checksum before loading it (with `weights_only=True`); a
-  damaged newest checkpoint falls back to the one before, and says so; a damaged
-  `checkpoint.json` falls back to the sidecars. If none is usable the run stops with one line
-  saying what to do. A checkpoint also holds the fingerprint of the inputs it was trained on
-  (common/inputs.py): a resume whose data changed is refused, naming the file.
-- Finished: a run is finished when `metrics.json` exists, the file written last, after the model,
-  reports and plots; the checkpoints are removed after it (a leftover one is cleaned up by the
-  next `--resume`). A finished run is skipped only when its arguments and inputs are the same.
+"""What makes a run safe to interrupt (docs/reliability.md): verified checkpoints, written in the
+background while the next epoch trains (rank 0 only), the arguments and inputs a run was made
+with, and the rule that a run is finished when metrics.json, written last, exists. Nothing is
+recorded (.sha256 sidecar, checkpoint.json) until its file is complete.
 """
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 
 import torch
 
 from common.distributed import Dist, gather
-from common.errors import RunFailed, UserError
-from common.files import fsync_folder, read_text, sha256, write_error, write_json
+from common.errors import UserError
+from common.files import atomic_write, read_text, sha256, write_json
 from common.inputs import refuse_changed
 from common.outdir import CHECKPOINT, checkpoint_file
 from common.spec import resolved
@@ -40,7 +23,6 @@ FINISHED = "metrics.json"  # written last: its presence means every result file 
 CHANGED = ("start the run over with --overwrite (it deletes this folder's partial run), or give another --out")
 
 
-# ---------------------------------------------------------------- arguments of a run
 def check_same_args(old: dict, new: dict, free: set, where: str) -> None:
     """Refuse to continue a run in `where` whose recorded arguments differ from `new` (except `free`)."""
     changed = [k for k in new if k not in free and resolved(old.get(k)) != new[k]]
@@ -63,27 +45,11 @@ def recorded_config(out: Path) -> dict | None:
         raise UserError(f"{path} is not readable; give another --out, or --overwrite to replace this run") from None
 
 
-def finished_run(out: Path, args: dict, free: set, inputs=None) -> bool:
-    """True when out holds a finished run (metrics.json) of the same arguments (config.json) and,
-    when `inputs()` (the current fingerprint) is given, of the same inputs."""
-    if not (out / FINISHED).exists():
-        return False
-    old = recorded_config(out)
-    if old is None:
-        raise UserError(f"{out} has {FINISHED} but no config.json; give another --out, or --overwrite")
-    check_same_args(old["args"], args, free, str(out))
-    if inputs is not None:
-        refuse_changed(old.get("inputs"), inputs(), f"the finished run in {out}",
-                       "Its results belong to the old inputs: run it again with --overwrite, or give another --out")
-    return True
-
-
-# ---------------------------------------------------------------- checkpoints
 class _HashingFile:
     """A writable file that also feeds every byte to SHA-256 (so the file is hashed once, as written)."""
 
-    def __init__(self, f):
-        self.f, self.sha = f, hashlib.sha256()
+    def __init__(self, f, sha):
+        self.f, self.sha = f, sha
 
     def write(self, data):
         self.sha.update(data)
@@ -94,21 +60,14 @@ class _HashingFile:
 
 
 def save_verified(path: Path, state: dict) -> dict:
-    """torch.save into a temporary file, fsync, then rename: a process killed at any moment leaves
-    no half-written file under this name. Returns {file, bytes, sha256} for the manifest."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """torch.save through atomic_write, hashed as it is written; returns {file, bytes, sha256}."""
+    sha = hashlib.sha256()
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            hashing = _HashingFile(f)
-            torch.save(state, hashing)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    except (OSError, RuntimeError) as e:  # torch reports a failed write (a full disk too) as RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise RunFailed(f"cannot write {path}: {write_error(e)}") from None
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": hashing.sha.hexdigest()}
+            torch.save(state, _HashingFile(f, sha))
+    atomic_write(path, write)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha.hexdigest()}
 
 
 def load_verified(folder: Path, entry: dict) -> tuple[dict | None, str]:
@@ -127,9 +86,7 @@ def load_verified(folder: Path, entry: dict) -> tuple[dict | None, str]:
 
 
 class HostCopy:
-    """Copies of a state's tensors in host memory, in buffers kept from one checkpoint to the next
-    (pinned for CUDA tensors, so that the copy runs at full speed and a background thread can
-    write them while training changes the originals)."""
+    """Copies of a state's tensors in host buffers kept from one checkpoint to the next (pinned for CUDA)."""
 
     def __init__(self):
         self.buffers: list[torch.Tensor] = []
@@ -158,22 +115,14 @@ class HostCopy:
 
 
 class Checkpoint:
-    """The run's checkpoints in OUT: the state of every part given (model, optimizer, scaler:
-    anything with state_dict/load_state_dict), every RNG (of every process under torchrun), the
-    per-epoch results so far, and the fingerprint of the inputs. Saved after each finished epoch
-    by rank 0; the newest two are kept. Every process restores from the same verified file.
-    `spec`: the run's RunSpec (common/spec.py: out, resume, arguments, those a resume may change)."""
+    """The run's checkpoints: the parts given (with state_dict), RNGs, results so far, inputs' fingerprint."""
 
     def __init__(self, spec, d: Dist | None = None, inputs: dict | None = None, **parts):
-        self.out, self.spec, self.parts = spec.out, spec, parts
-        self.d = d or Dist()
-        self.inputs = inputs or {}
-        self.host = HostCopy()
-        self.writer: threading.Thread | None = None
-        self.failed: BaseException | None = None
+        self.out, self.spec, self.parts, self.d, self.inputs = spec.out, spec, parts, d or Dist(), inputs or {}
+        self.host, self.writer, self.failed = HostCopy(), None, None  # (the writing thread, and its error)
 
     def _manifest(self) -> list[dict]:
-        """checkpoint.json's entries, newest first ([] when there is none). Raises ValueError when damaged."""
+        """checkpoint.json's entries, newest first ([] when there is none); ValueError when damaged."""
         path = self.out / MANIFEST
         if not path.exists():
             return []
@@ -187,9 +136,7 @@ class Checkpoint:
     def _sidecars(self) -> list[dict]:
         """The entries the checkpoint files' own .sha256 files give, newest first."""
         entries = []
-        for path in self.out.glob("checkpoint-epoch*.pt.sha256"):
-            if not CHECKPOINT.fullmatch(path.name):  # (a user's checkpoint-epoch-best.pt.sha256 is not ours)
-                continue
+        for path in [p for p in self.out.glob("*.pt.sha256") if CHECKPOINT.fullmatch(p.name)]:  # not a user's
             try:
                 entry = json.loads(path.read_text(encoding="utf-8"))
                 assert {"file", "epoch", "bytes", "sha256"} <= set(entry) and path.name == entry["file"] + ".sha256"
@@ -198,25 +145,24 @@ class Checkpoint:
                 continue
         return sorted(entries, key=lambda e: -e["epoch"])
 
-    def _entries(self, log) -> list[dict]:
+    def _entries(self, log=None) -> list[dict]:
         try:
-            entries = self._manifest()
+            return self._manifest() or self._sidecars()  # (a run stopped after a checkpoint, before its manifest)
         except ValueError:
             entries = self._sidecars()
-            log(f"warning: {self.out / MANIFEST} is damaged; checking each checkpoint against its own .sha256 file "
-                f"instead ({len(entries)} found)")
+            if log:
+                log(f"warning: {self.out / MANIFEST} is damaged; checking each checkpoint against its own .sha256 "
+                    f"file instead ({len(entries)} found)")
             return entries
-        return entries or self._sidecars()  # a run stopped after a checkpoint but before its manifest
 
     def restore(self, log) -> tuple[int, list, list]:
-        """(first epoch to run, history, evals): from the newest good checkpoint with
-        --resume, else a fresh start."""
+        """(first epoch to run, history, evals): from the newest good checkpoint with --resume, else a fresh start."""
         if not self.spec.resume:
             return 1, [], []
         entries = self._entries(log)
         recorded = {e["file"] for e in entries}
-        for path in sorted(self.out.glob("checkpoint-epoch*.pt")):
-            if CHECKPOINT.fullmatch(path.name) and path.name not in recorded:  # written, but the run stopped before recording it: never trusted
+        for path in sorted(self.out.glob("checkpoint-epoch*.pt")):  # written, but never recorded: never trusted
+            if CHECKPOINT.fullmatch(path.name) and path.name not in recorded:
                 log(f"warning: {path.name} has no recorded checksum (the run stopped while saving it); not used")
         if not entries:
             return 1, [], []
@@ -242,9 +188,7 @@ class Checkpoint:
                         "run over with --overwrite (it deletes this folder's partial run), or put back a good copy")
 
     def save(self, epoch: int, history: list, evals: list) -> None:
-        """Start writing this epoch's checkpoint (see the module docstring): the state is copied
-        to host memory now, and a background thread writes it, its .sha256 file and
-        checkpoint.json (all durable), then drops all but the newest two."""
+        """Copy the state to host memory and start writing it in a background thread."""
         rngs = gather(rng_state())  # every process takes part; rank 0 writes
         if not self.d.main:
             return
@@ -259,11 +203,7 @@ class Checkpoint:
         try:
             entry = {"epoch": epoch, **save_verified(self.out / f"checkpoint-epoch{epoch}.pt", state)}
             write_json(self.out / f"{entry['file']}.sha256", entry)
-            try:
-                earlier = self._manifest()
-            except ValueError:
-                earlier = self._sidecars()
-            keep = [entry] + [e for e in earlier if e["file"] != entry["file"]][:1]
+            keep = [entry] + [e for e in self._entries() if e["file"] != entry["file"]][:1]
             write_json(self.out / MANIFEST, {"checkpoints": keep})
             names = {e["file"] for e in keep}
             for path in self.out.iterdir():
@@ -273,8 +213,7 @@ class Checkpoint:
             self.failed = e
 
     def wait(self, quiet: bool = False) -> None:
-        """Block until the checkpoint being written is on disk, then raise the error its write
-        met (unless `quiet`: the loop is being left for another error already)."""
+        """Block until the checkpoint is on disk, then raise its write's error (unless `quiet`)."""
         if self.writer is not None:
             self.writer.join()
             self.writer = None

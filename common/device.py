@@ -8,8 +8,7 @@ from common.errors import UserError
 
 
 def choose_device(name: str, index: int | None = None) -> torch.device:
-    """`auto` takes CUDA when present; asking for `cuda` without one is a user error. `index`:
-    the GPU of this process under torchrun (its local rank)."""
+    """`auto` takes CUDA when present. `index`: the GPU of this process under torchrun (its local rank)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but no CUDA device is available")
     if name == "cpu" or not torch.cuda.is_available():
@@ -18,9 +17,8 @@ def choose_device(name: str, index: int | None = None) -> torch.device:
 
 
 def choose_precision(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32.
-    `auto`: bf16 on a CUDA device that supports it, fp16 (with a GradScaler) on older CUDA
-    devices, fp32 on the CPU (CPU autocast is slower than fp32 for these models)."""
+    """The autocast dtype, or None for fp32. `auto`: bf16 on CUDA where supported, else fp16 (with a
+    GradScaler); fp32 on the CPU (CPU autocast is slower than fp32 for these models)."""
     if amp == "off" or (amp == "auto" and device.type == "cpu"):
         return None
     if amp == "auto":
@@ -54,9 +52,8 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast to `dtype`, or a no-op context for fp32. The weight-cast cache is off: a CUDA
-    graph must not keep casts made while it was captured (and each weight is cast once per
-    forward anyway)."""
+    """Autocast to `dtype`, or a no-op for fp32. The weight-cast cache is off: a CUDA graph must not
+    keep casts made while it was captured (and each weight is cast once per forward anyway)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
@@ -77,15 +74,5 @@ def pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """Move a batch of CPU tensors to device; on CUDA through pinned memory, without blocking the
-    host, so the next batch is assembled while this one is copied."""
+    """Move a batch of CPU tensors to device (on CUDA through pinned memory, without blocking the host)."""
     return {k: pinned(v, device).to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """A GradScaler that is active only for fp16 (bf16 and fp32 need no loss scaling)."""
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-
-def peak_memory_mib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

@@ -1,15 +1,13 @@
-"""How a run ends when something goes wrong: one line on stderr (and in train.log once it is
-open), a non-zero exit status, never a traceback for a failure a person can act on.
-
-- UserError: a mistake the user can fix (bad flag, missing file, bad label): exit status 2.
-- RunFailed: the run itself cannot go on (non-finite loss, disk full): exit status 1.
-- Ctrl-C, SIGTERM (a scheduler's stop) or SIGHUP (a closed terminal): "interrupted", exit status
-  130. A training run adds that --resume continues it from its last finished epoch.
+"""How a run ends when something goes wrong (docs/reliability.md): one line on stderr (and in
+train.log once it is open), never a traceback for a failure a person can act on. Exit status 2
+for a UserError (a mistake the user can fix), 1 for RunFailed (the run cannot go on: a
+non-finite loss, a full disk), 130 for Ctrl-C, SIGTERM or SIGHUP ("interrupted").
 """
 import contextlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -33,20 +31,13 @@ def log_errors_to(path: Path | None) -> None:
 
 
 def _say(*lines: str) -> None:
-    """Print the last of `lines` (after the others, on stderr) and append it to train.log. A closed
-    terminal (SIGHUP) may refuse it; train.log still gets it."""
-    line = lines[-1]
+    """Print `lines` on stderr (rank 0) and append the last to train.log (which a closed terminal cannot refuse)."""
     if os.environ.get("RANK", "0") == "0":
-        try:
+        with contextlib.suppress(OSError):
             print(*lines, sep="\n", file=sys.stderr, flush=True)
-        except OSError:
-            pass
     if _log_file is not None:
-        try:
-            with open(_log_file, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass  # the disk may be the very problem; stderr has the line
+        with contextlib.suppress(OSError), open(_log_file, "a", encoding="utf-8") as f:  # (the disk may be the problem)
+            f.write(lines[-1] + "\n")
 
 
 def _sigterm(signum, frame):
@@ -55,12 +46,10 @@ def _sigterm(signum, frame):
 
 @contextlib.contextmanager
 def user_errors(interrupted: str = "interrupted"):
-    """Turn UserError (exit 2) and RunFailed (exit 1) into one line on stderr, also written to
-    train.log when the run has one; Ctrl-C, SIGTERM and SIGHUP into the line `interrupted` (exit
-    130). Under torchrun only rank 0 prints it (all exit alike)."""
+    """Turn the errors and signals of the module docstring into one line (`interrupted` for a signal)."""
     log_errors_to(None)
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.getsignal(s) for s in stops} if _main_thread() else {}
+    previous = {s: signal.getsignal(s) for s in stops} if threading.current_thread() is threading.main_thread() else {}
     for s in previous:
         if s != signal.SIGINT:  # (Python turns SIGINT into KeyboardInterrupt itself)
             signal.signal(s, _sigterm)
@@ -78,8 +67,3 @@ def user_errors(interrupted: str = "interrupted"):
         log_errors_to(None)
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()

@@ -1,15 +1,8 @@
-"""Reading and writing the files a run keeps.
-
-Every result file is written through `atomic_write`: into a temporary sibling, flushed to disk
-(fsync), then renamed over the target and the folder flushed too, so a reader (or a resumed run)
-finds the old file or the new one, never half of one, even after a power cut. A write that
-fails (disk full, read-only folder) becomes one line naming the path. A folder is replaced only
-where the caller says it may be (a run's own model/): an `--output` that names a folder is never
-deleted.
-Text inputs are read as UTF-8 (a byte-order mark is accepted); another encoding is an error
-naming the file and line. Tables (FarsTail, prediction TSVs, manifests) are read with the csv
-module's standard quoting and no limit on a field's length.
+"""Reading and writing the files a run keeps: every result file through `atomic_write`, so a
+reader finds the old file or the new one, never half of one, even after a power cut; text inputs
+as UTF-8 (a byte-order mark is accepted), another encoding being an error naming the file and line.
 """
+import contextlib
 import csv
 import hashlib
 import io
@@ -26,11 +19,9 @@ csv.field_size_limit(2**31 - 1)  # the default 131,072 characters would stop a l
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], *, replace_folder: bool = False) -> None:
-    """Call write(tmp) to make a file or a folder at a temporary path beside `path`, flush it to
-    disk, then move it into place. An existing folder at `path` is replaced only with
-    `replace_folder` (a run's own model/); otherwise it is refused. A failed write (OSError, or
-    the RuntimeError / SafetensorError that torch and safetensors raise for a full disk) becomes
-    RunFailed naming `path`."""
+    """Call write(tmp) to make a file or a folder beside `path`, flush it to disk, then move it into
+    place. An existing folder is replaced only with `replace_folder` (a run's own model/, never an
+    --output). A failed write (torch and safetensors raise their own errors too) becomes RunFailed."""
     from safetensors import SafetensorError
     path = Path(path)
     if path.is_dir() and not path.is_symlink() and not replace_folder:
@@ -55,8 +46,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, replace_folder: b
 
 
 def write_error(e: BaseException) -> str:
-    """What a failed write says, in one line: the OS reason, or the library's first line plus a
-    hint where it hides a full disk (safetensors' IoError, torch's "unexpected pos")."""
+    """A failed write in one line, with a hint where a library hides a full disk (torch's "unexpected pos")."""
     if isinstance(e, OSError):
         return e.strerror or str(e)
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -65,32 +55,22 @@ def write_error(e: BaseException) -> str:
 
 def fsync_folder(folder: Path) -> None:
     """Flush a folder's entries (a rename in it) to disk."""
-    try:
+    with contextlib.suppress(OSError):  # some file systems cannot sync a folder
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a folder
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsync_tree(path: Path) -> None:
     """fsync a written file, or every file in a written folder, and the folder itself."""
+    for p in path.rglob("*") if path.is_dir() else [path]:
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
     if path.is_dir():
-        for p in path.rglob("*"):
-            if p.is_file():
-                _fsync_file(p)
         fsync_folder(path)
-    elif path.exists():
-        _fsync_file(path)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _remove(path: Path, quiet: bool = False) -> None:
@@ -105,12 +85,9 @@ def _remove(path: Path, quiet: bool = False) -> None:
 
 
 def sha256(path: Path) -> str:
-    """The file's SHA-256, read in 16 MiB pieces (checkpoints run to gigabytes)."""
-    h = hashlib.sha256()
+    """The file's SHA-256, read in pieces (checkpoints run to gigabytes)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def finite(obj):
@@ -125,21 +102,19 @@ def finite(obj):
 
 
 def write_json(path: Path, obj) -> None:
-    text = json.dumps(finite(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(path, json.dumps(finite(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def read_text(path: Path, what: str = "") -> str:
-    """A text file decoded as UTF-8 (a leading byte-order mark dropped). Any other encoding is a
-    UserError naming the file and the line of the first bad byte."""
+def read_text(path: Path) -> str:
+    """A text file decoded as UTF-8 (a leading byte-order mark dropped); else a UserError naming the line."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise UserError(f"{what + ' ' if what else ''}{path}: cannot read it ({e.strerror or e})") from None
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -148,16 +123,12 @@ def read_text(path: Path, what: str = "") -> str:
                         "UTF-8 and run again") from None
 
 
-def read_table(path: Path, delimiter: str = ",", what: str = "") -> tuple[list[str], list[tuple[int, dict]]]:
-    """A UTF-8 table read with csv's standard quoting (quoted fields may hold the delimiter,
-    quotes and newlines): (column names, [(line number, row)]). A malformed row (a NUL byte, a
-    stray quote at the end of the file) is a UserError naming the file and line."""
-    reader = csv.DictReader(io.StringIO(read_text(path, what), newline=""), delimiter=delimiter)
-    rows = []
+def read_table(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict]]]:
+    """A UTF-8 table (csv's standard quoting) as (column names, [(line number, row)])."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     try:
         fields = list(reader.fieldnames or [])
-        for row in reader:
-            rows.append((reader.line_num, row))
+        rows = [(reader.line_num, row) for row in reader]
     except csv.Error as e:
         raise UserError(f"{path}, line {reader.line_num}: cannot read this row ({e})") from None
     return fields, rows

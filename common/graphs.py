@@ -1,20 +1,13 @@
 """CUDA graphs of the training step (common/step.py's TrainStep), and what a failed capture says.
 
-`Steps` runs a `TrainStep` eagerly or, after `capture`, replays one CUDA graph per input shape
-for the micro-step and one for the update (about 800 kernel launches per step become one
-replay). Capture warms each shape up on a side stream, then puts back the weights, optimizer
-state, counters and every RNG exactly as they were, so capturing changes nothing in the run.
-Dropout keeps drawing fresh numbers on every replay (CUDA graphs advance the generator's
-offset per replay).
-
-When capture fails, the run says why in one line and trains eagerly. The warm-up runs with
-CUDA's sync debug mode set to "error", so a host-device synchronisation (an `.item()`, a copy to
-the host, a data-dependent shape) raises there, with its own traceback, before capture starts;
-the line names the first error of the chain and the file and line it was raised at (not the
-generic "operation failed due to a previous error during capture" that ending a broken capture
-raises). The stream, the graphs and their memory pool are released, and the optimizer goes back
-to eager mode.
+`Steps` replays one CUDA graph per input shape for the micro-step and one for the update (about
+800 kernel launches per step become one replay). Capture changes nothing in the run: weights,
+optimizer state, counters and RNGs are put back. When it fails, the run says why in one line
+and trains eagerly: the warm-up runs with CUDA's sync debug mode "error", so a host-device sync
+raises there with its own traceback, which the line names (not the generic "operation failed
+due to a previous error during capture").
 """
+import collections
 import contextlib
 import time
 import traceback
@@ -30,7 +23,7 @@ from common.step import TrainStep, follow_graph_mode
 
 @contextlib.contextmanager
 def sync_errors():
-    """Within: any host-device synchronisation raises (CUDA's sync debug mode "error")."""
+    """Within: any host-device synchronisation raises."""
     old = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -41,69 +34,47 @@ def sync_errors():
 
 @contextlib.contextmanager
 def capturing(graph, pool, stream):
-    """Capture the CUDA work of the block into `graph` on `stream`. Unlike torch.cuda.graph, whose
-    exit ends the capture before it restores the stream (so a failed capture leaves the capture
-    stream current, and the error that ending it raises hides the real one), the stream is
-    always restored and the block's own error is the one raised."""
+    """Capture the block into `graph` on `stream`; unlike torch.cuda.graph, raise the block's own error."""
     with torch.cuda.stream(stream):
         graph.capture_begin(pool)
         try:
             yield
         except BaseException:
-            try:
-                graph.capture_end()  # ends the broken capture; its own error says nothing new
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):  # end the broken capture; its own error says nothing new
+                graph.capture_end()
             raise
         graph.capture_end()
 
 
-def root_cause(e: BaseException) -> BaseException:
-    """The first error of a chain (following __cause__ and __context__)."""
-    seen = {id(e)}
-    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(nxt))
-        e = nxt
-    return e
-
-
 def failure_line(e: BaseException) -> str:
     """One line for a failed capture: the root cause's type and message, and where it was raised."""
-    root = root_cause(e)
+    root, seen = e, {id(e)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:  # the chain's first
+        seen.add(id(nxt))
+        root = nxt
     message = (str(root).strip().splitlines() or [""])[0][:200]
     frames = traceback.extract_tb(root.__traceback__)
     where = ""
     if frames:
-        f = frames[-1]
-        path = Path(f.filename)
-        parts = path.parts
-        short = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else \
-            "/".join(parts[-2:])
+        f, parts = frames[-1], Path(frames[-1].filename).parts
+        short = "/".join(parts[parts.index("site-packages") + 1:] if "site-packages" in parts else parts[-2:])
         where = f", raised at {short}:{f.lineno} in {f.name}"
     return f"{type(root).__name__}: {message}{where}"
 
 
-# A shape served by fewer micro-batches an epoch runs eagerly instead of being captured: capturing
-# costs two warm-up passes and a capture (about three eager passes of that shape), and the rare
-# shapes are the long ones, whose passes are compute-bound, so a replay saves well under half of
-# one. (An estimate; the device check's logs say how many shapes were captured.)
+# A shape served by fewer micro-batches an epoch runs eagerly: capturing costs about three eager passes of it, and
+# a replay saves well under half of one of these rare, long, compute-bound passes (an estimate).
 MIN_USES = 8
 
 
 def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]],
                   batch_size: int) -> list[int]:
-    """For graph capture: one item of each bucket (`bucket(length)`) that at least MIN_USES of
-    an epoch's micro-batches (`batches`: its optimizer batches, cut into `batch_size` rows) are
-    padded to. The sampler's order is known in advance, so this counts exactly what an epoch
-    serves (one process's view; the other epochs reshuffle the same items)."""
-    uses: dict[int, int] = {}
-    for batch in batches:
-        for k in range(0, len(batch), batch_size):
-            b = bucket(max(lengths[i] for i in batch[k:k + batch_size]))
-            uses[b] = uses.get(b, 0) + 1
+    """One item of each bucket (`bucket(length)`) that at least MIN_USES of an epoch's micro-batches fill."""
+    uses = collections.Counter(bucket(max(lengths[i] for i in batch[k:k + batch_size]))
+                               for batch in batches for k in range(0, len(batch), batch_size))
     first = {}
     for i, n in enumerate(lengths):
-        if uses.get(bucket(n), 0) >= MIN_USES:
+        if uses[bucket(n)] >= MIN_USES:
             first.setdefault(bucket(n), i)
     return [first[b] for b in sorted(first)]
 
@@ -113,23 +84,15 @@ def shape_key(batch: dict) -> tuple:
 
 
 class Steps:
-    """Runs a TrainStep: eagerly, or, for the shapes captured by `capture`, by graph replay.
-    Batches come as host tensors (pinned on CUDA); a shape that was not captured runs eagerly."""
+    """Runs a TrainStep on host batches: by graph replay for the shapes `capture` captured, else eagerly."""
 
     def __init__(self, step: TrainStep):
-        self.step = step
-        self.graphs: dict[tuple, tuple] = {}
-        self.update_graph = None
-        self.capture_seconds = 0.0
-        self.tried = False
+        self.step, self.graphs, self.update_graph = step, {}, None  # graphs: {shape: (graph, static batch)}
+        self.capture_seconds, self.tried = 0.0, False
 
     @property
     def graphed(self) -> bool:
         return self.update_graph is not None
-
-    def status(self, why_off: str) -> str:
-        """What config.json and the log say about graphs: on, off (capture failed), or why off."""
-        return "on" if self.graphed else ("off (capture failed)" if self.tried else why_off)
 
     def info(self) -> dict:
         """metrics.json's graph figures."""
@@ -150,9 +113,7 @@ class Steps:
         self.update_graph.replay() if self.update_graph is not None else self.step.update()
 
     def capture(self, examples: list[dict], log) -> None:
-        """Capture one micro-step graph per example's shape (the largest first) and the update
-        graph. On failure the run says why in one log line (failure_line) and goes on eagerly;
-        either way the model, optimizer, counters and RNGs end exactly as they started."""
+        """Capture one graph per example's shape and the update graph, or log why not and go on eagerly."""
         step, t0 = self.step, time.perf_counter()
         self.tried = True
         saved = _snapshot(step)

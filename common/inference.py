@@ -10,9 +10,7 @@ from common.device import autocast
 @torch.inference_mode()
 def predict_logits(model, forward: Callable, batches: list[list[int]], make_batch: Callable, device, dtype
                    ) -> torch.Tensor:
-    """(items, classes) logits on the CPU, row i for item i. `batches`: item indices in the order
-    they are evaluated (a fixed, length-sorted one, so every item always has the same batchmates);
-    `make_batch(idx)` gives their host tensors; `forward(model)` the task's model call."""
+    """(items, classes) logits on the CPU, row i for item i; `make_batch(idx)` gives host tensors."""
     model.eval()
     order, parts = [], []
     for idx in batches:

@@ -1,12 +1,8 @@
 """What a run reads, recorded so that a resume or a skip never mixes two datasets.
 
 A fingerprint is {input name: {"root": folder, "files": {relative name: line}}}, where a line is
-"N bytes, sha256 …" for a file that is hashed (text files, configs, vocabularies: anything up
-to HASH_LIMIT) or "N bytes, modified <ns>" for one that is not (audio clips, model weights).
-config.json and every checkpoint keep the fingerprint of the run's inputs; `--resume` refuses a
-checkpoint whose inputs changed, and a finished run is not skipped when its inputs changed,
-either way naming the file. (A copy that does not keep modification times, `cp` without `-p`,
-counts as a change of an audio or weights file.)
+"N bytes, sha256 …" for a file up to HASH_LIMIT, else "N bytes, modified <ns>" (audio clips,
+model weights: a copy that does not keep modification times counts as a change).
 """
 from pathlib import Path
 
@@ -26,10 +22,8 @@ def file_line(path: Path, hashed: bool = True) -> str:
 def files_record(root: Path, names, hashed: bool = True) -> dict:
     """The fingerprint of the given files under root (names relative to it); missing ones say so."""
     root = Path(root)
-    files = {}
-    for name in sorted(names):
-        path = root / name
-        files[str(name)] = file_line(path, hashed) if path.is_file() else "missing"
+    files = {str(name): file_line(root / name, hashed) if (root / name).is_file() else "missing"
+             for name in sorted(names)}
     return {"root": str(root.resolve()), "files": files}
 
 
@@ -42,37 +36,29 @@ def model_record(name: str) -> dict:
 
 
 def changes(old: dict, new: dict) -> list[str]:
-    """What differs between two fingerprints, one phrase per file ("X changed", "X is new", ...).
-    An input whose whole folder is gone now cannot be compared and is not counted."""
+    """What differs between two fingerprints, one phrase per file (an input whose folder is gone: none)."""
     out = []
     for key, was in old.items():
         now = new.get(key)
-        if now is None or "files" not in was or "files" not in (now or {}):
+        if now is None or "files" not in was or "files" not in now:
             if was != now and now is not None:
                 out.append(f"{key}: {was.get('hub', was.get('root'))} is now {now.get('hub', now.get('root'))}")
             continue
-        if not Path(now["root"]).exists():
-            continue
         root = Path(now["root"])
+        if not root.exists():
+            continue
         for name in sorted(set(was["files"]) | set(now["files"])):
             a, b = was["files"].get(name), now["files"].get(name)
-            if a == b:
-                continue
-            path = root / name
-            if a is None:
-                out.append(f"{path} is new")
-            elif b is None or b == "missing":
-                out.append(f"{path} is gone")
-            else:
-                out.append(f"{path} changed ({a} then, {b} now)")
+            if a != b:
+                path = root / name
+                out.append(f"{path} is new" if a is None else f"{path} is gone" if b in (None, "missing")
+                           else f"{path} changed ({a} then, {b} now)")
     return out
 
 
 def refuse_changed(old: dict | None, new: dict, what: str, remedy: str) -> None:
     """A UserError naming the changed inputs (at most five) when `old` and `new` differ."""
-    if not old:
-        return
-    diff = changes(old, new)
+    diff = changes(old, new) if old else []
     if diff:
         more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
         raise UserError(f"{what} read other inputs than there are now: {'; '.join(diff[:5])}{more}. {remedy}")

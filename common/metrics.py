@@ -1,11 +1,8 @@
-"""Classification figures from labels and predictions, the same for both tasks.
+"""Classification figures from labels and predictions, the same for both tasks (numpy only).
 
-One rule for a class that a split does not hold (common with small SER splits): its recall and
-F1 are undefined (None in metrics.json, "n/a" in the report, and so is its precision when it is
-never predicted either), so every macro figure (UAR, macro precision, recall and F1) averages
-over the classes present in the split's true labels, and the absent classes are listed
-(`absent`). A class that is present but never predicted has precision 0. UAR is then scikit-learn's
-`balanced_accuracy_score`. Computed with numpy (no scikit-learn import in a training process).
+A class a split does not hold has undefined recall and F1 (None in metrics.json, "n/a" in the
+report), so every macro figure averages over the classes present (UAR is then scikit-learn's
+`balanced_accuracy_score`); a class present but never predicted has precision 0.
 """
 import numpy as np
 
@@ -17,8 +14,7 @@ def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
 
 
 def per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, F1, support) per class from a confusion matrix; NaN where undefined
-    (the module docstring's rule)."""
+    """(precision, recall, F1, support) per class of a confusion matrix; NaN where undefined."""
     tp, support, predicted = np.diag(cm).astype(float), cm.sum(1).astype(float), cm.sum(0).astype(float)
     nan = float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -29,10 +25,7 @@ def per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def summarize(y_true, y_pred, label_names: list[str], loss: float | None = None) -> dict:
-    """accuracy, UAR (unweighted average recall: the mean recall over the classes present), loss,
-    macro F1 (over the classes present) and per-class precision / recall / F1 / support, keyed by
-    label name; `absent`: the classes the split does not hold."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    """accuracy, UAR, loss, macro F1, per-class figures keyed by label name, and the `absent` classes."""
     cm = confusion(y_true, y_pred, len(label_names))
     p, r, f, s = per_class(cm)
     present = s > 0
@@ -50,9 +43,7 @@ def summarize(y_true, y_pred, label_names: list[str], loss: float | None = None)
 
 
 def report_text(y_true, y_pred, label_names: list[str]) -> str:
-    """A classification report (as scikit-learn prints one: per class, then accuracy and the macro
-    and support-weighted averages, the macro ones over the classes present), then the confusion
-    matrix as text."""
+    """A classification report as scikit-learn prints one, then the confusion matrix."""
     cm = confusion(y_true, y_pred, len(label_names))
     p, r, f, s = per_class(cm)
     present = s > 0

@@ -1,18 +1,7 @@
-"""The output folder of a run: its lock, the marker that says this project wrote it, and what
---resume and --overwrite may do with it.
-
-- RunLock: an exclusive `fcntl.flock` on OUT/.lock held for the whole run. The OS releases it
-  when the process ends, however it ends, so a killed run never leaves a stale lock; a second
-  run on the same folder stops at once, naming the holder's process id. run_all.sh takes the
-  same lock on its own --out.
-- The marker (OUT/.run-marker) is written when a run starts writing into OUT. Only a folder
-  holding it may be resumed into or emptied by --overwrite: a model folder, a data folder or any
-  other folder with a config.json is never touched.
-- --overwrite deletes only what a run writes, by exact name (OUTPUTS; checkpoint-epoch<N>.pt and
-  its .sha256; `.<one of those>.<pid>.tmp` or `.old`, a killed run's half-written file; nested
-  run folders such as prune_curve/ that carry their own marker), never by a pattern such as
-  `*.png`: anything else in the folder, a figure of the user's too, is left in place and named
-  in the log. The cache of augmented clips (KEEP: content-keyed) is kept and reused.
+"""The output folder of a run (docs/reliability.md): its lock (an `fcntl.flock` on OUT/.lock, which
+the OS releases however the process ends; run_all.sh takes it too), the marker that says this
+project wrote it (only such a folder is resumed into or emptied), and --overwrite, which deletes
+only what a run writes, by exact name, never by a pattern.
 """
 import fcntl
 import os
@@ -25,8 +14,7 @@ from common.errors import UserError
 
 LOCK = ".lock"
 MARKER = ".run-marker"
-# What a run writes into its folder, by name (nli.train, ser.train and its folds, nli.prune_curve): all of it,
-# and only it, --overwrite deletes.
+# What a run writes into its folder, by name (nli.train, ser.train and its folds, nli.prune_curve)
 OUTPUTS = frozenset({
     "config.json", "train.log", "steps.csv", "history.csv", "predictions.csv", "metrics.json", "report.txt",
     "split.csv", "prune_curve.csv", "folds.csv", "checkpoint.json", "model", "curves.png", "confusion_matrix.png",
@@ -42,25 +30,24 @@ KEEP = (MARKER, "cache")
 class RunLock:
     """Hold OUT/.lock exclusively while the run is alive (use as a context manager)."""
 
-    def __init__(self, out: Path, what: str = "--out"):
-        self.out, self.what = Path(out), what
+    def __init__(self, out: Path):
+        self.out = Path(out)
 
     def __enter__(self):
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.file = open(self.out / LOCK, "a+", encoding="utf-8")
         except OSError as e:
-            raise UserError(f"{self.what} {self.out}: cannot create or write it ({e.strerror or e})") from None
+            raise UserError(f"--out {self.out}: cannot create or write it ({e.strerror or e})") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.seek(0)
             holder = self.file.read().strip() or "unknown"
             self.file.close()
-            raise UserError(f"{self.what} {self.out} is in use by another run (process {holder}); wait for it to "
+            raise UserError(f"--out {self.out} is in use by another run (process {holder}); wait for it to "
                             "end, or give another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
+        self.file.truncate(0)  # (appended after: the file is open for appending)
         self.file.write(f"{os.getpid()}\n")
         self.file.flush()
         return self
@@ -79,14 +66,8 @@ def is_run(out: Path) -> bool:
     return (Path(out) / MARKER).is_file()
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = Path(path).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents
-
-
 def check_out_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -> None:
-    """A non-empty --out needs the marker of a run of this project, and then --resume (keep it)
-    or --overwrite (empty it). `inputs`: paths the run reads, which --overwrite must not delete."""
+    """A non-empty --out needs this project's marker, and --resume or --overwrite (which spares `inputs`)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one")
     if out.exists() and not out.is_dir():
@@ -100,7 +81,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) 
         raise UserError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
     if overwrite:
         for path in inputs:
-            if path and Path(path).exists() and _inside(path, out):
+            if path and Path(path).exists() and Path(path).resolve().is_relative_to(out.resolve()):
                 raise UserError(f"--overwrite would delete {path}, which this run reads; give another --out")
 
 
@@ -134,14 +115,11 @@ def owned(path: Path) -> bool:
 
 
 def empty_out_dir(out: Path) -> list[str]:
-    """Delete what an earlier run wrote in out (only a folder with the marker); returns the names
-    of the entries left in place because no run wrote them."""
+    """Delete what an earlier run wrote in out (a folder with the marker); returns the names left in place."""
     if not is_run(out):
         raise UserError(f"{out} holds no run of this project (no {MARKER} file); refusing to delete anything there")
     left = []
-    for path in contents(out):
-        if path.name in KEEP:
-            continue
+    for path in [p for p in contents(out) if p.name not in KEEP]:
         if not owned(path):
             left.append(path.name)
         elif path.is_dir() and not path.is_symlink():
@@ -152,8 +130,7 @@ def empty_out_dir(out: Path) -> list[str]:
 
 
 def model_of_run(given: str, program: str) -> Path:
-    """The model/ folder a finished run wrote, given that folder or the run folder holding it.
-    A run folder without model/ has not finished; a folder without config.json is no model."""
+    """The model/ folder a finished run wrote, given that folder or the run folder holding it."""
     path = Path(given)
     if (path / "model" / "config.json").exists():
         return path / "model"

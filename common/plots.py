@@ -1,6 +1,5 @@
-"""PNG plots for both tasks (matplotlib, Agg backend: no display needed). Margins are set in
-inches from what each plot holds (`margins`) rather than by matplotlib's tight_layout, which
-measured every text once more and took about a third of each plot's time."""
+"""PNG plots for both tasks (matplotlib, Agg backend). Margins are set in inches from what each
+plot holds (`margins`): tight_layout measured every text again and took a third of each plot's time."""
 from pathlib import Path
 
 import matplotlib
@@ -21,15 +20,13 @@ def save(fig, path: Path) -> None:
 
 
 def margins(fig, left: float, right: float, bottom: float, top: float, wspace: float | None = None) -> None:
-    """Subplot margins given in inches (the figure's size may vary), space between columns as a
-    fraction of an axis's width."""
+    """Subplot margins in inches; `wspace` as a fraction of an axis's width."""
     w, h = fig.get_size_inches()
     fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, wspace=wspace)
 
 
 def label_inches(names, rotated: bool = False) -> float:
-    """About how much room tick labels of these names take, in inches (rotated 30-45 degrees:
-    less across, as much down)."""
+    """About how much room tick labels of these names take, in inches (less across when rotated)."""
     longest = max((len(str(n)) for n in names), default=1)
     return 0.2 + 0.075 * longest * (0.75 if rotated else 1.0)
 
@@ -70,18 +67,14 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> 
     save(fig, path)
 
 
-def plot_histograms(series: dict, path: Path, xlabel: str, title: str, marks: dict | None = None) -> None:
-    """One histogram per named series, side by side; `marks` draws labelled vertical lines."""
+def plot_histograms(series: dict, path: Path, xlabel: str, title: str) -> None:
+    """One histogram per named series, side by side."""
     fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.8), squeeze=False)
     for ax, (name, values) in zip(axes[0], series.items()):
         lo, hi = min(values), max(values)
         integers = all(float(v).is_integer() for v in values) and hi - lo <= 80
         bins = np.arange(lo, hi + 2) - 0.5 if integers else 50  # one bar per token count when they fit
         ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
-        for label, x in (marks or {}).items():
-            ax.axvline(x, color="tab:red", ls="--", label=label)
-        if marks:
-            ax.legend()
         ax.set(xlabel=xlabel, ylabel="count", title=f"{name} (max {max(values):g}, mean {np.mean(values):.1f})")
     fig.suptitle(title)
     margins(fig, left=0.75, right=0.2, bottom=0.55, top=0.75, wspace=0.3)
@@ -106,8 +99,7 @@ def plot_counts(series: dict[str, dict[str, int]], path: Path, title: str, ylabe
 
 
 def plot_summary(points: list, path: Path, title: str) -> None:
-    """One row per result: ours as a dot with its interval, the study's figure as a cross
-    (`points`: (label, ours, [low, high], the study's or None))."""
+    """One row per (label, ours, [low, high], the study's or None): ours with its interval, the study's a cross."""
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(points)))
     y = np.arange(len(points))[::-1]
     for yi, (label, ours, (low, high), study) in zip(y, points):

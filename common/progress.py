@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.device import peak_memory_mib
 from common.distributed import all_reduce
 from common.errors import RunFailed
 
@@ -18,40 +17,40 @@ STEPS_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "grad_norm", "items_p
 
 def trim_steps_csv(path: Path, before_epoch: int) -> None:
     """Keep the rows of epochs before `before_epoch` (a resumed run redoes the rest)."""
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
+        path.unlink()
+        add_steps_rows(path, rows)
+
+
+def add_steps_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to steps.csv (its header first when it is new)."""
+    new = not path.exists()
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+    except OSError as e:
+        raise RunFailed(f"cannot write {path}: {e.strerror or e}") from None
 
 
 class Progress:
-    """One training epoch's figures. The device's running figures are read every --log-every
-    steps and at the end (the only host-device syncs of the loop): a progress bar, a row of
-    steps.csv and a line in train.log (learning rate, loss, gradient norm, items/s, peak GPU
-    memory), and the non-finite check. The first WARMUP_STEPS steps of a process (and graph
-    capture) are timed apart, so throughput is given with and without warm-up."""
+    """One training epoch's figures, summed over the processes under torchrun (rank 0 writes them)."""
 
     def __init__(self, steps, run, *, epoch: int, first: bool, batches: int, unit: str):
-        """`steps`: the run's Steps (common/graphs.py); `run`: its Run (log, output folder,
-        --log-every, processes). `first`: the first epoch this process runs (graph capture and
-        warm-up are counted in it). Under torchrun the figures are summed over the processes;
-        rank 0 shows and writes them."""
-        step = steps.step
-        self.step, self.epoch, self.batches, self.every, self.log = step, epoch, batches, run.spec.log_every, run.log
-        self.d = run.d
-        steps_csv = run.spec.out / "steps.csv"
+        """`first`: the first epoch this process runs (graph capture and warm-up are counted in it)."""
+        self.step, self.epoch, self.batches, self.unit = steps.step, epoch, batches, unit
+        self.d, self.every, self.log, self.steps_csv = run.d, run.spec.log_every, run.log, run.spec.out / "steps.csv"
         if first and self.d.main:
-            trim_steps_csv(steps_csv, epoch)  # a resumed run redoes this epoch and those after it
-        self.steps_csv, self.unit = steps_csv, unit
+            trim_steps_csv(self.steps_csv, epoch)  # a resumed run redoes this epoch and those after it
         self.capture = steps.capture_seconds if first else 0.0
         self.warmup_at = WARMUP_STEPS if first and batches > WARMUP_STEPS else 0
         self.warm = (0.0, 0, 0.0)  # seconds, items, audio at the end of warm-up
         self.i, self.items, self.audio, self.last = 0, 0, 0.0, None
-        step.totals.zero_()
+        self.step.totals.zero_()
         self.bar = tqdm(total=batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True,
                         disable=not self.d.main)
         self.t0 = time.perf_counter()
@@ -87,29 +86,20 @@ class Progress:
         now = time.perf_counter()
         rate = (self.items - self.mark[1]) / max(now - self.mark[0], 1e-9)
         self.mark = (now, self.items)
-        peak = peak_memory_mib(s.device)
+        peak = torch.cuda.max_memory_allocated(s.device) / 2**20 if s.device.type == "cuda" else None
         row = {"epoch": self.epoch, "step": int(done), "lr": f"{lr:.6g}", "loss": round(loss_sum / max(n, 1), 6),
                "accuracy": round(correct / max(n, 1), 6), "grad_norm": round(norm, 6),
                "items_per_s": round(rate, 2), "peak_memory_mib": None if peak is None else round(peak, 1)}
         self.last = (loss_sum, correct, n)
         if not self.d.main:
             return
-        new = not self.steps_csv.exists()
-        try:
-            with open(self.steps_csv, "a", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=STEPS_FIELDS)
-                if new:
-                    w.writeheader()
-                w.writerow(row)
-        except OSError as e:
-            raise RunFailed(f"cannot write {self.steps_csv}: {e.strerror or e}") from None
+        add_steps_rows(self.steps_csv, [row])
         self.log.file_only("step " + "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "step"))
                            + f"  (epoch {self.epoch}, step {int(done)})")
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", **{f"{self.unit}_s": f"{rate:.1f}"})
 
     def finish(self) -> dict:
-        """The epoch's figures: mean training loss and running accuracy over its items, seconds
-        (graph capture included), throughput with and without warm-up."""
+        """The epoch's figures: training loss and accuracy, seconds, throughput with and without warm-up."""
         self._sync()
         seconds = time.perf_counter() - self.t0 + self.capture
         self.bar.close()
@@ -120,12 +110,10 @@ class Progress:
         first = (self.epoch - 1) * self.batches  # each optimizer step's mean loss (as Trainer's logging averages them)
         losses = all_reduce(self.step.step_losses[first:first + self.batches].clone()) / self.d.world
         out = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "step_losses": losses.tolist(),
-               "seconds": seconds,
-               "items": self.items, "warmup_items": warm_items, "items_per_s": self.items / seconds,
-               "warmup_seconds": warm_s,
+               "seconds": seconds, "warmup_seconds": warm_s, "items": self.items, "warmup_items": warm_items,
+               "items_per_s": self.items / seconds,
                "items_per_s_steady": (self.items - warm_items) / steady_s if steady_s > 0 else None}
         if self.audio:
-            out["audio_seconds"], out["warmup_audio"] = self.audio, warm_audio
-            out["audio_seconds_per_s"] = self.audio / seconds
-            out["audio_seconds_per_s_steady"] = (self.audio - warm_audio) / steady_s if steady_s > 0 else None
+            out.update(audio_seconds=self.audio, warmup_audio=warm_audio, audio_seconds_per_s=self.audio / seconds,
+                       audio_seconds_per_s_steady=(self.audio - warm_audio) / steady_s if steady_s > 0 else None)
         return out

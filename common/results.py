@@ -1,10 +1,6 @@
-"""Result files with one schema for both tasks: config.json, history.csv, predictions.csv,
-metrics.json and the per-epoch table of report.txt (docs/outputs.md). Every
-file is written atomically (common.files); metrics.json is written last by each task's report and
-marks the run finished. A finished run's figures travel as one `RunResult` (each task adds its
-own fields in a subclass: nli/report.py, ser/report.py). Test figures carry 95% bootstrap
-intervals (common/stats.py); predictions.csv keeps every evaluated item's prediction, which the
-summary's paired tests between runs read."""
+"""Result files with one schema for both tasks (docs/outputs.md): config.json, history.csv,
+predictions.csv, metrics.json and report.txt's per-epoch table. A finished run's figures travel
+as one `RunResult` (each task's subclass adds its fields: nli/report.py, ser/report.py)."""
 import csv
 import io
 import math
@@ -13,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.files import atomic_write, write_json
+from common.files import write_json, write_text
 from common.stats import RESAMPLES, interval_text, intervals
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
@@ -22,8 +18,7 @@ KEPT_FOR_THE_REPORT = ("pred", "subsets")  # a split's per-item predictions: rep
 
 
 def write_config(out: Path, args: dict, derived: dict, info: dict, inputs: dict | None = None) -> None:
-    """Arguments as given (`args`: RunSpec.args, paths resolved), settings derived from them,
-    versions / git commit, and the fingerprint of every input file (common/inputs.py)."""
+    """Arguments as given (RunSpec.args), settings derived from them, versions and inputs' fingerprint."""
     write_json(out / "config.json", {"args": args, "derived": derived, "run_info": info, "inputs": inputs or {}})
 
 
@@ -31,35 +26,24 @@ def csv_text(rows: list[dict], fields: list[str]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    for r in rows:
-        w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    w.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 
 def write_text_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    text = csv_text(rows, fields)
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def write_history(out: Path, rows: list[dict], fields: list[str] = HISTORY_FIELDS) -> None:
-    write_text_csv(out / "history.csv", rows, fields)
+    write_text(path, csv_text(rows, fields))
 
 
 def speed_record(history: list[dict], graphs: dict) -> dict:
-    """Training time and throughput over all epochs of the run, with and without warm-up
-    (graph capture and the first steps of each process); evaluation seconds apart; for audio, the
-    same in audio-seconds per second."""
-    seconds = sum(r["seconds"] for r in history)
-    items = sum(r["items"] for r in history)
-    warm = sum(r["warmup_seconds"] for r in history)
-    warm_items = sum(r["warmup_items"] for r in history)
+    """metrics.json's speed: training time and throughput over all epochs, with and without warm-up."""
+    seconds, items, warm, warm_items = (sum(r[key] for r in history)
+                                        for key in ("seconds", "items", "warmup_seconds", "warmup_items"))
     rec = {"train_seconds": round(seconds, 2), "items_per_s": round(items / seconds, 2) if seconds else None,
            "warmup_seconds": round(warm, 2), "warmup_items": warm_items,
            "items_per_s_steady": round((items - warm_items) / (seconds - warm), 2) if seconds > warm else None,
            "eval_seconds": round(sum(r.get("eval_seconds", 0.0) for r in history), 2), **graphs}
     if any("audio_seconds" in r for r in history):
-        audio = sum(r.get("audio_seconds", 0.0) for r in history)
-        warm_audio = sum(r.get("warmup_audio", 0.0) for r in history)
+        audio, warm_audio = (sum(r.get(key, 0.0) for r in history) for key in ("audio_seconds", "warmup_audio"))
         rec.update(audio_seconds=round(audio, 1), warmup_audio_seconds=round(warm_audio, 1),
                    audio_seconds_per_s=round(audio / seconds, 2) if seconds else None,
                    audio_seconds_per_s_steady=round((audio - warm_audio) / (seconds - warm), 2)
@@ -68,9 +52,7 @@ def speed_record(history: list[dict], graphs: dict) -> dict:
 
 
 def logged_like_trainer(step_losses: list[float], every: int) -> list[dict]:
-    """The training loss as HF Trainer logs it with logging_steps=`every` (its default 500): at
-    steps every, 2·every, ..., the mean of the per-step losses since the previous log. A run of
-    fewer than `every` steps logs nothing."""
+    """The training loss as HF Trainer logs it with logging_steps=`every` (means since the last log)."""
     return [{"steps": f"{end - every + 1}-{end}", "loss": sum(step_losses[end - every:end]) / every}
             for end in range(every, len(step_losses) + 1, every)]
 
@@ -82,12 +64,8 @@ def summary_only(split: dict) -> dict:
 
 @dataclass
 class RunResult:
-    """A finished run's figures. `history`: one row per epoch (history.csv); `evals[i]`: epoch
-    i+1's {"val": figures, "test": figures} (common/metrics.py, with per-item predictions);
-    `train`: the final model's training figures; `graphs`: the step machinery's graph figures.
-    `train`, `val` and `test` in metrics.json describe the final model (as the study reported),
-    `best` the epoch with the highest validation accuracy (the first such epoch on a tie).
-    `label_ids`: each evaluated split's true label ids, in its item order."""
+    """A finished run's figures (`evals[i]`: epoch i+1's {"val": ..., "test": ...}). metrics.json's `train`, `val`
+    and `test` describe the final model (as the study reported), `best` the first best epoch by validation accuracy."""
     task: str
     experiment: str
     seed: int
@@ -134,21 +112,18 @@ class RunResult:
                 **self.task_metrics()}
 
     def write_predictions(self, out: Path) -> None:
-        """predictions.csv: split, item (its index in the split), true and predicted label, and the
-        task's own columns, for every evaluated item of the final model."""
+        """predictions.csv: split, item, true and predicted label, and the task's own columns."""
         rows = []
         for split, pred in self.predictions().items():
             for i, (t, p, extra) in enumerate(zip(self.label_ids[split], pred, self.item_extras(split))):
                 rows.append({"split": split, "item": i, "true": self.label_names[int(t)],
                              "predicted": self.label_names[int(p)], **extra})
-        fields = ["split", "item", "true", "predicted"] + [k for k in (rows[0] if rows else {}) if k not in (
-            "split", "item", "true", "predicted")]
+        fields = list(rows[0]) if rows else ["split", "item", "true", "predicted"]
         write_text_csv(out / "predictions.csv", rows, fields)
 
 
 def with_intervals(split: dict) -> str:
-    """"test accuracy 0.7100 [0.6800, 0.7400], UAR ..., macro F1 ...": a split's figures with their
-    95% bootstrap intervals over its items (metrics.json's test `intervals`)."""
+    """"test accuracy 0.7100 [0.6800, 0.7400], UAR ..., macro F1 ...": figures with their intervals."""
     return ", ".join(f"{name} {split[k]:.4f} {interval_text(split['intervals'][k])}"
                      for k, name in (("accuracy", "test accuracy"), ("uar", "UAR"), ("macro_f1", "macro F1"))) + \
         f" (95% intervals: percentile bootstrap over the {sum(v['support'] for v in split['per_class'].values())} " \
@@ -156,15 +131,14 @@ def with_intervals(split: dict) -> str:
 
 
 def accuracy_over(group: dict, unit: str) -> str:
-    """"0.7100 [0.6800, 0.7400] over 120 clips": a group's test accuracy with its 95% bootstrap
-    interval and size ({"items", "accuracy", "interval"}), or "no clips" for an empty group."""
+    """"0.7100 [0.6800, 0.7400] over 120 clips" of {"items", "accuracy", "interval"}, or "no clips"."""
     if not group["items"]:
         return f"no {unit}"
     return f"{group['accuracy']:.4f} {interval_text(group['interval'])} over {group['items']} {unit}"
 
 
 def epoch_table(history: list[dict], columns: list[str]) -> str:
-    """The per-epoch table of report.txt, one row per epoch, in fixed-width columns."""
+    """The per-epoch table of report.txt, in fixed-width columns."""
     def fmt(v):
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.4f}"

@@ -1,5 +1,4 @@
-"""Seeding, and the state of every random number generator a training step draws from, in a
-form that `torch.load(weights_only=True)` accepts (no pickled numpy objects)."""
+"""Seeding, and every random generator's state in a form `torch.load(weights_only=True)` accepts."""
 import random
 
 import numpy as np

@@ -6,11 +6,8 @@
         run.begin()                           # the marker; --overwrite empties --out now; train.log opens
 
 Nothing is written into --out (but its lock file) until `begin()`, so a mistake found while
-reading the inputs leaves the folder as it was and the corrected command is not refused.
-The folder rules (common/outdir.py): a non-empty --out must hold this project's marker, and
---overwrite deletes only what a run wrote, never an input of this run.
-Under torchrun (`d`, common/distributed.py) only rank 0 looks at and writes --out; the other
-processes follow its decision and log nothing.
+reading the inputs leaves the folder as it was (folder rules: common/outdir.py). Under torchrun
+only rank 0 looks at and writes --out; the other processes follow its decision and log nothing.
 """
 import importlib.metadata
 import platform
@@ -23,29 +20,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import check_same_args, finished_run, recorded_config, remove_checkpoints
+from common.checkpoint import FINISHED, check_same_args, recorded_config, remove_checkpoints
 from common.device import choose_attention_kernels, choose_cuda_graphs, choose_device, choose_precision
 from common.distributed import Dist, broadcast
-from common.errors import RunFailed, log_errors_to
+from common.errors import RunFailed, UserError, log_errors_to
+from common.inputs import refuse_changed
 from common.outdir import RunLock, check_out_dir, contents, empty_out_dir, half_written, is_run, write_marker
 from common.rng import seed_everything
 from common.spec import RunSpec
 
 
 class RunLog:
-    """Prints a line and appends it to train.log. Lines logged before the log file is opened are
-    kept and written first. (tqdm bars go to the terminal only.)"""
+    """Prints a line and appends it to train.log (kept until the file is open); `quiet`: log nothing."""
 
     def __init__(self, quiet: bool = False):
-        self.path: Path | None = None
-        self.pending: list[str] = []
-        self.quiet = quiet  # the processes other than rank 0 of a torchrun job log nothing
+        self.path, self.pending, self.quiet = None, [], quiet
 
     def __call__(self, *parts) -> None:
-        if self.quiet:
-            return
         line = " ".join(str(p) for p in parts)
-        print(line, flush=True)
+        if not self.quiet:
+            print(line, flush=True)
         self.file_only(line)
 
     def file_only(self, line: str) -> None:
@@ -62,29 +56,21 @@ class RunLog:
             raise RunFailed(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def open(self, path: Path) -> None:
-        if self.quiet:
-            return
-        self.path = path
-        pending, self.pending = self.pending, []
-        for line in pending:
-            self.file_only(line)
-        log_errors_to(path)
+        if not self.quiet:
+            self.path, pending, self.pending = path, self.pending, []
+            for line in pending:
+                self.file_only(line)
+            log_errors_to(path)
 
 
 class Run:
-    """One training run's output folder, log, device, precision, CUDA graphs and seed (see the
-    module docstring). `inputs()`: the fingerprint of what the run reads (common/inputs.py),
-    compared with a finished run's before it is skipped; `reads`: the paths it reads, which
-    --overwrite must not delete."""
+    """One run's output folder, log, device, precision, graphs, seed; `reads`: paths --overwrite must spare."""
 
-    def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs=None, reads: tuple = ()):
+    def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs, reads: tuple = ()):
         # --out is free on resume: the marker in the folder says it is a run, so a moved folder resumes
         self.spec, self.out = replace(spec, free=spec.free | {"out"}), spec.out
-        self.d = d or Dist()
-        self.inputs, self.reads = inputs, reads
-        self.log = RunLog(quiet=not self.d.main)
-        self.finished = False
-        self.lock = None
+        self.d, self.inputs, self.reads = d or Dist(), inputs, reads
+        self.log, self.finished, self.lock = RunLog(quiet=not self.d.main), False, None
 
     def __enter__(self):
         if self.d.main:
@@ -116,22 +102,25 @@ class Run:
         seed_everything(self.spec.seed)
 
     def _open(self):
+        """With --resume: refuse a run of other arguments; skip one finished with the same inputs."""
         check_out_dir(self.out, self.spec.resume, self.spec.overwrite, self.reads)  # again, now that we hold the lock
-        if self.spec.resume:
-            if (self.out / "train.log").exists():
-                log_errors_to(self.out / "train.log")  # the run's own log: a refusal belongs in it too
-            if finished_run(self.out, self.spec.args, self.spec.free, self.inputs):
-                remove_checkpoints(self.out)  # left behind if a run was stopped right after finishing
-                self.log(f"{self.out} already holds this finished run; nothing to do")
-                self.finished = True
-                return
-            old = recorded_config(self.out)
-            if old is not None:
-                check_same_args(old["args"], self.spec.args, self.spec.free, str(self.out))
+        if not self.spec.resume:
+            return
+        if (self.out / "train.log").exists():
+            log_errors_to(self.out / "train.log")  # the run's own log: a refusal belongs in it too
+        old, self.finished = recorded_config(self.out), (self.out / FINISHED).exists()
+        if self.finished and old is None:
+            raise UserError(f"{self.out} has {FINISHED} but no config.json; give another --out, or --overwrite")
+        if old is not None:
+            check_same_args(old["args"], self.spec.args, self.spec.free, str(self.out))
+        if self.finished:
+            refuse_changed(old.get("inputs"), self.inputs(), f"the finished run in {self.out}",
+                           "Its results belong to the old inputs: run it again with --overwrite, or give another --out")
+            remove_checkpoints(self.out)  # left behind if a run was stopped right after finishing
+            self.log(f"{self.out} already holds this finished run; nothing to do")
 
     def begin(self) -> None:
-        """The inputs are checked: mark --out as a run, empty it for --overwrite, open train.log
-        (rank 0 only)."""
+        """The inputs are checked: mark --out as a run, empty it for --overwrite, open train.log."""
         if not self.d.main:
             return
         left = empty_out_dir(self.out) if self.spec.overwrite and is_run(self.out) else []

@@ -1,6 +1,5 @@
-"""What common/ knows of a run, built by each task from its typed config (nli/config.py,
-ser/config.py): `RunSpec`, and the command-line flags and checks both trainers share. Light on
-purpose (no torch): the study modules that run_all.sh asks for the experiment lists import it.
+"""What common/ knows of a run (`RunSpec`, built by each task from its typed config), and the
+command-line flags and checks both trainers share. No torch: the study modules' --list imports it.
 """
 import json
 import math
@@ -21,8 +20,7 @@ def args_record(values: dict) -> dict:
 
 
 def recorded_arg(run: Path, name: str) -> int | None:
-    """A whole-number argument a finished or started run recorded in its config.json (None when
-    it cannot be read)."""
+    """A whole-number argument a run recorded in its config.json (None when it cannot be read)."""
     try:
         return int(json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))["args"][name])
     except (OSError, ValueError, KeyError, TypeError):
@@ -31,8 +29,7 @@ def recorded_arg(run: Path, name: str) -> int | None:
 
 @dataclass(frozen=True)
 class RunFlags:
-    """The run-level flags every program shares, their one source of defaults: the typed configs
-    (NLIConfig, SERConfig, CurveConfig) and RunSpec inherit them, add_run_flags declares them."""
+    """The run-level flags every program shares: the one source of their defaults (add_run_flags)."""
     amp: str = "auto"  # autocast precision: auto (bf16 on CUDA where supported, else fp16; fp32 on a CPU)
     device: str = "auto"
     cuda_graphs: str = "auto"  # replay each step from CUDA graphs (auto: on when the device is CUDA)
@@ -43,9 +40,7 @@ class RunFlags:
 
 @dataclass(frozen=True, kw_only=True)
 class RunSpec(RunFlags):
-    """What common/ knows of a run: its program, output folder, seed, the command line as
-    config.json records it (`args`, paths resolved), the arguments a --resume may change
-    (`free`), and the run-level flags. Each task builds it from its typed config (run_spec)."""
+    """What common/ knows of a run; `args`: as config.json records them; `free`: those a --resume may change."""
     program: str
     out: Path
     seed: int
@@ -75,8 +70,7 @@ def add_run_flags(parser, names=("amp", "device", "cuda_graphs", "log_every", "r
 
 
 def check_flags(parser, lr: float, seed: int, counts: dict) -> None:
-    """The flags both trainers share: a finite, positive learning rate, a seed numpy accepts, and
-    counts ({flag: value}) of at least 1. argparse's error: usage and one line, exit 2."""
+    """A finite, positive learning rate, a seed numpy accepts, and counts ({flag: value}) of at least 1."""
     if not (math.isfinite(lr) and lr > 0):
         parser.error(f"--lr {lr}: give a positive, finite learning rate")
     if not 0 <= seed < 2**32:
@@ -85,7 +79,7 @@ def check_flags(parser, lr: float, seed: int, counts: dict) -> None:
 
 
 def check_counts(parser, counts: dict) -> None:
-    """Counts ({flag: value}, None when not given) of at least 1, else argparse's error."""
+    """Counts ({flag: value}, None when not given) of at least 1, else argparse's error (exit 2)."""
     for flag, value in counts.items():
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")

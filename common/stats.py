@@ -1,17 +1,7 @@
-"""Which differences are larger than the noise, for both tasks (none of it knows a task):
-
-- `intervals`: 95% confidence intervals of accuracy, UAR and macro F1 by a percentile bootstrap
-  over the test items (RESAMPLES resamples of the items with replacement, a fixed seed, so the
-  same predictions always give the same interval). Given the predictions of several seeds on the
-  same items, each resample averages the figure over the seeds: the interval of the seed-averaged
-  figure; seeds that tested different items (`seed_intervals`) are each resampled on their own
-  items and labels. No interval for a single item. UAR and macro F1 follow common/metrics.py's
-  rule for absent classes in every resample.
-- `paired`: two models on the same test items: the exact McNemar test (a two-sided binomial test,
-  `scipy.stats.binomtest`, on the items one gets right and the other wrong) and the paired
-  bootstrap interval of the accuracy difference. With several seeds an item counts as right for a
-  model when at least half of its seeds get it right (ties counted as right).
-- `holm`: Holm's step-down correction of p-values for several comparisons made together.
+"""Which differences are larger than the noise, for both tasks (docs/statistics.md): percentile
+bootstrap intervals (seeded: the same predictions always give the same interval; UAR and macro F1
+follow common/metrics.py's rule for absent classes in every resample), McNemar's exact test with
+the paired bootstrap interval of an accuracy difference, and Holm's correction.
 """
 import numpy as np
 
@@ -46,8 +36,7 @@ def _percentiles(values: np.ndarray) -> list[float]:
 
 
 def _figures(true: np.ndarray, preds: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
-    """Accuracy, UAR and macro F1 of each resample: `true` (R, n) labels and `preds` (S, R, n)
-    predictions of S seeds; figures averaged over the seeds, one per resample."""
+    """Accuracy, UAR and macro F1 of R resamples (`true` (R, n), `preds` (seeds, R, n)), averaged over seeds."""
     acc = (preds == true[None]).mean(-1).mean(0)
     recall, f1 = [], []
     for c in range(n_classes):
@@ -59,25 +48,19 @@ def _figures(true: np.ndarray, preds: np.ndarray, n_classes: int) -> dict[str, n
             recall.append(np.where(support > 0, tp / support, np.nan))  # absent in a resample: left out
             f1.append(np.where(support > 0, 2 * tp / (support + predicted), np.nan))
     with np.errstate(invalid="ignore"):
-        uar = np.nanmean(np.stack(recall), axis=0).mean(0)
-        macro_f1 = np.nanmean(np.stack(f1), axis=0).mean(0)
-    return {"accuracy": acc, "uar": uar, "macro_f1": macro_f1}
+        return {"accuracy": acc, "uar": np.nanmean(np.stack(recall), axis=0).mean(0),
+                "macro_f1": np.nanmean(np.stack(f1), axis=0).mean(0)}
 
 
 def intervals(true, preds, n_classes: int) -> dict[str, list[float]]:
-    """95% bootstrap intervals of accuracy, UAR and macro F1 over the test items. `true`: (n,)
-    label ids; `preds`: (n,) predictions, or (seeds, n) predictions of several seeds on the same
-    items (resampled together). Fewer than MIN_ITEMS items give no interval (nan)."""
+    """95% bootstrap intervals of accuracy, UAR and macro F1 of (n,) or (seeds, n) predictions."""
     return seed_intervals([true], [preds], n_classes)
 
 
 def seed_intervals(trues: list, preds: list, n_classes: int) -> dict[str, list[float]]:
-    """The interval of the seed-averaged figures when the seeds tested different items (each
-    seed's own split): each seed's items are resampled on their own, scored against that seed's
-    own labels, and each resample's figure is the mean over the seeds. `trues[s]`: (n_s,) label
-    ids of seed s; `preds[s]`: its (n_s,) predictions (or (k, n_s): k runs on those items)."""
-    trues = [np.asarray(t) for t in trues]
-    preds = [np.atleast_2d(np.asarray(p)) for p in preds]
+    """The intervals of the seed-averaged figures when the seeds tested different items, each seed's
+    resampled against its own labels (`trues[s]`; `preds[s]`: (n_s,) or (k, n_s)); nan under MIN_ITEMS."""
+    trues, preds = [np.asarray(t) for t in trues], [np.atleast_2d(np.asarray(p)) for p in preds]
     if min(len(t) for t in trues) < MIN_ITEMS:
         return {k: [float("nan")] * 2 for k in ("accuracy", "uar", "macro_f1")}
     values = {"accuracy": [], "uar": [], "macro_f1": []}
@@ -89,8 +72,7 @@ def seed_intervals(trues: list, preds: list, n_classes: int) -> dict[str, list[f
 
 
 def accuracy_interval(correct) -> list[float]:
-    """95% bootstrap interval of the mean of per-item correctness (0/1, or seed-averaged); none
-    (nan) for fewer than MIN_ITEMS items."""
+    """95% bootstrap interval of the mean of per-item correctness (0/1, or seed-averaged)."""
     correct = np.asarray(correct, dtype=float)
     if len(correct) < MIN_ITEMS:
         return [float("nan")] * 2
@@ -98,9 +80,7 @@ def accuracy_interval(correct) -> list[float]:
 
 
 def mcnemar(correct_a, correct_b) -> dict:
-    """The exact McNemar test of two models on the same items: b items only A gets right, c only
-    B; under no difference each of the b + c disagreements goes either way with probability 1/2,
-    so p is the two-sided binomial test of b successes in b + c trials."""
+    """The exact McNemar test: a two-sided binomial test on the items only one model gets right."""
     from scipy.stats import binomtest
     a, b_ = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     b, c = int((a & ~b_).sum()), int((~a & b_).sum())
@@ -108,10 +88,7 @@ def mcnemar(correct_a, correct_b) -> dict:
 
 
 def paired(correct_a, correct_b) -> dict:
-    """A against B on the same items: accuracy difference (A − B), its paired bootstrap interval,
-    and McNemar's exact test. Per-item correctness may be averaged over seeds: then McNemar counts
-    an item as right for a model when at least half of its seeds get it right (MAJORITY; with an
-    even number of seeds, a tie counts as right)."""
+    """A against B on the same items: accuracy difference (A − B), its paired interval, McNemar's test."""
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
     diff = a - b
     return {"difference": float(diff.mean()), "interval": accuracy_interval(diff),
@@ -119,8 +96,7 @@ def paired(correct_a, correct_b) -> dict:
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (the family-wise error rate stays below the level):
-    the k-th smallest of m p-values is multiplied by m − k + 1, and adjusted values never fall."""
+    """Holm's step-down adjusted p-values."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
     adjusted, running = [0.0] * len(pvalues), 0.0
     for rank, i in enumerate(order):

@@ -1,22 +1,12 @@
 """The step both loops train with, and its optimizer: `TrainStep` (run eagerly or replayed from
-CUDA graphs by common/graphs.py) and AdamW in the run's graph mode. `Training`
-(common/training.py) builds them for a run.
+CUDA graphs by common/graphs.py) and AdamW in the run's graph mode.
 
 A step is, for each of its K micro-batches (--grad-accum), a forward and backward pass whose
-gradients add up in place, then one update: gradient norm (clipped when asked), AdamW, gradients
-zeroed. `TrainStep` does this on device tensors only and never reads a value back to the host,
-so the host assembles the next batch while the device works, and the same two functions can be
-captured as CUDA graphs:
-
-- Every micro-batch has exactly --batch-size rows; a short batch is filled with copies of its
-  first row whose weight is 0. Row weights are 1 / (items in the optimizer batch), so the
-  weighted sum of per-row losses over K micro-batches is the mean loss of the whole batch:
-  accumulation gives the update one large batch would.
-- Inputs come padded to a few fixed lengths (buckets), so there are few shapes.
-- The learning rate lives in a device tensor when graphs are on (`set_lr` fills it).
-- Running figures (loss sum, correct count, items, last gradient norm, the first step whose loss
-  or gradient norm was not finite, and each optimizer step's mean loss) stay on the device;
-  `Progress` (common/progress.py) reads them every --log-every steps and at each epoch's end.
+gradients add up in place, then one update (gradient norm, clipping, AdamW). It never reads a
+value back to the host, so the host assembles the next batch while the device works and both
+functions can be captured as graphs: every micro-batch has exactly --batch-size rows (filler rows
+weigh 0; row weights are 1 / items in the optimizer batch, so K micro-batches give the update one
+large batch would), and the learning rate and running figures live in device tensors.
 """
 import torch
 import torch.nn.functional as F
@@ -25,12 +15,10 @@ from common.device import autocast
 
 
 class TrainStep:
-    """forward + backward of one micro-batch (`micro`), and the optimizer update (`update`).
+    """forward + backward of one micro-batch (`micro`: a batch with `label_ids` and `weights`), the update."""
 
-    `forward(batch) -> logits` is the task's model call; `batch` is a dict of device tensors that
-    holds at least `label_ids` and `weights` (see the module docstring)."""
-
-    def __init__(self, forward, params: list, optimizer, scaler, device: torch.device, dtype, clip: float | None):
+    def __init__(self, forward, params: list, optimizer, scaler, device: torch.device, dtype, clip: float | None,
+                 steps: int):
         self.forward, self.params, self.optimizer, self.scaler = forward, params, optimizer, scaler
         self.device, self.dtype, self.clip = device, dtype, clip
         self.totals = torch.zeros(3, device=device)  # loss sum, correct, items since the last reset
@@ -39,11 +27,7 @@ class TrainStep:
         self.step_no = torch.zeros((), device=device)  # optimizer steps done in this run
         self.bad_now = torch.zeros((), dtype=torch.bool, device=device)
         self.step_loss = torch.zeros((), device=device)  # this step's mean loss, summed over its micro-batches
-        self.step_losses = torch.zeros(1, device=device)  # per optimizer step (keep_step_losses sizes it)
-
-    def keep_step_losses(self, steps: int) -> None:
-        """Keep each optimizer step's mean loss, as HF Trainer's logging averages them."""
-        self.step_losses = torch.zeros(steps, device=self.device)
+        self.step_losses = torch.zeros(steps, device=device)  # each of the run's steps (as HF Trainer logs them)
 
     def counters(self) -> list[torch.Tensor]:
         return [self.totals, self.grad_norm, self.bad_step, self.step_no, self.bad_now, self.step_loss,
@@ -92,8 +76,7 @@ def set_lr(optimizer, lr: float) -> None:
 
 
 def make_optimizer(params: list, lr: float, device: torch.device, graphs: bool) -> torch.optim.AdamW:
-    """AdamW without weight decay (the study's), fused on CUDA. For CUDA graphs it is capturable
-    (its step count stays on the device) and its learning rate is a device tensor."""
+    """AdamW without weight decay (the study's), fused on CUDA; for CUDA graphs, capturable (lr on the device)."""
     if graphs:
         return torch.optim.AdamW(params, lr=torch.tensor(lr, device=device), weight_decay=0.0, fused=True,
                                  capturable=True)
@@ -101,10 +84,7 @@ def make_optimizer(params: list, lr: float, device: torch.device, graphs: bool) 
 
 
 def follow_graph_mode(optimizer, graphs: bool, device: torch.device) -> None:
-    """Put AdamW in the mode this run trains in, whatever mode a loaded checkpoint was written in
-    (`load_state_dict` brings back the saved `capturable`, `fused` and learning rate): capturable,
-    with the learning rate as a device tensor, for CUDA graphs; else a float learning rate;
-    fused on CUDA. Each parameter's step count moves to where that mode keeps it."""
+    """Put AdamW in this run's graph mode, whatever mode a loaded checkpoint brought back."""
     fused = device.type == "cuda"
     for group in optimizer.param_groups:
         lr = float(group["lr"])  # (a device tensor in a graph run's checkpoint: read once, here)

@@ -1,17 +1,8 @@
-"""summary.md from the runs under one folder (as run_all.sh lays them out). The task modules
-named on the command line (`nli.study`, `ser.study`; none is imported here by name) give their
-section (`section(report)`: a Report of the runs' folder, seeds and the rows asked for) and
-their differences from the study (`DIFFERENCES`); this module reads and checks each run's files,
-averages over seeds, lists missing or damaged runs and writes the file.
+"""summary.md and summary.png from the runs under one folder (docs/outputs.md). The task modules
+named on the command line give their section (`section(report)`) and their differences from the
+study (`DIFFERENCES`); this module reads and checks each run's files and averages over seeds.
 
     python -m common.summary --out runs --task nli.study --task ser.study [--seeds N] [--smoke]
-
-With several seeds each cell is mean ± standard deviation over seeds (sample std). Test figures
-carry their 95% bootstrap interval over the test items in brackets (with several seeds, the
-interval of the seed-averaged figure); `comparisons` sets runs against one on the same test items
-(McNemar's exact test, Holm's correction; common/stats.py). A run counts when its metrics.json
-exists (written last, so the run finished) and holds the keys its section reads, and its
-predictions.csv reproduces its test figures; others are listed as missing or damaged.
 """
 import argparse
 import csv
@@ -67,9 +58,7 @@ class Damaged(ValueError):
 
 
 def check_shape(m: dict, required: tuple) -> None:
-    """Raise Damaged unless metrics.json holds every `required` key (dotted paths): a number, or a
-    dict where the path ends in {} and a list where it ends in [] (a file of another version or
-    edited by hand has other keys)."""
+    """Raise Damaged unless metrics.json holds every `required` dotted path: a finite number, or a {} dict, [] list."""
     for path in required:
         kind = {"{": dict, "[": list}.get(path[-2:-1], (int, float))
         value = m
@@ -81,45 +70,15 @@ def check_shape(m: dict, required: tuple) -> None:
     for split in ("test", "pooled"):  # (a run's test figures; the folds' pooled ones)
         figures = m.get(split) if isinstance(m.get(split), dict) else {}
         for key, bounds in (figures.get("intervals") if isinstance(figures.get("intervals"), dict) else {}).items():
-            check_interval(f"{split}.intervals.{key}", figures.get(key), bounds)
+            value = figures.get(key)  # [low, high] holding it, or [null, null] (none)
+            if bounds != [None, None] and not (
+                    isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+                    and isinstance(value, (int, float)) and bounds[0] <= value <= bounds[1]):
+                raise Damaged(f"its metrics.json's {split}.intervals.{key} is not an interval around its figure")
 
 
-def check_interval(name: str, value, bounds) -> None:
-    """An interval as metrics.json keeps it: [low, high] holding `value`, or [null, null] (none)."""
-    if bounds == [None, None]:
-        return
-    ok = (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
-          and isinstance(value, (int, float)) and bounds[0] <= value <= bounds[1])
-    if not ok:
-        raise Damaged(f"its metrics.json's {name} is not an interval around its figure")
-
-
-def seed_runs(root: Path, rel: str, seeds: int, missing: list, run_links: list, required: tuple = ()) -> list[dict]:
-    """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)
-    and its seed (`_seed`); missing or damaged runs are named in `missing`, found ones linked."""
-    runs = []
-    for seed in range(seeds):
-        folder = root / rel / f"seed{seed}"
-        m = read_metrics(folder)
-        try:
-            if m is None:
-                if (folder / "metrics.json").exists():
-                    raise Damaged("its metrics.json is damaged")
-                missing.append(f"{rel}/seed{seed}")
-                continue
-            check_shape(m, required)
-            runs.append({**m, "_test": test_predictions(folder, m), "_seed": seed})
-        except Damaged as e:
-            missing.append(f"{rel}/seed{seed} ({e})")
-            continue
-        run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(root, folder)}")
-    return runs
-
-
-def test_predictions(folder: Path, m: dict | None = None) -> list[dict] | None:
-    """The test rows of a run's predictions.csv (None when it has none). Given the run's metrics.json
-    (`m`), the rows must hold its labels and reproduce its test accuracy and macro F1 over as many
-    items, or the run is Damaged (an edited or swapped file would give wrong paired tests)."""
+def test_predictions(folder: Path, m: dict) -> list[dict] | None:
+    """The test rows of a run's predictions.csv (None without one); Damaged unless they reproduce `m`'s."""
     path = folder / "predictions.csv"
     if not path.exists():
         return None
@@ -128,8 +87,6 @@ def test_predictions(folder: Path, m: dict | None = None) -> list[dict] | None:
             rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     except (OSError, UnicodeDecodeError, KeyError, csv.Error) as e:
         raise Damaged(f"its predictions.csv cannot be read: {e}") from None
-    if m is None:
-        return rows
     names = list(m["test"]["per_class"])
     unknown = {str(r.get(k)) for r in rows for k in ("true", "predicted")} - set(names)
     if unknown:
@@ -150,13 +107,10 @@ def seeds_note(runs: list[dict], seeds: int) -> str:
 
 
 def test_items(runs: list[dict]) -> tuple | None:
-    """What identifies the test items of runs (all seeds must agree): the true labels and any
-    other item columns, in order; None without predictions or when the seeds tested different items."""
-    keys = set()
-    for run in runs:
-        if run["_test"] is None:
-            return None
-        keys.add(tuple(tuple(v for k, v in r.items() if k not in ("predicted",)) for r in run["_test"]))
+    """The test items of runs (every column but the prediction), or None when seeds differ or lack them."""
+    if any(run["_test"] is None for run in runs):
+        return None
+    keys = {tuple(tuple(v for k, v in r.items() if k != "predicted") for r in run["_test"]) for run in runs}
     return keys.pop() if len(keys) == 1 else None
 
 
@@ -171,9 +125,7 @@ TESTED = ("accuracy", "uar", "macro_f1")  # the test figures given with an inter
 
 
 def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
-    """The 95% bootstrap intervals of the test figures (TESTED) of one run, or of the seed-averaged
-    figures of several: on the same test items every seed's predictions are resampled together; on
-    different items (each seed its own split) each seed is resampled with its own items and labels."""
+    """The 95% intervals of the test figures (TESTED) of one run, or of several seeds' average."""
     if len(runs) == 1:
         return runs[0]["test"].get("intervals", {})
     if any(m["_test"] is None for m in runs):
@@ -186,8 +138,7 @@ def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
 
 
 def test_cells(runs: list[dict], found: dict[str, list[float]]) -> dict[str, str]:
-    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% interval
-    (`found`: test_intervals(runs), computed once per run set by the caller)."""
+    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% interval (`found`)."""
     return {key: mean_std([m["test"][key] for m in runs]) + (f" {interval_text(found[key])}" if key in found else "")
             for key in TESTED}
 
@@ -203,19 +154,14 @@ def header(*names) -> list[str]:
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
-    """Every run set of `found` ({name: runs}) against `reference` on the same test items: the
-    accuracy difference (name − reference) with its paired bootstrap interval, McNemar's exact p
-    and Holm's adjusted p over all of them, and whether that is below SIGNIFICANCE. Sets whose test
-    items differ from the reference's are left out."""
+    """common.stats.paired of every run set of `found` against `reference`'s, on the same test items,
+    with Holm's adjusted p and whether it is below SIGNIFICANCE."""
     if reference not in found:
         return {}
     base, items = correctness(found[reference]), test_items(found[reference])
-    out = {}
-    for name, runs in found.items():
-        if name == reference or base is None or test_items(runs) != items:
-            continue
-        out[name] = paired(correctness(runs), base)
-    for (name, result), p in zip(out.items(), holm([r["p"] for r in out.values()])):
+    out = {name: paired(correctness(runs), base) for name, runs in found.items()
+           if name != reference and base is not None and test_items(runs) == items}
+    for result, p in zip(out.values(), holm([r["p"] for r in out.values()])):
         result.update(holm_p=p, significant=p < SIGNIFICANCE)
     return out
 
@@ -239,9 +185,7 @@ def comparison_words(reference: str, count: int, items: str) -> str:
 
 @dataclass
 class Report:
-    """What one summary.md is made of, handed to each task's `section(report)`: where the runs are,
-    how many seeds, which rows were asked for (`only`, None for all); the sections add the runs
-    that are missing or damaged, a line of findings each, and the points of summary.png."""
+    """Handed to each task's `section(report)`, which adds missing runs, findings and summary.png's points."""
     root: Path
     seeds: int = 1
     only: set | None = None
@@ -253,13 +197,27 @@ class Report:
         return self.only is None or name in self.only
 
     def runs(self, rel: str, run_links: list, required: tuple = ()) -> list[dict]:
-        return seed_runs(self.root, rel, self.seeds, self.missing, run_links, required)
+        """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)."""
+        runs = []
+        for seed in range(self.seeds):
+            folder = self.root / rel / f"seed{seed}"
+            m = read_metrics(folder)
+            if m is None and not (folder / "metrics.json").exists():
+                self.missing.append(f"{rel}/seed{seed}")
+                continue
+            try:
+                if m is None:
+                    raise Damaged("its metrics.json is damaged")
+                check_shape(m, required)
+                runs.append({**m, "_test": test_predictions(folder, m), "_seed": seed})
+                run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(self.root, folder)}")
+            except Damaged as e:
+                self.missing.append(f"{rel}/seed{seed} ({e})")
+        return runs
 
     def point(self, label: str, runs: list[dict], found: dict, study: float | None = None) -> str:
-        """Add a test accuracy (`found`: the runs' test_intervals) to summary.png; return it in
-        words, "0.8260 [0.8000, 0.8500]", with where the study's figure lies ("; the study's 0.826 inside")."""
-        ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), found.get("accuracy")
-        bounds = bounds or [float("nan")] * 2
+        """Add a test accuracy to summary.png; return it as "0.8260 [0.8000, 0.8500]; the study's 0.826 inside"."""
+        ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), found.get("accuracy") or [np.nan] * 2
         self.points.append((label, ours, bounds, study))
         words = f"{ours:.4f} {interval_text(bounds)}"
         if study is None:
@@ -269,8 +227,7 @@ class Report:
 
 
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
-    """Write root/summary.md and summary.png from the given task modules ("ser.study:study,..." for
-    some rows); returns the runs expected but missing or damaged."""
+    """Write summary.md and summary.png from task modules ("ser.study:study,..." for some rows)."""
     body, differ = [], ["## What differs from the study, and why", ""]
     report = Report(root, seeds)
     for task in tasks:
@@ -295,9 +252,8 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
 
 
 def list_main(program: str, description: str, rows: list, differences: list[str], folds=None, argv=None) -> None:
-    """`python -m nli.study --list` (or ser.study): one line per experiment, name<TAB>flags, as
-    run_all.sh reads them (`folds(K)`: the rows --folds K adds); without --list, every difference
-    from the study, one per paragraph."""
+    """`python -m nli.study --list` (or ser.study): name<TAB>flags per experiment, as run_all.sh reads
+    them; without --list, the differences from the study."""
     p = argparse.ArgumentParser(prog=f"python -m {program}", description=description)
     p.add_argument("--list", action="store_true", help="print name<TAB>flags for each experiment")
     if folds:

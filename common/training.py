@@ -1,17 +1,15 @@
 """`Training`: the step machinery of one run, built in one place for both loops (optimizer,
-checkpoint, DDP, the step, CUDA graphs), and `Recipe`, how the weights are updated.
-
-Whether graphs are on has one answer: `Training.graphs` ("on", or "off (why)"): the run's
-choice (common/device.py, choose_cuda_graphs) unless capture failed.
-"""
+checkpoint, DDP, the step, CUDA graphs), and `Recipe`, how the weights are updated."""
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from common.batching import micro_batches
 from common.checkpoint import Checkpoint
-from common.device import grad_scaler
-from common.distributed import sync_unless, wrap
+from common.distributed import wrap
 from common.graphs import Steps
 from common.progress import Progress
 from common.step import TrainStep, follow_graph_mode, make_optimizer, set_lr
@@ -19,9 +17,7 @@ from common.step import TrainStep, follow_graph_mode, make_optimizer, set_lr
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the weights are updated: AdamW at `lr` (decaying linearly to 0 over all steps with
-    `decay`, else constant), micro-batches of `batch_size` rows, `grad_accum` of them a step,
-    gradient norm clipped to `clip` (None: not clipped), `steps_per_epoch` steps an epoch."""
+    """How the weights are updated (`decay`: linearly to 0; `clip`: the gradient norm, None for none)."""
     lr: float
     epochs: int
     batch_size: int
@@ -44,20 +40,14 @@ class Recipe:
 
 
 class Training:
-    """The step machinery of one run, built in one place for both loops: AdamW over the trainable
-    parameters, the GradScaler, the checkpoint (resumed from with --resume), DDP under torchrun,
-    the step function, and CUDA graphs when the run asks for them.
+    """One run's AdamW, GradScaler, checkpoint (restored with --resume), DDP, step and CUDA graphs.
+    `forward(model) -> (batch -> logits)`; `examples()`: a micro-batch per input shape, for graph capture.
 
-        training = Training(model, forward, run, recipe, inputs, examples)
         for epoch in training.epochs():
             figures = training.train_epoch(epoch, batches, make_batch, unit="pairs")
-            ...evaluate...
             evaluation = training.timed_evaluation(figures, lambda: {"val": ..., "test": ...})
             training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint (not the last)
-
-    `forward(model) -> (batch -> logits)` is the task's model call; `examples()` gives one training
-    micro-batch per input shape, for graph capture. The optimizer follows the run's graph mode
-    after a checkpoint is loaded (follow_graph_mode), whatever mode wrote it."""
+    """
 
     def __init__(self, model, forward: Callable, run, recipe: Recipe, inputs: dict, examples: Callable[[], list]):
         self.run, self.recipe, self.model = run, recipe, model
@@ -66,13 +56,13 @@ class Training:
         self.optimizer = make_optimizer(trainable, recipe.lr, device, run.graphs)
         if hasattr(model, "restore_dropped_layers"):  # SER's LayerDrop as transformers' (ser/model.py)
             model.restore_dropped_layers(self.optimizer)
-        scaler = grad_scaler(device, dtype)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # (active for fp16 only)
         self.checkpoint = Checkpoint(run.spec, d, inputs, model=model, optimizer=self.optimizer, scaler=scaler)
         self.ddp = wrap(model, d, device, run.spec.seed)  # DDP under torchrun (one RNG stream per process)
         self.start, self.history, self.evals = self.checkpoint.restore(run.log)
         follow_graph_mode(self.optimizer, run.graphs, device)  # (a checkpoint brings back its own mode)
-        step = TrainStep(forward(self.ddp), trainable, self.optimizer, scaler, device, dtype, recipe.clip)
-        step.keep_step_losses(recipe.total_steps)
+        step = TrainStep(forward(self.ddp), trainable, self.optimizer, scaler, device, dtype, recipe.clip,
+                         recipe.total_steps)
         step.step_no.fill_((self.start - 1) * recipe.steps_per_epoch)
         self.steps = Steps(step)
         if run.graphs and self.start <= recipe.epochs:
@@ -81,14 +71,11 @@ class Training:
 
     @property
     def graphs(self) -> str:
-        """"on", or "off (why)": the run's choice, unless capture failed."""
-        return self.steps.status(self.run.graphs_why)
+        """"on", or "off (why)": the run's choice (common/device.py), unless capture failed."""
+        return "on" if self.steps.graphed else "off (capture failed)" if self.steps.tried else self.run.graphs_why
 
     def epochs(self):
-        """The epochs left to train (all of them, or those after a resumed checkpoint's). However
-        the loop over them ends (done, an error, Ctrl-C), a checkpoint still being written is
-        finished first (an error leaving the loop closes this generator, which runs `finally`); its
-        write error is raised only when the loop ended well."""
+        """The epochs left to train. However the loop ends, a checkpoint being written is finished first."""
         done = False
         try:
             yield from range(self.start, self.recipe.epochs + 1)
@@ -98,11 +85,7 @@ class Training:
 
     def train_epoch(self, epoch: int, batches: list[list[int]], make_batch: Callable, unit: str,
                     audio_seconds: Callable | None = None) -> dict:
-        """One pass over `batches`: each step's learning rate, this process's micro-batches
-        (forward and backward; all of the batch in one process, its share under torchrun), the
-        update. `make_batch(idx, rows, weight)` gives a micro-batch of host tensors: the items
-        idx filled up to `rows` rows, each real one weighted `weight`. Returns the epoch's figures
-        (common/progress.py)."""
+        """One pass over `batches`; `make_batch(idx, rows, weight)`: the items idx filled up to `rows` rows."""
         d, recipe = self.run.d, self.recipe
         progress = Progress(self.steps, self.run, epoch=epoch, first=epoch == self.start, batches=len(batches),
                             unit=unit)
@@ -112,23 +95,21 @@ class Training:
             set_lr(self.optimizer, lr)
             micros, rows = micro_batches(batch, recipe.batch_size, d)
             for j, idx in enumerate(micros):  # an empty share: zero-weight rows, for the all-reduce
-                with sync_unless(self.ddp, j < len(micros) - 1):  # gradients add up; one all-reduce per step
+                with self.ddp.no_sync() if d.active and j < len(micros) - 1 else nullcontext():  # one all-reduce a step
                     self.steps.micro(make_batch(idx or batch[:1], rows, d.world / len(batch) if idx else 0.0))
             self.steps.update()
             progress.step_done(len(batch), lr, audio=audio_seconds(batch) if audio_seconds else 0.0)
         return progress.finish()
 
     def timed_evaluation(self, figures: dict, evaluate: Callable[[], dict]) -> dict:
-        """The epoch's evaluation, `evaluate()` (-> {"val": figures, "test": figures}); its seconds
-        go into the epoch's `figures` (metrics.json's speed.eval_seconds)."""
+        """`evaluate()` (-> {"val": figures, "test": figures}), its seconds put into the epoch's `figures`."""
         t0 = time.perf_counter()
         evaluation = evaluate()
         figures["eval_seconds"] = time.perf_counter() - t0
         return evaluation
 
     def end_epoch(self, epoch: int, row: dict, evaluation: dict, line: str) -> None:
-        """Log the epoch's line, keep its history row and evaluation, and start writing its
-        checkpoint (not after the last epoch: the run saves its model then)."""
+        """Log the epoch's line, keep its results, and checkpoint (not the last epoch: the model is saved then)."""
         self.run.log(line)
         self.history.append(row)
         self.evals.append(evaluation)

@@ -7,7 +7,7 @@ import numpy as np
 from common.files import atomic_write, write_json, write_text
 from common.metrics import confusion, report_text
 from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
-from common.results import RunResult, epoch_table, with_intervals, write_history
+from common.results import HISTORY_FIELDS, RunResult, epoch_table, with_intervals, write_text_csv
 from nli.data import LABEL_NAMES
 from nli.model import Applied
 
@@ -43,7 +43,7 @@ def write_results(out, cfg, model, tokenizer, result: NLIResult) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     atomic_write(out / "model", save_model, replace_folder=True)  # (a resumed run may find its own model/)
-    write_history(out, result.history)
+    write_text_csv(out / "history.csv", result.history, HISTORY_FIELDS)
     result.write_predictions(out)
     record = result.metrics()
     name, final = result.experiment, result.final

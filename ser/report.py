@@ -7,7 +7,7 @@ import numpy as np
 from common.files import atomic_write, write_json, write_text
 from common.metrics import confusion, report_text
 from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
-from common.results import RunResult, accuracy_over, epoch_table, with_intervals, write_history
+from common.results import RunResult, accuracy_over, epoch_table, with_intervals, write_text_csv
 from common.stats import accuracy_interval
 from ser.model import save_classifier
 
@@ -69,7 +69,7 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
     """Every result file of the run in `out` (`cfg`: the run's SERConfig), metrics.json last."""
     names, counts = result.label_names, result.class_counts
     atomic_write(out / "model", lambda folder: save_classifier(model, fe, names, folder), replace_folder=True)
-    write_history(out, result.history, HISTORY_FIELDS)
+    write_text_csv(out / "history.csv", result.history, HISTORY_FIELDS)
     result.write_predictions(out)
     record = result.metrics()
     plot_curves(result.history, out / "curves.png", "speech emotion recognition")

@@ -15,7 +15,7 @@ from nli.train import main as nli_main
 
 
 def run(labels_true, labels_pred, items):
-    """A run record as seed_runs gives it: its test figures and its predictions."""
+    """A run record as Report.runs gives it: its test figures and its predictions."""
     names = ["a", "b"]
     true, pred = np.array([names.index(x) for x in labels_true]), np.array([names.index(x) for x in labels_pred])
     acc = float((true == pred).mean())
