@@ -117,8 +117,8 @@ class HostCopy:
 class Checkpoint:
     """The run's checkpoints: the parts given (with state_dict), RNGs, results so far, inputs' fingerprint."""
 
-    def __init__(self, spec, d: Dist | None = None, inputs: dict | None = None, **parts):
-        self.out, self.spec, self.parts, self.d, self.inputs = spec.out, spec, parts, d or Dist(), inputs or {}
+    def __init__(self, spec, d: Dist | None = None, fingerprint: dict | None = None, **parts):
+        self.out, self.spec, self.parts, self.d, self.fingerprint = spec.out, spec, parts, d or Dist(), fingerprint or {}
         self.host, self.writer, self.failed = HostCopy(), None, None  # (the writing thread, and its error)
 
     def _manifest(self) -> list[dict]:
@@ -173,7 +173,7 @@ class Checkpoint:
                 damaged.append(f"{entry['file']} ({why})")
                 continue
             check_same_args(state["args"], self.spec.args, self.spec.free, f"the checkpoint in {self.out}")
-            refuse_changed(state.get("inputs"), self.inputs, f"the checkpoint in {self.out}", CHANGED)
+            refuse_changed(state.get("inputs"), self.fingerprint, f"the checkpoint in {self.out}", CHANGED)
             if state.get("world", 1) != self.d.world:
                 raise UserError(f"the checkpoint in {self.out} was written by {state.get('world', 1)} process(es); "
                                 f"resume it with the same number (this run has {self.d.world})")
@@ -193,7 +193,7 @@ class Checkpoint:
         if not self.d.main:
             return
         self.wait()  # one write at a time (and the host buffers are free again)
-        state = {"epoch": epoch, "args": self.spec.args, "world": self.d.world, "inputs": self.inputs,
+        state = {"epoch": epoch, "args": self.spec.args, "world": self.d.world, "inputs": self.fingerprint,
                  "rng": rngs if self.d.active else rngs[0], "history": list(history), "evals": list(evals),
                  **self.host({name: part.state_dict() for name, part in self.parts.items()})}
         self.writer = threading.Thread(target=self._write, args=(epoch, state), name=f"checkpoint-epoch{epoch}")

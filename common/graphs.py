@@ -87,7 +87,7 @@ class Steps:
     """Runs a TrainStep on host batches: by graph replay for the shapes `capture` captured, else eagerly."""
 
     def __init__(self, step: TrainStep):
-        self.step, self.graphs, self.update_graph = step, {}, None  # graphs: {shape: (graph, static batch)}
+        self.step, self.captured, self.update_graph = step, {}, None  # captured: {shape: (graph, static batch)}
         self.capture_seconds, self.tried = 0.0, False
 
     @property
@@ -96,11 +96,11 @@ class Steps:
 
     def info(self) -> dict:
         """metrics.json's graph figures."""
-        return {"cuda_graphs": self.graphed, "graph_shapes": len(self.graphs),
+        return {"cuda_graphs": self.graphed, "graph_shapes": len(self.captured),
                 "capture_seconds": round(self.capture_seconds, 2)}
 
     def micro(self, host_batch: dict) -> None:
-        graph = self.graphs.get(shape_key(host_batch))
+        graph = self.captured.get(shape_key(host_batch))
         if graph is None:
             self.step.micro(to_device(host_batch, self.step.device))
             return
@@ -139,13 +139,13 @@ class Steps:
                 made.append(torch.cuda.CUDAGraph())
                 with capturing(made[-1], pool, side):
                     step.micro(ex)
-                self.graphs[shape_key(ex)] = (made[-1], ex)
+                self.captured[shape_key(ex)] = (made[-1], ex)
             made.append(torch.cuda.CUDAGraph())
             with capturing(made[-1], pool, side):
                 step.update()
             self.update_graph = made[-1]
         except Exception as e:  # any failure: never crash on it, train eagerly instead
-            self.graphs, self.update_graph = {}, None
+            self.captured, self.update_graph = {}, None
             for g in made:
                 g.reset()
             made = static = None
@@ -158,7 +158,7 @@ class Steps:
         torch.cuda.synchronize(step.device)
         self.capture_seconds = time.perf_counter() - t0
         if self.graphed:
-            log(f"CUDA graphs: {len(self.graphs)} input shapes and the update captured in {self.capture_seconds:.1f} s")
+            log(f"CUDA graphs: {len(self.captured)} input shapes and the update captured in {self.capture_seconds:.1f} s")
 
 
 def _snapshot(step: TrainStep) -> dict:

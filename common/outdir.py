@@ -66,7 +66,7 @@ def is_run(out: Path) -> bool:
     return (Path(out) / MARKER).is_file()
 
 
-def check_out_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -> None:
+def check_out_dir(out: Path, resume: bool, overwrite: bool, reads: tuple = ()) -> None:
     """A non-empty --out needs this project's marker, and --resume or --overwrite (which spares `inputs`)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one")
@@ -80,7 +80,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) 
     if not (resume or overwrite):
         raise UserError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
     if overwrite:
-        for path in inputs:
+        for path in reads:
             if path and Path(path).exists() and Path(path).resolve().is_relative_to(out.resolve()):
                 raise UserError(f"--overwrite would delete {path}, which this run reads; give another --out")
 

@@ -17,9 +17,9 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_
 KEPT_FOR_THE_REPORT = ("pred", "subsets")  # a split's per-item predictions: report.txt and plots, not metrics.json
 
 
-def write_config(out: Path, args: dict, derived: dict, info: dict, inputs: dict | None = None) -> None:
+def write_config(out: Path, args: dict, derived: dict, info: dict, fingerprint: dict | None = None) -> None:
     """Arguments as given (RunSpec.args), settings derived from them, versions and inputs' fingerprint."""
-    write_json(out / "config.json", {"args": args, "derived": derived, "run_info": info, "inputs": inputs or {}})
+    write_json(out / "config.json", {"args": args, "derived": derived, "run_info": info, "inputs": fingerprint or {}})
 
 
 def csv_text(rows: list[dict], fields: list[str]) -> str:
@@ -34,14 +34,14 @@ def write_text_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     write_text(path, csv_text(rows, fields))
 
 
-def speed_record(history: list[dict], graphs: dict) -> dict:
+def speed_record(history: list[dict], graph_info: dict) -> dict:
     """metrics.json's speed: training time and throughput over all epochs, with and without warm-up."""
     seconds, items, warm, warm_items = (sum(r[key] for r in history)
                                         for key in ("seconds", "items", "warmup_seconds", "warmup_items"))
     rec = {"train_seconds": round(seconds, 2), "items_per_s": round(items / seconds, 2) if seconds else None,
            "warmup_seconds": round(warm, 2), "warmup_items": warm_items,
            "items_per_s_steady": round((items - warm_items) / (seconds - warm), 2) if seconds > warm else None,
-           "eval_seconds": round(sum(r.get("eval_seconds", 0.0) for r in history), 2), **graphs}
+           "eval_seconds": round(sum(r.get("eval_seconds", 0.0) for r in history), 2), **graph_info}
     if any("audio_seconds" in r for r in history):
         audio, warm_audio = (sum(r.get(key, 0.0) for r in history) for key in ("audio_seconds", "warmup_audio"))
         rec.update(audio_seconds=round(audio, 1), warmup_audio_seconds=round(warm_audio, 1),
@@ -73,7 +73,7 @@ class RunResult:
     history: list[dict]
     evals: list[dict]
     params: dict
-    graphs: dict
+    graph_info: dict
     train: dict
     label_names: list
     label_ids: dict
@@ -106,7 +106,7 @@ class RunResult:
             self.label_ids["test"], self.predictions()["test"], len(self.label_names))}
         return {"task": self.task, "experiment": self.experiment, "seed": self.seed, "protocol": self.protocol,
                 "epochs": len(self.history), "best_epoch": self.best_epoch, "params": self.params,
-                "speed": speed_record(self.history, self.graphs), "train": summary_only(self.train),
+                "speed": speed_record(self.history, self.graph_info), "train": summary_only(self.train),
                 "val": summary_only(self.final["val"]), "test": test,
                 "best": {"val": summary_only(best["val"]), "test": summary_only(best["test"])},
                 **self.task_metrics()}

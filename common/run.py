@@ -1,6 +1,6 @@
 """The opening every run shares: the output-folder rules, the run log, provenance.
 
-    with Run(spec, d, inputs=..., reads=...) as run:   # lock --out, check it; nothing written
+    with Run(spec, d, fingerprint=..., reads=...) as run:   # lock --out, check it; nothing written
         if run.finished: return               # --resume found this very run finished (same arguments, inputs)
         ...read and check the inputs (log lines are kept in memory)...
         run.begin()                           # the marker; --overwrite empties --out now; train.log opens
@@ -66,10 +66,10 @@ class RunLog:
 class Run:
     """One run's output folder, log, device, precision, graphs, seed; `reads`: paths --overwrite must spare."""
 
-    def __init__(self, spec: RunSpec, d: Dist | None = None, *, inputs, reads: tuple = ()):
+    def __init__(self, spec: RunSpec, d: Dist | None = None, *, fingerprint, reads: tuple = ()):
         # --out is free on resume: the marker in the folder says it is a run, so a moved folder resumes
         self.spec, self.out = replace(spec, free=spec.free | {"out"}), spec.out
-        self.d, self.inputs, self.reads = d or Dist(), inputs, reads
+        self.d, self.fingerprint, self.reads = d or Dist(), fingerprint, reads
         self.log, self.finished, self.lock = RunLog(quiet=not self.d.main), False, None
 
     def __enter__(self):
@@ -97,7 +97,7 @@ class Run:
             return
         self.device = choose_device(self.spec.device, self.d.local_rank if self.d.active else None)
         self.dtype = choose_precision(self.spec.amp, self.device)
-        self.graphs, self.graphs_why = choose_cuda_graphs(self.spec.cuda_graphs, self.device, self.dtype, self.d)
+        self.use_graphs, self.graphs_why = choose_cuda_graphs(self.spec.cuda_graphs, self.device, self.dtype, self.d)
         choose_attention_kernels(self.device)
         seed_everything(self.spec.seed)
 
@@ -114,7 +114,7 @@ class Run:
         if old is not None:
             check_same_args(old["args"], self.spec.args, self.spec.free, str(self.out))
         if self.finished:
-            refuse_changed(old.get("inputs"), self.inputs(), f"the finished run in {self.out}",
+            refuse_changed(old.get("inputs"), self.fingerprint(), f"the finished run in {self.out}",
                            "Its results belong to the old inputs: run it again with --overwrite, or give another --out")
             remove_checkpoints(self.out)  # left behind if a run was stopped right after finishing
             self.log(f"{self.out} already holds this finished run; nothing to do")

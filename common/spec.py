@@ -48,7 +48,11 @@ class RunSpec(RunFlags):
     free: frozenset
 
 
-def run_spec(program: str, config, free: frozenset) -> RunSpec:
+# What a --resume may change (not nli.train's --trainer-logging-steps: a finished run keeps no per-step losses)
+RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})
+
+
+def run_spec(program: str, config, free: frozenset = RESUME_FREE) -> RunSpec:
     """The RunSpec of a task's typed config: its record(), out, seed and run-level flags."""
     flags = {f.name: getattr(config, f.name) for f in fields(RunFlags)}
     return RunSpec(program=program, out=config.out, seed=config.seed, args=args_record(config.record()), free=free,

@@ -75,22 +75,22 @@ def set_lr(optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def make_optimizer(params: list, lr: float, device: torch.device, graphs: bool) -> torch.optim.AdamW:
+def make_optimizer(params: list, lr: float, device: torch.device, capturable: bool) -> torch.optim.AdamW:
     """AdamW without weight decay (the study's), fused on CUDA; for CUDA graphs, capturable (lr on the device)."""
-    if graphs:
+    if capturable:
         return torch.optim.AdamW(params, lr=torch.tensor(lr, device=device), weight_decay=0.0, fused=True,
                                  capturable=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.type == "cuda")
 
 
-def follow_graph_mode(optimizer, graphs: bool, device: torch.device) -> None:
+def follow_graph_mode(optimizer, capturable: bool, device: torch.device) -> None:
     """Put AdamW in this run's graph mode, whatever mode a loaded checkpoint brought back."""
     fused = device.type == "cuda"
     for group in optimizer.param_groups:
         lr = float(group["lr"])  # (a device tensor in a graph run's checkpoint: read once, here)
-        group["lr"] = torch.tensor(lr, device=device) if graphs else lr
-        group["capturable"], group["fused"] = graphs, fused
+        group["lr"] = torch.tensor(lr, device=device) if capturable else lr
+        group["capturable"], group["fused"] = capturable, fused
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
-            on_device = graphs or fused
+            on_device = capturable or fused
             state["step"] = state["step"].to(device=device if on_device else "cpu", dtype=torch.float32)

@@ -49,28 +49,28 @@ class Training:
             training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint (not the last)
     """
 
-    def __init__(self, model, forward: Callable, run, recipe: Recipe, inputs: dict, examples: Callable[[], list]):
+    def __init__(self, model, forward: Callable, run, recipe: Recipe, fingerprint: dict, examples: Callable[[], list]):
         self.run, self.recipe, self.model = run, recipe, model
         device, dtype, d = run.device, run.dtype, run.d
         trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers get no optimizer state
-        self.optimizer = make_optimizer(trainable, recipe.lr, device, run.graphs)
+        self.optimizer = make_optimizer(trainable, recipe.lr, device, run.use_graphs)
         if hasattr(model, "restore_dropped_layers"):  # SER's LayerDrop as transformers' (ser/model.py)
             model.restore_dropped_layers(self.optimizer)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # (active for fp16 only)
-        self.checkpoint = Checkpoint(run.spec, d, inputs, model=model, optimizer=self.optimizer, scaler=scaler)
+        self.checkpoint = Checkpoint(run.spec, d, fingerprint, model=model, optimizer=self.optimizer, scaler=scaler)
         self.ddp = wrap(model, d, device, run.spec.seed)  # DDP under torchrun (one RNG stream per process)
         self.start, self.history, self.evals = self.checkpoint.restore(run.log)
-        follow_graph_mode(self.optimizer, run.graphs, device)  # (a checkpoint brings back its own mode)
+        follow_graph_mode(self.optimizer, run.use_graphs, device)  # (a checkpoint brings back its own mode)
         step = TrainStep(forward(self.ddp), trainable, self.optimizer, scaler, device, dtype, recipe.clip,
                          recipe.total_steps)
         step.step_no.fill_((self.start - 1) * recipe.steps_per_epoch)
         self.steps = Steps(step)
-        if run.graphs and self.start <= recipe.epochs:
+        if run.use_graphs and self.start <= recipe.epochs:
             model.train()
             self.steps.capture(examples(), run.log)
 
     @property
-    def graphs(self) -> str:
+    def graphs_status(self) -> str:
         """"on", or "off (why)": the run's choice (common/device.py), unless capture failed."""
         return "on" if self.steps.graphed else "off (capture failed)" if self.steps.tried else self.run.graphs_why
 

@@ -8,9 +8,6 @@ from pathlib import Path
 
 from common.spec import RunFlags, RunSpec, add_run_flags, check_flags, run_spec
 
-# (not --trainer-logging-steps: a finished run keeps no per-step losses to log them again another way)
-RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})
-
 
 @dataclass(frozen=True)
 class Experiment:
@@ -67,7 +64,7 @@ class NLIConfig(RunFlags):
         return {**{k: values.pop(k) for k in keys}, **experiment, **values}
 
     def run_spec(self) -> RunSpec:
-        return run_spec("nli.train", self, RESUME_FREE)
+        return run_spec("nli.train", self)
 
 
 def parse_args(argv=None) -> NLIConfig:

@@ -175,9 +175,9 @@ def main(argv=None):
 
 
 def curve(cfg: CurveConfig):
-    inputs = lambda: {"data": farstail_record(cfg.data_dir), "model": model_record(str(cfg.model))}  # noqa: E731
+    fingerprint = lambda: {"data": farstail_record(cfg.data_dir), "model": model_record(str(cfg.model))}  # noqa: E731
     spec = run_spec("nli.prune_curve", cfg, frozenset({"resume", "overwrite", "device"}))
-    with Run(spec, inputs=inputs, reads=(cfg.data_dir, cfg.model)) as run:
+    with Run(spec, fingerprint=fingerprint, reads=(cfg.data_dir, cfg.model)) as run:
         if run.finished:
             return
         log, device, dtype, out = run.log, run.device, run.dtype, cfg.out
@@ -195,7 +195,7 @@ def curve(cfg: CurveConfig):
         importance = lambda model: head_importance(model, data["train"], batches, device, dtype)  # noqa: E731
         run.begin()
         write_config(out, spec.args, {"heads": total, "layers": layers, "device": str(device), "hypothesis_only": alone,
-                                      "importance_pairs": sum(map(len, batches))}, run_info(device), inputs())
+                                      "importance_pairs": sum(map(len, batches))}, run_info(device), fingerprint())
         log(f"{cfg.model}: {layers} layers, {total} heads; importance on {sum(map(len, batches))} training pairs"
             + ("; trained without the premise, so fed the hypothesis alone" if alone else ""))
 

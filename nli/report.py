@@ -60,7 +60,7 @@ def write_results(out, cfg, model, tokenizer, result: NLIResult) -> None:
 
 def report(cfg, result: NLIResult, record: dict) -> str:
     """report.txt: the per-epoch table, the final figures and where each comes from."""
-    speed, graphs, final, stats = record["speed"], result.graphs, result.final, result.token_stats
+    speed, capture, final, stats = record["speed"], result.graph_info, result.final, result.token_stats
     lines = [f"FarsTail NLI, experiment {result.experiment}, seed {cfg.seed}, {cfg.epochs} epochs, model {cfg.model}",
              f"recipe: {result.recipe}",
              "train_loss: mean cross-entropy over the epoch's training batches (dropout on); val and test: the "
@@ -79,7 +79,7 @@ def report(cfg, result: NLIResult, record: dict) -> str:
              f"parameters: {result.params['trainable']:,} trainable of {result.params['total']:,}",
              f"training speed: {speed['items_per_s']} pairs/s over {speed['train_seconds']} s, "
              f"{speed['items_per_s_steady']} pairs/s without the {speed['warmup_seconds']} s of warm-up "
-             f"(graph capture {graphs['capture_seconds']} s, {graphs['graph_shapes']} shapes)",
+             f"(graph capture {capture['capture_seconds']} s, {capture['graph_shapes']} shapes)",
              "labels per split: " + "; ".join(f"{k} " + ", ".join(f"{n} {c}" for n, c in v.items())
                                               for k, v in result.label_counts.items()),
              f"training split: longest premise {stats['max_premise_tokens']}, longest hypothesis "

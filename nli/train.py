@@ -57,7 +57,7 @@ def main(argv=None):
         train(cfg)
 
 
-def inputs(cfg: NLIConfig) -> dict:
+def fingerprint(cfg: NLIConfig) -> dict:
     """The fingerprint of what the run reads (config.json, checkpoints; common/inputs.py)."""
     order = {"batch_order": files_record(cfg.batch_order.parent, [cfg.batch_order.name])} if cfg.batch_order else {}
     return {"data": farstail_record(cfg.data_dir), "model": model_record(cfg.model), **order}
@@ -70,7 +70,7 @@ def capture_examples(data, cfg: NLIConfig, device, sdpa: bool, batches: list[lis
 
 
 def train(cfg: NLIConfig):
-    with distributed(cfg.device) as d, Run(cfg.run_spec(), d, inputs=lambda: inputs(cfg),
+    with distributed(cfg.device) as d, Run(cfg.run_spec(), d, fingerprint=lambda: fingerprint(cfg),
                                            reads=(cfg.data_dir, cfg.model)) as run:
         if run.finished:  # (Run: torchrun; --out; device, precision, CUDA graphs, seeds)
             return
@@ -99,28 +99,29 @@ def train(cfg: NLIConfig):
 
         # 3. AdamW over trainable parameters, linear decay; the step machinery.
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=True, clip=1.0)
-        sdpa, read = uses_sdpa(model), inputs(cfg)
-        training = Training(model, forward, run, recipe, read,
+        sdpa, read_now = uses_sdpa(model), fingerprint(cfg)  # (what the run reads, as it is now)
+        training = Training(model, forward, run, recipe, read_now,
                             lambda: capture_examples(data["train"], cfg, device, sdpa, sampler.epoch(1)))
         if d.main:
             write_config(out, run.spec.args, {
                 "experiment": cfg.experiment.name, "device": str(device), "precision": precision_name(dtype),
-                "cuda_graphs": training.graphs, "optimizer_batch": recipe.optimizer_batch, "processes": d.world,
+                "cuda_graphs": training.graphs_status, "optimizer_batch": recipe.optimizer_batch, "processes": d.world,
                 "steps": recipe.total_steps, "pruned_heads": applied.pruned_heads,
                 "head_importance": applied.head_scores, "masked_weights": applied.masked_weights,
                 "layers": len(encoder_layers(model)), "params": params, "token_stats": stats,
-                "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device), read)
+                "pairs": {k: len(v) for k, v in splits.items()}}, run_info(device), read_now)
         log(f"{cfg.experiment.name}: {params['trainable']:,} of {params['total']:,} parameters train; "
             f"{precision_name(dtype)} on {device}; batch {cfg.batch_size} x {cfg.grad_accum}"
             f"{f' over {d.world} processes' if d.active else ''}; {recipe.total_steps} steps; "
-            f"CUDA graphs {training.graphs}")
+            f"CUDA graphs {training.graphs_status}")
 
         # 4. The loop: train an epoch, evaluate validation and test, checkpoint.
         for epoch in training.epochs():
             fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="pairs", make_batch=lambda idx, rows, w:
                                        collate(data["train"], idx, device, rows=rows, weight=w, sdpa_mask=sdpa))
-            ev = training.timed_evaluation(fig, lambda: {"val": evaluate(model, data["val"], device, dtype), "test": evaluate(
-                model, data["test"], device, dtype, splits["test"].hard)})
+            ev = training.timed_evaluation(fig, lambda: {
+                "val": evaluate(model, data["val"], device, dtype),
+                "test": evaluate(model, data["test"], device, dtype, splits["test"].hard)})
             training.end_epoch(epoch, history_row(epoch, fig, ev), ev, epoch_line(epoch, fig, ev))
 
         # 5. Results (rank 0), metrics.json last; then the checkpoints go.
@@ -128,7 +129,7 @@ def train(cfg: NLIConfig):
             return
         result = NLIResult(
             task="nli", experiment=cfg.experiment.name, seed=cfg.seed, protocol=PROTOCOL, history=training.history,
-            evals=training.evals, params=params, graphs=training.steps.info(),
+            evals=training.evals, params=params, graph_info=training.steps.info(),
             train=train_loss(training.history, cfg.trainer_logging_steps), label_names=LABEL_NAMES,
             label_ids={k: data[k].label_ids.numpy() for k in ("val", "test")}, hard=splits["test"].hard,
             token_stats=stats, piece_lengths=piece_lengths, applied=applied,
@@ -156,11 +157,11 @@ def train_loss(history: list[dict], every: int) -> dict:
             "trainer_logged_last": logged[-1]["loss"] if logged else None}
 
 
-def recipe_text(cfg: NLIConfig, run, graphs: bool) -> str:
+def recipe_text(cfg: NLIConfig, run, graphed: bool) -> str:
     """report.txt's one line on how the model was trained."""
     return (f"batch {cfg.batch_size} x {cfg.grad_accum} pairs, AdamW lr {cfg.lr:g} decaying linearly to 0, gradient "
             f"norm clipped to 1.0, {precision_name(run.dtype)} on {run.device}, max length {cfg.max_length}, padding "
-            f"to multiples of 16 word pieces, CUDA graphs {'on' if graphs else 'off'}")
+            f"to multiples of 16 word pieces, CUDA graphs {'on' if graphed else 'off'}")
 
 
 def history_row(epoch: int, fig: dict, ev: dict) -> dict:

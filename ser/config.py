@@ -9,8 +9,6 @@ from pathlib import Path
 from common.spec import RunFlags, RunSpec, add_run_flags, check_flags, run_spec
 from ser.splits import Protocol
 
-RESUME_FREE = frozenset({"resume", "overwrite", "device", "cuda_graphs", "log_every"})  # a resume may change these
-
 
 @dataclass(frozen=True)
 class SERConfig(RunFlags):
@@ -42,7 +40,7 @@ class SERConfig(RunFlags):
                 **({"fold": protocol["fold"]} if protocol["fold"] else {}), **values}
 
     def run_spec(self) -> RunSpec:
-        return run_spec("ser.train", self, RESUME_FREE)
+        return run_spec("ser.train", self)
 
 
 def parse_args(argv=None) -> SERConfig:

@@ -21,13 +21,13 @@ from ser.splits import check_fold_speakers
 GENDER = re.compile(r"^([FM])\d+$")  # ShEMO's speaker ids: F01, M12
 
 
-def run_folds(cfg, train, inputs) -> None:
-    """Train every fold (`train`, `inputs`: ser.train's), then write their summary; the clips are read
+def run_folds(cfg, train, fingerprint) -> None:
+    """Train every fold (`train`, `fingerprint`: ser.train's), then write their summary; the clips are read
     once, and every fold's split drawn and checked before anything is written."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--folds runs its folds one after another in one process; start it without torchrun")
     folds = cfg.protocol.folds
-    with Run(cfg.run_spec(), inputs=lambda: inputs(cfg), reads=(cfg.data_dir or cfg.manifest, cfg.model)) as run:
+    with Run(cfg.run_spec(), fingerprint=lambda: fingerprint(cfg), reads=(cfg.data_dir or cfg.manifest, cfg.model)) as run:
         if run.finished:
             return
         found = find_clips(cfg.data_dir, cfg.manifest)
@@ -39,7 +39,7 @@ def run_folds(cfg, train, inputs) -> None:
         write_config(cfg.out, run.spec.args, {"folds": folds, "protocol": cfg.protocol.description,
                                               "split_seed": cfg.protocol.seed_of_split(cfg.seed),
                                               "runs": [f"fold{k}" for k in range(1, folds + 1)]},
-                     run_info(run.device), inputs(cfg))
+                     run_info(run.device), fingerprint(cfg))
         for k, corpus in enumerate(corpora, 1):
             fold = replace(cfg, out=cfg.out / f"fold{k}", protocol=replace(cfg.protocol, fold=k), overwrite=False)
             if (fold.out / "metrics.json").exists() and fold_results(fold.out) is None:

@@ -87,7 +87,7 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
 
 def report(cfg, result: SERResult, record: dict) -> str:
     """report.txt: per-epoch table, final figures, class counts and each split's classification report."""
-    speed, graphs, splits = record["speed"], result.graphs, result.splits
+    speed, capture, splits = record["speed"], result.graph_info, result.splits
     lines = [f"Speech emotion recognition, model {cfg.model}, seed {cfg.seed}, {cfg.epochs} epochs",
              f"protocol: {result.protocol}", f"recipe: {result.recipe}",
              "train_loss/train_accuracy per epoch: running figures over the epoch's batches (dropout on); "
@@ -115,8 +115,8 @@ def report(cfg, result: SERResult, record: dict) -> str:
              f"parameters: {result.params['trainable']:,} trainable of {result.params['total']:,}",
              f"training speed: {speed['items_per_s']} clips/s ({speed['audio_seconds_per_s']} audio-s/s) over "
              f"{speed['train_seconds']} s, {speed['items_per_s_steady']} clips/s without the "
-             f"{speed['warmup_seconds']} s of warm-up (graph capture {graphs['capture_seconds']} s, "
-             f"{graphs['graph_shapes']} shapes)",
+             f"{speed['warmup_seconds']} s of warm-up (graph capture {capture['capture_seconds']} s, "
+             f"{capture['graph_shapes']} shapes)",
              f"skipped files: {len(result.skipped_files)}" + "".join(f"\n  {s}" for s in result.skipped_files), ""]
     for k, ev in splits.items():
         lines += [f"{k} split, final model:", report_text(result.label_ids[k], np.asarray(ev["pred"]),

@@ -35,12 +35,12 @@ def main(argv=None):
     hf_logging.disable_progress_bar()
     with user_errors(interrupted="interrupted; resume with --resume"):
         if cfg.protocol.folds:  # K speaker-independent folds, each a run of train() (ser/folds.py)
-            run_folds(cfg, train, inputs)
+            run_folds(cfg, train, fingerprint)
         else:
             train(cfg)
 
 
-def inputs(cfg: SERConfig) -> dict:
+def fingerprint(cfg: SERConfig) -> dict:
     """The fingerprint of what the run reads (config.json, checkpoints; common/inputs.py)."""
     record = {**corpus_record(cfg.data_dir, cfg.manifest), "model": model_record(cfg.model)}
     if cfg.feature_extractor:
@@ -50,7 +50,7 @@ def inputs(cfg: SERConfig) -> dict:
 
 def train(cfg: SERConfig, corpus=None):
     """One run (`corpus`: the clips already read and split, as ser/folds.py passes each fold's)."""
-    with distributed(cfg.device) as d, Run(cfg.run_spec(), d, inputs=lambda: inputs(cfg),
+    with distributed(cfg.device) as d, Run(cfg.run_spec(), d, fingerprint=lambda: fingerprint(cfg),
                                            reads=(cfg.data_dir or cfg.manifest, cfg.model, cfg.feature_extractor)) as run:
         if run.finished:  # (Run: torchrun; --out; device, precision, CUDA graphs, seeds)
             return
@@ -79,24 +79,24 @@ def train(cfg: SERConfig, corpus=None):
         params = count_params(model)
         sampler = LengthGroupedBatches([len(w) for w in waves["train"]], cfg.batch_size * cfg.grad_accum, cfg.seed)
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=False, clip=None)
-        read = inputs(cfg)
+        read_now = fingerprint(cfg)  # (what the run reads, as it is now)
         # (graph capture: one micro-batch per whole-second bucket an epoch uses often enough; common/graphs.py)
-        training = Training(model, forward, run, recipe, read, lambda: [
+        training = Training(model, forward, run, recipe, read_now, lambda: [
             collate(waves["train"], [i], ids["train"], pad, device, rows=cfg.batch_size, weight=0.0) for i in
             capture_items([len(w) for w in waves["train"]], bucket_length, sampler.epoch(1), cfg.batch_size)])
         if d.main:
             write_config(out, run.spec.args, {
                 "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
-                "cuda_graphs": training.graphs, "do_normalize": bool(fe.do_normalize),
+                "cuda_graphs": training.graphs_status, "do_normalize": bool(fe.do_normalize),
                 "attention_mask": bool(fe.return_attention_mask), "optimizer_batch": recipe.optimizer_batch,
                 "processes": d.world, "labels": data.label_names, "params": params,
                 "clips": {k: len(v) for k, v in waves.items()}, "class_counts": data.counts,
                 "protocol": cfg.protocol.description, "split_seed": cfg.protocol.seed_of_split(cfg.seed),
                 "augmentation": augmentation_settings(cfg.augment_method)},
-                run_info(device), read)
+                run_info(device), read_now)
         log(f"{params['trainable']:,} of {params['total']:,} parameters train; {precision_name(dtype)} on {device}; "
             f"batch {cfg.batch_size} x {cfg.grad_accum}{f' over {d.world} processes' if d.active else ''}; "
-            f"feature extractor: {fe_source}; CUDA graphs {training.graphs}")
+            f"feature extractor: {fe_source}; CUDA graphs {training.graphs_status}")
 
         # 5. The loop: train an epoch, evaluate validation and test, checkpoint.
         for epoch in training.epochs():
@@ -111,7 +111,7 @@ def train(cfg: SERConfig, corpus=None):
             return
         result = SERResult(
             task="ser", experiment=cfg.protocol.name, seed=cfg.seed, protocol=cfg.protocol.description,
-            history=training.history, evals=training.evals, params=params, graphs=training.steps.info(),
+            history=training.history, evals=training.evals, params=params, graph_info=training.steps.info(),
             train=score("train"),
             label_names=data.label_names, label_ids={k: v.numpy() for k, v in ids.items()}, records=data.records,
             measure_leak=cfg.protocol.kind == "study", class_counts=data.counts, split_items=data.split_items,

@@ -64,7 +64,7 @@ def test_only_a_marked_run_folder_is_resumed_into_or_emptied_and_only_of_what_a_
     check_out_dir(tmp_path, resume=False, overwrite=True)
     (tmp_path / "model").mkdir()
     with pytest.raises(UserError, match="would delete .*model, which this run reads"):
-        check_out_dir(tmp_path, resume=False, overwrite=True, inputs=(tmp_path / "model",))
+        check_out_dir(tmp_path, resume=False, overwrite=True, reads=(tmp_path / "model",))
     (tmp_path / "curve").mkdir()
     write_marker(tmp_path / "curve", "nli.prune_curve")  # a nested run goes with its parent
     (tmp_path / "cache").mkdir()  # content-keyed augmented clips: kept

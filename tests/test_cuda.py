@@ -32,9 +32,9 @@ from tests.conftest import interrupt_at_epoch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def nli_run(model, data, out, *flags, graphs="on"):
+def nli_run(model, data, out, *flags, cuda_graphs="on"):
     nli.train.main(["--model", str(model), "--data-dir", str(data), "--out", str(out), "--lr", "1e-3",
-                    "--log-every", "1", "--cuda-graphs", graphs, *map(str, flags)])
+                    "--log-every", "1", "--cuda-graphs", cuda_graphs, *map(str, flags)])
     return out
 
 
@@ -91,7 +91,7 @@ def bert12(tmp_path_factory):
 
 def test_graphs_equal_eager_under_the_real_schedule_at_batch_16_over_every_bucket(bert12, long_pairs, tmp_path):
     flags = ("--batch-size", 16, "--epochs", 2)
-    eager = nli_run(bert12, long_pairs, tmp_path / "eager", *flags, graphs="off")
+    eager = nli_run(bert12, long_pairs, tmp_path / "eager", *flags, cuda_graphs="off")
     graph = nli_run(bert12, long_pairs, tmp_path / "graph", *flags)
     s = speed(graph)
     assert s["cuda_graphs"] is True and s["graph_shapes"] >= 9, s
@@ -106,7 +106,7 @@ def test_graphs_equal_eager_under_the_real_schedule_at_batch_16_over_every_bucke
 @pytest.mark.parametrize("experiment", [("--freeze", 9), ("--keep-layers", 9), ("--prune-heads", 0.5)])
 def test_frozen_kept_and_pruned_models_under_graphs(bert12, farstail_dir, tmp_path, experiment):
     flags = ("--batch-size", 8, "--epochs", 2, *experiment)
-    eager = nli_run(bert12, farstail_dir, tmp_path / "eager", *flags, graphs="off")
+    eager = nli_run(bert12, farstail_dir, tmp_path / "eager", *flags, cuda_graphs="off")
     graph = nli_run(bert12, farstail_dir, tmp_path / "graph", *flags)
     assert speed(graph)["cuda_graphs"] is True
     assert close(epoch_losses(eager), epoch_losses(graph), 0.01)
@@ -117,12 +117,12 @@ def test_frozen_kept_and_pruned_models_under_graphs(bert12, farstail_dir, tmp_pa
 def test_a_resume_may_switch_graph_modes(tiny_bert_no_dropout, farstail_dir, tmp_path, monkeypatch, modes):
     first, then = modes
     flags = ("--batch-size", 8, "--epochs", 3)
-    whole = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "whole", *flags, graphs=then)
+    whole = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "whole", *flags, cuda_graphs=then)
     undo = interrupt_at_epoch(monkeypatch, 2)
     with pytest.raises(SystemExit, match="^130$"):
-        nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, graphs=first)
+        nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, cuda_graphs=first)
     undo()
-    cut = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, "--resume", graphs=then)
+    cut = nli_run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", *flags, "--resume", cuda_graphs=then)
     log = (cut / "train.log").read_text()
     assert "resuming after epoch 1" in log and log.count("CUDA graphs on") + log.count("CUDA graphs off") >= 2
     assert speed(cut)["cuda_graphs"] is (then == "on") and "capture failed" not in log
