@@ -151,12 +151,6 @@ def forward(model):
     return lambda b: model(b["input_values"], b["lengths"])
 
 
-def freeze_feature_encoder(model: EmotionClassifier) -> None:
-    """No gradient for the convolutional front end, and no backward through it at all (every
-    wav2vec2-style feature encoder's `_freeze_parameters`; `requires_grad_(False)` alone still runs it)."""
-    model.hubert.feature_extractor._freeze_parameters()
-
-
 STUDY_EXTRACTOR = ("the study's: facebook/wav2vec2-base-960h's settings (16 kHz, padding value 0, do_normalize=True, "
                    "no attention mask), built in code (no hub here); we normalise each clip before padding")
 

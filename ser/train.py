@@ -26,7 +26,7 @@ from ser.config import SERConfig, parse_args
 from ser.data import bucket_length, build_dataset, collate, corpus_record, find_clips, read_corpus
 from ser.evaluate import evaluate
 from ser.folds import run_folds
-from ser.model import build_classifier, feature_extractor_for, forward, freeze_feature_encoder
+from ser.model import build_classifier, feature_extractor_for, forward
 from ser.report import SERResult, write_results
 
 
@@ -42,10 +42,8 @@ def main(argv=None):
 
 def fingerprint(cfg: SERConfig) -> dict:
     """The fingerprint of what the run reads (config.json, checkpoints; common/inputs.py)."""
-    record = {**corpus_record(cfg.data_dir, cfg.manifest), "model": model_record(cfg.model)}
-    if cfg.feature_extractor:
-        record["feature_extractor"] = model_record(cfg.feature_extractor)
-    return record
+    return {**corpus_record(cfg.data_dir, cfg.manifest), "model": model_record(cfg.model),
+            **({"feature_extractor": model_record(cfg.feature_extractor)} if cfg.feature_extractor else {})}
 
 
 def train(cfg: SERConfig, corpus=None):
@@ -64,15 +62,24 @@ def train(cfg: SERConfig, corpus=None):
 
         # 2. Model: the encoder, the study's two-layer head, optionally a frozen CNN front end.
         model = build_classifier(cfg.model, corpus.label_names, bool(fe.return_attention_mask))
-        if cfg.freeze_feature_encoder:
-            freeze_feature_encoder(model)
+        if cfg.freeze_feature_encoder:  # (no backward through it at all: requires_grad_(False) alone still runs it)
+            model.hubert.feature_extractor._freeze_parameters()
         run.begin()  # inputs checked: only now is anything written into --out
 
-        # 3. The augmented copies (computed once, cached), split.csv, every wave normalised once.
-        data = dataset(corpus, cfg, fe, run)
+        # 3. The augmented copies (computed once, cached), split.csv, every wave normalised once; under
+        # torchrun rank 0 makes the copies and split.csv, the others then read its cache.
+        if not d.main:
+            barrier()
+        data = build_dataset(corpus, cache_dir=cfg.cache_dir or out / "cache", do_normalize=fe.do_normalize,
+                             split_csv=out / "split.csv" if d.main else None, method=cfg.augment_method, log=log)
+        if d.main:
+            barrier()
         waves, ids, pad = data.waves, data.label_ids, float(fe.padding_value)
         score = lambda k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype, pad)  # noqa: E731
-        log(data_line(corpus, data, cfg))
+        log(f"{len(corpus.clips)} clips, {len(data.label_names)} classes; {cfg.protocol.description}; "
+            + ", ".join(f"{k} {v['items']} ({v['augmented']} augmented)" for k, v in data.split_items.items())
+            + f"; {len(data.skipped_files)} files skipped ({len(corpus.skipped)} unreadable, empty or silent; "
+            f"{len(corpus.misnamed)} not named like ShEMO)")
 
         # 4. Batches of similar length; AdamW at a constant rate; the step machinery.
         model.to(device)
@@ -116,38 +123,13 @@ def train(cfg: SERConfig, corpus=None):
             label_names=data.label_names, label_ids={k: v.numpy() for k, v in ids.items()}, records=data.records,
             measure_leak=cfg.protocol.kind == "study", class_counts=data.counts, split_items=data.split_items,
             skipped_files=data.skipped_files, clip_seconds=data.clip_seconds,
-            recipe=recipe_text(cfg, run, training, fe_source))
+            recipe=f"batch {cfg.batch_size} x {cfg.grad_accum} clips, AdamW lr {cfg.lr:g} constant (our choice: the "
+            f"study names no optimizer), no gradient clipping, {precision_name(dtype)} on {device}, padding to whole "
+            f"seconds, CUDA graphs {'on' if training.steps.graphed else 'off'}, feature extractor: {fe_source}")
         write_results(out, cfg, model, fe, result)
         training.checkpoint.remove()
         log(f"done: train {result.train['accuracy']:.4f}, val {result.final['val']['accuracy']:.4f}, "
             f"test {result.final['test']['accuracy']:.4f}; results in {out}")
-
-
-def dataset(corpus, cfg: SERConfig, fe, run):
-    """build_dataset in --out; under torchrun rank 0 makes the copies and split.csv, the others read its cache."""
-    d = run.d
-    if not d.main:
-        barrier()
-    data = build_dataset(corpus, cache_dir=cfg.cache_dir or cfg.out / "cache", do_normalize=fe.do_normalize,
-                         split_csv=cfg.out / "split.csv" if d.main else None, method=cfg.augment_method, log=run.log)
-    if d.main:
-        barrier()
-    return data
-
-
-def data_line(corpus, data, cfg: SERConfig) -> str:
-    """The log's line on the data: clips, classes, protocol, items per split, skipped files."""
-    return (f"{len(corpus.clips)} clips, {len(data.label_names)} classes; {cfg.protocol.description}; "
-            + ", ".join(f"{k} {v['items']} ({v['augmented']} augmented)" for k, v in data.split_items.items())
-            + f"; {len(data.skipped_files)} files skipped ({len(corpus.skipped)} unreadable, empty or silent; "
-            f"{len(corpus.misnamed)} not named like ShEMO)")
-
-
-def recipe_text(cfg: SERConfig, run, training: Training, fe_source: str) -> str:
-    """report.txt's one line on how the model was trained."""
-    return (f"batch {cfg.batch_size} x {cfg.grad_accum} clips, AdamW lr {cfg.lr:g} constant (our choice: the study "
-            f"names no optimizer), no gradient clipping, {precision_name(run.dtype)} on {run.device}, padding to "
-            f"whole seconds, CUDA graphs {'on' if training.steps.graphed else 'off'}, feature extractor: {fe_source}")
 
 
 def history_row(epoch: int, fig: dict, ev: dict) -> dict:
