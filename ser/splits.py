@@ -7,6 +7,7 @@ clip into training and inflates test accuracy (docs/ser.md, Protocols).
 """
 import random
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 from common.errors import UserError
@@ -48,13 +49,10 @@ def split_by_speaker(clip_labels: list[str], speakers: list[str | None], seed: i
     names = sorted(set(speakers))
     if len(names) < 3:
         raise UserError(f"--split speaker needs at least 3 speakers, found {len(names)}")
-    classes = sorted(set(clip_labels))
-    count = {s: {c: 0 for c in classes} for s in names}
-    for y, s in zip(clip_labels, speakers):
-        count[s][y] += 1
-    total = {c: sum(count[s][c] for s in names) for c in classes}
+    classes, total = sorted(set(clip_labels)), Counter(clip_labels)
+    count = {s: Counter(y for y, t in zip(clip_labels, speakers) if t == s) for s in names}
     frac = {"train": 0.8, "val": 0.1, "test": 0.1}
-    have = {k: {c: 0 for c in classes} for k in frac}
+    have = {k: Counter() for k in frac}
     rng = random.Random(seed)
     rng.shuffle(names)
     names.sort(key=lambda s: -sum(count[s].values()))
@@ -65,8 +63,7 @@ def split_by_speaker(clip_labels: list[str], speakers: list[str | None], seed: i
         best = empty[0] if empty else max(frac, key=lambda k: sum(
             count[s][c] * (frac[k] * total[c] - have[k][c]) / max(total[c], 1) for c in classes))
         assign[s] = best
-        for c in classes:
-            have[best][c] += count[s][c]
+        have[best].update(count[s])
     return {k: [i for i, s in enumerate(speakers) if assign[s] == k] for k in frac}
 
 
@@ -157,17 +154,15 @@ def check_classes(items: dict[str, list[Item]], clip_labels: list[str], flags: s
                             "(split by speaker: speakers who each record several classes)")
 
 
-def stratified_head(idx: list, label_of, n: int | None, seed: int) -> list:
-    """A stratified sample of n of idx (--limit), in idx's order: each class keeps its share, at
-    least one element. `label_of(x)` gives an element's label."""
+def stratified_head(idx: list, labels: list[str], n: int | None, seed: int) -> list:
+    """A stratified sample of n of idx (--limit), in idx's order: each class (`labels`, one per
+    element) keeps its share, at least one element."""
     if n is None or n >= len(idx):
         return idx
     rng = random.Random(seed)
-    by: dict[str, list[int]] = {}
-    for pos, x in enumerate(idx):
-        by.setdefault(label_of(x), []).append(pos)
     keep = []
-    for _, members in sorted(by.items()):
+    for label in sorted(set(labels)):
+        members = [pos for pos, y in enumerate(labels) if y == label]
         rng.shuffle(members)
         keep += members[:max(1, round(n * len(members) / len(idx)))]
     return [idx[p] for p in sorted(keep)]
@@ -178,18 +173,16 @@ def balance_plan(clip_labels: list[str], seed: int) -> list[tuple[int, Augmentat
     pairs, the source an index into clip_labels, taken from the class's own clips in turn, each
     copy with its own seeded pitch shift and stretch rate."""
     rng = random.Random(seed)
-    by_class: dict[str, list[int]] = {}
-    for i, y in enumerate(clip_labels):
-        by_class.setdefault(y, []).append(i)
-    target = max(len(v) for v in by_class.values())
+    by_class = [[i for i, y in enumerate(clip_labels) if y == label] for label in sorted(set(clip_labels))]
+    target = max(map(len, by_class))
     return [(members[k % len(members)], Augmentation(rng.uniform(*PITCH_SEMITONES), rng.uniform(*STRETCH_RATE)))
-            for _, members in sorted(by_class.items()) for k in range(target - len(members))]
+            for members in by_class for k in range(target - len(members))]
 
 
 def balanced(parts: dict[str, list[int]], clip_labels: list[str], seed: int, limit: int | None, balance: bool
              ) -> dict[str, list[Item]]:
     """Each split's clips as items (--limit: N of each), the training split alone balanced when `balance`."""
-    parts = {k: stratified_head(v, clip_labels.__getitem__, limit, seed) for k, v in parts.items()}
+    parts = {k: stratified_head(v, [clip_labels[i] for i in v], limit, seed) for k, v in parts.items()}
     items = {k: [Item(i) for i in v] for k, v in parts.items()}
     if balance:
         train = parts["train"]
@@ -240,8 +233,8 @@ def study_items(clip_labels: list[str], *, seed: int, split_seed: int, limit: in
     except ValueError:  # (scikit-learn: a part would be empty)
         raise UserError(f"--protocol study: the balanced corpus holds {len(pool)} items, too few to split 80/10/10 "
                         "(at least 6 are needed)") from None
-    label_of = lambda item: clip_labels[item.clip]  # noqa: E731
-    return {k: stratified_head(v, label_of, limit, seed) for k, v in (("train", train), ("val", val), ("test", test))}
+    return {k: stratified_head(v, [clip_labels[it.clip] for it in v], limit, seed)
+            for k, v in (("train", train), ("val", val), ("test", test))}
 
 
 def item_records(clips: list, items: dict[str, list[Item]]) -> dict[str, list[dict]]:
