@@ -44,8 +44,7 @@ done
 py=${PYTHON:-$(command -v python || command -v python3 || true)}
 [ -n "$py" ] || { echo "run_all.sh: no python or python3 on PATH" >&2; exit 2; }
 case "$only" in ""|nli|ser) ;; *) usage "--only takes nli or ser" ;; esac
-[[ "$seeds" =~ ^[1-9][0-9]*$ ]] || usage "--seeds takes a positive number"
-[[ "$slots" =~ ^[1-9][0-9]*$ ]] || usage "--slots takes a positive number"
+for v in seeds slots; do [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || usage "--$v takes a positive number"; done
 # the smoke run shows every row, the folds' too (unless --ser-protocols picks some)
 [ $smoke = 1 ] && [ -z "$ser_folds" ] && [ -z "$ser_protocols" ] && ser_folds=3
 # (compared as text: bash reads 08 as octal and wraps a number of 20 digits)

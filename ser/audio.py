@@ -38,7 +38,7 @@ class Augmentation:
 
 
 def sample_problem(wave: np.ndarray) -> str | None:
-    """Why these samples (frames × channels, or one) are unusable, or None; a constant (DC) is silence."""
+    """Why these samples (frames × channels) are unusable, or None; a constant (DC) is silence."""
     if wave.size == 0:
         return "is empty"
     if not np.isfinite(wave).all():
@@ -46,7 +46,7 @@ def sample_problem(wave: np.ndarray) -> str | None:
     peak = float(np.abs(wave).max())
     if peak > LOUDEST:
         return f"holds absurdly large samples (peak {peak:.3g}; audio read as float lies within about ±1)"
-    mono = wave.mean(axis=1) if wave.ndim == 2 else wave
+    mono = wave.mean(axis=1)
     if float(np.abs(mono - mono.mean(dtype=np.float64)).max()) < SILENCE:
         return f"is silent (every sample within {SILENCE} of the clip's mean: zeros, or a constant value)"
     return None

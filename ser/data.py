@@ -108,10 +108,10 @@ def read_manifest(path: Path) -> list[Clip]:
         raise UserError(f"{path}: needs columns path,label[,speaker] (found: {', '.join(cols) or 'none'})")
     clips, lines = [], []
     for line, row in rows:
-        if not (row["path"] or "").strip() or not (row["label"] or "").strip():
+        name, label, speaker = ((row.get(k) or "").strip() for k in ("path", "label", "speaker"))
+        if not name or not label:
             raise UserError(f"{path}, line {line}: empty path or label")
-        speaker = (row.get("speaker") or "").strip()
-        clips.append(Clip(path.parent / row["path"].strip(), row["label"].strip(), speaker_id(speaker) or None))
+        clips.append(Clip(path.parent / name, label, speaker_id(speaker) or None))
         lines.append(line)
     if not clips:
         raise UserError(f"{path}: no rows")
@@ -131,13 +131,12 @@ def find_clips(data_dir: Path | None, manifest: Path | None) -> tuple[list[Clip]
 def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
     """The corpus's fingerprint (common/inputs.py): clips by size and time, the manifest by SHA-256."""
     if data_dir is not None:
-        folder = Path(data_dir)
-        wavs = shemo_wavs(folder) if folder.is_dir() else []  # (a folder that is gone: common.inputs skips it)
-        return {"data": files_record(folder, [p.relative_to(folder).as_posix() for p in wavs], hashed=False)}
-    root = Path(manifest).parent
+        wavs = shemo_wavs(data_dir) if data_dir.is_dir() else []  # (a folder that is gone: common.inputs skips it)
+        return {"data": files_record(data_dir, [p.relative_to(data_dir).as_posix() for p in wavs], hashed=False)}
+    root = manifest.parent
     clips = [c.path.relative_to(root).as_posix() if c.path.is_relative_to(root) else str(c.path)
-             for c in read_manifest(Path(manifest))]
-    return {"manifest": files_record(root, [Path(manifest).name]), "data": files_record(root, clips, hashed=False)}
+             for c in read_manifest(manifest)]
+    return {"manifest": files_record(root, [manifest.name]), "data": files_record(root, clips, hashed=False)}
 
 
 def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], list[np.ndarray], list[str]]:
@@ -286,8 +285,7 @@ def check_shemo(folder: Path) -> dict[str, int]:
             why[problem.split(" (")[0]] += 1
         else:
             counts[clip.label] += 1
-    usable = {k: v for k, v in sorted(counts.items()) if v >= 3}
-    if len(usable) < 2:
+    if sum(v >= 3 for v in counts.values()) < 2:
         unusable = "; ".join(f"{n} {w}" for w, n in why.most_common())
         raise UserError(f"{folder}: {sum(counts.values())} usable ShEMO-named clips "
                         f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'})"
