@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --seeds) seeds=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
     --only) only=$(value "$1" "${2:-}" "nli or ser") || exit 2; shift ;;
     --shemo) shemo=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
-    --out) out=$(value "$1" "${2:-}" "a folder") || exit 2; out_given=1; shift ;;
+    --out) out=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
     --ser-protocols) ser_protocols=$(value "$1" "${2:-}" "a comma-separated list") || exit 2; shift ;;
     --ser-folds) ser_folds=$(value "$1" "${2:-}" "a number of folds (3 or more)") || exit 2; shift ;;
     --gpus) ids=$(value "$1" "${2:-}" "GPU ids, like 0,1,2,3") || exit 2; IFS=, read -ra gpus <<< "$ids"; shift ;;
@@ -59,9 +59,9 @@ if [ "$slots" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; t
   # (measured on 2 cores, the smoke run with 2 slots: 2m07 at 2 threads per job, 0m58 at 1)
   export OMP_NUM_THREADS=$(( $(nproc) / slots > 0 ? $(nproc) / slots : 1 ))
 fi
-[ -n "$out" ] || out=$([ $smoke = 1 ] && echo runs-smoke || echo runs)  # (the default: in the project folder)
 [[ -z "$shemo" || "$shemo" == /* ]] || shemo="$here/$shemo"
-[[ -z "${out_given:-}" || "$out" == /* ]] || out="$here/$out"
+[[ -z "$out" || "$out" == /* ]] || out="$here/$out"
+[ -n "$out" ] || out=$([ $smoke = 1 ] && echo runs-smoke || echo runs)  # (the default: in the project folder)
 export PYTHONUNBUFFERED=1
 
 # The experiments, from their one source: name<TAB>flags per line.

@@ -53,15 +53,14 @@ def split_by_speaker(clip_labels: list[str], speakers: list[str | None], seed: i
     count = {s: Counter(y for y, t in zip(clip_labels, speakers) if t == s) for s in names}
     frac = {"train": 0.8, "val": 0.1, "test": 0.1}
     have = {k: Counter() for k in frac}
-    rng = random.Random(seed)
-    rng.shuffle(names)
+    random.Random(seed).shuffle(names)
     names.sort(key=lambda s: -sum(count[s].values()))
     assign = {}
     for s in names:
         # an empty split takes the next speaker; otherwise the split with the most unmet need for this speaker's classes
         empty = [k for k in ("test", "val") if not any(have[k].values())]
         best = empty[0] if empty else max(frac, key=lambda k: sum(
-            count[s][c] * (frac[k] * total[c] - have[k][c]) / max(total[c], 1) for c in classes))
+            count[s][c] * (frac[k] * total[c] - have[k][c]) / total[c] for c in classes))
         assign[s] = best
         have[best].update(count[s])
     return {k: [i for i, s in enumerate(speakers) if assign[s] == k] for k in frac}
