@@ -106,19 +106,17 @@ def read_manifest(path: Path) -> list[Clip]:
     cols, rows = read_table(path)
     if "path" not in cols or "label" not in cols:
         raise UserError(f"{path}: needs columns path,label[,speaker] (found: {', '.join(cols) or 'none'})")
-    clips, lines = [], []
+    clips = []
     for line, row in rows:
         name, label, speaker = ((row.get(k) or "").strip() for k in ("path", "label", "speaker"))
         if not name or not label:
             raise UserError(f"{path}, line {line}: empty path or label")
         clips.append(Clip(path.parent / name, label, speaker_id(speaker) or None))
-        lines.append(line)
     if not clips:
         raise UserError(f"{path}: no rows")
-    repeat = first_repeat([file_key(c.path) for c in clips])
-    if repeat:
+    if repeat := first_repeat([file_key(c.path) for c in clips]):
         i, j = repeat
-        raise UserError(f"{path}, lines {lines[i]} and {lines[j]} list the same clip ({clips[i].path.resolve()}); list "
+        raise UserError(f"{path}, lines {rows[i][0]} and {rows[j][0]} list the same clip ({clips[i].path.resolve()}); list "
                         "each clip once (a clip listed twice would land in two splits)")
     return clips
 
