@@ -116,8 +116,8 @@ def read_manifest(path: Path) -> list[Clip]:
         raise UserError(f"{path}: no rows")
     if repeat := first_repeat([file_key(c.path) for c in clips]):
         i, j = repeat
-        raise UserError(f"{path}, lines {rows[i][0]} and {rows[j][0]} list the same clip ({clips[i].path.resolve()}); list "
-                        "each clip once (a clip listed twice would land in two splits)")
+        raise UserError(f"{path}, lines {rows[i][0]} and {rows[j][0]} list the same clip ({clips[i].path.resolve()}); "
+                        "list each clip once (a clip listed twice would land in two splits)")
     return clips
 
 
