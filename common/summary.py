@@ -47,12 +47,6 @@ def read_metrics(folder: Path) -> dict | None:
         return None
 
 
-def links(root: Path, folder: Path) -> str:
-    rel = folder.relative_to(root).as_posix()
-    pngs = sorted(p.name for p in folder.glob("*.png"))
-    return " · ".join([f"[report]({rel}/report.txt)"] + [f"[{p[:-4]}]({rel}/{p})" for p in pngs])
-
-
 class Damaged(ValueError):
     """A run's result files that cannot be what the run wrote; the run is listed, not used."""
 
@@ -101,9 +95,8 @@ def test_predictions(folder: Path, m: dict) -> list[dict] | None:
 
 def seeds_note(runs: list[dict], seeds: int) -> str:
     """" (seeds 0, 2: 2 of 3)" when a row's figures come from fewer seeds than were asked for."""
-    if len(runs) >= seeds:
-        return ""
-    return f" (seed{'s' * (len(runs) > 1)} {', '.join(str(m['_seed']) for m in runs)}: {len(runs)} of {seeds})"
+    seeds_run = ", ".join(str(m["_seed"]) for m in runs)
+    return f" (seed{'s' * (len(runs) > 1)} {seeds_run}: {len(runs)} of {seeds})" if len(runs) < seeds else ""
 
 
 def test_items(runs: list[dict]) -> tuple | None:
@@ -121,11 +114,8 @@ def correctness(runs: list[dict]) -> np.ndarray | None:
     return np.mean([[r["true"] == r["predicted"] for r in run["_test"]] for run in runs], axis=0)
 
 
-TESTED = ("accuracy", "uar", "macro_f1")  # the test figures given with an interval
-
-
 def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
-    """The 95% intervals of the test figures (TESTED) of one run, or of several seeds' average."""
+    """The 95% intervals of the test figures of one run, or of several seeds' average."""
     if len(runs) == 1:
         return runs[0]["test"].get("intervals", {})
     if any(m["_test"] is None for m in runs):
@@ -138,9 +128,9 @@ def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
 
 
 def test_cells(runs: list[dict], found: dict[str, list[float]]) -> dict[str, str]:
-    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% interval (`found`)."""
+    """The cells of the test figures: mean (± std over seeds) and the 95% interval (`found`)."""
     return {key: mean_std([m["test"][key] for m in runs]) + (f" {interval_text(found[key])}" if key in found else "")
-            for key in TESTED}
+            for key in ("accuracy", "uar", "macro_f1")}
 
 
 def row(*cells) -> str:
@@ -200,19 +190,21 @@ class Report:
         """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)."""
         runs = []
         for seed in range(self.seeds):
-            folder = self.root / rel / f"seed{seed}"
-            m = read_metrics(folder)
-            if m is None and not (folder / "metrics.json").exists():
-                self.missing.append(f"{rel}/seed{seed}")
+            name, folder = f"{rel}/seed{seed}", self.root / rel / f"seed{seed}"
+            if not (folder / "metrics.json").exists():
+                self.missing.append(name)
                 continue
             try:
-                if m is None:
+                if (m := read_metrics(folder)) is None:
                     raise Damaged("its metrics.json is damaged")
                 check_shape(m, required)
                 runs.append({**m, "_test": test_predictions(folder, m), "_seed": seed})
-                run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(self.root, folder)}")
             except Damaged as e:
-                self.missing.append(f"{rel}/seed{seed} ({e})")
+                self.missing.append(f"{name} ({e})")
+                continue
+            files = [f"[report]({name}/report.txt)"] + [f"[{p.stem}]({name}/{p.name})"
+                                                         for p in sorted(folder.glob("*.png"))]
+            run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {' · '.join(files)}")
         return runs
 
     def point(self, label: str, runs: list[dict], found: dict, study: float | None = None) -> str:

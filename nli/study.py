@@ -23,11 +23,14 @@ class StudyRow(Experiment):
     notes: tuple = ()
 
 
-# The study's figures: val accuracy from its log, test accuracy from its text (three decimals; the table's where
-# they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and F1 from its table.
-def _study(val, test, trainer_logged_loss, val_loss, test_loss, f1):
-    return {"val_accuracy": val, "test_accuracy": test, "trainer_logged_loss": trainer_logged_loss,
-            "val_loss": val_loss, "test_loss": test_loss, "macro_f1": f1}
+# The study's figures, in the table's column order: val accuracy from its log, test accuracy from its text (three
+# decimals; the table's where they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and
+# F1 from its table.
+STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
+
+
+def _study(*figures):
+    return dict(zip(STUDY_CELLS, figures))
 
 
 EXPERIMENTS = [
@@ -52,9 +55,6 @@ EXPERIMENTS = [
 ]
 CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
 REFERENCE = "all"  # every other experiment is compared with this one on the same test pairs
-
-# The study row's cells, in the table's column order.
-STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
 
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
@@ -110,8 +110,7 @@ def section(report) -> list[str]:
     beside it, then our additions, the pruning curve, the label counts and links."""
     seeds, experiments = report.seeds, [e for e in EXPERIMENTS if report.asked(e.name)]
     run_links: list[str] = []
-    found = {e.name: report.runs(f"nli/{e.name}", run_links, REQUIRED) for e in experiments}
-    found = {k: v for k, v in found.items() if v}
+    found = {e.name: runs for e in experiments if (runs := report.runs(f"nli/{e.name}", run_links, REQUIRED))}
     against = comparisons(REFERENCE, found)
     first = next(iter(found.values()), [None])[0]
     n = f"{seeds} seeds, mean ± std" if seeds > 1 else "one seed"
@@ -168,14 +167,13 @@ def section(report) -> list[str]:
     curves = [c for c in (read_metrics(report.root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve")
                           for k in range(seeds)) if c]
     if curves:
-        heads = curves[0]["heads"]
         at = lambda m, k, d: mean_std([c["head_budget"][m][k] for c in curves if m in c["head_budget"]], d)  # noqa: E731
         methods = [m for m in ("importance", "importance-iterative", "random") if m in curves[0]["head_budget"]]
         lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining "
                       f"(`python -m nli.prune_curve`; seed 0 shown): "
                       f"![pruning curve](nli/{CURVE_OF}/seed0/prune_curve/prune_curve.png)", "",
                   f"Heads that can go before validation accuracy falls more than one point below the whole model's, of "
-                  f"{heads}, and test accuracy there (whole model: "
+                  f"{curves[0]['heads']}, and test accuracy there (whole model: "
                   f"{mean_std([c['whole']['test_accuracy'] for c in curves])}): " + "; ".join(
                       f"{m} {at(m, 'heads', 0)} (test {at(m, 'test_accuracy', 4)})" for m in methods)
                   + " (random: the mean over its draws). The budget is chosen on validation, the test split only "
@@ -192,10 +190,8 @@ def section(report) -> list[str]:
 
 def study_cell(figures: dict, key: str) -> str:
     """A study figure as it published it: accuracies to three decimals, losses and F1 to two."""
-    value = figures[key]
-    if key == "val_accuracy":
-        return f"{value:.3f}"
-    return f"{value:.3f}".rstrip("0").rstrip(".") if key == "test_accuracy" else f"{value:.2f}"
+    text = f"{figures[key]:.3f}" if key.endswith("accuracy") else f"{figures[key]:.2f}"
+    return text.rstrip("0").rstrip(".") if key == "test_accuracy" else text
 
 
 if __name__ == "__main__":
