@@ -182,6 +182,7 @@ class Report:
     missing: list = field(default_factory=list)
     findings: list = field(default_factory=list)
     points: list = field(default_factory=list)  # (label, ours, [low, high], the study's or None)
+    tested: list = field(default_factory=list)  # the task's findings: "`all` 0.8260 [0.8000, 0.8500]; the study's ..."
 
     def asked(self, name: str) -> bool:
         return self.only is None or name in self.only
@@ -207,15 +208,17 @@ class Report:
             run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {' · '.join(files)}")
         return runs
 
-    def point(self, label: str, runs: list[dict], found: dict, study: float | None = None) -> str:
-        """Add a test accuracy to summary.png; return it as "0.8260 [0.8000, 0.8500]; the study's 0.826 inside"."""
+    def measured(self, task: str, name: str, runs: list[dict], study: float | None = None) -> tuple:
+        """A run set's row name (seeds noted), `col(part, key, digits=4)` (mean ± std over seeds) and test cells;
+        its test accuracy goes to summary.png and to `tested`, with whether the study's figure lies inside."""
+        found, note = test_intervals(runs), seeds_note(runs, self.seeds)
         ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), found.get("accuracy") or [np.nan] * 2
-        self.points.append((label, ours, bounds, study))
-        words = f"{ours:.4f} {interval_text(bounds)}"
-        if study is None:
-            return words
-        inside = np.isfinite(bounds).all() and bounds[0] <= study <= bounds[1]
-        return words + f"; the study's {study:.3f} {'inside' if inside else 'outside'}"
+        self.points.append((f"{task} {name}", ours, bounds, study))
+        inside = study is not None and np.isfinite(bounds).all() and bounds[0] <= study <= bounds[1]
+        self.tested.append(f"`{name}`{note} {ours:.4f} {interval_text(bounds)}" + (
+            f"; the study's {study:.3f} {'inside' if inside else 'outside'}" if study is not None else ""))
+        col = lambda part, key, digits=4: mean_std([m[part].get(key) for m in runs], digits)  # noqa: E731
+        return name + note, col, test_cells(runs, found)
 
 
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
@@ -225,7 +228,7 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
     for task in tasks:
         name, _, rows = task.partition(":")
         module = importlib.import_module(name)
-        report.only = set(rows.split(",")) if rows else None
+        report.only, report.tested = set(rows.split(",")) if rows else None, []
         body += module.section(report)
         differ += [f"- {line}" for line in module.DIFFERENCES]
     title = ["# Summary" + (" (SMOKE RUN: tiny random models on generated data; the numbers mean nothing)"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from common.spec import recorded_arg
 from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, read_metrics,
-                            row, seeds_note, short_count, test_cells, test_intervals)
+                            row, short_count)
 from nli.config import Experiment
 
 
@@ -118,7 +118,7 @@ def section(report) -> list[str]:
                    "test loss", "test macro F1 [95% CI]")
     extra = header("experiment", "train loss (last epoch)", "trainable / total params", "train time (s)", "pairs/s",
                    "test acc, hard hypothesis", "test acc, hard overlap", f"test acc − {REFERENCE}'s [95% CI], McNemar p")
-    legend, notes, findings = [], [], []
+    legend, notes = [], []
     for e in experiments:
         runs = found.get(e.name)
         legend.append(f"`{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
@@ -127,10 +127,8 @@ def section(report) -> list[str]:
         if not runs:
             table.append(row(e.name, "ours: missing", *[""] * 6))
         else:
-            name = e.name + seeds_note(runs, seeds)
-            col = lambda part, key, digits=4: mean_std([m[part].get(key) for m in runs], digits)  # noqa: E731
-            ci = test_intervals(runs)
-            p, test = runs[0]["params"], test_cells(runs, ci)
+            name, col, test = report.measured("NLI", e.name, runs, e.study and e.study["test_accuracy"])
+            p = runs[0]["params"]
             table.append(row(name, "ours", col("val", "accuracy"), test["accuracy"],
                              col("train", "trainer_logged_last"), col("val", "loss"), col("test", "loss"),
                              test["macro_f1"]))
@@ -138,13 +136,11 @@ def section(report) -> list[str]:
                              col("speed", "train_seconds", 1), col("speed", "items_per_s", 1),
                              col("test_subsets", "hard_hypothesis"), col("test_subsets", "hard_overlap"),
                              comparison_cell(against.get(e.name))))
-            findings.append(f"`{e.name}`{seeds_note(runs, seeds)} "
-                            + report.point(f"NLI {e.name}", runs, ci, e.study and e.study["test_accuracy"]))
         if e.study:
             table.append(row("", "study", *(study_cell(e.study, c) for c in STUDY_CELLS)))
-    if findings:
+    if report.tested:
         report.findings.append("NLI, test accuracy [95% interval] and whether the study's figure lies inside it: "
-                               + ", ".join(findings) + ".")
+                               + ", ".join(report.tested) + ".")
     logged = first["train"].get("trainer_logged") if first else None
     every = recorded_arg(report.root / "nli" / first["experiment"] / f"seed{first['_seed']}",
                          "trainer_logging_steps") if first else None

@@ -10,7 +10,7 @@ import numpy as np
 from common.results import accuracy_over
 from common.stats import interval_text
 from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, row,
-                            seeds_note, test_cells, test_intervals)
+                            seeds_note)
 from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
@@ -103,7 +103,7 @@ def section(report) -> list[str]:
     extra = header("protocol", "train UAR", "val UAR", "val macro F1", "test UAR [95% CI]", "test macro F1 [95% CI]",
                    "test items (augmented)", "speakers train / val / test", "clips/s, audio-s/s")
     run_links: list[str] = []
-    found, legend, findings = {}, [], []
+    found, legend = {}, []
     for p in [p for p in PROTOCOLS if report.asked(p.name)]:
         legend.append(f"`{p.name}`: {p.what}")
         runs = report.runs(f"ser/{p.name}", run_links, REQUIRED + (LEAK if p.name == "study" else ()))
@@ -111,19 +111,13 @@ def section(report) -> list[str]:
             table.append(row(p.name, "ours: missing", "", "", ""))
         else:
             found[p.name] = runs
-            name, col = p.name + seeds_note(runs, seeds), lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-            ci = test_intervals(runs)
-            items, test = runs[0]["split_items"], test_cells(runs, ci)
-            table.append(row(name, "ours", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["val"]["accuracy"]),
-                             test["accuracy"]))
-            extra.append(row(name, col(lambda m: m["train"]["uar"]), col(lambda m: m["val"]["uar"]),
-                             col(lambda m: m["val"]["macro_f1"]), test["uar"], test["macro_f1"],
-                             f"{items['test']['items']} ({items['test']['augmented']})",
+            name, col, test = report.measured("SER", p.name, runs, PUBLISHED["test"] if p.name == "study" else None)
+            items = runs[0]["split_items"]
+            table.append(row(name, "ours", col("train", "accuracy"), col("val", "accuracy"), test["accuracy"]))
+            extra.append(row(name, col("train", "uar"), col("val", "uar"), col("val", "macro_f1"), test["uar"],
+                             test["macro_f1"], f"{items['test']['items']} ({items['test']['augmented']})",
                              " / ".join(str(items[k].get("speakers") or "n/a") for k in ("train", "val", "test")),
-                             mean_std([m["speed"]["items_per_s"] for m in runs], 1) + ", " +
-                             mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)))
-            findings.append(f"`{p.name}`{seeds_note(runs, seeds)} " + report.point(
-                f"SER {p.name}", runs, ci, PUBLISHED["test"] if p.name == "study" else None))
+                             f"{col('speed', 'items_per_s', 1)}, {col('speed', 'audio_seconds_per_s', 1)}"))
         if p.name == "study":
             table.append(row("", "study", *(f"{PUBLISHED[k]:.3f}" for k in ("train", "val", "test"))))
     folded = (report.runs(f"ser/{FOLDS.name}", run_links, REQUIRED_FOLDS)
@@ -153,9 +147,9 @@ def section(report) -> list[str]:
                         f"{f['train_speakers']}/{f['val_speakers']}/{f['test_speakers']})" for f in m["per_fold"])
             + "; by the speaker's gender, every fold's test clips pooled: " + ("; ".join(
                 f"{g} {accuracy_over(v, 'clips')}" for g, v in m["by_gender"].items()) or "n/a") + "."]
-    if findings:
+    if report.tested:
         report.findings.append("SER, test accuracy [95% interval] by protocol (the study published only its own): "
-                               + ", ".join(findings) + ". The protocols test different items: see the leak below.")
+                               + ", ".join(report.tested) + ". The protocols test different items: see the leak below.")
     lines = ["## SER: HuBERT on ShEMO", "", f"The study's figures, every protocol beside them ({n}):", "", *table, "",
              *[f"- {x}" for x in legend],
              "- `study` (the published run): its protocol, one seed; its test split about half augmented copies, "
