@@ -87,9 +87,8 @@ DIFFERENCES = [
 # What the SER section reads from each run's metrics.json, and from the folds' (common.summary.check_shape)
 REQUIRED = ("train.accuracy", "train.uar", "val.accuracy", "val.uar", "val.macro_f1", "test.accuracy", "test.uar",
             "test.macro_f1", "test.per_class{}", "test.intervals{}", "split_items{}", "class_counts.splits.test{}", "speed.items_per_s")
-LEAK = ("test_leak{}",) + tuple(f"test_leak.{g}.items" for g in ("original clips", "augmented copies",
-                                                                 "source clip also in training",
-                                                                 "source clip not in training"))
+LEAK = ("test_leak{}", *(f"test_leak.{g}.items" for g in (
+    "original clips", "augmented copies", "source clip also in training", "source clip not in training")))
 REQUIRED_FOLDS = ("folds", "per_fold[]", "pooled.accuracy", "pooled.uar", "pooled.macro_f1", "pooled.intervals{}",
                   "by_gender{}")
 
