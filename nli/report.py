@@ -61,8 +61,7 @@ def report(cfg, result: NLIResult, record: dict) -> str:
              f"recipe: {result.recipe}",
              "train_loss: mean cross-entropy over the epoch's training batches (dropout on); val and test: the "
              "model after that epoch, in eval mode; test is reported only, never used to choose", "",
-             epoch_table(result.history, ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
-                                          "test_accuracy", "seconds", "items_per_s", "items_per_s_steady"]), "",
+             epoch_table(result.history, [f for f in HISTORY_FIELDS if f != "warmup_seconds"]), "",
              f"final model: test loss {final['test']['loss']:.4f}, " + with_intervals(record["test"]),
              f"best validation epoch {record['best_epoch']}: val accuracy {record['best']['val']['accuracy']:.4f}, "
              f"test accuracy {record['best']['test']['accuracy']:.4f}",

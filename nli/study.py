@@ -118,12 +118,8 @@ def section(report) -> list[str]:
                    "test loss", "test macro F1 [95% CI]")
     extra = header("experiment", "train loss (last epoch)", "trainable / total params", "train time (s)", "pairs/s",
                    "test acc, hard hypothesis", "test acc, hard overlap", f"test acc − {REFERENCE}'s [95% CI], McNemar p")
-    legend, notes = [], []
     for e in experiments:
         runs = found.get(e.name)
-        legend.append(f"`{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
-                      + (f"; the study's row beside it: {e.study_method}" if e.study_method else ""))
-        notes += [f"{e.name}: {x}" for x in e.notes]
         if not runs:
             table.append(row(e.name, "ours: missing", *[""] * 6))
         else:
@@ -146,12 +142,14 @@ def section(report) -> list[str]:
                          "trainer_logging_steps") if first else None
     window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {every or '?'} steps"
     lines = ["## NLI: ParsBERT on FarsTail", "", f"The study's table, ours beside it ({n}):", "", *table, "",
-             *[f"- {x}" for x in legend], "",
+             *(f"- `{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
+               + (f"; the study's row beside it: {e.study_method}" if e.study_method else "") for e in experiments), "",
              "Ours: the final model after the last epoch. Study: one run each, the figures it published (validation "
              "accuracy to three decimals from its log, test accuracy to three decimals from its text, the rest from "
              "its table). Train loss (Trainer's log): the mean of the last full window of Trainer's logging_steps as "
              f"HF Trainer logs it (here {window}), the quantity the study's table shows. Intervals: 95%, percentile "
-             "bootstrap over the test pairs (common/stats.py).", *[f"- Note: {x}." for x in notes], "",
+             "bootstrap over the test pairs (common/stats.py).",
+             *(f"- Note: {e.name}: {x}." for e in experiments for x in e.notes), "",
              "**Our additions**: the mean training loss of the last epoch, size, speed, FarsTail's own hard subsets "
              "of the test split (its hard(hypothesis) and hard(overlap) columns) and each experiment against "
              f"`{REFERENCE}` on the same test pairs:", "", *extra]

@@ -184,10 +184,9 @@ def section(report) -> list[str]:
     if found:
         lines += ["", "Clips per class in the corpus as read: " + ", ".join(
             f"{k} {v}" for k, v in next(iter(found.values()))[0]["class_counts"]["corpus"].items()) + "."]
-        for name, runs in found.items():
-            lines.append(f"- {name}, seed {runs[0]['_seed']}: " + "; ".join(
-                f"{k} {sum(v.values())} ({', '.join(f'{n} {x}' for n, x in v.items())})"
-                for k, v in runs[0]["class_counts"]["splits"].items()))
+        lines += [f"- {name}, seed {runs[0]['_seed']}: " + "; ".join(
+            f"{k} {sum(v.values())} ({', '.join(f'{n} {x}' for n, x in v.items())})"
+            for k, v in runs[0]["class_counts"]["splits"].items()) for name, runs in found.items()]
     lines += ["", "Ours: the final model. A class a split does not hold is left out of its UAR and macro F1 (and named "
                   "in the run's report). Intervals: 95%, percentile bootstrap over the test items."]
     return lines + ["", *run_links, ""]
