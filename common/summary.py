@@ -183,11 +183,12 @@ class Report:
     findings: list = field(default_factory=list)
     points: list = field(default_factory=list)  # (label, ours, [low, high], the study's or None)
     tested: list = field(default_factory=list)  # the task's findings: "`all` 0.8260 [0.8000, 0.8500]; the study's ..."
+    links: list = field(default_factory=list)  # the task's runs: "- nli all seed 0: [report](...) · [curves](...)"
 
     def asked(self, name: str) -> bool:
         return self.only is None or name in self.only
 
-    def runs(self, rel: str, run_links: list, required: tuple = ()) -> list[dict]:
+    def runs(self, rel: str, required: tuple = ()) -> list[dict]:
         """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)."""
         runs = []
         for seed in range(self.seeds):
@@ -205,7 +206,7 @@ class Report:
                 continue
             files = [f"[report]({name}/report.txt)"] + [f"[{p.stem}]({name}/{p.name})"
                                                          for p in sorted(folder.glob("*.png"))]
-            run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {' · '.join(files)}")
+            self.links.append(f"- {rel.replace('/', ' ')} seed {seed}: {' · '.join(files)}")
         return runs
 
     def measured(self, task: str, name: str, runs: list[dict], study: float | None = None) -> tuple:
@@ -228,8 +229,8 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
     for task in tasks:
         name, _, rows = task.partition(":")
         module = importlib.import_module(name)
-        report.only, report.tested = set(rows.split(",")) if rows else None, []
-        body += module.section(report)
+        report.only, report.tested, report.links = set(rows.split(",")) if rows else None, [], []
+        body += module.section(report) + ["", *report.links, ""]
         differ += [f"- {line}" for line in module.DIFFERENCES]
     title = ["# Summary" + (" (SMOKE RUN: tiny random models on generated data; the numbers mean nothing)"
                             if smoke else ""), ""]

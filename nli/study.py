@@ -109,8 +109,7 @@ def section(report) -> list[str]:
     """The NLI part of summary.md (`report`: common.summary.Report): the study's table with ours
     beside it, then our additions, the pruning curve, the label counts and links."""
     seeds, experiments = report.seeds, [e for e in EXPERIMENTS if report.asked(e.name)]
-    run_links: list[str] = []
-    found = {e.name: runs for e in experiments if (runs := report.runs(f"nli/{e.name}", run_links, REQUIRED))}
+    found = {e.name: runs for e in experiments if (runs := report.runs(f"nli/{e.name}", REQUIRED))}
     against = comparisons(REFERENCE, found)
     first = next(iter(found.values()), [None])[0]
     n = f"{seeds} seeds, mean ± std" if seeds > 1 else "one seed"
@@ -179,7 +178,7 @@ def section(report) -> list[str]:
         labels = list(next(iter(counts.values())))
         lines += ["", "FarsTail labels per split (the data the runs read):", "", *header("split", *labels, "total")]
         lines += [row(k, *(v[x] for x in labels), sum(v.values())) for k, v in counts.items()]
-    return lines + ["", *run_links, ""]
+    return lines
 
 
 def study_cell(figures: dict, key: str) -> str:

@@ -101,11 +101,10 @@ def section(report) -> list[str]:
     table = header("protocol", "run", "train acc", "val acc", "test acc [95% CI]")
     extra = header("protocol", "train UAR", "val UAR", "val macro F1", "test UAR [95% CI]", "test macro F1 [95% CI]",
                    "test items (augmented)", "speakers train / val / test", "clips/s, audio-s/s")
-    run_links: list[str] = []
     found, legend = {}, []
     for p in [p for p in PROTOCOLS if report.asked(p.name)]:
         legend.append(f"`{p.name}`: {p.what}")
-        runs = report.runs(f"ser/{p.name}", run_links, REQUIRED + (LEAK if p.name == "study" else ()))
+        runs = report.runs(f"ser/{p.name}", REQUIRED + (LEAK if p.name == "study" else ()))
         if not runs:
             table.append(row(p.name, "ours: missing", "", "", ""))
         else:
@@ -119,7 +118,7 @@ def section(report) -> list[str]:
                              f"{col('speed', 'items_per_s', 1)}, {col('speed', 'audio_seconds_per_s', 1)}"))
         if p.name == "study":
             table.append(row("", "study", *(f"{PUBLISHED[k]:.3f}" for k in ("train", "val", "test"))))
-    folded = (report.runs(f"ser/{FOLDS.name}", run_links, REQUIRED_FOLDS)
+    folded = (report.runs(f"ser/{FOLDS.name}", REQUIRED_FOLDS)
               if report.asked(FOLDS.name) and (report.root / "ser" / FOLDS.name).is_dir() else [])
     fold_lines = []
     if folded:  # (the pooled figures: mean ± std over seeds, the first seed's interval)
@@ -189,7 +188,7 @@ def section(report) -> list[str]:
             for k, v in runs[0]["class_counts"]["splits"].items()) for name, runs in found.items()]
     lines += ["", "Ours: the final model. A class a split does not hold is left out of its UAR and macro F1 (and named "
                   "in the run's report). Intervals: 95%, percentile bootstrap over the test items."]
-    return lines + ["", *run_links, ""]
+    return lines
 
 
 FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder of run_all.sh --ser-folds K)
