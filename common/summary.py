@@ -255,11 +255,8 @@ def list_main(program: str, description: str, rows: list, differences: list[str]
     if folds:
         p.add_argument("--folds", type=int, help="also list the speaker-independent K-fold run")
     a = p.parse_args(argv)
-    if a.list:
-        for row in rows + (folds(a.folds) if folds and a.folds else []):
-            print(f"{row.name}\t{row.flags}")
-        return
-    print("\n\n".join(f"- {line}" for line in differences))
+    listed = [f"{r.name}\t{r.flags}" for r in rows + (folds(a.folds) if folds and a.folds else [])]
+    print("\n".join(listed) if a.list else "\n\n".join(f"- {line}" for line in differences))
 
 
 def main(argv=None):

@@ -28,10 +28,8 @@ class SERResult(RunResult):
     recipe: str = ""
 
     def task_metrics(self) -> dict:
-        out = {"class_counts": self.class_counts, "split_items": self.split_items, "skipped_files": self.skipped_files}
-        if self.measure_leak:
-            out["test_leak"] = self.leak_split()
-        return out
+        return {"class_counts": self.class_counts, "split_items": self.split_items, "skipped_files": self.skipped_files,
+                **({"test_leak": self.leak_split()} if self.measure_leak else {})}
 
     def item_extras(self, split: str) -> list[dict]:
         return [{k: r[k] for k in ("path", "speaker", "augmentation", "source_also_in")} for r in self.records[split]]
