@@ -107,10 +107,8 @@ def test_items(runs: list[dict]) -> tuple | None:
     return keys.pop() if len(keys) == 1 else None
 
 
-def correctness(runs: list[dict]) -> np.ndarray | None:
-    """Per test item, the share of the runs (seeds) that get it right."""
-    if any(run["_test"] is None for run in runs):
-        return None
+def correctness(runs: list[dict]) -> np.ndarray:
+    """Per test item, the share of the runs (seeds, every one on the same items) that get it right."""
     return np.mean([[r["true"] == r["predicted"] for r in run["_test"]] for run in runs], axis=0)
 
 
@@ -144,23 +142,23 @@ def header(*names) -> list[str]:
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
-    """common.stats.paired of every run set of `found` against `reference`'s, on the same test items,
-    with Holm's adjusted p and whether it is below SIGNIFICANCE."""
-    if reference not in found:
+    """common.stats.paired of every run set of `found` against `reference`'s, on the same test items (none
+    when the reference's seeds test different items), with Holm's adjusted p and whether it is below
+    SIGNIFICANCE."""
+    if reference not in found or (items := test_items(found[reference])) is None:
         return {}
-    base, items = correctness(found[reference]), test_items(found[reference])
+    base = correctness(found[reference])
     out = {name: paired(correctness(runs), base) for name, runs in found.items()
-           if name != reference and base is not None and test_items(runs) == items}
+           if name != reference and test_items(runs) == items}
     for result, p in zip(out.values(), holm([r["p"] for r in out.values()])):
         result.update(holm_p=p, significant=p < SIGNIFICANCE)
     return out
 
 
 def comparison_cell(result: dict | None) -> str:
-    if result is None:
-        return ""
-    return (f"{result['difference']:+.4f} {interval_text(result['interval'], signed=True)}, p {result['p']:.3g} "
-            f"(Holm {result['holm_p']:.3g})" + (" *" if result["significant"] else ""))
+    return "" if result is None else (
+        f"{result['difference']:+.4f} {interval_text(result['interval'], signed=True)}, p {result['p']:.3g} "
+        f"(Holm {result['holm_p']:.3g})" + (" *" if result["significant"] else ""))
 
 
 def comparison_words(reference: str, count: int, items: str) -> str:
