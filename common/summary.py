@@ -47,12 +47,6 @@ def read_metrics(folder: Path) -> dict | None:
         return None
 
 
-def links(root: Path, folder: Path) -> str:
-    rel = folder.relative_to(root).as_posix()
-    pngs = sorted(p.name for p in folder.glob("*.png"))
-    return " · ".join([f"[report]({rel}/report.txt)"] + [f"[{p[:-4]}]({rel}/{p})" for p in pngs])
-
-
 class Damaged(ValueError):
     """A run's result files that cannot be what the run wrote; the run is listed, not used."""
 
@@ -101,9 +95,8 @@ def test_predictions(folder: Path, m: dict) -> list[dict] | None:
 
 def seeds_note(runs: list[dict], seeds: int) -> str:
     """" (seeds 0, 2: 2 of 3)" when a row's figures come from fewer seeds than were asked for."""
-    if len(runs) >= seeds:
-        return ""
-    return f" (seed{'s' * (len(runs) > 1)} {', '.join(str(m['_seed']) for m in runs)}: {len(runs)} of {seeds})"
+    seeds_run = ", ".join(str(m["_seed"]) for m in runs)
+    return f" (seed{'s' * (len(runs) > 1)} {seeds_run}: {len(runs)} of {seeds})" if len(runs) < seeds else ""
 
 
 def test_items(runs: list[dict]) -> tuple | None:
@@ -114,18 +107,13 @@ def test_items(runs: list[dict]) -> tuple | None:
     return keys.pop() if len(keys) == 1 else None
 
 
-def correctness(runs: list[dict]) -> np.ndarray | None:
-    """Per test item, the share of the runs (seeds) that get it right."""
-    if any(run["_test"] is None for run in runs):
-        return None
+def correctness(runs: list[dict]) -> np.ndarray:
+    """Per test item, the share of the runs (seeds, every one on the same items) that get it right."""
     return np.mean([[r["true"] == r["predicted"] for r in run["_test"]] for run in runs], axis=0)
 
 
-TESTED = ("accuracy", "uar", "macro_f1")  # the test figures given with an interval
-
-
 def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
-    """The 95% intervals of the test figures (TESTED) of one run, or of several seeds' average."""
+    """The 95% intervals of the test figures of one run, or of several seeds' average."""
     if len(runs) == 1:
         return runs[0]["test"].get("intervals", {})
     if any(m["_test"] is None for m in runs):
@@ -138,9 +126,9 @@ def test_intervals(runs: list[dict]) -> dict[str, list[float]]:
 
 
 def test_cells(runs: list[dict], found: dict[str, list[float]]) -> dict[str, str]:
-    """The cells of the test figures (TESTED): mean (± std over seeds) and the 95% interval (`found`)."""
+    """The cells of the test figures: mean (± std over seeds) and the 95% interval (`found`)."""
     return {key: mean_std([m["test"][key] for m in runs]) + (f" {interval_text(found[key])}" if key in found else "")
-            for key in TESTED}
+            for key in ("accuracy", "uar", "macro_f1")}
 
 
 def row(*cells) -> str:
@@ -154,23 +142,23 @@ def header(*names) -> list[str]:
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
-    """common.stats.paired of every run set of `found` against `reference`'s, on the same test items,
-    with Holm's adjusted p and whether it is below SIGNIFICANCE."""
-    if reference not in found:
+    """common.stats.paired of every run set of `found` against `reference`'s, on the same test items (none
+    when the reference's seeds test different items), with Holm's adjusted p and whether it is below
+    SIGNIFICANCE."""
+    if reference not in found or (items := test_items(found[reference])) is None:
         return {}
-    base, items = correctness(found[reference]), test_items(found[reference])
+    base = correctness(found[reference])
     out = {name: paired(correctness(runs), base) for name, runs in found.items()
-           if name != reference and base is not None and test_items(runs) == items}
+           if name != reference and test_items(runs) == items}
     for result, p in zip(out.values(), holm([r["p"] for r in out.values()])):
         result.update(holm_p=p, significant=p < SIGNIFICANCE)
     return out
 
 
 def comparison_cell(result: dict | None) -> str:
-    if result is None:
-        return ""
-    return (f"{result['difference']:+.4f} {interval_text(result['interval'], signed=True)}, p {result['p']:.3g} "
-            f"(Holm {result['holm_p']:.3g})" + (" *" if result["significant"] else ""))
+    return "" if result is None else (
+        f"{result['difference']:+.4f} {interval_text(result['interval'], signed=True)}, p {result['p']:.3g} "
+        f"(Holm {result['holm_p']:.3g})" + (" *" if result["significant"] else ""))
 
 
 def comparison_words(reference: str, count: int, items: str) -> str:
@@ -192,38 +180,44 @@ class Report:
     missing: list = field(default_factory=list)
     findings: list = field(default_factory=list)
     points: list = field(default_factory=list)  # (label, ours, [low, high], the study's or None)
+    tested: list = field(default_factory=list)  # the task's findings: "`all` 0.8260 [0.8000, 0.8500]; the study's ..."
+    links: list = field(default_factory=list)  # the task's runs: "- nli all seed 0: [report](...) · [curves](...)"
 
     def asked(self, name: str) -> bool:
         return self.only is None or name in self.only
 
-    def runs(self, rel: str, run_links: list, required: tuple = ()) -> list[dict]:
+    def runs(self, rel: str, required: tuple = ()) -> list[dict]:
         """metrics.json of root/rel/seed<k> for every seed, with its checked test predictions (`_test`)."""
         runs = []
         for seed in range(self.seeds):
-            folder = self.root / rel / f"seed{seed}"
-            m = read_metrics(folder)
-            if m is None and not (folder / "metrics.json").exists():
-                self.missing.append(f"{rel}/seed{seed}")
+            name, folder = f"{rel}/seed{seed}", self.root / rel / f"seed{seed}"
+            if not (folder / "metrics.json").exists():
+                self.missing.append(name)
                 continue
             try:
-                if m is None:
+                if (m := read_metrics(folder)) is None:
                     raise Damaged("its metrics.json is damaged")
                 check_shape(m, required)
                 runs.append({**m, "_test": test_predictions(folder, m), "_seed": seed})
-                run_links.append(f"- {rel.replace('/', ' ')} seed {seed}: {links(self.root, folder)}")
             except Damaged as e:
-                self.missing.append(f"{rel}/seed{seed} ({e})")
+                self.missing.append(f"{name} ({e})")
+                continue
+            files = [f"[report]({name}/report.txt)"] + [f"[{p.stem}]({name}/{p.name})"
+                                                         for p in sorted(folder.glob("*.png"))]
+            self.links.append(f"- {rel.replace('/', ' ')} seed {seed}: {' · '.join(files)}")
         return runs
 
-    def point(self, label: str, runs: list[dict], found: dict, study: float | None = None) -> str:
-        """Add a test accuracy to summary.png; return it as "0.8260 [0.8000, 0.8500]; the study's 0.826 inside"."""
+    def measured(self, task: str, name: str, runs: list[dict], study: float | None = None) -> tuple:
+        """A run set's row name (seeds noted), `col(part, key, digits=4)` (mean ± std over seeds) and test cells;
+        its test accuracy goes to summary.png and to `tested`, with whether the study's figure lies inside."""
+        found, note = test_intervals(runs), seeds_note(runs, self.seeds)
         ours, bounds = float(np.mean([m["test"]["accuracy"] for m in runs])), found.get("accuracy") or [np.nan] * 2
-        self.points.append((label, ours, bounds, study))
-        words = f"{ours:.4f} {interval_text(bounds)}"
-        if study is None:
-            return words
-        inside = np.isfinite(bounds).all() and bounds[0] <= study <= bounds[1]
-        return words + f"; the study's {study:.3f} {'inside' if inside else 'outside'}"
+        self.points.append((f"{task} {name}", ours, bounds, study))
+        inside = study is not None and np.isfinite(bounds).all() and bounds[0] <= study <= bounds[1]
+        self.tested.append(f"`{name}`{note} {ours:.4f} {interval_text(bounds)}" + (
+            f"; the study's {study:.3f} {'inside' if inside else 'outside'}" if study is not None else ""))
+        col = lambda part, key, digits=4: mean_std([m[part].get(key) for m in runs], digits)  # noqa: E731
+        return name + note, col, test_cells(runs, found)
 
 
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
@@ -233,8 +227,8 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
     for task in tasks:
         name, _, rows = task.partition(":")
         module = importlib.import_module(name)
-        report.only = set(rows.split(",")) if rows else None
-        body += module.section(report)
+        report.only, report.tested, report.links = set(rows.split(",")) if rows else None, [], []
+        body += module.section(report) + ["", *report.links, ""]
         differ += [f"- {line}" for line in module.DIFFERENCES]
     title = ["# Summary" + (" (SMOKE RUN: tiny random models on generated data; the numbers mean nothing)"
                             if smoke else ""), ""]
@@ -259,11 +253,8 @@ def list_main(program: str, description: str, rows: list, differences: list[str]
     if folds:
         p.add_argument("--folds", type=int, help="also list the speaker-independent K-fold run")
     a = p.parse_args(argv)
-    if a.list:
-        for row in rows + (folds(a.folds) if folds and a.folds else []):
-            print(f"{row.name}\t{row.flags}")
-        return
-    print("\n\n".join(f"- {line}" for line in differences))
+    listed = [f"{r.name}\t{r.flags}" for r in rows + (folds(a.folds) if folds and a.folds else [])]
+    print("\n".join(listed) if a.list else "\n\n".join(f"- {line}" for line in differences))
 
 
 def main(argv=None):

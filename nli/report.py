@@ -2,8 +2,6 @@
 written last because its presence marks the run finished (common/checkpoint.py)."""
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from common.files import atomic_write, write_json, write_text
 from common.metrics import confusion, report_text
 from common.plots import plot_confusion, plot_counts, plot_curves, plot_histograms
@@ -46,11 +44,9 @@ def write_results(out, cfg, model, tokenizer, result: NLIResult) -> None:
     write_text_csv(out / "history.csv", result.history, HISTORY_FIELDS)
     result.write_predictions(out)
     record = result.metrics()
-    name, final = result.experiment, result.final
-    true, pred = result.label_ids["test"], np.asarray(final["test"]["pred"])
-    plot_curves(result.history, out / "curves.png", f"FarsTail, {name}")
-    plot_confusion(confusion(true, pred, len(LABEL_NAMES)), LABEL_NAMES, out / "confusion_matrix.png",
-                   f"FarsTail test, {name}")
+    plot_curves(result.history, out / "curves.png", f"FarsTail, {result.experiment}")
+    plot_confusion(confusion(result.label_ids["test"], result.predictions()["test"], len(LABEL_NAMES)), LABEL_NAMES,
+                   out / "confusion_matrix.png", f"FarsTail test, {result.experiment}")
     plot_histograms(result.piece_lengths, out / "token_lengths.png", "word pieces (special tokens not counted)",
                     "FarsTail training split")
     plot_counts(result.label_counts, out / "label_counts.png", "FarsTail labels per split", "pairs")
@@ -65,8 +61,7 @@ def report(cfg, result: NLIResult, record: dict) -> str:
              f"recipe: {result.recipe}",
              "train_loss: mean cross-entropy over the epoch's training batches (dropout on); val and test: the "
              "model after that epoch, in eval mode; test is reported only, never used to choose", "",
-             epoch_table(result.history, ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
-                                          "test_accuracy", "seconds", "items_per_s", "items_per_s_steady"]), "",
+             epoch_table(result.history, [f for f in HISTORY_FIELDS if f != "warmup_seconds"]), "",
              f"final model: test loss {final['test']['loss']:.4f}, " + with_intervals(record["test"]),
              f"best validation epoch {record['best_epoch']}: val accuracy {record['best']['val']['accuracy']:.4f}, "
              f"test accuracy {record['best']['test']['accuracy']:.4f}",
@@ -104,6 +99,6 @@ def report(cfg, result: NLIResult, record: dict) -> str:
         lines += ["note: the study masked 50% of attention weights at random instead, which removes no head and "
                   "saves no computation; these heads are removed structurally (smaller matrices), so the two "
                   "results are not the same experiment.", ""]
-    lines += ["test split, final model:", report_text(result.label_ids["test"], np.asarray(final["test"]["pred"]),
+    lines += ["test split, final model:", report_text(result.label_ids["test"], result.predictions()["test"],
                                                        LABEL_NAMES), ""]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from common.spec import recorded_arg
 from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, read_metrics,
-                            row, seeds_note, short_count, test_cells, test_intervals)
+                            row, short_count)
 from nli.config import Experiment
 
 
@@ -23,11 +23,14 @@ class StudyRow(Experiment):
     notes: tuple = ()
 
 
-# The study's figures: val accuracy from its log, test accuracy from its text (three decimals; the table's where
-# they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and F1 from its table.
-def _study(val, test, trainer_logged_loss, val_loss, test_loss, f1):
-    return {"val_accuracy": val, "test_accuracy": test, "trainer_logged_loss": trainer_logged_loss,
-            "val_loss": val_loss, "test_loss": test_loss, "macro_f1": f1}
+# The study's figures, in the table's column order: val accuracy from its log, test accuracy from its text (three
+# decimals; the table's where they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and
+# F1 from its table.
+STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
+
+
+def _study(*figures):
+    return dict(zip(STUDY_CELLS, figures))
 
 
 EXPERIMENTS = [
@@ -52,9 +55,6 @@ EXPERIMENTS = [
 ]
 CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this experiment's model
 REFERENCE = "all"  # every other experiment is compared with this one on the same test pairs
-
-# The study row's cells, in the table's column order.
-STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
 
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
@@ -109,9 +109,7 @@ def section(report) -> list[str]:
     """The NLI part of summary.md (`report`: common.summary.Report): the study's table with ours
     beside it, then our additions, the pruning curve, the label counts and links."""
     seeds, experiments = report.seeds, [e for e in EXPERIMENTS if report.asked(e.name)]
-    run_links: list[str] = []
-    found = {e.name: report.runs(f"nli/{e.name}", run_links, REQUIRED) for e in experiments}
-    found = {k: v for k, v in found.items() if v}
+    found = {e.name: runs for e in experiments if (runs := report.runs(f"nli/{e.name}", REQUIRED))}
     against = comparisons(REFERENCE, found)
     first = next(iter(found.values()), [None])[0]
     n = f"{seeds} seeds, mean ± std" if seeds > 1 else "one seed"
@@ -119,19 +117,13 @@ def section(report) -> list[str]:
                    "test loss", "test macro F1 [95% CI]")
     extra = header("experiment", "train loss (last epoch)", "trainable / total params", "train time (s)", "pairs/s",
                    "test acc, hard hypothesis", "test acc, hard overlap", f"test acc − {REFERENCE}'s [95% CI], McNemar p")
-    legend, notes, findings = [], [], []
     for e in experiments:
         runs = found.get(e.name)
-        legend.append(f"`{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
-                      + (f"; the study's row beside it: {e.study_method}" if e.study_method else ""))
-        notes += [f"{e.name}: {x}" for x in e.notes]
         if not runs:
             table.append(row(e.name, "ours: missing", *[""] * 6))
         else:
-            name = e.name + seeds_note(runs, seeds)
-            col = lambda part, key, digits=4: mean_std([m[part].get(key) for m in runs], digits)  # noqa: E731
-            ci = test_intervals(runs)
-            p, test = runs[0]["params"], test_cells(runs, ci)
+            name, col, test = report.measured("NLI", e.name, runs, e.study and e.study["test_accuracy"])
+            p = runs[0]["params"]
             table.append(row(name, "ours", col("val", "accuracy"), test["accuracy"],
                              col("train", "trainer_logged_last"), col("val", "loss"), col("test", "loss"),
                              test["macro_f1"]))
@@ -139,24 +131,24 @@ def section(report) -> list[str]:
                              col("speed", "train_seconds", 1), col("speed", "items_per_s", 1),
                              col("test_subsets", "hard_hypothesis"), col("test_subsets", "hard_overlap"),
                              comparison_cell(against.get(e.name))))
-            findings.append(f"`{e.name}`{seeds_note(runs, seeds)} "
-                            + report.point(f"NLI {e.name}", runs, ci, e.study and e.study["test_accuracy"]))
         if e.study:
             table.append(row("", "study", *(study_cell(e.study, c) for c in STUDY_CELLS)))
-    if findings:
+    if report.tested:
         report.findings.append("NLI, test accuracy [95% interval] and whether the study's figure lies inside it: "
-                               + ", ".join(findings) + ".")
+                               + ", ".join(report.tested) + ".")
     logged = first["train"].get("trainer_logged") if first else None
     every = recorded_arg(report.root / "nli" / first["experiment"] / f"seed{first['_seed']}",
                          "trainer_logging_steps") if first else None
     window = f"steps {logged[-1]['steps']}" if logged else f"none: the runs have fewer than {every or '?'} steps"
     lines = ["## NLI: ParsBERT on FarsTail", "", f"The study's table, ours beside it ({n}):", "", *table, "",
-             *[f"- {x}" for x in legend], "",
+             *(f"- `{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
+               + (f"; the study's row beside it: {e.study_method}" if e.study_method else "") for e in experiments), "",
              "Ours: the final model after the last epoch. Study: one run each, the figures it published (validation "
              "accuracy to three decimals from its log, test accuracy to three decimals from its text, the rest from "
              "its table). Train loss (Trainer's log): the mean of the last full window of Trainer's logging_steps as "
              f"HF Trainer logs it (here {window}), the quantity the study's table shows. Intervals: 95%, percentile "
-             "bootstrap over the test pairs (common/stats.py).", *[f"- Note: {x}." for x in notes], "",
+             "bootstrap over the test pairs (common/stats.py).",
+             *(f"- Note: {e.name}: {x}." for e in experiments for x in e.notes), "",
              "**Our additions**: the mean training loss of the last epoch, size, speed, FarsTail's own hard subsets "
              "of the test split (its hard(hypothesis) and hard(overlap) columns) and each experiment against "
              f"`{REFERENCE}` on the same test pairs:", "", *extra]
@@ -168,14 +160,13 @@ def section(report) -> list[str]:
     curves = [c for c in (read_metrics(report.root / "nli" / CURVE_OF / f"seed{k}" / "prune_curve")
                           for k in range(seeds)) if c]
     if curves:
-        heads = curves[0]["heads"]
         at = lambda m, k, d: mean_std([c["head_budget"][m][k] for c in curves if m in c["head_budget"]], d)  # noqa: E731
         methods = [m for m in ("importance", "importance-iterative", "random") if m in curves[0]["head_budget"]]
         lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining "
                       f"(`python -m nli.prune_curve`; seed 0 shown): "
                       f"![pruning curve](nli/{CURVE_OF}/seed0/prune_curve/prune_curve.png)", "",
                   f"Heads that can go before validation accuracy falls more than one point below the whole model's, of "
-                  f"{heads}, and test accuracy there (whole model: "
+                  f"{curves[0]['heads']}, and test accuracy there (whole model: "
                   f"{mean_std([c['whole']['test_accuracy'] for c in curves])}): " + "; ".join(
                       f"{m} {at(m, 'heads', 0)} (test {at(m, 'test_accuracy', 4)})" for m in methods)
                   + " (random: the mean over its draws). The budget is chosen on validation, the test split only "
@@ -187,15 +178,13 @@ def section(report) -> list[str]:
         labels = list(next(iter(counts.values())))
         lines += ["", "FarsTail labels per split (the data the runs read):", "", *header("split", *labels, "total")]
         lines += [row(k, *(v[x] for x in labels), sum(v.values())) for k, v in counts.items()]
-    return lines + ["", *run_links, ""]
+    return lines
 
 
 def study_cell(figures: dict, key: str) -> str:
     """A study figure as it published it: accuracies to three decimals, losses and F1 to two."""
-    value = figures[key]
-    if key == "val_accuracy":
-        return f"{value:.3f}"
-    return f"{value:.3f}".rstrip("0").rstrip(".") if key == "test_accuracy" else f"{value:.2f}"
+    text = f"{figures[key]:.3f}" if key.endswith("accuracy") else f"{figures[key]:.2f}"
+    return text.rstrip("0").rstrip(".") if key == "test_accuracy" else text
 
 
 if __name__ == "__main__":

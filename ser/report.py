@@ -28,10 +28,8 @@ class SERResult(RunResult):
     recipe: str = ""
 
     def task_metrics(self) -> dict:
-        out = {"class_counts": self.class_counts, "split_items": self.split_items, "skipped_files": self.skipped_files}
-        if self.measure_leak:
-            out["test_leak"] = self.leak_split()
-        return out
+        return {"class_counts": self.class_counts, "split_items": self.split_items, "skipped_files": self.skipped_files,
+                **({"test_leak": self.leak_split()} if self.measure_leak else {})}
 
     def item_extras(self, split: str) -> list[dict]:
         return [{k: r[k] for k in ("path", "speaker", "augmentation", "source_also_in")} for r in self.records[split]]
@@ -46,11 +44,6 @@ class SERResult(RunResult):
                   "source clip not in training": ~seen}
         return {name: {"items": int(mask.sum()), "accuracy": float(correct[mask].mean()) if mask.any() else None,
                        "interval": accuracy_interval(correct[mask])} for name, mask in groups.items()}
-
-    @property
-    def splits(self) -> dict:
-        """The final model's figures on every split."""
-        return {"train": self.train, **self.final}
 
 
 def counts_table(counts: dict) -> str:
@@ -73,8 +66,8 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
     result.write_predictions(out)
     record = result.metrics()
     plot_curves(result.history, out / "curves.png", "speech emotion recognition")
-    for k, ev in result.splits.items():
-        plot_confusion(confusion(result.label_ids[k], np.asarray(ev["pred"]), len(names)), names,
+    for k, pred in result.predictions().items():
+        plot_confusion(confusion(result.label_ids[k], pred, len(names)), names,
                        out / f"confusion_matrix_{k}.png", f"{k} split, final model")
     plot_counts({"corpus as read": counts["corpus"], "train before balancing": counts["before"],
                  **{f"{k} (used)": v for k, v in counts["splits"].items()}},
@@ -87,7 +80,7 @@ def write_results(out, cfg, model, fe, result: SERResult) -> None:
 
 def report(cfg, result: SERResult, record: dict) -> str:
     """report.txt: per-epoch table, final figures, class counts and each split's classification report."""
-    speed, capture, splits = record["speed"], result.graph_info, result.splits
+    speed, capture, splits = record["speed"], result.graph_info, {"train": result.train, **result.final}
     lines = [f"Speech emotion recognition, model {cfg.model}, seed {cfg.seed}, {cfg.epochs} epochs",
              f"protocol: {result.protocol}", f"recipe: {result.recipe}",
              "train_loss/train_accuracy per epoch: running figures over the epoch's batches (dropout on); "
@@ -118,7 +111,6 @@ def report(cfg, result: SERResult, record: dict) -> str:
              f"{speed['warmup_seconds']} s of warm-up (graph capture {capture['capture_seconds']} s, "
              f"{capture['graph_shapes']} shapes)",
              f"skipped files: {len(result.skipped_files)}" + "".join(f"\n  {s}" for s in result.skipped_files), ""]
-    for k, ev in splits.items():
-        lines += [f"{k} split, final model:", report_text(result.label_ids[k], np.asarray(ev["pred"]),
-                                                          result.label_names), ""]
+    for k, pred in result.predictions().items():
+        lines += [f"{k} split, final model:", report_text(result.label_ids[k], pred, result.label_names), ""]
     return "\n".join(lines)

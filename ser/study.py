@@ -10,7 +10,7 @@ import numpy as np
 from common.results import accuracy_over
 from common.stats import interval_text
 from common.summary import (comparison_cell, comparison_words, comparisons, header, list_main, mean_std, row,
-                            seeds_note, test_cells, test_intervals)
+                            seeds_note)
 from ser.splits import Protocol
 
 # The study's one run: accuracy of its final model on each split (it reported no UAR or F1).
@@ -87,9 +87,8 @@ DIFFERENCES = [
 # What the SER section reads from each run's metrics.json, and from the folds' (common.summary.check_shape)
 REQUIRED = ("train.accuracy", "train.uar", "val.accuracy", "val.uar", "val.macro_f1", "test.accuracy", "test.uar",
             "test.macro_f1", "test.per_class{}", "test.intervals{}", "split_items{}", "class_counts.splits.test{}", "speed.items_per_s")
-LEAK = ("test_leak{}",) + tuple(f"test_leak.{g}.items" for g in ("original clips", "augmented copies",
-                                                                 "source clip also in training",
-                                                                 "source clip not in training"))
+LEAK = ("test_leak{}", *(f"test_leak.{g}.items" for g in (
+    "original clips", "augmented copies", "source clip also in training", "source clip not in training")))
 REQUIRED_FOLDS = ("folds", "per_fold[]", "pooled.accuracy", "pooled.uar", "pooled.macro_f1", "pooled.intervals{}",
                   "by_gender{}")
 
@@ -102,102 +101,43 @@ def section(report) -> list[str]:
     table = header("protocol", "run", "train acc", "val acc", "test acc [95% CI]")
     extra = header("protocol", "train UAR", "val UAR", "val macro F1", "test UAR [95% CI]", "test macro F1 [95% CI]",
                    "test items (augmented)", "speakers train / val / test", "clips/s, audio-s/s")
-    run_links: list[str] = []
-    found, legend, findings = {}, [], []
-    for p in PROTOCOLS:
-        if not report.asked(p.name):
-            continue
+    found, legend = {}, []
+    for p in [p for p in PROTOCOLS if report.asked(p.name)]:
         legend.append(f"`{p.name}`: {p.what}")
-        runs = report.runs(f"ser/{p.name}", run_links, REQUIRED + (LEAK if p.name == "study" else ()))
+        runs = report.runs(f"ser/{p.name}", REQUIRED + (LEAK if p.name == "study" else ()))
         if not runs:
             table.append(row(p.name, "ours: missing", "", "", ""))
         else:
             found[p.name] = runs
-            name, col = p.name + seeds_note(runs, seeds), lambda f: mean_std([f(m) for m in runs])  # noqa: E731
-            ci = test_intervals(runs)
-            items, test = runs[0]["split_items"], test_cells(runs, ci)
-            table.append(row(name, "ours", col(lambda m: m["train"]["accuracy"]), col(lambda m: m["val"]["accuracy"]),
-                             test["accuracy"]))
-            extra.append(row(name, col(lambda m: m["train"]["uar"]), col(lambda m: m["val"]["uar"]),
-                             col(lambda m: m["val"]["macro_f1"]), test["uar"], test["macro_f1"],
-                             f"{items['test']['items']} ({items['test']['augmented']})",
+            name, col, test = report.measured("SER", p.name, runs, PUBLISHED["test"] if p.name == "study" else None)
+            items = runs[0]["split_items"]
+            table.append(row(name, "ours", col("train", "accuracy"), col("val", "accuracy"), test["accuracy"]))
+            extra.append(row(name, col("train", "uar"), col("val", "uar"), col("val", "macro_f1"), test["uar"],
+                             test["macro_f1"], f"{items['test']['items']} ({items['test']['augmented']})",
                              " / ".join(str(items[k].get("speakers") or "n/a") for k in ("train", "val", "test")),
-                             mean_std([m["speed"]["items_per_s"] for m in runs], 1) + ", " +
-                             mean_std([m["speed"].get("audio_seconds_per_s") for m in runs], 1)))
-            study = PUBLISHED["test"] if p.name == "study" else None
-            findings.append(f"`{p.name}`{seeds_note(runs, seeds)} " + report.point(f"SER {p.name}", runs, ci,
-                                                                                         study))
+                             f"{col('speed', 'items_per_s', 1)}, {col('speed', 'audio_seconds_per_s', 1)}"))
         if p.name == "study":
-            table.append(row("", "study", f"{PUBLISHED['train']:.3f}", f"{PUBLISHED['val']:.3f}",
-                             f"{PUBLISHED['test']:.3f}"))
-    folded = (report.runs(f"ser/{FOLDS.name}", run_links, REQUIRED_FOLDS)
+            table.append(row("", "study", *(f"{PUBLISHED[k]:.3f}" for k in ("train", "val", "test"))))
+    folded = (report.runs(f"ser/{FOLDS.name}", REQUIRED_FOLDS)
               if report.asked(FOLDS.name) and (report.root / "ser" / FOLDS.name).is_dir() else [])
-    if folded:
-        legend.append(f"`{FOLDS.name}`: {folded[0]['folds']} speaker-independent folds, each tested once; its figures "
-                      "are over every fold's test clips pooled" + fold_seeds(folded))
-        table.append(row(FOLDS.name + seeds_note(folded, seeds), "ours", "", "", pooled_cell(folded, "accuracy")))
-        report.points.append((f"SER {FOLDS.name}", float(np.mean([m["pooled"]["accuracy"] for m in folded])),
-                              folded[0]["pooled"]["intervals"]["accuracy"], None))
-        extra.append(row(FOLDS.name + seeds_note(folded, seeds), "", "", "", pooled_cell(folded, "uar"),
-                         pooled_cell(folded, "macro_f1"), f"every clip once "
-                         f"({sum(f['test_items'] for f in folded[0]['per_fold'])})", fold_speakers(folded), ""))
-    if findings:
-        report.findings.append("SER, test accuracy [95% interval] by protocol (the study published only its own): "
-                               + ", ".join(findings) + ". The protocols test different items: see the leak below.")
-    lines = ["## SER: HuBERT on ShEMO", "", f"The study's figures, every protocol beside them ({n}):", "", *table, "",
-             *[f"- {x}" for x in legend],
-             "- `study` (the published run): its protocol, one seed; its test split about half augmented copies, "
-             "nearly balanced (the corpus was balanced to the largest class first).", "",
-             "**Our additions**: UAR (unweighted average recall: the mean of the per-class recalls), macro F1, the "
-             "test split's size, speakers and speed:", "", *extra]
-    lines += leak_inside_the_study(found.get("study"))
-    lines += fold_lines(folded)
-    lines += protocol_difference(found, seeds)
-    against = {name: comparisons(name, found) for name in found}
-    pairs = {(a, b): r for a, res in against.items() for b, r in res.items() if a < b}
-    lines += ["", "Paired tests: " + ("; ".join(f"{b} against {a}: {comparison_cell(r)}" for (a, b), r in pairs.items())
-                                      + ". " + comparison_words("each other", len(pairs), "test clips") if pairs else
-                                      "no two of these protocols test on the same items (each splits the corpus its "
-                                      "own way), so none is compared by a paired test; the leak is measured inside the "
-                                      "study's own test split instead (above).")]
-    any_run = next(iter(found.values()), None)
-    if any_run:
-        c = any_run[0]["class_counts"]
-        lines += ["", f"Clips per class in the corpus as read: {', '.join(f'{k} {v}' for k, v in c['corpus'].items())}."]
-        for name, runs in found.items():
-            s = runs[0]["class_counts"]["splits"]
-            lines.append(f"- {name}, seed {runs[0]['_seed']}: " + "; ".join(
-                f"{k} {sum(v.values())} ({', '.join(f'{n} {x}' for n, x in v.items())})" for k, v in s.items()))
-    lines += ["", "Ours: the final model. A class a split does not hold is left out of its UAR and macro F1 (and named "
-                  "in the run's report). Intervals: 95%, percentile bootstrap over the test items."]
-    return lines + ["", *run_links, ""]
-
-
-FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder of run_all.sh --ser-folds K)
-
-
-def pooled_cell(runs: list[dict], key: str) -> str:
-    """A test figure over every fold's test clips pooled, mean ± std over seeds, the first seed's interval."""
-    return f"{mean_std([m['pooled'][key] for m in runs])} {interval_text(runs[0]['pooled']['intervals'][key])}"
-
-
-def fold_seeds(runs: list[dict]) -> str:
-    return (f" (seeds {', '.join(str(m['_seed']) for m in runs)}: the pooled figures are mean ± std over them, the "
-            f"interval seed {runs[0]['_seed']}'s)" if len(runs) > 1 else "")
-
-
-def fold_speakers(runs: list[dict]) -> str:
-    """Speakers per split, mean ± std over every fold of every seed."""
-    per_fold = [f for m in runs for f in m["per_fold"]]
-    return " / ".join(mean_std([f[f"{k}_speakers"] for f in per_fold], 1) for k in ("train", "val", "test"))
-
-
-def fold_lines(runs: list[dict]) -> list[str]:
-    """Per fold figures and accuracy by the speaker's gender."""
-    if not runs:
-        return []
-    m, per_fold = runs[0], [f for r in runs for f in r["per_fold"]]
-    return ["", f"**Speaker-independent folds**: mean ± std over the folds{' of every seed' if len(runs) > 1 else ''}: "
+    fold_lines = []
+    if folded:  # (the pooled figures: mean ± std over seeds, the first seed's interval)
+        m, per_fold = folded[0], [f for r in folded for f in r["per_fold"]]
+        pooled = lambda key: (f"{mean_std([r['pooled'][key] for r in folded])} "  # noqa: E731
+                              f"{interval_text(m['pooled']['intervals'][key])}")
+        legend.append(f"`{FOLDS.name}`: {m['folds']} speaker-independent folds, each tested once; its figures are over "
+                      "every fold's test clips pooled" + (f" (seeds {', '.join(str(r['_seed']) for r in folded)}: the "
+                      f"pooled figures are mean ± std over them, the interval seed {m['_seed']}'s)" if len(folded) > 1
+                      else ""))
+        table.append(row(FOLDS.name + seeds_note(folded, seeds), "ours", "", "", pooled("accuracy")))
+        report.points.append((f"SER {FOLDS.name}", float(np.mean([r["pooled"]["accuracy"] for r in folded])),
+                              m["pooled"]["intervals"]["accuracy"], None))
+        extra.append(row(FOLDS.name + seeds_note(folded, seeds), "", "", "", pooled("uar"), pooled("macro_f1"),
+                         f"every clip once ({sum(f['test_items'] for f in m['per_fold'])})",
+                         " / ".join(mean_std([f[f"{k}_speakers"] for f in per_fold], 1)
+                                    for k in ("train", "val", "test")), ""))
+        fold_lines = [
+            "", f"**Speaker-independent folds**: mean ± std over the folds{' of every seed' * (len(folded) > 1)}: "
             + ", ".join(f"test {w} {mean_std([f[f'test_{k}'] for f in per_fold])}"
                         for k, w in (("accuracy", "accuracy"), ("uar", "UAR"), ("macro_f1", "macro F1")))
             + f". Seed {m['seed']}: test accuracy per fold "
@@ -205,33 +145,53 @@ def fold_lines(runs: list[dict]) -> list[str]:
                         f"{f['train_speakers']}/{f['val_speakers']}/{f['test_speakers']})" for f in m["per_fold"])
             + "; by the speaker's gender, every fold's test clips pooled: " + ("; ".join(
                 f"{g} {accuracy_over(v, 'clips')}" for g, v in m["by_gender"].items()) or "n/a") + "."]
+    if report.tested:
+        report.findings.append("SER, test accuracy [95% interval] by protocol (the study published only its own): "
+                               + ", ".join(report.tested) + ". The protocols test different items: see the leak below.")
+    lines = ["## SER: HuBERT on ShEMO", "", f"The study's figures, every protocol beside them ({n}):", "", *table, "",
+             *[f"- {x}" for x in legend],
+             "- `study` (the published run): its protocol, one seed; its test split about half augmented copies, "
+             "nearly balanced (the corpus was balanced to the largest class first).", "",
+             "**Our additions**: UAR (unweighted average recall: the mean of the per-class recalls), macro F1, the "
+             "test split's size, speakers and speed:", "", *extra]
+    if "study" in found:  # (LEAK makes every study run hold test_leak)
+        study = found["study"]
+        lines += ["", f"**The leak inside the study's own test split** (seed {study[0]['seed']}; one test split, so no "
+                      "two test sets are compared): test accuracy of "
+                  + "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in study[0]["test_leak"].items())
+                  + ". Original clips against copies, and clips whose source training also saw against those it did "
+                    "not, split the same test items two ways."]
+    lines += fold_lines
+    if "study" in found and len(found) > 1:
+        mean = lambda runs, k: sum(m["test"][k] for m in runs) / len(runs)  # noqa: E731
+        s_acc, s_uar = mean(study, "accuracy"), mean(study, "uar")
+        lines += ["", f"**Measured on these runs** ({f'{seeds} seeds' if seeds > 1 else 'one seed'}), test accuracy: "
+                  f"the study's protocol {s_acc:.4f} (UAR {s_uar:.4f}); " + "; ".join(
+                      f"{name} {mean(r, 'accuracy'):.4f} (UAR {mean(r, 'uar'):.4f}; the study's protocol minus this: "
+                      f"{100 * (s_acc - mean(r, 'accuracy')):+.1f} points of accuracy, "
+                      f"{100 * (s_uar - mean(r, 'uar')):+.1f} of UAR)" for name, r in found.items() if name != "study")
+                  + ". The test sets differ, so each difference mixes the leak (copies of test clips in training), "
+                    "copies inside the study's test split, a balanced against a natural class mix, and seed noise; "
+                    "it is not the size of the leak alone."]
+    against = {name: comparisons(name, found) for name in found}
+    pairs = {(a, b): r for a, res in against.items() for b, r in res.items() if a < b}
+    lines += ["", "Paired tests: " + ("; ".join(f"{b} against {a}: {comparison_cell(r)}" for (a, b), r in pairs.items())
+                                      + ". " + comparison_words("each other", len(pairs), "test clips") if pairs else
+                                      "no two of these protocols test on the same items (each splits the corpus its "
+                                      "own way), so none is compared by a paired test; the leak is measured inside the "
+                                      "study's own test split instead (above).")]
+    if found:
+        lines += ["", "Clips per class in the corpus as read: " + ", ".join(
+            f"{k} {v}" for k, v in next(iter(found.values()))[0]["class_counts"]["corpus"].items()) + "."]
+        lines += [f"- {name}, seed {runs[0]['_seed']}: " + "; ".join(
+            f"{k} {sum(v.values())} ({', '.join(f'{n} {x}' for n, x in v.items())})"
+            for k, v in runs[0]["class_counts"]["splits"].items()) for name, runs in found.items()]
+    lines += ["", "Ours: the final model. A class a split does not hold is left out of its UAR and macro F1 (and named "
+                  "in the run's report). Intervals: 95%, percentile bootstrap over the test items."]
+    return lines
 
 
-def leak_inside_the_study(runs: list[dict] | None) -> list[str]:
-    """The leak measured inside the study protocol's own test split, with intervals."""
-    if not runs or "test_leak" not in runs[0]:
-        return []
-    return ["", f"**The leak inside the study's own test split** (seed {runs[0]['seed']}; one test split, so no two "
-                "test sets are compared): test accuracy of "
-            + "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in runs[0]["test_leak"].items())
-            + ". Original clips against copies, and clips whose source training also saw against those it did not, "
-              "split the same test items two ways."]
-
-
-def protocol_difference(found: dict, seeds: int) -> list[str]:
-    """The difference between the study's protocol and ours, and what it mixes."""
-    if "study" not in found or len(found) < 2:
-        return []
-    mean = lambda runs, k: sum(m["test"][k] for m in runs) / len(runs)  # noqa: E731
-    s_acc, s_uar = mean(found["study"], "accuracy"), mean(found["study"], "uar")
-    parts = [f"{name} {mean(r, 'accuracy'):.4f} (UAR {mean(r, 'uar'):.4f}; the study's protocol minus this: "
-             f"{100 * (s_acc - mean(r, 'accuracy')):+.1f} points of accuracy, "
-             f"{100 * (s_uar - mean(r, 'uar')):+.1f} of UAR)" for name, r in found.items() if name != "study"]
-    n = f"{seeds} seeds" if seeds > 1 else "one seed"
-    return ["", f"**Measured on these runs** ({n}), test accuracy: the study's protocol {s_acc:.4f} (UAR "
-            f"{s_uar:.4f}); " + "; ".join(parts) + ". The test sets differ, so each difference mixes the leak "
-            "(copies of test clips in training), copies inside the study's test split, a balanced against a natural "
-            "class mix, and seed noise; it is not the size of the leak alone."]
+FOLDS = Protocol("leak-free", "speaker", folds=1)  # (only its name: the folder of run_all.sh --ser-folds K)
 
 
 if __name__ == "__main__":

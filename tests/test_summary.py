@@ -36,6 +36,18 @@ def test_seeds_that_tested_different_items_are_scored_against_their_own_labels()
     assert cells["accuracy"].endswith(f"[{low:.4f}, {high:.4f}]") and low < high
 
 
+def test_run_sets_whose_seeds_test_different_items_are_not_paired():
+    # the leak-free protocols draw each seed's test split with its seed: no item-by-item test between them
+    # (a seed-averaged correctness over different items meant nothing, or raised when the sizes differed)
+    random = [run(list("aabbab"), list("aabbab"), [f"x{i}" for i in range(6)]),
+              run(list("ab"), list("ab"), ["y0", "y1"])]
+    speaker = [run(list("abba"), list("abbb"), [f"z{i}" for i in range(4)]),
+               run(list("bab"), list("bab"), ["w0", "w1", "w2"])]
+    assert summary_md.comparisons("random", {"random": random, "speaker": speaker}) == {}
+    same = [run(list("aabbab"), list("abbbab"), [f"x{i}" for i in range(6)])] * 2
+    assert set(summary_md.comparisons("same", {"same": same, "also": same})) == {"also"}
+
+
 def test_one_test_item_gets_no_interval_but_a_word():
     runs = [run(["a"], ["a"], ["x"]), run(["a"], ["b"], ["x"])]
     cells = summary_md.test_cells(runs, summary_md.test_intervals(runs))
