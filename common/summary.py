@@ -230,8 +230,11 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
         report.only, report.tested, report.links = set(rows.split(",")) if rows else None, [], []
         body += module.section(report) + ["", *report.links, ""]
         differ += [f"- {line}" for line in module.DIFFERENCES]
-    title = ["# Summary" + (" (SMOKE RUN: tiny random models on generated data; the numbers mean nothing)"
-                            if smoke else ""), ""]
+    title = ["# Summary" + (" (SMOKE RUN: tiny models from random weights, generated data)" if smoke else ""), ""]
+    if smoke:  # (what these numbers can and cannot show: NOTES.md, 2026-12-01 evening)
+        title += ["What shows learning: SER's rows (the generated emotions differ in pitch and loudness; chance 1/6). "
+                  "What means nothing: NLI's rows (the 12-layer tiny BERT stays near chance, 1/3, in its 20 steps) "
+                  "and every comparison with the study.", ""]
     if report.points:
         from common.plots import plot_summary  # (matplotlib: not for `python -m nli.study --list`)
         plot_summary(report.points, root / "summary.png", "Test accuracy, ours (95% interval) and the study's")

@@ -60,7 +60,10 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
         assert ser["class_counts"]["before"] != ser["class_counts"]["after"]  # the smoke data are uneven
         assert {"accuracy", "uar", "macro_f1"} <= set(ser["test"])
     summary = (out / "summary.md").read_text()
-    assert "SMOKE RUN" in summary and "missing" not in summary.lower() and "upper bound" not in summary
+    assert "SMOKE RUN" in summary and "What shows learning: SER" in summary
+    learned = json.loads((out / "ser/leak-free-random/seed0/metrics.json").read_text())["test"]["accuracy"]
+    assert learned >= 0.8, learned  # what the sentence claims (chance: 1/6)
+    assert "missing" not in summary.lower() and "upper bound" not in summary
     for name in EXPERIMENTS:
         assert f"| {name} | ours |" in summary and f"nli/{name}/seed0/report.txt" in summary
     for name in PROTOCOLS:
