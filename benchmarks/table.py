@@ -45,7 +45,11 @@ def ratio(a, b) -> str:
 
 
 def main(argv=None):
-    folder = Path((argv or sys.argv[1:])[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-") or not Path(argv[0]).is_dir():
+        print("usage: python -m benchmarks.table OUT  (the device check's output folder)", file=sys.stderr)
+        raise SystemExit(2)
+    folder = Path(argv[0])
     rows = ["| run | whole run: units/s (s) | steady: units/s | warm-up s (capture) | whole-run ratio | steady ratio |",
             "|---|---|---|---|---|---|"]
     goals, losses = [], []

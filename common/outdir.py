@@ -136,6 +136,9 @@ def model_of_run(given: str, program: str) -> Path:
         return path / "model"
     if not path.is_dir():
         raise UserError(f"--model {given}: no such folder; give the model/ folder of a finished {program} run")
+    if (path / "fold1" / "model" / "config.json").exists():
+        raise UserError(f"--model {given} holds a --folds run, one model per fold: give one of them, like "
+                        f"{path / 'fold1' / 'model'}")
     if is_run(path) or (path / "train.log").exists():
         raise UserError(f"--model {given} holds a run that has not finished (no model/ yet); resume it with "
                         "--resume, or wait for it to end")

@@ -120,8 +120,10 @@ def load_tokenizer(model: str):
     from transformers import AutoTokenizer
     try:
         return AutoTokenizer.from_pretrained(model)
-    except OSError as e:
-        raise UserError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, TypeError) as e:  # (no tokenizer there, or one of another kind of model)
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--model {model}: cannot load its tokenizer ({first}); give a save_pretrained folder of a "
+                        "BERT with its tokenizer, or a hub id") from None
 
 
 def check_max_length(max_length: int, tokenizer, positions: int | None) -> None:

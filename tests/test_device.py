@@ -39,3 +39,11 @@ def test_fp16_with_a_grad_scaler_trains_like_fp32_and_resumes_bit_identical(tiny
     undo()
     resumed, _ = run(tiny_bert_no_dropout, farstail_dir, tmp_path / "cut", "--amp", "fp16", "--resume")
     assert all(torch.equal(fp16[k], resumed[k]) for k in fp16)
+
+
+def test_the_device_tables_command_line_refuses_what_is_not_its_folder(tmp_path, capsys):
+    from benchmarks.table import main as table
+    for argv in (["--help"], [str(tmp_path / "missing")], []):
+        with pytest.raises(SystemExit) as e:
+            table(argv)
+        assert e.value.code == 2 and "usage: python -m benchmarks.table OUT" in capsys.readouterr().err

@@ -456,6 +456,14 @@ def test_a_model_of_the_other_task_or_an_unfinished_run_is_one_line(tiny_bert, t
     (tmp_path / "empty").mkdir()
     assert "no config.json there" in fails(
         2, capsys, ["--model", str(tmp_path / "empty"), "--data-dir", str(farstail_dir)], call=prune_curve.main)
+    for not_a_bert in (tiny_hubert, farstail_dir, tmp_path / "empty"):  # training from a folder without a BERT tokenizer
+        out = tmp_path / "never"
+        assert "cannot load its tokenizer" in fails(
+            2, capsys, ["--model", str(not_a_bert), "--data-dir", str(farstail_dir), "--out", str(out)], call=nli.train.main)
+        assert not (out / "config.json").exists()
+    folds = tmp_path / "folds"  # a finished --folds run holds one model per fold, none of its own
+    shutil.copytree(ser_model, folds / "fold1" / "model")
+    assert "one model per fold" in fails(2, capsys, ["--model", str(folds), str(wav)], call=ser_predict.main)
 
 
 def test_a_damaged_summary_input_is_listed_not_a_traceback(finished, tmp_path):
