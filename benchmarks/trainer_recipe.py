@@ -163,7 +163,7 @@ def run(cfg: NLIConfig):
     result = NLIResult(
         task="nli", experiment=cfg.experiment.name, seed=cfg.seed, protocol=PROTOCOL, history=epochs.history,
         evals=epochs.evals, params=count_params(model),
-        graphs={"cuda_graphs": False, "graph_shapes": 0, "capture_seconds": 0.0},
+        graph_info={"cuda_graphs": False, "graph_shapes": 0, "capture_seconds": 0.0},
         train={"loss": output.training_loss, "trainer_logged": logged,
                "trainer_logged_last": logged[-1]["loss"] if logged else None},
         label_names=LABEL_NAMES, label_ids={k: data[k].labels.numpy() for k in ("val", "test")},
