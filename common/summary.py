@@ -223,18 +223,19 @@ class Report:
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
     """Write summary.md and summary.png from task modules ("ser.study:study,..." for some rows)."""
     body, differ = [], ["## What differs from the study, and why", ""]
-    report = Report(root, seeds)
+    report, smoke_rows = Report(root, seeds), {True: [], False: []}
     for task in tasks:
         name, _, rows = task.partition(":")
         module = importlib.import_module(name)
         report.only, report.tested, report.links = set(rows.split(",")) if rows else None, [], []
         body += module.section(report) + ["", *report.links, ""]
         differ += [f"- {line}" for line in module.DIFFERENCES]
+        smoke_rows[module.SMOKE_LEARNS].append(module.SMOKE_ROWS)
     title = ["# Summary" + (" (SMOKE RUN: tiny models from random weights, generated data)" if smoke else ""), ""]
-    if smoke:  # (what these numbers can and cannot show: NOTES.md, 2026-12-01 evening)
-        title += ["What shows learning: SER's rows (the generated emotions differ in pitch and loudness; chance 1/6). "
-                  "What means nothing: NLI's rows (the 12-layer tiny BERT stays near chance, 1/3, in its 20 steps) "
-                  "and every comparison with the study.", ""]
+    if smoke:  # each task says whether its tiny model learns its generated data (NOTES.md, 2026-12-01 evening)
+        learns = f"What shows learning: {' and '.join(smoke_rows[True])}. " if smoke_rows[True] else ""
+        nothing = " and ".join(smoke_rows[False] + ["every comparison with the study"])
+        title += [f"{learns}What means nothing: {nothing}.", ""]
     if report.points:
         from common.plots import plot_summary  # (matplotlib: not for `python -m nli.study --list`)
         plot_summary(report.points, root / "summary.png", "Test accuracy, ours (95% interval) and the study's")
