@@ -1,7 +1,8 @@
-"""One run over two processes with torchrun (DDP, gloo on the CPU): the same weights as one
-process with the same flags, only rank 0 writes, a killed process stops the job and --resume
-completes it. Weights are compared within 1e-5: the all-reduce adds the two processes' gradients
-in another order than one process does, and each process here runs one CPU thread, not two."""
+"""One run over two processes with torchrun (DDP, gloo on the CPU): a killed process stops the
+job, --resume completes it, and the result has the same weights as one process with the same flags
+and only the files rank 0 writes. Weights are compared within 1e-5: the all-reduce adds the two
+processes' gradients in another order than one process does, and each process here runs one CPU
+thread, not two."""
 import json
 import os
 import subprocess
@@ -37,44 +38,33 @@ def files(run: Path) -> set:
     return {p.relative_to(run).as_posix() for p in run.rglob("*")}
 
 
-@pytest.fixture(scope="module")
-def nli_runs(tiny_bert_no_dropout, farstail_dir, tmp_path_factory):
+def test_two_processes_train_as_one_a_killed_one_stops_both_and_resume_completes_them(
+        tiny_bert_no_dropout, farstail_dir, tmp_path, capsys):
     """49 pairs in optimizer batches of 16 (8 × 2 accumulated): the last batch has one pair, so
-    one process gets none of it (zero-weight rows keep its all-reduce in step)."""
-    root = tmp_path_factory.mktemp("ddp")
+    one process gets none of it (zero-weight rows keep its all-reduce in step). The two-process
+    run is killed in its last epoch and resumed; it must then equal one process's run."""
     flags = ["--model", tiny_bert_no_dropout, "--data-dir", farstail_dir, "--limit", 49, "--batch-size", 8,
              "--grad-accum", 2, "--epochs", 3, "--lr", "1e-3", "--log-every", 2]
-    r = torchrun("nli.train", *flags, "--out", root / "two")
-    assert r.returncode == 0, r.stderr[-3000:]
     from nli.train import main
-    main([*map(str, flags), "--out", str(root / "one")])
-    return root, flags
-
-
-def test_two_processes_train_as_one_and_only_rank_0_writes(nli_runs):
-    root, _ = nli_runs
-    same_weights(root / "one", root / "two")
-    assert files(root / "one") == files(root / "two")  # exactly what one process writes, nothing more
-    one, two = (json.loads((root / d / "metrics.json").read_text()) for d in ("one", "two"))
+    main([*map(str, flags), "--out", str(tmp_path / "one")])
+    two = tmp_path / "two"
+    r = torchrun("tests.ddp_kill", *flags, "--out", two, env={"KILL_RANK": "1", "KILL_EPOCH": "3"})
+    assert r.returncode != 0
+    assert not (two / "metrics.json").exists() and (two / "checkpoint.json").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # one process cannot resume a two-process run: its RNG streams are two
+        main([*map(str, flags), "--out", str(two), "--resume"])
+    assert e.value.code == 2 and "written by 2 process(es)" in capsys.readouterr().err
+    r = torchrun("nli.train", *flags, "--out", two, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (two / "train.log").read_text()
+    assert "resuming after epoch 2" in log and log.count("epoch 3:") == 1
+    assert "CUDA graphs off (not captured under torchrun/DDP yet)" in log
+    same_weights(tmp_path / "one", two)
+    assert files(tmp_path / "one") == files(two)  # exactly what one process writes, nothing more
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert two["train"]["loss"] == pytest.approx(one["train"]["loss"], abs=1e-5)  # summed over both processes
     assert two["test"]["accuracy"] == one["test"]["accuracy"]
-    log = (root / "two" / "train.log").read_text()
-    assert log.count("epoch 3:") == 1 and "CUDA graphs off (not captured under torchrun/DDP yet)" in log
-
-
-def test_a_killed_process_stops_the_job_and_resume_completes_it(nli_runs, capsys):
-    root, flags = nli_runs
-    r = torchrun("tests.ddp_kill", *flags, "--out", root / "cut", env={"KILL_RANK": "1", "KILL_EPOCH": "3"})
-    assert r.returncode != 0
-    assert not (root / "cut" / "metrics.json").exists() and (root / "cut" / "checkpoint.json").exists()
-    from nli.train import main  # one process cannot resume a two-process run: its RNG streams are two
-    with pytest.raises(SystemExit) as e:
-        main([*map(str, flags), "--out", str(root / "cut"), "--resume"])
-    assert e.value.code == 2 and "written by 2 process(es)" in capsys.readouterr().err
-    r = torchrun("nli.train", *flags, "--out", root / "cut", "--resume")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming after epoch 2" in (root / "cut" / "train.log").read_text()
-    same_weights(root / "two", root / "cut")
 
 
 def test_ser_two_processes_train_as_one(tmp_path):

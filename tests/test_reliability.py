@@ -532,19 +532,26 @@ def test_a_moved_run_folder_resumes_and_a_moved_finished_one_is_skipped(tiny_ber
     assert "--epochs 3 there, 2 now" in err
 
 
-def test_sighup_stops_a_training_as_sigterm_does(tiny_bert, farstail_dir, tmp_path):
-    """A closed terminal sends SIGHUP: "interrupted", exit 130, the checkpoint kept, as for SIGTERM."""
-    out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "nli.train", "--model", str(tiny_bert), "--data-dir", str(farstail_dir),
-                          "--out", str(out), "--epochs", "1000", "--batch-size", "4", "--lr", "1e-3"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_sighup_stops_a_training_as_sigterm_does(tiny_bert, farstail_dir, tmp_path, monkeypatch, capsys):
+    """A closed terminal sends SIGHUP: "interrupted", exit 130, the checkpoint kept, as for SIGTERM.
+    The signal is real (sent to this process when epoch 2 starts); without the run's own handler,
+    the one set here fails the test instead of ending the test process."""
+    real = Training.train_epoch
+
+    def hang_up(self, at, *args, **kwargs):
+        if at == 2:  # epoch 1 is done: its checkpoint is on disk
+            os.kill(os.getpid(), signal.SIGHUP)
+        return real(self, at, *args, **kwargs)
+
+    def unhandled(*_):
+        raise AssertionError("SIGHUP reached the test's handler, not the run's")
+    monkeypatch.setattr(Training, "train_epoch", hang_up)
+    before = signal.signal(signal.SIGHUP, unhandled)
     try:
-        for line in p.stdout:
-            if line.startswith("epoch 2:"):  # epoch 1 is done: its checkpoint is on disk
-                break
-        p.send_signal(signal.SIGHUP)
-        _, err = p.communicate(timeout=120)
+        with pytest.raises(SystemExit) as e:
+            run_nli(tiny_bert, farstail_dir, tmp_path / "run", "--epochs", 3)
     finally:
-        p.kill()
-    assert p.returncode == 130 and "interrupted; resume with --resume" in err and "Traceback" not in err
-    assert (out / "checkpoint.json").exists() and not (out / "metrics.json").exists()
+        signal.signal(signal.SIGHUP, before)
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "interrupted; resume with --resume" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "checkpoint.json").exists() and not (tmp_path / "run" / "metrics.json").exists()

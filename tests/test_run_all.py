@@ -101,16 +101,6 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     assert f"| leak-free-speaker-folds | ours |  |  | {folds['pooled']['accuracy']:.4f} [{low:.4f}, {high:.4f}] |" in summary
 
 
-def test_rerun_skips_finished_runs(smoke):
-    out, _ = smoke
-    before = (out / "ser/study/seed0/metrics.json").stat().st_mtime_ns
-    result = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "already holds this finished run" in result.stdout and "[1/1] ser study seed 0" in result.stdout
-    assert "missing" not in (out / "summary.md").read_text().lower()  # the protocols not asked for are not missing
-    assert (out / "ser/study/seed0/metrics.json").stat().st_mtime_ns == before
-
-
 def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
     out, _ = smoke
     for seed, acc in ((0, 0.5), (1, 0.7)):
@@ -129,7 +119,6 @@ def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
 
 def test_summary_gives_every_study_figure_and_every_difference(smoke):
     out, _ = smoke
-    write_summary(out, ["nli.study", "ser.study"], smoke=True)  # (another test reran one half in this folder)
     summary = (out / "summary.md").read_text()
     for e in [e for e in nli_study.EXPERIMENTS if e.study]:
         row = next(line for line in summary.splitlines() if line.startswith(f"| {e.name} | ours |"))
@@ -156,9 +145,9 @@ def test_the_experiment_lists_have_one_source():
     assert [line.split("\t")[0] for line in listed.splitlines()] == EXPERIMENTS
 
 
-def test_side_by_side_runs_give_the_figures_of_a_sequential_run(smoke, tmp_path):
+def test_side_by_side_runs_give_the_figures_of_a_sequential_run_and_a_rerun_skips_it(smoke, tmp_path):
     """--slots 2 gave each job one CPU thread (2 cores / 2 slots); the same thread count, one job
-    at a time, gives the same numbers."""
+    at a time, gives the same numbers; and a second run_all.sh skips the finished run."""
     out, result = smoke
     assert "output in" in result.stdout and (out / "logs" / "ser-study-seed-0.log").exists()
     shutil.copytree(out / "inputs", tmp_path / "inputs")
@@ -168,6 +157,13 @@ def test_side_by_side_runs_give_the_figures_of_a_sequential_run(smoke, tmp_path)
     a, b = (json.loads((d / "ser/study/seed0/metrics.json").read_text()) for d in (out, tmp_path))
     for split in ("train", "val", "test"):
         assert a[split] == b[split], split
+    # run again: the finished run is skipped, untouched, and the protocols not asked for are not missing
+    before = (tmp_path / "ser/study/seed0/metrics.json").stat().st_mtime_ns
+    again = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already holds this finished run" in again.stdout and "[1/1] ser study seed 0" in again.stdout
+    assert "missing" not in (tmp_path / "summary.md").read_text().lower()
+    assert (tmp_path / "ser/study/seed0/metrics.json").stat().st_mtime_ns == before
 
 
 # SIGTERM: a scheduler's stop; SIGHUP: a closed terminal (Ctrl-C sends SIGINT: the same path)

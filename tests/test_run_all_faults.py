@@ -5,7 +5,6 @@ import fcntl
 import os
 import shutil
 import signal
-import sys
 import subprocess
 import time
 from pathlib import Path
@@ -17,22 +16,23 @@ from tests.test_run_all import ROOT, fake_python, run_all
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """The smoke run's NLI inputs, made as run_all.sh --smoke makes them (the tests using them pass --only nli)."""
+    """The smoke run's NLI inputs, made with run_all.sh --smoke's command line (the tests using them pass --only nli)."""
+    from nli.synthetic import main
     path = tmp_path_factory.mktemp("inputs")
-    cmd = ["nli.synthetic", "--data", path / "farstail", "--model", path / "tiny-bert", "--rows", 160, 80, 80]
-    subprocess.run([sys.executable, "-m", *map(str, cmd)], cwd=ROOT, check=True, capture_output=True)
+    main(["--data", str(path / "farstail"), "--model", str(path / "tiny-bert"), "--rows", "160", "80", "80"])
     (path / "done").touch()
     return path
 
 
 def test_failing_experiment_stops_the_script_and_names_its_log(inputs, tmp_path):
+    """One job at a time: the first failure stops the script (a real failure's message is relayed:
+    the side-by-side test below)."""
     shutil.copytree(inputs, tmp_path / "inputs")
-    val = tmp_path / "inputs/farstail/Val-word.csv"
-    val.write_text(val.read_text(encoding="utf-8").replace("\te\n", "\tq\n", 1), encoding="utf-8")
-    result = run_all("--smoke", "--only", "nli", "--out", tmp_path)
+    env = fake_python(tmp_path, "  *nli.train*/nli/all/*) echo 'error: bad data' >&2; exit 2 ;;")
+    result = run_all("--smoke", "--only", "nli", "--out", tmp_path, env=env)
     assert result.returncode == 1
-    assert "experiment nli all seed 0 failed" in result.stderr and "nli/all/seed0/train.log" in result.stderr
-    assert "unknown label 'q'" in result.stderr
+    assert "experiment nli all seed 0 failed (exit status 2)" in result.stderr
+    assert "nli/all/seed0/train.log" in result.stderr and "error: bad data" in result.stderr
     assert not (tmp_path / "summary.md").exists() and not (tmp_path / "nli/freeze9").exists()
 
 
