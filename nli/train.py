@@ -6,29 +6,8 @@
     python -m nli.train --out runs/nli/prune --prune-heads 0.5  # half the heads removed, at random
     python -m nli.train --out runs/nli/pm --prune-heads 0.5 --prune-by masking  # the study's: 50% of weights masked
 
-The recipe is the study's (HF Trainer defaults; every setting in nli/config.py): premise and
-hypothesis tokenised together and truncated to --max-length 200, batch 16, 3 epochs, AdamW (lr
-3e-5, no weight decay), learning rate decaying linearly to zero over all steps with no warm-up,
-gradients clipped to norm 1.0.
-
-- Batch: one optimizer step sees --batch-size × --grad-accum pairs of similar length (or, with
-  --batch-order FILE, exactly the file's), cut into micro-batches of --batch-size; each pair's
-  loss is weighted 1 / (pairs in the optimizer batch), so accumulation gives the update of one
-  large batch. Micro-batches are padded to a multiple of 16 word pieces, a short one filled with
-  zero-weight rows: few shapes, each captured once as a CUDA graph on CUDA (common/graphs.py).
-- Precision: --amp auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing)
-  and fp32 on the CPU. Weights and optimizer state stay fp32; the loss is computed in fp32.
-- Ablations apply in one order: keep layers, then prune heads (at random with the seed, or the
-  lowest by head importance on training batches: nli/importance.py; or, --prune-by masking, the
-  study's random masking of attention weights), then freeze.
-- Each epoch: train, then evaluate validation and test (nli/evaluate.py). Test is reported,
-  never used to choose. The final model's figures are the headline (as in the study);
-  metrics.json's `best` holds the epoch with the best validation accuracy. Each epoch writes a
-  verified checkpoint (--resume); metrics.json is written last and marks the run done.
-
-Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt (nli/report.py),
-curves.png, confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json
-(see docs/outputs.md).
+The recipe (the study's: HF Trainer's defaults; every setting in nli/config.py), the ablations
+and their order, batches, precision and evaluation: docs/nli.md. Outputs in --out: docs/outputs.md.
 """
 from transformers.utils import logging as hf_logging
 
