@@ -1,10 +1,6 @@
-"""Audio, as every part of the SER pipeline sees it: read as 16 kHz mono float32, checked,
-padded or cut, normalised per clip (docs/ser.md, Audio); and the augmented copies that balance
-classes (pitch shift, then time stretch, with audiomentations), cached by content.
-
-audiomentations is imported only when a copy is made, so --no-balance runs need none of it;
-torch only when a clip is read or normalised, so `python -m ser.study --list` (which imports
-ser/splits.py, and so the augmentation types here) stays light.
+"""Audio as the SER pipeline sees it (docs/ser.md, "Audio" and "Balancing"): read as 16 kHz mono
+float32, checked, padded or cut, normalised per clip; and the augmented copies, cached by content.
+audiomentations and torch are imported only when used, so `python -m ser.study --list` stays light.
 """
 import hashlib
 import io

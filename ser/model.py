@@ -1,10 +1,6 @@
-"""HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out →
-Linear(hidden, C) → Linear(C, C), as in the study; plus saving and reloading that model.
-
-Attention masks follow the feature extractor (HuBERT-base's says none). LayerDrop and SpecAugment
-are drawn with the device's generator (transformers draws them on the host, which a CUDA graph
-would freeze); a dropped layer is computed, then its weights and AdamW state put back
-(`restore_dropped_layers`), so the update is transformers'. docs/ser.md says how they differ.
+"""HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out → Linear(hidden, C)
+→ Linear(C, C), as in the study; saving and reloading it. LayerDrop and SpecAugment are drawn on the
+device, which a CUDA graph replays afresh (docs/ser.md, "HuBERT's own randomness").
 """
 import copy
 import functools

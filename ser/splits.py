@@ -1,9 +1,6 @@
-"""Which item goes where: the splits (stratified random, by speaker, the study's), the balance
-plan (the augmented copies that even the classes), and `Protocol`, which combines them and which
-the command line, the data code, the report and the summary all read. split.csv records the outcome.
-
-Our protocols split first: augmenting before the split (as the study did) lets copies of a test
-clip into training and inflates test accuracy (docs/ser.md, Protocols).
+"""Which item goes where (docs/ser.md, "Protocols"): the splits, the balance plan (the augmented copies
+that even the classes), and `Protocol`, which combines them. Ours split first: augmenting before the
+split (as the study did) lets copies of a test clip into training and inflates test accuracy.
 """
 import random
 import warnings
