@@ -61,43 +61,41 @@ SMOKE_LEARNS, SMOKE_ROWS = False, "NLI's rows (the 12-layer tiny BERT stays near
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
     "Checkpoint: the study's code names ParsBERT without a version. Its printed token counts (longest training "
-    "premise 134 word pieces, longest hypothesis 55) come out exactly with ParsBERT v1's vocabulary "
-    "(HooshvareLab/bert-base-parsbert-uncased; measured on FarsTail's training split, NOTES.md 2026-12-01), so v1 "
-    "is our default. ParsBERT v2.0 (HooshvareLab/bert-fa-base-uncased, our earlier default) rebuilt the vocabulary; "
-    "no copy of it was reachable offline, so its counts are unmeasured and v1 is the evidence's answer, not a "
-    "certainty. v2 is one flag away: --model HooshvareLab/bert-fa-base-uncased.",
-    "Seeds: the study ran each experiment once; its seed is not shown (assumed: HF Trainer's default, 42); we run `--seeds N` (seeds "
-    "0 ... N-1) and give mean ± std, so a difference between ablations can be set against the spread between seeds.",
+    "premise 134 word pieces, hypothesis 55) come out exactly with ParsBERT v1's vocabulary "
+    "(HooshvareLab/bert-base-parsbert-uncased; FarsTail's training split, NOTES.md 2026-12-01): our default. "
+    "ParsBERT v2.0 (HooshvareLab/bert-fa-base-uncased, our earlier default) rebuilt the vocabulary, and no copy of "
+    "it was reachable offline to count with, so v1 is the evidence's answer, not a certainty. v2 is one flag away: "
+    "--model HooshvareLab/bert-fa-base-uncased.",
+    "Seeds: the study ran each experiment once, its seed not shown (assumed: HF Trainer's default, 42); we run "
+    "`--seeds N` (seeds 0 ... N-1) and give mean ± std, to set a difference between ablations against the spread "
+    "between seeds.",
     "Pruning: the study's \"pruning\" masked 50% of the entries of every attention weight at random "
     "(torch.nn.utils.prune.random_unstructured on every parameter whose name contains \"attention\" and ends in "
-    "\"weight\", read literally also attention.output.LayerNorm.weight), which removes no head and saves no "
-    "computation. `prune0.5-masking` runs that described method (the study shows a sentence, not its code), applied "
-    "to the pretrained model; `prune0.5` removes half of the heads structurally "
-    "(smaller matrices, fewer parameters), which is what a pruning ablation usually means. They are different "
-    "experiments, and the table shows both beside the study's row.",
+    "\"weight\", read literally also attention.output.LayerNorm.weight): no head removed, no computation saved. "
+    "`prune0.5-masking` runs that described method (the study shows a sentence, not its code) on the pretrained "
+    "model; `prune0.5` removes half of the heads structurally (smaller matrices, fewer parameters), as a pruning "
+    "ablation usually means. Different experiments: the table shows both beside the study's row.",
     "An observation, not a fact: the study's log for its pruned model starts at a training loss of 0.356 at step "
-    "500, about where its fully fine-tuned model had got to (0.32 at step 1000), not where a fresh start from the "
-    "pretrained weights logs at step 500 (0.648 for its full model). This suggests the pruned model was "
-    "fine-tuned from an already fine-tuned model; its validation loss also rises to 1.14. Our prune0.5-masking "
-    "masks the pretrained model and fine-tunes it once: the starting point may differ from the study's.",
-    "Training loss: the study's is what HF Trainer logged, the mean of each 500 steps (logging_steps); with 1,365 "
-    "steps the last value logged, the one its table shows, is the mean of steps 501-1000, mostly epoch 2. The "
-    "table gives ours computed the same way from our per-step losses (\"train loss, Trainer's log\"), beside "
-    "the mean of our last epoch, a different quantity.",
-    "Published cells where the study contradicts itself: freeze9's test accuracy is 0.78 in its table and 0.7896 "
-    "in its log, and its pruned model's validation loss 1.14 in the table and 1.147 in the log; we quote the "
-    "table. Validation accuracies are quoted to three decimals from its logs.",
+    "500, near its fully fine-tuned model's (0.32 at step 1000), not a fresh start's from the pretrained weights "
+    "(0.648 at step 500 for its full model), and its validation loss rises to 1.14: this suggests it was fine-tuned "
+    "from an already fine-tuned model. Our prune0.5-masking masks the pretrained model and fine-tunes it once, so "
+    "the starting points may differ.",
+    "Training loss: the study's is HF Trainer's log, the mean of each 500 steps (logging_steps); of its 1,365 steps, "
+    "the last value logged, which its table shows, is the mean of steps 501-1000, mostly epoch 2. The table gives "
+    "ours computed the same way (\"train loss, Trainer's log\"), beside our last epoch's mean, a different quantity.",
+    "Published cells where the study contradicts itself: freeze9's test accuracy (0.78 in its table, 0.7896 in its "
+    "log) and its pruned model's validation loss (1.14, 1.147); we quote the table. Validation accuracies are quoted "
+    "to three decimals from its logs.",
     "Batch composition: Trainer drew batches with a random sampler; we group pairs of similar length (groups "
-    "shuffled each epoch) so little padding is computed. Which pairs share a batch differs; whether that shifts "
-    "results on the real model has not been measured.",
-    "Padding: the study padded every pair to 200 tokens; we pad each batch to the next multiple of 16. "
-    "Padding is masked, so this changes results only by floating-point noise (tests/test_step.py).",
-    "Precision: bf16 autocast on GPUs that support it (the study: fp32); weights and optimizer state stay "
-    "fp32.",
-    "Same as the study: batch 16, lr 3e-5, 3 epochs, max length 200; assumed, as HF Trainer's defaults that the "
-    "study does not show it changed: the learning rate decaying linearly to 0 without warm-up, AdamW without "
-    "weight decay, gradient clipping 1.0; the final model "
-    "reported, freezing only encoder layers, keeping layers 0-8, label ids e/c/n = 0/1/2.",
+    "shuffled each epoch), so little padding is computed. Whether the different batchmates shift results on the real "
+    "model is not measured.",
+    "Padding: the study padded every pair to 200 tokens; we pad each batch to the next multiple of 16. Padding is "
+    "masked, so this changes results only by floating-point noise (tests/test_step.py).",
+    "Precision: bf16 autocast on GPUs that support it (the study: fp32); weights and optimizer state stay fp32.",
+    "Same as the study: batch 16, lr 3e-5, 3 epochs, max length 200; assumed, as HF Trainer's defaults the study "
+    "shows no change to: linear decay of the learning rate to 0 without warm-up, AdamW without weight decay, "
+    "gradient clipping 1.0; the final model reported, freezing only encoder layers, keeping layers 0-8, label ids "
+    "e/c/n = 0/1/2.",
 ]
 
 
