@@ -142,9 +142,8 @@ def header(*names) -> list[str]:
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
-    """common.stats.paired of every run set of `found` against `reference`'s, on the same test items (none
-    when the reference's seeds test different items), with Holm's adjusted p and whether it is below
-    SIGNIFICANCE."""
+    """common.stats.paired of each run set against `reference`'s on the same test items (none when its seeds
+    differ in them), with Holm's adjusted p and whether it is below SIGNIFICANCE."""
     if reference not in found or (items := test_items(found[reference])) is None:
         return {}
     base = correctness(found[reference])

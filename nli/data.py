@@ -176,10 +176,9 @@ def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = Fal
 
 def collate(data: Encoded, idx: list[int], device: torch.device, *, rows: int | None = None, weight: float = 1.0,
             sdpa_mask: bool = True) -> dict:
-    """The pairs in idx, padded to the bucket of the longest, as host tensors (pinned for CUDA).
-    `rows` fills a short batch with zero-weight copies of its first pair (one shape per bucket);
-    `weight` is each real pair's loss weight. For SDPA the mask is a ready 4D boolean one, which
-    transformers passes through without its `mask.all()` check (a GPU-to-host sync per forward)."""
+    """The pairs in idx padded to their bucket, host tensors (pinned for CUDA); `rows` fills a short batch with
+    zero-weight copies of its first pair; `weight`: each real pair's. For SDPA a ready 4D boolean mask, which
+    transformers passes without its `mask.all()` check (a host sync per forward)."""
     n = len(idx)
     rows = rows or n
     take = torch.tensor(list(idx) + [idx[0]] * (rows - n))

@@ -71,11 +71,8 @@ class EmotionClassifier(nn.Module):
         return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
 
     def restore_dropped_layers(self, optimizer) -> None:
-        """LayerDrop as transformers does it, for the parameters `optimizer` updates: after each of
-        its steps, every encoder layer dropped in all of the step's forward passes (on every
-        process) gets back its weights and AdamW state (moments, step count) as they were before
-        the step, as if it had had no gradient. Device work only (no host decision), so a CUDA
-        graph of the update replays it. Nothing is registered when config.layerdrop is 0."""
+        """After each optimizer step, a layer dropped in all of the step's passes (on every process) gets
+        back its weights and AdamW state, as in transformers; device work only, so a CUDA graph replays it."""
         if self.layerdrop <= 0:
             return
         mine = {id(p) for group in optimizer.param_groups for p in group["params"]}
