@@ -162,11 +162,10 @@ def comparison_cell(result: dict | None) -> str:
 
 def comparison_words(reference: str, count: int, items: str) -> str:
     """What the comparison column means, in words a student understands."""
-    return (f"Against {reference}: the difference in test accuracy, its 95% paired bootstrap interval, and the p-value "
-            f"of McNemar's exact test on the {items} one model gets right and the other wrong: how likely so "
-            f"lopsided a split of those disagreements would be if the two models were equally good. Holm's "
-            f"correction adjusts the p-values for the {count} comparisons made at once; a * marks a difference whose "
-            f"adjusted p is below {SIGNIFICANCE}, unlikely to be chance. A difference without * may still be real, "
+    return (f"Against {reference}: the test accuracy difference, its 95% paired bootstrap interval, and McNemar's "
+            f"exact p on the {items} one model gets right and the other wrong (how likely so lopsided a split would "
+            f"be if both models were equally good), adjusted by Holm's correction for the {count} comparisons; * marks "
+            f"an adjusted p below {SIGNIFICANCE}, unlikely to be chance. A difference without * may still be real, "
             "but this test set cannot tell it from chance.")
 
 

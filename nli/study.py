@@ -143,11 +143,10 @@ def section(report) -> list[str]:
     lines = ["## NLI: ParsBERT on FarsTail", "", f"The study's table, ours beside it ({n}):", "", *table, "",
              *(f"- `{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
                + (f"; the study's row beside it: {e.study_method}" if e.study_method else "") for e in experiments), "",
-             "Ours: the final model after the last epoch. Study: one run each, the figures it published (validation "
-             "accuracy to three decimals from its log, test accuracy to three decimals from its text, the rest from "
-             "its table). Train loss (Trainer's log): the mean of the last full window of Trainer's logging_steps as "
-             f"HF Trainer logs it (here {window}), the quantity the study's table shows. Intervals: 95%, percentile "
-             "bootstrap over the test pairs (common/stats.py).",
+             "Ours: the final model. Study: one run each, as published (validation accuracy to three decimals from its "
+             "log, test accuracy to three from its text, the rest from its table). Train loss (Trainer's log): the "
+             f"mean of the last full logging_steps window, as HF Trainer logs it (here {window}) and the study's table "
+             "shows it. Intervals: 95%, percentile bootstrap over the test pairs (common/stats.py).",
              *(f"- Note: {e.name}: {x}." for e in experiments for x in e.notes), "",
              "**Our additions**: the mean training loss of the last epoch, size, speed, FarsTail's own hard subsets "
              "of the test split (its hard(hypothesis) and hard(overlap) columns) and each experiment against "
@@ -162,17 +161,16 @@ def section(report) -> list[str]:
     if curves:
         at = lambda m, k, d: mean_std([c["head_budget"][m][k] for c in curves if m in c["head_budget"]], d)  # noqa: E731
         methods = [m for m in ("importance", "importance-iterative", "random") if m in curves[0]["head_budget"]]
-        lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining "
-                      f"(`python -m nli.prune_curve`; seed 0 shown): "
-                      f"![pruning curve](nli/{CURVE_OF}/seed0/prune_curve/prune_curve.png)", "",
+        folder = f"nli/{CURVE_OF}/seed0/prune_curve"
+        lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining (`python -m "
+                      f"nli.prune_curve`; seed 0 shown): ![pruning curve]({folder}/prune_curve.png)", "",
                   f"Heads that can go before validation accuracy falls more than one point below the whole model's, of "
                   f"{curves[0]['heads']}, and test accuracy there (whole model: "
                   f"{mean_std([c['whole']['test_accuracy'] for c in curves])}): " + "; ".join(
                       f"{m} {at(m, 'heads', 0)} (test {at(m, 'test_accuracy', 4)})" for m in methods)
                   + " (random: the mean over its draws). The budget is chosen on validation, the test split only "
-                    "reported; importance is computed on training pairs. Importance per head: "
-                    f"[heat map](nli/{CURVE_OF}/seed0/prune_curve/head_importance.png), "
-                    f"[report](nli/{CURVE_OF}/seed0/prune_curve/report.txt)."]
+                    "reported; importance on training pairs. Importance per head: "
+                    f"[heat map]({folder}/head_importance.png), [report]({folder}/report.txt)."]
     if first and "label_counts" in first:
         counts = first["label_counts"]
         labels = list(next(iter(counts.values())))

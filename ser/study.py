@@ -155,11 +155,10 @@ def section(report) -> list[str]:
              "test split's size, speakers and speed:", "", *extra]
     if "study" in found:  # (LEAK makes every study run hold test_leak)
         study = found["study"]
-        lines += ["", f"**The leak inside the study's own test split** (seed {study[0]['seed']}; one test split, so no "
-                      "two test sets are compared): test accuracy of "
-                  + "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in study[0]["test_leak"].items())
-                  + ". Original clips against copies, and clips whose source training also saw against those it did "
-                    "not, split the same test items two ways."]
+        leak = "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in study[0]["test_leak"].items())
+        lines += ["", f"**The leak inside the study's own test split** (seed {study[0]['seed']}; one test split, two "
+                      "ways: original clips against copies, clips whose source training saw against the others): test "
+                      f"accuracy of {leak}."]
     lines += fold_lines
     if "study" in found and len(found) > 1:
         mean = lambda runs, k: sum(m["test"][k] for m in runs) / len(runs)  # noqa: E731
@@ -170,15 +169,14 @@ def section(report) -> list[str]:
                       f"{100 * (s_acc - mean(r, 'accuracy')):+.1f} points of accuracy, "
                       f"{100 * (s_uar - mean(r, 'uar')):+.1f} of UAR)" for name, r in found.items() if name != "study")
                   + ". The test sets differ, so each difference mixes the leak (copies of test clips in training), "
-                    "copies inside the study's test split, a balanced against a natural class mix, and seed noise; "
-                    "it is not the size of the leak alone."]
+                    "copies in the study's test split, a balanced against a natural class mix and seed noise, not the "
+                    "leak alone."]
     against = {name: comparisons(name, found) for name in found}
     pairs = {(a, b): r for a, res in against.items() for b, r in res.items() if a < b}
     lines += ["", "Paired tests: " + ("; ".join(f"{b} against {a}: {comparison_cell(r)}" for (a, b), r in pairs.items())
                                       + ". " + comparison_words("each other", len(pairs), "test clips") if pairs else
-                                      "no two of these protocols test on the same items (each splits the corpus its "
-                                      "own way), so none is compared by a paired test; the leak is measured inside the "
-                                      "study's own test split instead (above).")]
+                                      "no two protocols test the same items (each splits the corpus its own way), so "
+                                      "none is paired; the leak is measured inside the study's test split (above).")]
     if found:
         lines += ["", "Clips per class in the corpus as read: " + ", ".join(
             f"{k} {v}" for k, v in next(iter(found.values()))[0]["class_counts"]["corpus"].items()) + "."]
