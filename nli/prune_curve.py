@@ -101,8 +101,8 @@ def measure(base, heads: dict, data: dict, device, dtype) -> dict:
     out = {"heads_removed": sum(len(h) for h in heads.values()), "params": count_params(model)["total"]}
     start, pairs = time.perf_counter(), 0
     for split in ("val", "test"):
-        logits, _ = pair_logits(model, data[split], device, dtype)
-        out[f"{split}_accuracy"] = float((logits.argmax(1) == data[split].label_ids.numpy()).mean())
+        pred = pair_logits(model, data[split], device, dtype).argmax(1).numpy()
+        out[f"{split}_accuracy"] = float((pred == data[split].label_ids.numpy()).mean())
         pairs += len(data[split])
     out["pairs_per_s"] = round(pairs / (time.perf_counter() - start), 1)  # (pair_logits ends on the host)
     return out
