@@ -42,12 +42,6 @@ def fingerprint(cfg: NLIConfig) -> dict:
     return {"data": farstail_record(cfg.data_dir), "model": model_record(cfg.model), **order}
 
 
-def capture_examples(data, cfg: NLIConfig, device, sdpa: bool, batches: list[list[int]]) -> list[dict]:
-    """A zero-weight training micro-batch for each bucket worth a CUDA graph (common/graphs.py)."""
-    items = capture_items(data.lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), batches, cfg.batch_size)
-    return [collate(data, [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in items]
-
-
 def train(cfg: NLIConfig):
     with distributed(cfg.device) as d, Run(cfg.run_spec(), d, fingerprint=lambda: fingerprint(cfg),
                                            reads=(cfg.data_dir, cfg.model)) as run:
@@ -79,8 +73,11 @@ def train(cfg: NLIConfig):
         # 3. AdamW over trainable parameters, linear decay; the step machinery.
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=True, clip=1.0)
         sdpa, read_now = uses_sdpa(model), fingerprint(cfg)  # (what the run reads, as it is now)
-        training = Training(model, forward, run, recipe, read_now,
-                            lambda: capture_examples(data["train"], cfg, device, sdpa, sampler.epoch(1)))
+        # (graph capture: a zero-weight micro-batch per bucket an epoch uses often enough; common/graphs.py)
+        training = Training(model, forward, run, recipe, read_now, lambda: [
+            collate(data["train"], [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in
+            capture_items(data["train"].lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), sampler.epoch(1),
+                          cfg.batch_size)])
         if d.main:
             write_config(out, run.spec.args, {
                 "experiment": cfg.experiment.name, "device": str(device), "precision": precision_name(dtype),
@@ -113,7 +110,10 @@ def train(cfg: NLIConfig):
             label_ids={k: data[k].label_ids.numpy() for k in ("val", "test")}, hard=splits["test"].hard,
             token_stats=stats, piece_lengths=piece_lengths, applied=applied,
             heads_in_model=model.config.num_attention_heads * len(encoder_layers(model)),
-            label_counts=label_counts(data), recipe=recipe_text(cfg, run, training.steps.graphed))
+            label_counts=label_counts(data),
+            recipe=f"batch {cfg.batch_size} x {cfg.grad_accum} pairs, AdamW lr {cfg.lr:g} decaying linearly to 0, "
+            f"gradient norm clipped to 1.0, {precision_name(dtype)} on {device}, max length {cfg.max_length}, padding "
+            f"to multiples of 16 word pieces, CUDA graphs {'on' if training.steps.graphed else 'off'}")
         make_masks_permanent(model)  # (--prune-by masking: the model saves as a plain one, zeros in place)
         model.config.hypothesis_only = cfg.experiment.hypothesis_only  # (nli.predict then feeds the hypothesis alone)
         write_results(out, cfg, model, tokenizer, result)
@@ -134,13 +134,6 @@ def train_loss(history: list[dict], every: int) -> dict:
     logged = logged_like_trainer([x for row in history for x in row["step_losses"]], every)
     return {"loss": history[-1]["train_loss"], "trainer_logged": logged,
             "trainer_logged_last": logged[-1]["loss"] if logged else None}
-
-
-def recipe_text(cfg: NLIConfig, run, graphed: bool) -> str:
-    """report.txt's one line on how the model was trained."""
-    return (f"batch {cfg.batch_size} x {cfg.grad_accum} pairs, AdamW lr {cfg.lr:g} decaying linearly to 0, gradient "
-            f"norm clipped to 1.0, {precision_name(run.dtype)} on {run.device}, max length {cfg.max_length}, padding "
-            f"to multiples of 16 word pieces, CUDA graphs {'on' if graphed else 'off'}")
 
 
 def history_row(epoch: int, fig: dict, ev: dict) -> dict:
