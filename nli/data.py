@@ -26,9 +26,8 @@ SHA256 = {
     "Test-word.csv": "d0dd25408036e5dd8587a8e0d98585b46b4a7d0057fece0992fb8d490ad44f4f",
 }
 HARD_COLUMNS = {"hard(hypothesis)": "hard_hypothesis", "hard(overlap)": "hard_overlap"}
-# Batches are padded up to a multiple of BUCKET word pieces (at most --max-length): at most 13
-# shapes at --max-length 200, so each can have its own CUDA graph and no kernel plans per shape;
-# multiples of 16 also keep the attention mask aligned for the memory-efficient SDPA kernel.
+# Batches are padded to a multiple of BUCKET word pieces (at most --max-length): at most 13 shapes at 200, each
+# with its own CUDA graph; multiples of 16 also align the attention mask for the memory-efficient SDPA kernel.
 BUCKET = 16
 
 

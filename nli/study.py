@@ -23,9 +23,9 @@ class StudyRow(Experiment):
     notes: tuple = ()
 
 
-# The study's figures, in the table's column order: val accuracy from its log, test accuracy from its text (three
-# decimals; the table's where they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and
-# F1 from its table.
+# The study's figures in the table's column order: val accuracy from its log, test accuracy from its text (three
+# decimals; the table's where they differ), train loss as Trainer last logged it (steps 501-1000 of 1365), the rest
+# from its table.
 STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
 
 

@@ -291,7 +291,6 @@ def check_shemo(folder: Path) -> dict[str, int]:
 
 
 def main(argv=None):
-    """python -m ser.data --check DIR: what run_all.sh asks before any training."""
     import argparse
     from common.errors import user_errors
     p = argparse.ArgumentParser(prog="python -m ser.data", description="Check a ShEMO folder before training.")
