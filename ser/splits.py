@@ -114,8 +114,7 @@ class Protocol:
         """The summary's words for it, beside the study's own figures (the folds have their own: ser/study.py)."""
         if self.kind == "study":
             return ("the study's: the whole corpus balanced by augmentation, then split 80/10/10 at random (not "
-                    "stratified); copies of validation and test clips can be trained on, and the test split holds "
-                    "copies")
+                    "stratified); copies of validation and test clips can be trained on, and test holds copies")
         if self.split == "random":
             return ("ours: a stratified random 80/10/10 split first, then the training split alone balanced; "
                     "speakers are shared between splits, as in the study")
