@@ -55,8 +55,7 @@ fi
 for g in "${gpus[@]}"; do [[ "$g" =~ ^[0-9]+$ ]] || usage "--gpus takes GPU ids, like 0,1,2,3"; done
 [ ${#gpus[@]} -gt 0 ] && slots=${#gpus[@]}  # one job per GPU
 if [ "$slots" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
-  # jobs sharing the CPU: split its cores between them instead of oversubscribing them
-  # (measured on 2 cores, the smoke run with 2 slots: 2m07 at 2 threads per job, 0m58 at 1)
+  # jobs sharing the CPU split its cores (measured, 2 cores, smoke run, 2 slots: 2m07 at 2 threads per job, 0m58 at 1)
   export OMP_NUM_THREADS=$(( $(nproc) / slots > 0 ? $(nproc) / slots : 1 ))
 fi
 [[ -z "$shemo" || "$shemo" == /* ]] || shemo="$here/$shemo"
@@ -170,11 +169,10 @@ failed() {  # failed JOB STATUS: name it, why it ended, and where to look
   fi
 }
 
-# Up to $slots jobs side by side (one: in order, output on this terminal; more: each output in
-# $out/logs/). A failure starts nothing new but stops no running job, and the script always waits
-# for every job it started before it exits. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) is passed on
-# to the running jobs as SIGTERM (each stops cleanly: its last finished epoch's checkpoint stays), which
-# are waited for too; the lock on --out goes only then.
+# Up to $slots jobs side by side (one: in order, on this terminal; more: output in $out/logs/). A failure starts
+# nothing new and stops no running job; every job started is waited for. Ctrl-C, SIGTERM or SIGHUP (a closed
+# terminal) goes to the running jobs as SIGTERM (each keeps its last finished epoch's checkpoint), which are waited
+# for; the lock on --out goes only then.
 [ "$slots" -gt 1 ] && mkdir -p "$out/logs"
 declare -A slot_of job_of  # pid -> slot, pid -> job
 stop=0

@@ -1,21 +1,13 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (Python 3.12, torch 2.11.0+cu130, transformers 5.17; no network;
-# maybe no `python`, pip or pytest), prepared by `bash benchmarks/prepare_device.sh` (which checks
-# every file first and prints the call). It always comes back with figures: each step runs under
-# its own timeout within BUDGET (470 s), a missing piece is a warning that skips only the steps
-# that need it, the benchmarks run before the tests, and the tests get what is left.
-#   1. one probe process: versions, the card, and the carried wheels the image lacks unpacked
-#   2. the study's NLI recipe (benchmarks/trainer_recipe.py: HF Trainer, fp32, pad 200, batch 16)
-#      over one whole FarsTail epoch (7,266 pairs), and ours, graphs on
-#   3. SER at the study's batch 2: the recipe's way (ours eager, fp32) and ours, graphs on
-#   4. ours eager (bf16): NLI, SER;  5. tests/test_cuda.py, no -x, capped to the time left
-#   6. table.md (benchmarks/table.py: like against like, and the two goal ratios)
+# maybe no `python`, pip or pytest), prepared by `bash benchmarks/prepare_device.sh`; its steps:
+# docs/speed.md, "The GPU check". Each step runs under its own timeout within BUDGET (470 s); the
+# benchmarks run before the tests, which get what is left; a missing piece skips only what needs it.
 #   QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh   # every step, small sizes (works on a CPU)
 # Sizes: PAIRS (default 7266), CLIPS (400); TESTS_MAX (default 150 s); STEP_SCALE (default 1)
 # multiplies every step's time limit; NLI_MODEL and SER_MODEL time the given model folders instead of
-# the full-size random ones (a dry run on a slow CPU: tiny models from nli/ser.synthetic). $OUT gets
-# the JSON figures, table.md, steps.log (steps, warnings, each log's end) and cuda_tests.log;
-# whole logs stay in $LOGS.
+# the full-size random ones (a CPU dry run: tiny models from nli/ser.synthetic). $OUT gets the JSON
+# figures, table.md, steps.log (steps, warnings, each log's end) and cuda_tests.log; whole logs: $LOGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check}; mkdir -p "$OUT"

@@ -4,11 +4,9 @@
         [--tokenizer ../shared/data/parsbert-v1] [--model DIR] [--pairs 320] [--epochs 1] [--json FILE]
         [-- extra nli.train flags, e.g. --batch-size 8 --cuda-graphs off]
 
-Builds BertConfig(vocab_size=100000) with random weights (no hub here; speed does not depend on
-the values), saves it once under .bench/ with the ParsBERT v1 tokenizer, then runs the real
-command line, `python -m nli.train`, on the first --pairs training pairs of FarsTail for
---epochs epochs and prints the loop's own figures from metrics.json (pairs/s with and without
-warm-up). Real FarsTail pairs average about 60 word pieces (p95 96, max 154).
+Random weights (speed does not depend on their values), saved once under .bench/ with the ParsBERT
+v1 tokenizer; then `python -m nli.train` on the first --pairs FarsTail training pairs (about 60 word
+pieces on average, p95 96, max 154), printing metrics.json's figures (docs/speed.md, "Benchmarks").
 """
 import argparse
 import csv

@@ -5,13 +5,11 @@
 #   bash benchmarks/prepare_device.sh [FARSTAIL_DIR [TOKENIZER_DIR]]   # build .bench/, then check it
 #   bash benchmarks/prepare_device.sh --check                          # check only (the pre-flight)
 # Defaults: ../shared/data/farstail and ../shared/data/parsbert-v1 beside the clone, when they exist.
-# What the call carries (3 paths, about 6 MB; at most 8 paths and 64 MiB):
-#   .bench/data/farstail     FarsTail's Train/Val/Test-word.csv (the whole epoch of 7,266 pairs)
-#   .bench/data/parsbert-v1  the tokenizer (the random ParsBERT-shaped model is built there)
-#   .bench/whl               cp312 wheels the image lacks: soundfile, cffi, pycparser (SER reads
-#                            audio), accelerate and psutil (Trainer); unpacked there only when missing.
-# audiomentations is not carried: the call makes no augmented copies (--no-balance), and its
-# librosa needs numba, whose llvmlite wheel alone is 57 MB.
+# The call carries 3 paths, about 6 MB (at most 8 paths and 64 MiB): .bench/data/farstail (FarsTail's three
+# files, 7,266 training pairs), .bench/data/parsbert-v1 (the tokenizer; the random ParsBERT-shaped model is
+# built there), .bench/whl (cp312 wheels the image lacks, unpacked there only when missing: soundfile, cffi,
+# pycparser for SER's audio; accelerate, psutil for Trainer). Not audiomentations: the call makes no augmented
+# copies (--no-balance), and its librosa needs numba, whose llvmlite wheel alone is 57 MB.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=.bench

@@ -3,11 +3,10 @@
     python -m benchmarks.ser_speed [--model DIR] [--clips 60] [--epochs 1] [--json FILE]
         [-- extra ser.train flags, e.g. --batch-size 8 --cuda-graphs off]
 
-Builds HubertConfig() (HuBERT-base: 7 conv layers with group norm, 12 transformer layers, 768
-wide) with random weights once under .bench/, writes --clips ShEMO-named clips of noise whose
-lengths follow ShEMO's (log-normal around 3.5 s, mean about 4 s, 0.5 to 20 s) at 16 kHz, then runs
-the real command line, `python -m ser.train --no-balance`, for --epochs epochs and prints the
-loop's own figures from metrics.json (clips/s and audio-seconds/s, with and without warm-up).
+HubertConfig() (7 conv layers with group norm, 12 transformer layers, 768 wide) with random weights,
+saved once under .bench/; --clips ShEMO-named clips of noise at 16 kHz, lengths as ShEMO's (log-normal
+around 3.5 s, mean about 4 s, 0.5 to 20 s); then `python -m ser.train --no-balance`, printing
+metrics.json's figures.
 """
 import argparse
 import math

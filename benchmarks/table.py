@@ -1,17 +1,9 @@
-"""The device check's table: our loops (CUDA graphs on and off) beside the study's recipe, run in
-the same call on the same card, compared like with like, and the two goal ratios.
+"""The device check's table (docs/speed.md, "The GPU check"): our loops, CUDA graphs on and off,
+beside the study's recipe on the same card and items, one epoch: whole run against whole run
+(warm-up and capture in) and steady against steady, evaluation outside both; and the goal ratios
+(GOAL: NLI over the study's whole 3-epoch run, projected from the measured epoch; SER at batch 2).
 
     python -m benchmarks.table OUT     # reads OUT/{nli,ser}_{recipe,graphs,eager}.json, writes OUT/table.md
-
-The recipes: NLI, benchmarks/trainer_recipe.py (HF Trainer as the study ran it: fp32, every pair
-padded to 200, batch 16); SER, our loop eagerly in fp32 at batch 2 (the study's SER recipe is a
-plain fp32 loop at batch 2). Every run covers the same items for one epoch. Two comparisons,
-each labelled:
-- whole run: items over all training seconds, warm-up (graph capture, the first steps) in;
-- steady: items over the seconds after warm-up, against the recipe's own steady rate.
-Evaluation is outside both. The goals: NLI at least 8x the recipe over the study's whole 3-epoch
-run with capture (projected from the measured epoch: warm-up once, then the steady rate, for
-both), SER at least 4x at batch 2 over the whole measured run.
 """
 import json
 import sys

@@ -1,22 +1,11 @@
-"""The study's NLI recipe through HF Trainer: the reference our loop is tested against
-(tests/test_trainer_recipe.py) and the peer the GPU check times.
+"""The study's NLI recipe through HF Trainer (docs/speed.md, "Benchmarks"): the reference our loop
+is tested against (tests/test_trainer_recipe.py) and the peer the GPU check times.
 
     python -m benchmarks.trainer_recipe --model DIR --data-dir DIR --out DIR [--limit N] [--epochs 3]
 
-As the study's code: premise and hypothesis tokenised together with padding='max_length',
-truncation=True, max_length=200; AutoModelForSequenceClassification; TrainingArguments with batch
-16, 3 epochs, lr 3e-5 and otherwise Trainer's defaults (AdamW without weight decay, linear decay
-without warm-up, gradient clipping 1.0, seed 42, fp32, a random sampler). The rows are nli/data.py's
-(the same reader, --limit the same first N), and --freeze N freezes the first N encoder layers as
-nli.train does. After each epoch the model predicts the validation and test splits (Trainer's
-predict, outside the timed training).
-
-Writes what nli.train writes (docs/speed.md), speed timed between Trainer's step callbacks, plus
-batch_order.txt (each optimizer step's training items as Trainer served them, for `nli.train
---batch-order`) and trainer_log.json (Trainer's log_history). train.loss is Trainer's mean over all
-steps; history.csv's train_loss, the mean of an epoch's logged losses. With --grad-accum K, Trainer 5.x
-sums the K micro-batch means for a model whose forward takes **kwargs (BERT's does), so its loss and
-gradients are K times the large batch's (tests/test_trainer_recipe.py measures it).
+Rows as nli/data.py reads them (--limit: the same first N); --freeze as in nli.train. train.loss is
+Trainer's mean over all steps; history.csv's train_loss, the mean of an epoch's logged losses. With
+--grad-accum K, Trainer 5.x steps on K times the large batch's loss (docs/nli.md, "Against HF Trainer").
 """
 import argparse
 import time
@@ -25,7 +14,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
@@ -99,9 +87,8 @@ class Epochs(TrainerCallback):
         self.evals.append(ev)
 
     def predict(self, split: str) -> dict:
-        logits = self.trainer.predict(self.data[split]).predictions
-        loss = F.cross_entropy(torch.from_numpy(logits).float(), self.data[split].labels).item()
-        return figures(logits, self.data[split].labels.numpy(), loss, self.hard if split == "test" else None)
+        logits = torch.from_numpy(self.trainer.predict(self.data[split]).predictions).float()
+        return figures(logits, self.data[split].labels, self.hard if split == "test" else None)
 
 
 def parse_args(argv=None) -> NLIConfig:

@@ -1,8 +1,6 @@
-"""What makes a run safe to interrupt (docs/reliability.md): verified checkpoints, written in the
-background while the next epoch trains (rank 0 only), the arguments and inputs a run was made
-with, and the rule that a run is finished when metrics.json, written last, exists. Nothing is
-recorded (.sha256 sidecar, checkpoint.json) until its file is complete.
-"""
+"""What makes a run safe to interrupt (docs/reliability.md): verified checkpoints, written by rank 0 in
+the background (recorded in .sha256 and checkpoint.json only once complete), the arguments and
+inputs a run was made with, and the rule that metrics.json, written last, marks a run finished."""
 import hashlib
 import json
 import threading

@@ -60,10 +60,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def choose_attention_kernels(device: torch.device) -> None:
-    """SDPA may pick cuDNN attention on recent cards, and cuDNN builds a new execution plan for
-    every sequence length it meets (about 20 s per process measured on an H200 with per-batch
-    padding). With cuDNN off, SDPA takes flash attention for unmasked batches (HuBERT) and the
-    memory-efficient kernel for masked ones (BERT with padding), neither of which plans per shape."""
+    """cuDNN attention off: it plans anew for every sequence length (about 20 s per process on an H200);
+    SDPA then takes flash or memory-efficient kernels, which do not (docs/speed.md)."""
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
 

@@ -1,8 +1,6 @@
-"""How a run ends when something goes wrong (docs/reliability.md): one line on stderr (and in
-train.log once it is open), never a traceback for a failure a person can act on. Exit status 2
-for a UserError (a mistake the user can fix), 1 for RunFailed (the run cannot go on: a
-non-finite loss, a full disk), 130 for Ctrl-C, SIGTERM or SIGHUP ("interrupted").
-"""
+"""How a run ends when something goes wrong (docs/reliability.md): one line on stderr (and in train.log
+once open), no traceback; exit status 2 for a UserError, 1 for RunFailed (a non-finite loss, a full
+disk), 130 for Ctrl-C, SIGTERM or SIGHUP ("interrupted")."""
 import contextlib
 import os
 import signal

@@ -1,7 +1,5 @@
-"""Reading and writing the files a run keeps: every result file through `atomic_write`, so a
-reader finds the old file or the new one, never half of one, even after a power cut; text inputs
-as UTF-8 (a byte-order mark is accepted), another encoding being an error naming the file and line.
-"""
+"""Every result file written through `atomic_write` (the old file or the new, never half of one, even
+after a power cut); text inputs read as UTF-8 (a byte-order mark accepted; else an error naming the line)."""
 import contextlib
 import csv
 import hashlib

@@ -1,12 +1,6 @@
-"""CUDA graphs of the training step (common/step.py's TrainStep), and what a failed capture says.
-
-`Steps` replays one CUDA graph per input shape for the micro-step and one for the update (about
-800 kernel launches per step become one replay). Capture changes nothing in the run: weights,
-optimizer state, counters and RNGs are put back. When it fails, the run says why in one line
-and trains eagerly: the warm-up runs with CUDA's sync debug mode "error", so a host-device sync
-raises there with its own traceback, which the line names (not the generic "operation failed
-due to a previous error during capture").
-"""
+"""CUDA graphs of the training step (common/step.py's TrainStep): one per input shape for the
+micro-step and one for the update, captured without a trace in the run, and the line a failed
+capture writes before training eagerly (docs/speed.md, "CUDA graphs")."""
 import collections
 import contextlib
 import time

@@ -1,10 +1,15 @@
 """Logits of a whole split, for evaluation and the pruning curve: batches in a fixed order,
-under `torch.inference_mode()` and the run's precision, put back in the split's own order."""
+under `torch.inference_mode()` and the run's precision, put back in the split's own order;
+and a split's figures from them."""
+import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from common.device import autocast
+from common.errors import RunFailed
+from common.metrics import summarize
 
 
 @torch.inference_mode()
@@ -21,3 +26,12 @@ def predict_logits(model, forward: Callable, batches: list[list[int]], make_batc
     logits = torch.empty(len(order), parts[0].shape[1])
     logits[order] = torch.cat(parts).cpu()
     return logits
+
+
+def split_figures(logits: torch.Tensor, label_ids: torch.Tensor, label_names: list[str]) -> dict:
+    """A split's figures (common/metrics.py) with its predictions; stops the run on a NaN loss."""
+    loss = F.cross_entropy(logits, label_ids).item()
+    if not math.isfinite(loss):
+        raise RunFailed("the evaluation loss is NaN or infinite; the run stopped and wrote no results")
+    pred = logits.argmax(1).numpy()
+    return {**summarize(label_ids.numpy(), pred, label_names, loss), "pred": pred.tolist()}

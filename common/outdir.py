@@ -1,8 +1,5 @@
-"""The output folder of a run (docs/reliability.md): its lock (an `fcntl.flock` on OUT/.lock, which
-the OS releases however the process ends; run_all.sh takes it too), the marker that says this
-project wrote it (only such a folder is resumed into or emptied), and --overwrite, which deletes
-only what a run writes, by exact name, never by a pattern.
-"""
+"""A run's output folder (docs/reliability.md): its lock (`fcntl.flock` on OUT/.lock, released however
+the process ends; run_all.sh takes it too), the marker of a folder this project wrote, and --overwrite."""
 import fcntl
 import os
 import re

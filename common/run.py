@@ -5,9 +5,8 @@
         ...read and check the inputs (log lines are kept in memory)...
         run.begin()                           # the marker; --overwrite empties --out now; train.log opens
 
-Nothing is written into --out (but its lock file) until `begin()`, so a mistake found while
-reading the inputs leaves the folder as it was (folder rules: common/outdir.py). Under torchrun
-only rank 0 looks at and writes --out; the other processes follow its decision and log nothing.
+Nothing but the lock file is written into --out before `begin()`, so a mistake in the inputs leaves
+the folder as it was. Under torchrun only rank 0 checks and writes --out; the others follow it.
 """
 import importlib.metadata
 import platform

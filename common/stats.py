@@ -1,8 +1,6 @@
-"""Which differences are larger than the noise, for both tasks (docs/statistics.md): percentile
-bootstrap intervals (seeded: the same predictions always give the same interval; UAR and macro F1
-follow common/metrics.py's rule for absent classes in every resample), McNemar's exact test with
-the paired bootstrap interval of an accuracy difference, and Holm's correction.
-"""
+"""Which differences are larger than the noise (docs/statistics.md): seeded percentile bootstrap
+intervals (absent classes as in common/metrics.py, in every resample), McNemar's exact test with the
+paired interval of an accuracy difference, and Holm's correction."""
 import numpy as np
 
 RESAMPLES = 10_000

@@ -1,13 +1,8 @@
-"""The step both loops train with, and its optimizer: `TrainStep` (run eagerly or replayed from
-CUDA graphs by common/graphs.py) and AdamW in the run's graph mode.
-
-A step is, for each of its K micro-batches (--grad-accum), a forward and backward pass whose
-gradients add up in place, then one update (gradient norm, clipping, AdamW). It never reads a
-value back to the host, so the host assembles the next batch while the device works and both
-functions can be captured as graphs: every micro-batch has exactly --batch-size rows (filler rows
-weigh 0; row weights are 1 / items in the optimizer batch, so K micro-batches give the update one
-large batch would), and the learning rate and running figures live in device tensors.
-"""
+"""The step both loops train with (`TrainStep`, eager or replayed by common/graphs.py) and AdamW in
+the run's graph mode (docs/speed.md). A step never reads a value back to the host, so it can be
+captured: micro-batches of exactly --batch-size rows (filler rows weigh 0, the others 1 / items in
+the optimizer batch, so K accumulated micro-batches give one large batch's update), and the
+learning rate and running figures in device tensors."""
 import torch
 import torch.nn.functional as F
 

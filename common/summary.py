@@ -142,9 +142,8 @@ def header(*names) -> list[str]:
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
-    """common.stats.paired of every run set of `found` against `reference`'s, on the same test items (none
-    when the reference's seeds test different items), with Holm's adjusted p and whether it is below
-    SIGNIFICANCE."""
+    """common.stats.paired of each run set against `reference`'s on the same test items (none when its seeds
+    differ in them), with Holm's adjusted p and whether it is below SIGNIFICANCE."""
     if reference not in found or (items := test_items(found[reference])) is None:
         return {}
     base = correctness(found[reference])
@@ -163,11 +162,10 @@ def comparison_cell(result: dict | None) -> str:
 
 def comparison_words(reference: str, count: int, items: str) -> str:
     """What the comparison column means, in words a student understands."""
-    return (f"Against {reference}: the difference in test accuracy, its 95% paired bootstrap interval, and the p-value "
-            f"of McNemar's exact test on the {items} one model gets right and the other wrong: how likely so "
-            f"lopsided a split of those disagreements would be if the two models were equally good. Holm's "
-            f"correction adjusts the p-values for the {count} comparisons made at once; a * marks a difference whose "
-            f"adjusted p is below {SIGNIFICANCE}, unlikely to be chance. A difference without * may still be real, "
+    return (f"Against {reference}: the test accuracy difference, its 95% paired bootstrap interval, and McNemar's "
+            f"exact p on the {items} one model gets right and the other wrong (how likely so lopsided a split would "
+            f"be if both models were equally good), adjusted by Holm's correction for the {count} comparisons; * marks "
+            f"an adjusted p below {SIGNIFICANCE}, unlikely to be chance. A difference without * may still be real, "
             "but this test set cannot tell it from chance.")
 
 

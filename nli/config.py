@@ -85,21 +85,21 @@ def parse_args(argv=None) -> NLIConfig:
     p.add_argument("--keep-layers", type=int, help="keep only the first N encoder layers")
     p.add_argument("--prune-heads", type=float, help="remove this fraction of all attention heads")
     p.add_argument("--prune-by", choices=["random", "importance", "masking"], default="random",
-                   help="which heads --prune-heads removes: drawn at random with the seed, or the least important; "
-                        "masking: remove none, mask that fraction of every attention weight's entries at random with "
+                   help="which heads --prune-heads removes: random (with the seed) or the least important; masking: "
+                        "none, that fraction of each attention weight's entries masked at random with "
                         "torch.nn.utils.prune, as the study did")
     p.add_argument("--hypothesis-only", action="store_true",
                    help="leave the premise out: the hypothesis-only baseline (same recipe)")
     p.add_argument("--importance-batches", type=int, default=d.importance_batches,
                    help="training batches (of --batch-size) that head importance is computed on")
     p.add_argument("--trainer-logging-steps", type=int, default=d.trainer_logging_steps,
-                   help="also report the training loss as HF Trainer logs it: the mean over each N steps (Trainer's "
-                        "logging_steps, 500 by default, as in the study)")
+                   help="also report the training loss as HF Trainer logs it, the mean of each N steps (Trainer's "
+                        "logging_steps: 500, as in the study)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     p.add_argument("--batch-order", type=Path,
-                   help="train on exactly this batch order: one line per optimizer step of the whole run, the "
-                        "space-separated indices of its training items (after --limit), cut into --grad-accum "
-                        "micro-batches in order; as benchmarks/trainer_recipe.py writes Trainer's (batch_order.txt)")
+                   help="train on exactly this batch order: a line per optimizer step of the run, its training items' "
+                        "space-separated indices (after --limit), cut into --grad-accum micro-batches in order; as "
+                        "benchmarks/trainer_recipe.py writes Trainer's (batch_order.txt)")
     add_run_flags(p)
     a = p.parse_args(argv)
     check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "max_length",

@@ -26,9 +26,8 @@ SHA256 = {
     "Test-word.csv": "d0dd25408036e5dd8587a8e0d98585b46b4a7d0057fece0992fb8d490ad44f4f",
 }
 HARD_COLUMNS = {"hard(hypothesis)": "hard_hypothesis", "hard(overlap)": "hard_overlap"}
-# Batches are padded up to a multiple of BUCKET word pieces (at most --max-length): at most 13
-# shapes at --max-length 200, so each can have its own CUDA graph and no kernel plans per shape;
-# multiples of 16 also keep the attention mask aligned for the memory-efficient SDPA kernel.
+# Batches are padded to a multiple of BUCKET word pieces (at most --max-length): at most 13 shapes at 200, each
+# with its own CUDA graph; multiples of 16 also align the attention mask for the memory-efficient SDPA kernel.
 BUCKET = 16
 
 
@@ -176,10 +175,9 @@ def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = Fal
 
 def collate(data: Encoded, idx: list[int], device: torch.device, *, rows: int | None = None, weight: float = 1.0,
             sdpa_mask: bool = True) -> dict:
-    """The pairs in idx, padded to the bucket of the longest, as host tensors (pinned for CUDA).
-    `rows` fills a short batch with zero-weight copies of its first pair (one shape per bucket);
-    `weight` is each real pair's loss weight. For SDPA the mask is a ready 4D boolean one, which
-    transformers passes through without its `mask.all()` check (a GPU-to-host sync per forward)."""
+    """The pairs in idx padded to their bucket, host tensors (pinned for CUDA); `rows` fills a short batch with
+    zero-weight copies of its first pair; `weight`: each real pair's. For SDPA a ready 4D boolean mask, which
+    transformers passes without its `mask.all()` check (a host sync per forward)."""
     n = len(idx)
     rows = rows or n
     take = torch.tensor(list(idx) + [idx[0]] * (rows - n))

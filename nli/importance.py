@@ -1,9 +1,6 @@
-"""Gradient-based head importance (Michel, Levy and Neubig, "Are Sixteen Heads Really Better than
-One?", NeurIPS 2019; docs/nli.md). A gate ξ_h = 1 scales head h's slice of the input of the
-attention output projection (a forward pre-hook), which gates the head exactly, since that
-projection is the only way its output reaches the layer. I_h = mean over batches of |∂L_b/∂ξ_h|,
-in eval mode under the run's precision, normalised by the layer's L2 norm. Heads keep the numbers
-of the unpruned model (config.pruned_heads says which are gone).
+"""Gradient-based head importance (Michel, Levy and Neubig, NeurIPS 2019; docs/nli.md): a gate ξ_h = 1 on
+head h's slice of the attention output projection's input (the only way its output reaches the layer),
+I_h = mean over batches of |∂L_b/∂ξ_h|, normalised per layer. Heads keep the unpruned model's numbers.
 """
 import contextlib
 

@@ -130,11 +130,8 @@ def prune_heads(model, heads: dict[int, list[int]]) -> None:
 
 
 def mask_attention_weights(model, fraction: float) -> dict:
-    """The study's described pruning (docs/nli.md): `prune.random_unstructured` with amount
-    `fraction` on every parameter whose name contains "attention" and ends in "weight" (read
-    literally, also `attention.output.LayerNorm.weight`), drawn with torch's seeded generator. The
-    entries stay zero through training (weight = weight_orig * weight_mask at every forward); no
-    head or computation is removed. Returns what was masked: tensors, entries, masked entries."""
+    """The study's described pruning (docs/nli.md): `prune.random_unstructured` on every "attention*weight"
+    parameter, kept at zero through training; returns what was masked: tensors, entries, masked entries."""
     targets = [name for name, _ in model.named_parameters() if "attention" in name and name.endswith("weight")]
     if not targets:
         raise UserError("the model has no parameter whose name contains 'attention' and ends in 'weight' to mask")
@@ -176,9 +173,8 @@ class Applied:
 
 
 def apply_experiment(model, experiment, seed: int, importance=None) -> Applied:
-    """The study's ablations in their one order (nli/config.py's Experiment): keep layers, then
-    remove heads (or mask weights), then freeze. Heads are chosen at random with `seed`, or, when
-    `importance` is given (a function model -> {layer: {head: score}}), the lowest-scoring ones."""
+    """Keep layers, then remove heads (or mask weights), then freeze; heads drawn with `seed`, or the
+    lowest by `importance` (model -> {layer: {head: score}}) when given."""
     if experiment.keep_layers:
         keep_layers(model, experiment.keep_layers)
     done = Applied()

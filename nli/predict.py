@@ -3,8 +3,7 @@
     python -m nli.predict --model runs/nli/all/seed0/model "PREMISE" "HYPOTHESIS"
     python -m nli.predict --model DIR --tsv pairs.tsv [--output predictions.tsv]
 
-The TSV needs `premise` and `hypothesis` columns (CSV quoting, UTF-8); the output adds the label
-and one probability column per label. --model may also name a run folder (its model/ is used).
+The TSV's columns and the output's, and what --model accepts: docs/nli.md, "Predict".
 """
 import argparse
 import csv

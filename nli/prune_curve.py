@@ -4,13 +4,8 @@ are removed by importance (nli/importance.py) and at random (docs/nli.md, "The c
     python -m nli.prune_curve --model runs/nli/all/seed0/model [--fractions 0.1,0.2,...,0.9]
         [--seeds 3] [--iterative] [--data-dir DIR] [--limit N] [--out DIR]
 
-For each fraction f, round(f × heads) heads are removed from a copy of the model (never a layer's
-last head): the lowest by importance on training batches, once or (--iterative) after each step,
-and at random once per seed. The head budget is chosen on validation only: the most heads removed
-before validation accuracy falls more than one point below the whole model's (random: the mean).
-
-Outputs in --out (default: prune_curve/ beside the model folder): config.json, train.log,
-prune_curve.csv, prune_curve.png, head_importance.png, report.txt, metrics.json (written last).
+For each fraction f, round(f × heads) heads go from a copy of the model (never a layer's last head).
+The head budget (chosen on validation only) and the outputs: docs/nli.md, "The curve".
 """
 import argparse
 import copy
@@ -106,8 +101,8 @@ def measure(base, heads: dict, data: dict, device, dtype) -> dict:
     out = {"heads_removed": sum(len(h) for h in heads.values()), "params": count_params(model)["total"]}
     start, pairs = time.perf_counter(), 0
     for split in ("val", "test"):
-        logits, _ = pair_logits(model, data[split], device, dtype)
-        out[f"{split}_accuracy"] = float((logits.argmax(1) == data[split].label_ids.numpy()).mean())
+        pred = pair_logits(model, data[split], device, dtype).argmax(1).numpy()
+        out[f"{split}_accuracy"] = float((pred == data[split].label_ids.numpy()).mean())
         pairs += len(data[split])
     out["pairs_per_s"] = round(pairs / (time.perf_counter() - start), 1)  # (pair_logits ends on the host)
     return out

@@ -96,9 +96,8 @@ def report(cfg, result: NLIResult, record: dict) -> str:
             lines += ["head importance before fine-tuning (normalised within each layer; * removed):"]
             lines += [f"  layer {layer}: " + "  ".join(f"{h}:{v:.3f}{'*' if h in heads.get(layer, []) else ''}"
                                                     for h, v in row.items()) for layer, row in scores.items()]
-        lines += ["note: the study masked 50% of attention weights at random instead, which removes no head and "
-                  "saves no computation; these heads are removed structurally (smaller matrices), so the two "
-                  "results are not the same experiment.", ""]
+        lines += ["note: the study masked 50% of attention weights at random instead, removing no head and saving no "
+                  "computation; these heads are removed structurally (smaller matrices): not the same experiment.", ""]
     lines += ["test split, final model:", report_text(result.label_ids["test"], result.predictions()["test"],
                                                        LABEL_NAMES), ""]
     return "\n".join(lines)

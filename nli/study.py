@@ -23,9 +23,9 @@ class StudyRow(Experiment):
     notes: tuple = ()
 
 
-# The study's figures, in the table's column order: val accuracy from its log, test accuracy from its text (three
-# decimals; the table's where they differ), train loss (Trainer's last logged: steps 501-1000 of 1365), losses and
-# F1 from its table.
+# The study's figures in the table's column order: val accuracy from its log, test accuracy from its text (three
+# decimals; the table's where they differ), train loss as Trainer last logged it (steps 501-1000 of 1365), the rest
+# from its table.
 STUDY_CELLS = ["val_accuracy", "test_accuracy", "trainer_logged_loss", "val_loss", "test_loss", "macro_f1"]
 
 
@@ -61,43 +61,41 @@ SMOKE_LEARNS, SMOKE_ROWS = False, "NLI's rows (the 12-layer tiny BERT stays near
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
     "Checkpoint: the study's code names ParsBERT without a version. Its printed token counts (longest training "
-    "premise 134 word pieces, longest hypothesis 55) come out exactly with ParsBERT v1's vocabulary "
-    "(HooshvareLab/bert-base-parsbert-uncased; measured on FarsTail's training split, NOTES.md 2026-12-01), so v1 "
-    "is our default. ParsBERT v2.0 (HooshvareLab/bert-fa-base-uncased, our earlier default) rebuilt the vocabulary; "
-    "no copy of it was reachable offline, so its counts are unmeasured and v1 is the evidence's answer, not a "
-    "certainty. v2 is one flag away: --model HooshvareLab/bert-fa-base-uncased.",
-    "Seeds: the study ran each experiment once; its seed is not shown (assumed: HF Trainer's default, 42); we run `--seeds N` (seeds "
-    "0 ... N-1) and give mean ± std, so a difference between ablations can be set against the spread between seeds.",
+    "premise 134 word pieces, hypothesis 55) come out exactly with ParsBERT v1's vocabulary "
+    "(HooshvareLab/bert-base-parsbert-uncased; FarsTail's training split, NOTES.md 2026-12-01): our default. "
+    "ParsBERT v2.0 (HooshvareLab/bert-fa-base-uncased, our earlier default) rebuilt the vocabulary, and no copy of "
+    "it was reachable offline to count with, so v1 is the evidence's answer, not a certainty. v2 is one flag away: "
+    "--model HooshvareLab/bert-fa-base-uncased.",
+    "Seeds: the study ran each experiment once, its seed not shown (assumed: HF Trainer's default, 42); we run "
+    "`--seeds N` (seeds 0 ... N-1) and give mean ± std, to set a difference between ablations against the spread "
+    "between seeds.",
     "Pruning: the study's \"pruning\" masked 50% of the entries of every attention weight at random "
     "(torch.nn.utils.prune.random_unstructured on every parameter whose name contains \"attention\" and ends in "
-    "\"weight\", read literally also attention.output.LayerNorm.weight), which removes no head and saves no "
-    "computation. `prune0.5-masking` runs that described method (the study shows a sentence, not its code), applied "
-    "to the pretrained model; `prune0.5` removes half of the heads structurally "
-    "(smaller matrices, fewer parameters), which is what a pruning ablation usually means. They are different "
-    "experiments, and the table shows both beside the study's row.",
+    "\"weight\", read literally also attention.output.LayerNorm.weight): no head removed, no computation saved. "
+    "`prune0.5-masking` runs that described method (the study shows a sentence, not its code) on the pretrained "
+    "model; `prune0.5` removes half of the heads structurally (smaller matrices, fewer parameters), as a pruning "
+    "ablation usually means. Different experiments: the table shows both beside the study's row.",
     "An observation, not a fact: the study's log for its pruned model starts at a training loss of 0.356 at step "
-    "500, about where its fully fine-tuned model had got to (0.32 at step 1000), not where a fresh start from the "
-    "pretrained weights logs at step 500 (0.648 for its full model). This suggests the pruned model was "
-    "fine-tuned from an already fine-tuned model; its validation loss also rises to 1.14. Our prune0.5-masking "
-    "masks the pretrained model and fine-tunes it once: the starting point may differ from the study's.",
-    "Training loss: the study's is what HF Trainer logged, the mean of each 500 steps (logging_steps); with 1,365 "
-    "steps the last value logged, the one its table shows, is the mean of steps 501-1000, mostly epoch 2. The "
-    "table gives ours computed the same way from our per-step losses (\"train loss, Trainer's log\"), beside "
-    "the mean of our last epoch, a different quantity.",
-    "Published cells where the study contradicts itself: freeze9's test accuracy is 0.78 in its table and 0.7896 "
-    "in its log, and its pruned model's validation loss 1.14 in the table and 1.147 in the log; we quote the "
-    "table. Validation accuracies are quoted to three decimals from its logs.",
+    "500, near its fully fine-tuned model's (0.32 at step 1000), not a fresh start's from the pretrained weights "
+    "(0.648 at step 500 for its full model), and its validation loss rises to 1.14: this suggests it was fine-tuned "
+    "from an already fine-tuned model. Our prune0.5-masking masks the pretrained model and fine-tunes it once, so "
+    "the starting points may differ.",
+    "Training loss: the study's is HF Trainer's log, the mean of each 500 steps (logging_steps); of its 1,365 steps, "
+    "the last value logged, which its table shows, is the mean of steps 501-1000, mostly epoch 2. The table gives "
+    "ours computed the same way (\"train loss, Trainer's log\"), beside our last epoch's mean, a different quantity.",
+    "Published cells where the study contradicts itself: freeze9's test accuracy (0.78 in its table, 0.7896 in its "
+    "log) and its pruned model's validation loss (1.14, 1.147); we quote the table. Validation accuracies are quoted "
+    "to three decimals from its logs.",
     "Batch composition: Trainer drew batches with a random sampler; we group pairs of similar length (groups "
-    "shuffled each epoch) so little padding is computed. Which pairs share a batch differs; whether that shifts "
-    "results on the real model has not been measured.",
-    "Padding: the study padded every pair to 200 tokens; we pad each batch to the next multiple of 16. "
-    "Padding is masked, so this changes results only by floating-point noise (tests/test_step.py).",
-    "Precision: bf16 autocast on GPUs that support it (the study: fp32); weights and optimizer state stay "
-    "fp32.",
-    "Same as the study: batch 16, lr 3e-5, 3 epochs, max length 200; assumed, as HF Trainer's defaults that the "
-    "study does not show it changed: the learning rate decaying linearly to 0 without warm-up, AdamW without "
-    "weight decay, gradient clipping 1.0; the final model "
-    "reported, freezing only encoder layers, keeping layers 0-8, label ids e/c/n = 0/1/2.",
+    "shuffled each epoch), so little padding is computed. Whether the different batchmates shift results on the real "
+    "model is not measured.",
+    "Padding: the study padded every pair to 200 tokens; we pad each batch to the next multiple of 16. Padding is "
+    "masked, so this changes results only by floating-point noise (tests/test_step.py).",
+    "Precision: bf16 autocast on GPUs that support it (the study: fp32); weights and optimizer state stay fp32.",
+    "Same as the study: batch 16, lr 3e-5, 3 epochs, max length 200; assumed, as HF Trainer's defaults the study "
+    "shows no change to: linear decay of the learning rate to 0 without warm-up, AdamW without weight decay, "
+    "gradient clipping 1.0; the final model reported, freezing only encoder layers, keeping layers 0-8, label ids "
+    "e/c/n = 0/1/2.",
 ]
 
 
@@ -145,11 +143,10 @@ def section(report) -> list[str]:
     lines = ["## NLI: ParsBERT on FarsTail", "", f"The study's table, ours beside it ({n}):", "", *table, "",
              *(f"- `{e.name}`: {e.what}" + (f" (`{e.flags}`)" if e.flags else "")
                + (f"; the study's row beside it: {e.study_method}" if e.study_method else "") for e in experiments), "",
-             "Ours: the final model after the last epoch. Study: one run each, the figures it published (validation "
-             "accuracy to three decimals from its log, test accuracy to three decimals from its text, the rest from "
-             "its table). Train loss (Trainer's log): the mean of the last full window of Trainer's logging_steps as "
-             f"HF Trainer logs it (here {window}), the quantity the study's table shows. Intervals: 95%, percentile "
-             "bootstrap over the test pairs (common/stats.py).",
+             "Ours: the final model. Study: one run each, as published (validation accuracy to three decimals from its "
+             "log, test accuracy to three from its text, the rest from its table). Train loss (Trainer's log): the "
+             f"mean of the last full logging_steps window, as HF Trainer logs it (here {window}) and the study's table "
+             "shows it. Intervals: 95%, percentile bootstrap over the test pairs (common/stats.py).",
              *(f"- Note: {e.name}: {x}." for e in experiments for x in e.notes), "",
              "**Our additions**: the mean training loss of the last epoch, size, speed, FarsTail's own hard subsets "
              "of the test split (its hard(hypothesis) and hard(overlap) columns) and each experiment against "
@@ -164,17 +161,16 @@ def section(report) -> list[str]:
     if curves:
         at = lambda m, k, d: mean_std([c["head_budget"][m][k] for c in curves if m in c["head_budget"]], d)  # noqa: E731
         methods = [m for m in ("importance", "importance-iterative", "random") if m in curves[0]["head_budget"]]
-        lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining "
-                      f"(`python -m nli.prune_curve`; seed 0 shown): "
-                      f"![pruning curve](nli/{CURVE_OF}/seed0/prune_curve/prune_curve.png)", "",
+        folder = f"nli/{CURVE_OF}/seed0/prune_curve"
+        lines += ["", f"**Pruning curve** of the `{CURVE_OF}` model, heads removed with no retraining (`python -m "
+                      f"nli.prune_curve`; seed 0 shown): ![pruning curve]({folder}/prune_curve.png)", "",
                   f"Heads that can go before validation accuracy falls more than one point below the whole model's, of "
                   f"{curves[0]['heads']}, and test accuracy there (whole model: "
                   f"{mean_std([c['whole']['test_accuracy'] for c in curves])}): " + "; ".join(
                       f"{m} {at(m, 'heads', 0)} (test {at(m, 'test_accuracy', 4)})" for m in methods)
                   + " (random: the mean over its draws). The budget is chosen on validation, the test split only "
-                    "reported; importance is computed on training pairs. Importance per head: "
-                    f"[heat map](nli/{CURVE_OF}/seed0/prune_curve/head_importance.png), "
-                    f"[report](nli/{CURVE_OF}/seed0/prune_curve/report.txt)."]
+                    "reported; importance on training pairs. Importance per head: "
+                    f"[heat map]({folder}/head_importance.png), [report]({folder}/report.txt)."]
     if first and "label_counts" in first:
         counts = first["label_counts"]
         labels = list(next(iter(counts.values())))

@@ -36,9 +36,8 @@ def pair(rng: random.Random, label: str) -> tuple[str, str]:
 
 
 def write_farstail(folder: Path, rows=(120, 60, 60), seed: int = 0) -> None:
-    """Train/Val/Test-word.csv as FarsTail lays them out: tab-separated, CSV quoting, test with
-    the hard(hypothesis) and hard(overlap) columns. A few fields hold quotes and a tab, so a
-    reader that splits lines on tabs would break them."""
+    """Train/Val/Test-word.csv as FarsTail's (tabs, CSV quoting, test's hard columns); a few fields hold
+    quotes and a tab, which a reader splitting lines on tabs would break."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in zip(("Train", "Val", "Test"), rows):

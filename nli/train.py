@@ -6,29 +6,8 @@
     python -m nli.train --out runs/nli/prune --prune-heads 0.5  # half the heads removed, at random
     python -m nli.train --out runs/nli/pm --prune-heads 0.5 --prune-by masking  # the study's: 50% of weights masked
 
-The recipe is the study's (HF Trainer defaults; every setting in nli/config.py): premise and
-hypothesis tokenised together and truncated to --max-length 200, batch 16, 3 epochs, AdamW (lr
-3e-5, no weight decay), learning rate decaying linearly to zero over all steps with no warm-up,
-gradients clipped to norm 1.0.
-
-- Batch: one optimizer step sees --batch-size × --grad-accum pairs of similar length (or, with
-  --batch-order FILE, exactly the file's), cut into micro-batches of --batch-size; each pair's
-  loss is weighted 1 / (pairs in the optimizer batch), so accumulation gives the update of one
-  large batch. Micro-batches are padded to a multiple of 16 word pieces, a short one filled with
-  zero-weight rows: few shapes, each captured once as a CUDA graph on CUDA (common/graphs.py).
-- Precision: --amp auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing)
-  and fp32 on the CPU. Weights and optimizer state stay fp32; the loss is computed in fp32.
-- Ablations apply in one order: keep layers, then prune heads (at random with the seed, or the
-  lowest by head importance on training batches: nli/importance.py; or, --prune-by masking, the
-  study's random masking of attention weights), then freeze.
-- Each epoch: train, then evaluate validation and test (nli/evaluate.py). Test is reported,
-  never used to choose. The final model's figures are the headline (as in the study);
-  metrics.json's `best` holds the epoch with the best validation accuracy. Each epoch writes a
-  verified checkpoint (--resume); metrics.json is written last and marks the run done.
-
-Outputs in --out: config.json, train.log, steps.csv, history.csv, report.txt (nli/report.py),
-curves.png, confusion_matrix.png, token_lengths.png, label_counts.png, model/, metrics.json
-(see docs/outputs.md).
+The recipe (the study's: HF Trainer's defaults; every setting in nli/config.py), the ablations
+and their order, batches, precision and evaluation: docs/nli.md. Outputs in --out: docs/outputs.md.
 """
 from transformers.utils import logging as hf_logging
 
@@ -63,12 +42,6 @@ def fingerprint(cfg: NLIConfig) -> dict:
     return {"data": farstail_record(cfg.data_dir), "model": model_record(cfg.model), **order}
 
 
-def capture_examples(data, cfg: NLIConfig, device, sdpa: bool, batches: list[list[int]]) -> list[dict]:
-    """A zero-weight training micro-batch for each bucket worth a CUDA graph (common/graphs.py)."""
-    items = capture_items(data.lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), batches, cfg.batch_size)
-    return [collate(data, [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in items]
-
-
 def train(cfg: NLIConfig):
     with distributed(cfg.device) as d, Run(cfg.run_spec(), d, fingerprint=lambda: fingerprint(cfg),
                                            reads=(cfg.data_dir, cfg.model)) as run:
@@ -100,8 +73,11 @@ def train(cfg: NLIConfig):
         # 3. AdamW over trainable parameters, linear decay; the step machinery.
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=True, clip=1.0)
         sdpa, read_now = uses_sdpa(model), fingerprint(cfg)  # (what the run reads, as it is now)
-        training = Training(model, forward, run, recipe, read_now,
-                            lambda: capture_examples(data["train"], cfg, device, sdpa, sampler.epoch(1)))
+        # (graph capture: a zero-weight micro-batch per bucket an epoch uses often enough; common/graphs.py)
+        training = Training(model, forward, run, recipe, read_now, lambda: [
+            collate(data["train"], [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in
+            capture_items(data["train"].lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), sampler.epoch(1),
+                          cfg.batch_size)])
         if d.main:
             write_config(out, run.spec.args, {
                 "experiment": cfg.experiment.name, "device": str(device), "precision": precision_name(dtype),
@@ -134,7 +110,10 @@ def train(cfg: NLIConfig):
             label_ids={k: data[k].label_ids.numpy() for k in ("val", "test")}, hard=splits["test"].hard,
             token_stats=stats, piece_lengths=piece_lengths, applied=applied,
             heads_in_model=model.config.num_attention_heads * len(encoder_layers(model)),
-            label_counts=label_counts(data), recipe=recipe_text(cfg, run, training.steps.graphed))
+            label_counts=label_counts(data),
+            recipe=f"batch {cfg.batch_size} x {cfg.grad_accum} pairs, AdamW lr {cfg.lr:g} decaying linearly to 0, "
+            f"gradient norm clipped to 1.0, {precision_name(dtype)} on {device}, max length {cfg.max_length}, padding "
+            f"to multiples of 16 word pieces, CUDA graphs {'on' if training.steps.graphed else 'off'}")
         make_masks_permanent(model)  # (--prune-by masking: the model saves as a plain one, zeros in place)
         model.config.hypothesis_only = cfg.experiment.hypothesis_only  # (nli.predict then feeds the hypothesis alone)
         write_results(out, cfg, model, tokenizer, result)
@@ -155,13 +134,6 @@ def train_loss(history: list[dict], every: int) -> dict:
     logged = logged_like_trainer([x for row in history for x in row["step_losses"]], every)
     return {"loss": history[-1]["train_loss"], "trainer_logged": logged,
             "trainer_logged_last": logged[-1]["loss"] if logged else None}
-
-
-def recipe_text(cfg: NLIConfig, run, graphed: bool) -> str:
-    """report.txt's one line on how the model was trained."""
-    return (f"batch {cfg.batch_size} x {cfg.grad_accum} pairs, AdamW lr {cfg.lr:g} decaying linearly to 0, gradient "
-            f"norm clipped to 1.0, {precision_name(run.dtype)} on {run.device}, max length {cfg.max_length}, padding "
-            f"to multiples of 16 word pieces, CUDA graphs {'on' if graphed else 'off'}")
 
 
 def history_row(epoch: int, fig: dict, ev: dict) -> dict:

@@ -1,10 +1,6 @@
-"""Audio, as every part of the SER pipeline sees it: read as 16 kHz mono float32, checked,
-padded or cut, normalised per clip (docs/ser.md, Audio); and the augmented copies that balance
-classes (pitch shift, then time stretch, with audiomentations), cached by content.
-
-audiomentations is imported only when a copy is made, so --no-balance runs need none of it;
-torch only when a clip is read or normalised, so `python -m ser.study --list` (which imports
-ser/splits.py, and so the augmentation types here) stays light.
+"""Audio as the SER pipeline sees it (docs/ser.md, "Audio" and "Balancing"): read as 16 kHz mono
+float32, checked, padded or cut, normalised per clip; and the augmented copies, cached by content.
+audiomentations and torch are imported only when used, so `python -m ser.study --list` stays light.
 """
 import hashlib
 import io
@@ -24,8 +20,7 @@ MIN_SECONDS = 0.5  # shorter clips are zero-padded to this, so HuBERT's SpecAugm
 MAX_SECONDS = 60.0  # longer clips are cut to their first 60 s (a 10-minute clip would need tens of GB)
 SILENCE = 1e-4  # a clip whose every sample lies within this of its mean is silent (zeros, or a constant: DC)
 LOUDEST = 100.0  # audio read as float lies within about ±1; samples beyond this are not audio
-# Balancing: every augmented copy gets a pitch shift and a time stretch, with parameters drawn
-# from these ranges (ours: the study gives none).
+# Every augmented copy's pitch shift and time stretch are drawn from these ranges (ours: the study gives none).
 PITCH_SEMITONES = (-2.0, 2.0)
 STRETCH_RATE = (0.85, 1.15)
 

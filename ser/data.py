@@ -247,10 +247,8 @@ def bucket_batches(lengths: list[int], size: int) -> list[list[int]]:
 
 def collate(waves: list[torch.Tensor], idx: list[int], label_ids: torch.Tensor, padding_value: float,
             device: torch.device, *, rows: int | None = None, weight: float = 1.0) -> dict:
-    """The clips in idx zero-padded to the bucket of the longest, as host tensors (pinned for a
-    CUDA device); `lengths` are the real sample counts. `rows` fills a short batch with copies of
-    its first clip whose weight is 0 (training keeps one shape per bucket); `weight` is each real
-    clip's weight in the loss."""
+    """The clips in idx padded to their bucket, host tensors (pinned for CUDA), `lengths` the real sample
+    counts; `rows` fills a short batch with zero-weight copies of its first clip; `weight`: each real clip's."""
     n = len(idx)
     rows = rows or n
     take = list(idx) + [idx[0]] * (rows - n)
@@ -293,7 +291,6 @@ def check_shemo(folder: Path) -> dict[str, int]:
 
 
 def main(argv=None):
-    """python -m ser.data --check DIR: what run_all.sh asks before any training."""
     import argparse
     from common.errors import user_errors
     p = argparse.ArgumentParser(prog="python -m ser.data", description="Check a ShEMO folder before training.")

@@ -1,14 +1,9 @@
 """How a SER model is scored each epoch: logits of every clip, each padded to its own
 whole-second bucket exactly as ser.predict pads it (HuBERT's group norm makes a clip's logits
 depend on its padding), in a fixed length-sorted order, and the figures of common/metrics.py."""
-import math
-
 import torch
-import torch.nn.functional as F
 
-from common.errors import RunFailed
-from common.inference import predict_logits
-from common.metrics import summarize
+from common.inference import predict_logits, split_figures
 from ser.data import bucket_batches, collate
 from ser.model import forward
 
@@ -25,11 +20,4 @@ def clip_logits(model, waves: list[torch.Tensor], device, dtype, padding_value: 
 def evaluate(model, waves: list[torch.Tensor], label_ids: torch.Tensor, label_names: list[str], device, dtype,
              padding_value: float) -> dict:
     """A split's figures (accuracy, UAR, loss, macro F1, per class), with its predictions for the report."""
-    logits = clip_logits(model, waves, device, dtype, padding_value)
-    loss = F.cross_entropy(logits, label_ids).item()
-    if not math.isfinite(loss):
-        raise RunFailed("the evaluation loss is NaN or infinite; the run stopped and wrote no results")
-    pred = logits.argmax(1).numpy()
-    out = summarize(label_ids.numpy(), pred, label_names, loss)
-    out["pred"] = pred.tolist()
-    return out
+    return split_figures(clip_logits(model, waves, device, dtype, padding_value), label_ids, label_names)

@@ -1,10 +1,6 @@
-"""HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out →
-Linear(hidden, C) → Linear(C, C), as in the study; plus saving and reloading that model.
-
-Attention masks follow the feature extractor (HuBERT-base's says none). LayerDrop and SpecAugment
-are drawn with the device's generator (transformers draws them on the host, which a CUDA graph
-would freeze); a dropped layer is computed, then its weights and AdamW state put back
-(`restore_dropped_layers`), so the update is transformers'. docs/ser.md says how they differ.
+"""HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out → Linear(hidden, C)
+→ Linear(C, C), as in the study; saving and reloading it. LayerDrop and SpecAugment are drawn on the
+device, which a CUDA graph replays afresh (docs/ser.md, "HuBERT's own randomness").
 """
 import copy
 import functools
@@ -75,11 +71,8 @@ class EmotionClassifier(nn.Module):
         return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
 
     def restore_dropped_layers(self, optimizer) -> None:
-        """LayerDrop as transformers does it, for the parameters `optimizer` updates: after each of
-        its steps, every encoder layer dropped in all of the step's forward passes (on every
-        process) gets back its weights and AdamW state (moments, step count) as they were before
-        the step, as if it had had no gradient. Device work only (no host decision), so a CUDA
-        graph of the update replays it. Nothing is registered when config.layerdrop is 0."""
+        """After each optimizer step, a layer dropped in all of the step's passes (on every process) gets
+        back its weights and AdamW state, as in transformers; device work only, so a CUDA graph replays it."""
         if self.layerdrop <= 0:
             return
         mine = {id(p) for group in optimizer.param_groups for p in group["params"]}

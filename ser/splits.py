@@ -1,9 +1,6 @@
-"""Which item goes where: the splits (stratified random, by speaker, the study's), the balance
-plan (the augmented copies that even the classes), and `Protocol`, which combines them and which
-the command line, the data code, the report and the summary all read. split.csv records the outcome.
-
-Our protocols split first: augmenting before the split (as the study did) lets copies of a test
-clip into training and inflates test accuracy (docs/ser.md, Protocols).
+"""Which item goes where (docs/ser.md, "Protocols"): the splits, the balance plan (the augmented copies
+that even the classes), and `Protocol`, which combines them. Ours split first: augmenting before the
+split (as the study did) lets copies of a test clip into training and inflates test accuracy.
 """
 import random
 import warnings
@@ -68,9 +65,8 @@ def split_by_speaker(clip_labels: list[str], speakers: list[str | None], seed: i
 
 @dataclass(frozen=True)
 class Protocol:
-    """How the corpus becomes training, validation and test items: --protocol (`kind`), --split,
-    --no-balance (not `balance`), --split-seed, --folds; `fold` is the fold a run trains
-    (ser.train --folds runs each in turn). What each does: `description`, docs/ser.md."""
+    """--protocol (`kind`), --split, --no-balance (not `balance`), --split-seed, --folds, and `fold`, the
+    fold a run trains (ser.train --folds runs each in turn); what each does: `description`, docs/ser.md."""
     kind: str = "leak-free"
     split: str = "random"
     balance: bool = True
@@ -118,8 +114,7 @@ class Protocol:
         """The summary's words for it, beside the study's own figures (the folds have their own: ser/study.py)."""
         if self.kind == "study":
             return ("the study's: the whole corpus balanced by augmentation, then split 80/10/10 at random (not "
-                    "stratified); copies of validation and test clips can be trained on, and the test split holds "
-                    "copies")
+                    "stratified); copies of validation and test clips can be trained on, and test holds copies")
         if self.split == "random":
             return ("ours: a stratified random 80/10/10 split first, then the training split alone balanced; "
                     "speakers are shared between splits, as in the study")
@@ -168,9 +163,8 @@ def stratified_head(idx: list, labels: list[str], n: int | None, seed: int) -> l
 
 
 def balance_plan(clip_labels: list[str], seed: int) -> list[tuple[int, Augmentation]]:
-    """The augmented copies that bring every class up to the largest class's count: (source, draw)
-    pairs, the source an index into clip_labels, taken from the class's own clips in turn, each
-    copy with its own seeded pitch shift and stretch rate."""
+    """(source index, draw) per copy that brings a class up to the largest's count, sources taken from the
+    class's own clips in turn, each draw a seeded pitch shift and stretch rate."""
     rng = random.Random(seed)
     by_class = [[i for i, y in enumerate(clip_labels) if y == label] for label in sorted(set(clip_labels))]
     target = max(map(len, by_class))
@@ -215,15 +209,8 @@ def fold_split(clip_labels: list[str], speakers: list, fold: int, folds: int, se
 
 
 def study_items(clip_labels: list[str], *, seed: int, split_seed: int, limit: int | None) -> dict[str, list[Item]]:
-    """The study's: balance the whole corpus with augmented copies up to the largest class (the
-    copies' draws seeded by `seed`), then split every item at random as its code does:
-
-        train_indices, test_indices = train_test_split(indices, test_size=0.2, random_state=10)
-        test_indices, eval_indices = train_test_split(test_indices, test_size=0.5, random_state=10)
-
-    not stratified; the *first* part of the second split is its test set (635 test and 636
-    evaluation items in its printout). Copies of a validation or test clip can land in training,
-    and the test split holds copies too."""
+    """The study's: the whole corpus balanced (copies drawn with `seed`), then split at random as its code
+    does (docs/ser.md, "Protocols"): train_test_split 0.2, then 0.5, the first part of the second the test set."""
     from sklearn.model_selection import train_test_split
     pool = [Item(i) for i in range(len(clip_labels))] + [Item(s, draw) for s, draw in balance_plan(clip_labels, seed)]
     try:

@@ -25,63 +25,60 @@ PROTOCOLS = [Protocol("study"), Protocol("leak-free", "random"), Protocol("leak-
 # Every way our SER runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
     "Protocol: the study balanced the whole corpus by augmentation before splitting, so copies of validation and "
-    "test clips were trained on, and its test split was about half augmented copies and nearly class-balanced. "
-    "We run its protocol and ours side by side on the same data (table above). The two test sets differ, so the "
-    "difference between their accuracies mixes four things: copies of test clips in training (the leak), copies "
-    "inside the study's test split, a balanced test split against ShEMO's natural class mix, and seed noise.",
-    "Class mixture: ShEMO's natural mix (about 35% anger and 34% neutral, few fear clips) is what the leak-free "
-    "test splits hold; accuracies over different mixtures are not ordered, so UAR (mean recall over classes) "
-    "stands beside accuracy.",
-    "Speakers: a random split (the study's, and our leak-free random) puts the same speakers in training and "
-    "test; the speaker-independent protocol does not.",
-    "Split: the study used scikit-learn's train_test_split (0.2, then 0.5 of the rest) with random_state=10, the "
-    "first part of the second split its test set (635 test, 636 evaluation items), on its own file order; our "
-    "study protocol does the same (random_state 10 unless --split-seed says otherwise; the training seed is "
-    "--seed) on our pool order: the original clips in path order, then the augmented copies class by class. "
-    "The study does not show its pool's order, and the split depends on it: the same 6,354 items reordered by "
-    "class leave 246 of 635 test items in common (a reviewer's measurement), so its items "
-    "and ours differ unless the orders match.",
+    "test clips were trained on, and its test split was about half copies and nearly class-balanced. We run its "
+    "protocol and ours side by side on the same data (table above). The two test sets differ, so the difference of "
+    "their accuracies mixes four things: copies of test clips in training (the leak), copies inside the study's test "
+    "split, a balanced test split against ShEMO's natural class mix, and seed noise.",
+    "Class mixture: the leak-free test splits hold ShEMO's natural mix (about 35% anger and 34% neutral, few fear "
+    "clips); accuracies over different mixtures are not ordered, so UAR (mean recall over classes) stands beside "
+    "accuracy.",
+    "Speakers: a random split (the study's, and our leak-free random) puts the same speakers in training and test; "
+    "the speaker-independent protocol does not.",
+    "Split: the study used scikit-learn's train_test_split (0.2, then 0.5 of the rest) with random_state=10 on its "
+    "own file order, the first part of the second split its test set (635 test, 636 evaluation items). Our study "
+    "protocol does the same (random_state 10 unless --split-seed says otherwise; the training seed is --seed) on our "
+    "pool order: original clips in path order, then the augmented copies class by class. The study does not show its "
+    "order, and the split depends on it: the same 6,354 items reordered by class leave 246 of 635 test items in "
+    "common (a reviewer's measurement), so its items and ours differ unless the orders match.",
     "Feature extractor: the study built its extractor from facebook/wav2vec2-base-960h, not from the HuBERT "
-    "checkpoint; under --protocol study we use those settings (16 kHz, padding value 0, do_normalize=True, "
-    "no attention mask), built in code since no hub is reachable. With return_attention_mask=False transformers "
-    "pads first and then normalises the whole padded row, so the study's padding was not zero after "
-    "normalisation and short clips were rescaled by their batchmate's length (see Normalisation below). The leak-free protocols use the model's own "
+    "checkpoint; --protocol study uses those settings (16 kHz, padding value 0, do_normalize=True, no attention "
+    "mask), built in code since no hub is reachable. With return_attention_mask=False transformers pads, then "
+    "normalises the whole padded row, so the study's padding was not zero after normalisation and short clips were "
+    "rescaled by their batchmate's length (Normalisation below). The leak-free protocols use the model's own "
     "extractor where it has one.",
-    "Resampling: torchaudio's (windowed sinc) instead of librosa's (soxr_hq by default), so resampled samples "
-    "differ a little.",
-    "Clips: we zero-pad clips shorter than 0.5 s to 0.5 s (so HuBERT's SpecAugment time masks fit) and skip "
-    "silent or unreadable files, naming them; the study used every file as read.",
-    "Copies: every augmented copy gets both a pitch shift and a time stretch, and a class's source clips are "
-    "taken in turn. The study's text is ambiguous: it may have applied one or the other per copy, and drawn the "
-    "sources at random.",
-    "Training curve: the study's training accuracy per epoch is the model's accuracy over the whole training set "
-    "after the epoch; ours (history.csv's train_accuracy) is the running accuracy during the epoch. The final "
-    "model's training-split accuracy (the table's train acc) is computed as the study did.",
-    "Optimizer and schedule: the study names none; AdamW without weight decay at a constant learning rate, "
-    "with no gradient clipping, is our assumption.",
-    "Pooling: the study averaged HuBERT's output over all frames, padding included; we average over each "
-    "clip's own frames.",
-    "Normalisation: the study's feature extractor normalised each padded batch row (padding included); we "
-    "normalise each clip before padding it. Measured alone, in the study's own loop on a tiny random HuBERT (14 "
-    "steps of batch 2, clips of 0.5-2.5 s; python -m tests.test_ser_reference): per-step losses within 9e-4, "
-    "weights 3% apart relative to how far training moved them. It is small mostly because the group norm after HuBERT's "
-    "first convolution removes the loudness that normalising a padded row changes.",
-    "Padding: the study padded each batch to its longest clip; we pad to whole seconds (few shapes). With "
-    "HuBERT's group norm a clip's output depends a little on its padding; evaluation and ser.predict use the "
-    "same rule, so they agree. On clips of one whole-second length (no padding either way) our loop is the "
-    "study's, step for step, LayerDrop included (tests/test_ser_reference.py); on the unequal clips above, "
-    "padding, pooling and normalisation together put the per-step losses up to 0.07 apart and the weights 60% "
-    "of the distance training moved them.",
+    "Resampling: torchaudio's (windowed sinc) instead of librosa's (soxr_hq by default): resampled samples differ a "
+    "little.",
+    "Clips: we zero-pad clips shorter than 0.5 s to 0.5 s (so HuBERT's SpecAugment time masks fit) and skip silent "
+    "or unreadable files, naming them; the study used every file as read.",
+    "Copies: every augmented copy gets both a pitch shift and a time stretch, from a class's source clips in turn. "
+    "The study's text is ambiguous: it may have applied one or the other per copy, and drawn the sources at random.",
+    "Training curve: the study's training accuracy per epoch is over the whole training set after the epoch; ours "
+    "(history.csv's train_accuracy) is the running accuracy during the epoch. The final model's training-split "
+    "accuracy (the table's train acc) is computed as the study did.",
+    "Optimizer and schedule: the study names none; AdamW without weight decay at a constant learning rate, with no "
+    "gradient clipping, is our assumption.",
+    "Pooling: the study averaged HuBERT's output over all frames, padding included; we average over each clip's own "
+    "frames.",
+    "Normalisation: the study's feature extractor normalised each padded batch row (padding included); we normalise "
+    "each clip before padding it. Measured alone, in the study's own loop on a tiny random HuBERT (14 steps of batch "
+    "2, clips of 0.5-2.5 s; python -m tests.test_ser_reference): per-step losses within 9e-4, weights 3% apart "
+    "relative to how far training moved them; small mostly because the group norm after HuBERT's first convolution "
+    "removes the loudness that normalising a padded row changes.",
+    "Padding: the study padded each batch to its longest clip; we pad to whole seconds (few shapes). With HuBERT's "
+    "group norm a clip's output depends a little on its padding; evaluation and ser.predict pad alike, so they "
+    "agree. On clips of one whole-second length (no padding either way) our loop is the study's, step for step, "
+    "LayerDrop included (tests/test_ser_reference.py); on the unequal clips above, padding, pooling and "
+    "normalisation together put the per-step losses up to 0.07 apart and the weights 60% of the distance training "
+    "moved them.",
     "Batch composition: the study's loader shuffled clips (shuffle=True); we group clips of similar length.",
     "Augmentation ranges: ±2 semitones and a stretch of 0.85-1.15 are ours; the study gives none.",
     "Augmentation backend: the study used librosa; we use audiomentations with method librosa_phase_vocoder "
-    "(librosa's pitch_shift and time_stretch) by default, or signalsmith_stretch with --augment-method "
-    "signalsmith.",
+    "(librosa's pitch_shift and time_stretch) by default, or signalsmith_stretch with --augment-method signalsmith.",
     "LayerDrop and SpecAugment: drawn on the device (so CUDA graphs replay fresh draws); spans stay inside each "
-    "clip, where transformers also masks padding. A dropped layer is computed and its output discarded; its "
-    "weights and AdamW state are then put back after the step, so the update is transformers' (which skips the "
-    "layer and leaves its gradients None); before this was done, its weights moved by momentum, and a tiny run at "
-    "LayerDrop 0.5 drifted by up to 0.013 in per-step loss within 14 steps.",
+    "clip, where transformers also masks padding. A dropped layer is computed and its output discarded; its weights "
+    "and AdamW state are put back after the step, so the update is transformers' (which skips the layer, its "
+    "gradients None). Before this was done, its weights moved by momentum: a tiny run at LayerDrop 0.5 drifted by up "
+    "to 0.013 in per-step loss within 14 steps.",
     "Precision: bf16 autocast on GPUs that support it (the study: fp32).",
 ]
 
@@ -158,11 +155,10 @@ def section(report) -> list[str]:
              "test split's size, speakers and speed:", "", *extra]
     if "study" in found:  # (LEAK makes every study run hold test_leak)
         study = found["study"]
-        lines += ["", f"**The leak inside the study's own test split** (seed {study[0]['seed']}; one test split, so no "
-                      "two test sets are compared): test accuracy of "
-                  + "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in study[0]["test_leak"].items())
-                  + ". Original clips against copies, and clips whose source training also saw against those it did "
-                    "not, split the same test items two ways."]
+        leak = "; ".join(f"{k}, {accuracy_over(v, 'items')}" for k, v in study[0]["test_leak"].items())
+        lines += ["", f"**The leak inside the study's own test split** (seed {study[0]['seed']}; one test split, two "
+                      "ways: original clips against copies, clips whose source training saw against the others): test "
+                      f"accuracy of {leak}."]
     lines += fold_lines
     if "study" in found and len(found) > 1:
         mean = lambda runs, k: sum(m["test"][k] for m in runs) / len(runs)  # noqa: E731
@@ -173,15 +169,14 @@ def section(report) -> list[str]:
                       f"{100 * (s_acc - mean(r, 'accuracy')):+.1f} points of accuracy, "
                       f"{100 * (s_uar - mean(r, 'uar')):+.1f} of UAR)" for name, r in found.items() if name != "study")
                   + ". The test sets differ, so each difference mixes the leak (copies of test clips in training), "
-                    "copies inside the study's test split, a balanced against a natural class mix, and seed noise; "
-                    "it is not the size of the leak alone."]
+                    "copies in the study's test split, a balanced against a natural class mix and seed noise, not the "
+                    "leak alone."]
     against = {name: comparisons(name, found) for name in found}
     pairs = {(a, b): r for a, res in against.items() for b, r in res.items() if a < b}
     lines += ["", "Paired tests: " + ("; ".join(f"{b} against {a}: {comparison_cell(r)}" for (a, b), r in pairs.items())
                                       + ". " + comparison_words("each other", len(pairs), "test clips") if pairs else
-                                      "no two of these protocols test on the same items (each splits the corpus its "
-                                      "own way), so none is compared by a paired test; the leak is measured inside the "
-                                      "study's own test split instead (above).")]
+                                      "no two protocols test the same items (each splits the corpus its own way), so "
+                                      "none is paired; the leak is measured inside the study's test split (above).")]
     if found:
         lines += ["", "Clips per class in the corpus as read: " + ", ".join(
             f"{k} {v}" for k, v in next(iter(found.values()))[0]["class_counts"]["corpus"].items()) + "."]

@@ -5,10 +5,8 @@
     python -m ser.train --manifest path/to/manifest.csv --split speaker --out runs/other-corpus
     python -m ser.train --data-dir path/to/shemo --split speaker --folds 5 --out runs/ser/folds  # each fold tested once
 
-The study's model and recipe (HuBERT → mean over time → Linear(hidden, C) → Linear(C, C), batch 2,
-5 epochs, lr 5e-6, cross-entropy; ser/config.py) with AdamW without weight decay at a constant
-rate, which the study does not name. The protocols, balancing, loop and outputs: docs/ser.md;
-the step machinery (CUDA graphs, precision, checkpoints) is common/training.py's, as for NLI.
+The study's model (ser/model.py) and recipe (ser/config.py), with AdamW at a constant rate and no
+weight decay (the study names no optimizer). Protocols, balancing, loop and outputs: docs/ser.md.
 """
 from transformers.utils import logging as hf_logging
 

@@ -3,7 +3,6 @@ import csv
 import json
 
 import matplotlib.image
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -148,10 +147,10 @@ def test_eval_logits_do_not_depend_on_batchmates(tiny_bert, farstail_dir):
     data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
     lengths = data.lengths.tolist()
     short, longest = lengths.index(min(lengths)), lengths.index(max(lengths))
-    alone = pair_logits(model, data.subset([short]), torch.device("cpu"), None)[0]
-    beside = pair_logits(model, data.subset([short, longest]), torch.device("cpu"), None)[0]
+    alone = pair_logits(model, data.subset([short]), torch.device("cpu"), None)
+    beside = pair_logits(model, data.subset([short, longest]), torch.device("cpu"), None)
     assert lengths[longest] > lengths[short] + 10
-    assert torch.allclose(torch.from_numpy(alone[0]), torch.from_numpy(beside[0]), atol=1e-5)
+    assert torch.allclose(alone[0], beside[0], atol=1e-5)
 
 
 def test_bad_label_in_cli_exits_2_naming_the_line(tiny_bert, farstail_dir, tmp_path, capsys):
@@ -192,6 +191,6 @@ def test_host_built_masks_give_the_same_logits_as_transformers_own(tiny_bert, fa
     assert torch.allclose(a, b, atol=1e-6)
     eager = AutoModelForSequenceClassification.from_pretrained(tiny_bert, attn_implementation="eager").eval()
     eager.load_state_dict(sdpa.state_dict())
-    le = pair_logits(eager, data, cpu, None)[0]
-    ls = pair_logits(sdpa, data, cpu, None)[0]
-    assert np.allclose(le, ls, atol=1e-5)
+    le = pair_logits(eager, data, cpu, None)
+    ls = pair_logits(sdpa, data, cpu, None)
+    assert torch.allclose(le, ls, atol=1e-5)
