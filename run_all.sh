@@ -93,13 +93,13 @@ if [ $smoke = 1 ]; then
   inputs="$out/inputs"
   if [ ! -e "$inputs/done" ]; then
     echo "== building tiny models and generated data in $inputs"
-    "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 160 80 80 & made=$!
+    "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 480 80 80 & made=$!
     "$py" -m ser.synthetic --data "$inputs/shemo" --model "$inputs/tiny-hubert" --per-class 8 --uneven
     wait "$made"
     touch "$inputs/done"
   fi
-  # (Trainer logs its loss every 500 steps; the 20 steps of a smoke run are logged every 5)
-  nli_args=(--model "$inputs/tiny-bert" --data-dir "$inputs/farstail" --epochs 2 --lr 3e-3 --trainer-logging-steps 5)
+  # (Trainer logs its loss every 500 steps; the 60 steps of a smoke run are logged every 10)
+  nli_args=(--model "$inputs/tiny-bert" --data-dir "$inputs/farstail" --epochs 2 --lr 3e-3 --trainer-logging-steps 10)
   curve_args=(--data-dir "$inputs/farstail" --importance-batches 4 --fractions 0.2,0.4,0.6 --seeds 2)
   ser_args=(--model "$inputs/tiny-hubert" --data-dir "$inputs/shemo" --epochs 2 --lr 1e-3)
 else

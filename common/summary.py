@@ -221,19 +221,17 @@ class Report:
 def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = False) -> list[str]:
     """Write summary.md and summary.png from task modules ("ser.study:study,..." for some rows)."""
     body, differ = [], ["## What differs from the study, and why", ""]
-    report, smoke_rows = Report(root, seeds), {True: [], False: []}
+    report, learns = Report(root, seeds), []
     for task in tasks:
         name, _, rows = task.partition(":")
         module = importlib.import_module(name)
         report.only, report.tested, report.links = set(rows.split(",")) if rows else None, [], []
         body += module.section(report) + ["", *report.links, ""]
         differ += [f"- {line}" for line in module.DIFFERENCES]
-        smoke_rows[module.SMOKE_LEARNS].append(module.SMOKE_ROWS)
+        learns.append(module.SMOKE_LEARNS)
     title = ["# Summary" + (" (SMOKE RUN: tiny models from random weights, generated data)" if smoke else ""), ""]
-    if smoke:  # each task says whether its tiny model learns its generated data (NOTES.md, 2026-12-01 evening)
-        learns = f"What shows learning: {' and '.join(smoke_rows[True])}. " if smoke_rows[True] else ""
-        nothing = " and ".join(smoke_rows[False] + ["every comparison with the study"])
-        title += [f"{learns}What means nothing: {nothing}.", ""]
+    if smoke:  # each task says what its tiny model learns from its generated data
+        title += [f"What shows learning: {' and '.join(learns)}. What means nothing: every comparison with the study.", ""]
     if report.points:
         from common.plots import plot_summary  # (matplotlib: not for `python -m nli.study --list`)
         plot_summary(report.points, root / "summary.png", "Test accuracy, ours (95% interval) and the study's")

@@ -60,9 +60,13 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
         assert ser["class_counts"]["before"] != ser["class_counts"]["after"]  # the smoke data are uneven
         assert {"accuracy", "uar", "macro_f1"} <= set(ser["test"])
     summary = (out / "summary.md").read_text()
-    assert "SMOKE RUN" in summary and "What shows learning: SER" in summary
-    learned = json.loads((out / "ser/leak-free-random/seed0/metrics.json").read_text())["test"]["accuracy"]
+    assert "SMOKE RUN" in summary and "What shows learning: NLI" in summary and "and SER" in summary
+    def test_accuracy(run):
+        return json.loads((out / run / "seed0/metrics.json").read_text())["test"]["accuracy"]
+    learned = test_accuracy("ser/leak-free-random")
     assert learned >= 0.8, learned  # what the sentence claims (chance: 1/6)
+    learned, frozen = test_accuracy("nli/all"), test_accuracy("nli/freeze12")
+    assert learned >= 0.9 and frozen <= 0.5, (learned, frozen)  # (chance: 1/3)
     assert "missing" not in summary.lower() and "upper bound" not in summary
     for name in EXPERIMENTS:
         assert f"| {name} | ours |" in summary and f"nli/{name}/seed0/report.txt" in summary
@@ -73,7 +77,7 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
     for line in (x for x in summary.splitlines() if x.startswith("|")):  # at most 9 columns, short cells
         assert line.count("|") <= 10 and all(len(c) <= 62 for c in line.split("|")), line
     assert "**Measured on these runs**" in summary and "| split | entailment | contradiction | neutral |" in summary
-    assert "train loss (Trainer's log)" in summary and "here steps 16-20" in summary  # 20 steps logged every 5
+    assert "train loss (Trainer's log)" in summary and "here steps 51-60" in summary  # 60 steps logged every 10
     row = next(line for line in summary.splitlines() if line.startswith("| all | ours |"))
     logged = json.loads((out / "nli/all/seed0/metrics.json").read_text())["train"]["trainer_logged_last"]
     assert f"| {logged:.4f} |" in row

@@ -19,7 +19,7 @@ def inputs(tmp_path_factory):
     """The smoke run's NLI inputs, made with run_all.sh --smoke's command line (the tests using them pass --only nli)."""
     from nli.synthetic import main
     path = tmp_path_factory.mktemp("inputs")
-    main(["--data", str(path / "farstail"), "--model", str(path / "tiny-bert"), "--rows", "160", "80", "80"])
+    main(["--data", str(path / "farstail"), "--model", str(path / "tiny-bert"), "--rows", "480", "80", "80"])
     (path / "done").touch()
     return path
 

@@ -2,9 +2,9 @@
 from the same saved tiny BERT (dropout off), on the same generated rows, in the order Trainer's own
 dataloader served them (batch_order.txt, replayed with --batch-order); fp32 on the CPU. 160 training
 pairs in batches of 8: 20 steps an epoch, 60 in all, at a learning rate (3e-3) that moves the weights
-far. Measured margins (NOTES.md, 2026-12-01): the largest weight difference, 7.4e-6, is always an
-attention key bias, whose gradient is zero but for rounding (a key bias shifts all of a query's
-scores alike), so AdamW steps on noise there; every other weight is within 1.4e-6."""
+far. Measured margins (the three runs below; NOTES.md, 2026-12-01 night): attention key biases
+differ by up to 1.1e-4, as their gradient is zero but for rounding (a key bias shifts all of a
+query's scores alike), so AdamW steps on noise there; every other weight is within 5.3e-6."""
 import csv
 import json
 from pathlib import Path
@@ -55,8 +55,10 @@ def same_training(trainer, mine, losses, start):
     assert steps_csv(mine, "lr") == pytest.approx([e["learning_rate"] for e in log], rel=1e-5)  # (6 digits)
     a, b = load_file(trainer / "model" / "model.safetensors"), load_file(mine / "model" / "model.safetensors")
     assert a.keys() == b.keys()
-    worst = max((float((a[k] - b[k]).abs().max()), k) for k in a)
+    worst = max((float((a[k] - b[k]).abs().max()), k) for k in a if not k.endswith("key.bias"))
     assert worst[0] < 1e-5, worst
+    keys = max(float((a[k] - b[k]).abs().max()) for k in a if k.endswith("key.bias"))
+    assert keys < 1e-3, keys  # AdamW steps on rounding noise there (the module docstring)
     start = load_file(start / "model.safetensors")  # (not a comparison of models standing still)
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 0.05
     theirs, metrics = (json.loads((x / "metrics.json").read_text()) for x in (trainer, mine))
