@@ -57,7 +57,8 @@ CURVE_OF = "all"  # run_all.sh draws the pruning curve (nli.prune_curve) on this
 REFERENCE = "all"  # every other experiment is compared with this one on the same test pairs
 # What the smoke run's rows show (its generated rule: nli/synthetic.py)
 SMOKE_LEARNS = ("NLI's rows (the hypothesis's last word gives the label, so hypothesis-only learns it too; "
-                "freeze12, whose 12 layers keep their random weights, stays near chance, 1/3)")
+                "near chance, 1/3: freeze12, whose 12 layers keep their random weights, and prune0.5-masking, "
+                "half of every attention weight masked)")
 
 # Every way our NLI runs differ from the study's, and why (summary.md, "What differs").
 DIFFERENCES = [
