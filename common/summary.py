@@ -231,7 +231,8 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
         learns.append(module.SMOKE_LEARNS)
     title = ["# Summary" + (" (SMOKE RUN: tiny models from random weights, generated data)" if smoke else ""), ""]
     if smoke:  # each task says what its tiny model learns from its generated data
-        title += [f"What shows learning: {' and '.join(learns)}. What means nothing: every comparison with the study.", ""]
+        title += [f"What shows learning: {' and '.join(learns)}. "
+                  "What means nothing: every comparison with the study.", ""]
     if report.points:
         from common.plots import plot_summary  # (matplotlib: not for `python -m nli.study --list`)
         plot_summary(report.points, root / "summary.png", "Test accuracy, ours (95% interval) and the study's")
