@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,28 +37,14 @@ def fake_python(tmp_path, jobs: str) -> dict:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The smoke run with two slots, and beside it, once its inputs exist, one of its jobs run alone
-    with one thread (for the side-by-side test below; running it here, not after, keeps both cores busy)."""
-    out, alone = tmp_path_factory.mktemp("smoke"), tmp_path_factory.mktemp("alone")
-    env = {**os.environ, "SHEMO_DIR": ""}
-    runs = [subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--smoke", "--slots", "2", "--out", str(out)],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
-    while runs[0].poll() is None and not (out / "inputs" / "done").exists():
-        time.sleep(0.5)
-    assert (out / "inputs" / "done").exists(), runs[0].communicate()[1][-3000:]
-    shutil.copytree(out / "inputs", alone / "inputs")
-    runs.append(subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--smoke", "--only", "ser", "--ser-protocols",
-                                  "study", "--out", str(alone)], cwd=ROOT, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env={**env, "OMP_NUM_THREADS": "1"}))
-    outputs = [r.communicate(timeout=600) for r in runs]
-    results = [subprocess.CompletedProcess(r.args, r.returncode, *o) for r, o in zip(runs, outputs)]
-    for r in results:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return out, results[0], alone
+    out = tmp_path_factory.mktemp("smoke")
+    result = run_all("--smoke", "--slots", "2", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
 
 
 def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
-    out, result, _ = smoke
+    out, result = smoke
     n = len(EXPERIMENTS) + 1 + len(PROTOCOLS) + 1  # +1: the pruning curve; +1: the speaker folds (smoke: 3)
     assert f"[{n}/{n}] ser leak-free-speaker-folds seed 0" in result.stdout
     for name in EXPERIMENTS:
@@ -121,7 +106,7 @@ def test_smoke_run_writes_every_experiment_and_the_summary(smoke):
 
 
 def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
-    out, _, _ = smoke
+    out, _ = smoke
     for seed, acc in ((0, 0.5), (1, 0.7)):
         run = tmp_path / "nli" / "all" / f"seed{seed}"
         shutil.copytree(out / "nli/all/seed0", run)
@@ -137,7 +122,7 @@ def test_summary_averages_seeds_and_lists_missing_runs(smoke, tmp_path):
 
 
 def test_summary_gives_every_study_figure_and_every_difference(smoke):
-    out, _, _ = smoke
+    out, _ = smoke
     summary = (out / "summary.md").read_text()
     for e in [e for e in nli_study.EXPERIMENTS if e.study]:
         row = next(line for line in summary.splitlines() if line.startswith(f"| {e.name} | ours |"))
@@ -164,21 +149,25 @@ def test_the_experiment_lists_have_one_source():
     assert [line.split("\t")[0] for line in listed.splitlines()] == EXPERIMENTS
 
 
-def test_side_by_side_runs_give_the_figures_of_a_sequential_run_and_a_rerun_skips_it(smoke):
-    """--slots 2 gave each job one CPU thread (2 cores / 2 slots); the same job run alone by another
-    run_all.sh (one slot, one thread) gives the same numbers; and a second run_all.sh skips it."""
-    out, result, alone = smoke
+def test_side_by_side_runs_give_the_figures_of_a_sequential_run_and_a_rerun_skips_it(smoke, tmp_path):
+    """--slots 2 gave each job one CPU thread (2 cores / 2 slots); the same thread count, one job
+    at a time, gives the same numbers; and a second run_all.sh skips the finished run."""
+    out, result = smoke
     assert "output in" in result.stdout and (out / "logs" / "ser-study-seed-0.log").exists()
-    a, b = (json.loads((d / "ser/study/seed0/metrics.json").read_text()) for d in (out, alone))
+    shutil.copytree(out / "inputs", tmp_path / "inputs")
+    seq = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", tmp_path,
+                  env={"OMP_NUM_THREADS": "1"})
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    a, b = (json.loads((d / "ser/study/seed0/metrics.json").read_text()) for d in (out, tmp_path))
     for split in ("train", "val", "test"):
         assert a[split] == b[split], split
     # run again: the finished run is skipped, untouched, and the protocols not asked for are not missing
-    before = (alone / "ser/study/seed0/metrics.json").stat().st_mtime_ns
-    again = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", alone)
+    before = (tmp_path / "ser/study/seed0/metrics.json").stat().st_mtime_ns
+    again = run_all("--smoke", "--only", "ser", "--ser-protocols", "study", "--out", tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already holds this finished run" in again.stdout and "[1/1] ser study seed 0" in again.stdout
-    assert "missing" not in (alone / "summary.md").read_text().lower()
-    assert (alone / "ser/study/seed0/metrics.json").stat().st_mtime_ns == before
+    assert "missing" not in (tmp_path / "summary.md").read_text().lower()
+    assert (tmp_path / "ser/study/seed0/metrics.json").stat().st_mtime_ns == before
 
 
 # SIGTERM: a scheduler's stop; SIGHUP: a closed terminal (Ctrl-C sends SIGINT: the same path)
