@@ -9,6 +9,7 @@
 #            --ser-protocols NAME,... (default: every protocol python -m ser.study --list gives)
 #            --ser-folds K (also K speaker-independent folds, each tested once, a row of its own; smoke: 3)
 #            --gpus 0,1,2,3 (independent experiments side by side, one per GPU)  --slots N (N side by side, same device)
+#            --dry-run (print each experiment's command and stop: nothing is made or run)
 #
 # The experiment lists live in nli/study.py and ser/study.py (python -m nli.study --list).
 # Runs go to OUT/nli/<experiment>/seed<k>/ and OUT/ser/<protocol>/seed<k>/ (OUT: runs/, or runs-smoke/ with --smoke).
@@ -18,7 +19,7 @@ set -euo pipefail
 here=$PWD  # relative --out and --shemo (or SHEMO_DIR) name folders from where the command was given
 cd "$(dirname "$0")"
 
-smoke=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""; ser_folds=""; gpus=(); slots=1
+smoke=0; dry_run=0; seeds=1; only=""; out=""; shemo="${SHEMO_DIR:-}"; ser_protocols=""; ser_folds=""; gpus=(); slots=1
 usage() { echo "run_all.sh: $1 (see --help)" >&2; exit 2; }
 value() {  # value FLAG NEXT-ARGUMENT WHAT: the flag's value, or one line and exit 2
   { [ -n "${2:-}" ] && [[ "$2" != --* ]]; } || usage "$1 needs $3"
@@ -27,6 +28,7 @@ value() {  # value FLAG NEXT-ARGUMENT WHAT: the flag's value, or one line and ex
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
+    --dry-run) dry_run=1 ;;
     --seeds) seeds=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
     --only) only=$(value "$1" "${2:-}" "nli or ser") || exit 2; shift ;;
     --shemo) shemo=$(value "$1" "${2:-}" "a folder") || exit 2; shift ;;
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --ser-folds) ser_folds=$(value "$1" "${2:-}" "a number of folds (3 or more)") || exit 2; shift ;;
     --gpus) ids=$(value "$1" "${2:-}" "GPU ids, like 0,1,2,3") || exit 2; IFS=, read -ra gpus <<< "$ids"; shift ;;
     --slots) slots=$(value "$1" "${2:-}" "a number") || exit 2; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) usage "unknown option $1" ;;
   esac
   shift
@@ -88,10 +90,10 @@ lock_out() {  # one run_all.sh per --out: hold OUT/.lock (the lock every run hol
 }
 
 if [ $smoke = 1 ]; then
-  lock_out
+  [ $dry_run = 1 ] || lock_out
   # Tiny models built from configs and generated data, passed the way a user passes real ones.
   inputs="$out/inputs"
-  if [ ! -e "$inputs/done" ]; then
+  if [ $dry_run = 0 ] && [ ! -e "$inputs/done" ]; then
     echo "== building tiny models and generated data in $inputs"
     "$py" -m nli.synthetic --data "$inputs/farstail" --model "$inputs/tiny-bert" --rows 480 80 80 & made=$!
     "$py" -m ser.synthetic --data "$inputs/shemo" --model "$inputs/tiny-hubert" --per-class 8 --uneven
@@ -119,106 +121,62 @@ else
     fi
   fi
   ser_args=(--data-dir "$shemo")
-  lock_out
+  [ $dry_run = 1 ] || lock_out
 fi
 
-# The jobs, in order: a name, an output folder, a command, and the job it must wait for (-1: none).
-J_NAME=(); J_DIR=(); J_CMD=(); J_AFTER=()
-add() { J_NAME+=("$1"); J_DIR+=("$2"); J_CMD+=("$3"); J_AFTER+=("${4:--1}"); }
-q() { printf '%q ' "$@"; }  # a quoted command line for bash -c
+# The jobs, in order: a name, an output folder, the job it must wait for (-1: none), and a command: a module and
+# its arguments, quoted (`python -m` runs it; --dry-run prints it).
+J_NAME=(); J_DIR=(); J_AFTER=(); J_CMD=()
+add() { J_NAME+=("$1"); J_DIR+=("$2"); J_AFTER+=("$3"); J_CMD+=("$4"); }
+q() { printf '%q ' "$@"; }
 for ((seed = 0; seed < seeds; seed++)); do
   if [ "$only" != ser ]; then
     for i in "${!nli_names[@]}"; do
       dir="$out/nli/${nli_names[$i]}/seed$seed"
       # ${nli_flags[$i]} unquoted on purpose: the flags split into words
-      add "nli ${nli_names[$i]} seed $seed" "$dir" \
-        "$(q "$py" -m nli.train "${nli_args[@]}") ${nli_flags[$i]} $(q --seed "$seed" --out "$dir" --resume)"
+      add "nli ${nli_names[$i]} seed $seed" "$dir" -1 \
+        "$(q nli.train "${nli_args[@]}") ${nli_flags[$i]} $(q --seed "$seed" --out "$dir" --resume)"
       if [ "${nli_names[$i]}" = "$curve_of" ]; then  # heads removed from the fine-tuned model, no retraining
-        add "nli pruning curve seed $seed" "$dir/prune_curve" "$(q "$py" -m nli.prune_curve --model "$dir/model" \
-          "${curve_args[@]}" --iterative --out "$dir/prune_curve" --resume)" $((${#J_NAME[@]} - 1))
+        add "nli pruning curve seed $seed" "$dir/prune_curve" $((${#J_NAME[@]} - 1)) "$(q nli.prune_curve --model \
+          "$dir/model" "${curve_args[@]}" --iterative --out "$dir/prune_curve" --resume)"
       fi
     done
   fi
   if [ "$only" != nli ]; then
     for i in "${!ser_names[@]}"; do
       dir="$out/ser/${ser_names[$i]}/seed$seed"
-      add "ser ${ser_names[$i]} seed $seed" "$dir" "$(q "$py" -m ser.train "${ser_args[@]}") ${ser_flags[$i]} \
+      add "ser ${ser_names[$i]} seed $seed" "$dir" -1 "$(q ser.train "${ser_args[@]}") ${ser_flags[$i]} \
 $(q --seed "$seed" --cache-dir "$out/ser/augmented-cache" --out "$dir" --resume)"
     done
   fi
 done
-total=${#J_NAME[@]}
+if [ $dry_run = 1 ]; then
+  for j in "${!J_NAME[@]}"; do echo "${J_NAME[$j]}: $(q "$py" -m)${J_CMD[$j]}" | tr -s " "; done
+  exit 0
+fi
 
-start() {  # start JOB SLOT: the command, replacing this shell, on the slot's GPU (--gpus), into its log (--slots)
-  if [ -n "${gpus[$2]:-}" ]; then export CUDA_VISIBLE_DEVICES=${gpus[$2]}; fi
-  if [ "$slots" -gt 1 ]; then exec > "$(logf "$1")" 2>&1; fi
-  exec bash -c "${J_CMD[$1]}"
+# Up to $slots jobs side by side (one: in order, on this terminal; more: output in $out/logs/), run by
+# common/jobs.py: it imports torch and transformers once and forks each job from there. A failure starts nothing
+# new and stops no running job; every job started is waited for. Ctrl-C, SIGTERM or SIGHUP (a closed terminal)
+# goes to the running jobs as SIGTERM (each keeps its last finished epoch's checkpoint), which are waited for; the
+# lock on --out goes only then.
+jobs() {  # NUL-separated, as common/jobs.py reads them
+  for j in "${!J_NAME[@]}"; do
+    eval "words=(${J_CMD[$j]})"
+    printf '%s\0' "${J_NAME[$j]}" "${J_DIR[$j]}" "${J_AFTER[$j]}" "${#words[@]}" "${words[@]}"
+  done
 }
-logf() { echo "$out/logs/$(echo "${J_NAME[$1]}" | tr ' ' '-').log"; }
-failed() {  # failed JOB STATUS: name it, why it ended, and where to look
-  local why="exit status $2" line
-  [ "$2" -gt 128 ] && why="killed by signal $(($2 - 128)) ($(kill -l $(($2 - 128)) 2>/dev/null || echo ?))"
-  [ "$2" = 130 ] && why="interrupted"
-  echo "run_all.sh: experiment ${J_NAME[$1]} failed ($why); see ${J_DIR[$1]}/train.log" >&2
-  if [ "$slots" -gt 1 ]; then  # its output went to a log file: show its error line, or its last lines
-    line=$(grep -h '^error:' "$(logf "$1")" 2>/dev/null | tail -n 1 || true)
-    if [ -n "$line" ]; then echo "$line" >&2
-    else echo "  (it printed no error line; its last output:)" >&2; tail -n 3 "$(logf "$1")" 2>/dev/null | sed 's/^/  | /' >&2 || true
-    fi
-    echo "  (its console output: $(logf "$1"))" >&2
-  fi
-}
-
-# Up to $slots jobs side by side (one: in order, on this terminal; more: output in $out/logs/). A failure starts
-# nothing new and stops no running job; every job started is waited for. Ctrl-C, SIGTERM or SIGHUP (a closed
-# terminal) goes to the running jobs as SIGTERM (each keeps its last finished epoch's checkpoint), which are waited
-# for; the lock on --out goes only then.
-[ "$slots" -gt 1 ] && mkdir -p "$out/logs"
-declare -A slot_of job_of  # pid -> slot, pid -> job
-stop=0
-trap 'stop=1; for p in "${!job_of[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' INT TERM HUP
-free=(); for ((k = 0; k < slots; k++)); do free+=("$k"); done
-state=(); for ((j = 0; j < total; j++)); do state+=(waiting); done
-bad=()
-while :; do
-  next=-1
-  if [ $stop = 0 ] && [ ${#bad[@]} = 0 ] && [ ${#free[@]} -gt 0 ]; then
-    for ((j = 0; j < total; j++)); do
-      dep=${J_AFTER[$j]}
-      if [ "${state[$j]}" = waiting ] && { [ "$dep" -lt 0 ] || [ "${state[$dep]}" = ok ]; }; then next=$j; break; fi
-    done
-  fi
-  if [ "$next" -ge 0 ]; then
-    slot=${free[0]}; free=("${free[@]:1}")
-    log=""; [ "$slots" = 1 ] || log="; output in $(logf "$next")"
-    echo "== [$((next + 1))/$total] ${J_NAME[$next]} -> ${J_DIR[$next]}${gpus[$slot]:+ (GPU ${gpus[$slot]})}$log"
-    start "$next" "$slot" &
-    slot_of[$!]=$slot; job_of[$!]=$next; state[$next]=running
-    continue
-  fi
-  [ ${#slot_of[@]} = 0 ] && break  # nothing running, nothing startable
-  pid=""; status=0
-  wait -n -p pid "${!job_of[@]}" || status=$?
-  [ -n "${pid:-}" ] || continue  # a signal interrupted the wait (the trap ran): wait again for the jobs
-  j=${job_of[$pid]}; free+=("${slot_of[$pid]}"); unset "slot_of[$pid]" "job_of[$pid]"
-  if [ "$status" = 0 ]; then
-    state[$j]=ok; [ "$slots" -gt 1 ] && echo "== done: ${J_NAME[$j]}"
-  elif [ $stop = 1 ]; then  # stopped by the SIGTERM passed on to it
-    state[$j]=interrupted
-  else
-    state[$j]=failed; bad+=("$j"); failed "$j" "$status"
-  fi
+gpu_list=$(IFS=,; echo "${gpus[*]}")
+"$py" -m common.jobs --slots "$slots" --gpus "$gpu_list" --logs "$out/logs" \
+  --preload transformers.models.bert.modeling_bert,transformers.models.hubert.modeling_hubert,audiomentations \
+  < <(jobs) & scheduler=$!
+trap 'kill -TERM "$scheduler" 2>/dev/null || true' INT TERM HUP
+status=0
+until wait "$scheduler"; do  # (a trapped signal ends the wait early: wait again until the scheduler has ended)
+  status=$?; kill -0 "$scheduler" 2>/dev/null || break
 done
 trap - INT TERM HUP
-if [ $stop = 1 ]; then
-  echo "run_all.sh: interrupted; run the same command again to continue (finished experiments are skipped," \
-    "the others resume from their last finished epoch)" >&2
-  exit 130
-fi
-if [ ${#bad[@]} -gt 0 ]; then
-  echo "run_all.sh: ${#bad[@]} experiment(s) failed; the others finished or were not started" >&2
-  exit 1
-fi
+[ "$status" = 0 ] || exit "$status"
 
 tasks=()
 [ "$only" != ser ] && tasks+=(--task nli.study)

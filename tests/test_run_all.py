@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ def run_all(*args, env=None):
     env = {**os.environ, "SHEMO_DIR": "", **(env or {})}
     return subprocess.run(["bash", str(ROOT / "run_all.sh"), *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, env=env, timeout=600)
-
-
-def fake_python(tmp_path, jobs: str) -> dict:
-    """An environment whose PYTHON runs `jobs` (bash case branches on the command line) and hands
-    every other command to the real python: run_all.sh's jobs made to sleep or die on purpose."""
-    path = tmp_path / "python"
-    path.write_text(f"#!/usr/bin/env bash\ncase \"$*\" in\n{jobs}\nesac\nexec {sys.executable} \"$@\"\n")
-    path.chmod(0o755)
-    return {"PYTHON": str(path)}
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,20 @@
-"""run_all.sh when things go wrong, without the smoke run's fixture (each builds its own tiny
-inputs, so pytest's two workers can share these out): a failing or dying experiment, a missing
-ShEMO, bad flags, one run_all.sh per folder, Ctrl-C / SIGTERM / SIGHUP, relative folders."""
+"""run_all.sh when things go wrong, without the smoke run's fixture (so pytest's two workers can
+share these out): failing experiments, a missing ShEMO, bad flags, one run_all.sh per folder, a
+closed terminal, relative folders; and its scheduler (common/jobs.py) given jobs that fail, die,
+wait for another or are stopped by a signal."""
 import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_run_all import ROOT, fake_python, run_all
+from common.jobs import Job, run
+from tests.test_run_all import ROOT, run_all
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +25,6 @@ def inputs(tmp_path_factory):
     main(["--data", str(path / "farstail"), "--model", str(path / "tiny-bert"), "--rows", "480", "80", "80"])
     (path / "done").touch()
     return path
-
-
-def test_failing_experiment_stops_the_script_and_names_its_log(inputs, tmp_path):
-    """One job at a time: the first failure stops the script (a real failure's message is relayed:
-    the side-by-side test below)."""
-    shutil.copytree(inputs, tmp_path / "inputs")
-    env = fake_python(tmp_path, "  *nli.train*/nli/all/*) echo 'error: bad data' >&2; exit 2 ;;")
-    result = run_all("--smoke", "--only", "nli", "--out", tmp_path, env=env)
-    assert result.returncode == 1
-    assert "experiment nli all seed 0 failed (exit status 2)" in result.stderr
-    assert "nli/all/seed0/train.log" in result.stderr and "error: bad data" in result.stderr
-    assert not (tmp_path / "summary.md").exists() and not (tmp_path / "nli/freeze9").exists()
 
 
 def test_missing_shemo_stops_before_any_training(tmp_path):
@@ -58,45 +49,91 @@ def test_side_by_side_failures_name_each_experiment_and_start_nothing_new(inputs
     assert run_all("--gpus", "0,x", "--only", "nli").returncode == 2
 
 
-def test_a_job_that_dies_without_a_word_is_reported_and_the_running_one_is_waited_for(inputs, tmp_path):
+def test_one_run_all_per_folder_and_a_closed_terminal_stops_and_waits_for_its_job(inputs, tmp_path):
+    """SIGHUP (a closed terminal) to run_all.sh: passed on to the running experiment, which stops at its
+    next step and keeps its checkpoint; run_all.sh waits for it, says so, and releases the lock."""
     shutil.copytree(inputs, tmp_path / "inputs")
-    mark = tmp_path / "slow-job-finished"
-    env = fake_python(tmp_path, f'  *nli.train*/nli/all/*) sleep 3; touch {mark}; exit 0 ;;\n'
-                                f'  *nli.train*/nli/freeze9/*) kill -9 $$ ;;')
-    result = run_all("--smoke", "--only", "nli", "--slots", "2", "--out", tmp_path, env=env)
-    assert result.returncode == 1 and mark.exists()  # it exited only after the running job had finished
-    assert "experiment nli freeze9 seed 0 failed (killed by signal 9 (KILL))" in result.stderr
-    assert "it printed no error line" in result.stderr and "2 experiment(s)" not in result.stderr
-    assert "[2/9]" not in result.stdout and "[4/9]" not in result.stdout  # nothing new started
-
-
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_one_run_all_per_folder_and_an_interrupt_stops_and_waits_for_its_jobs(tmp_path, stop):
-    (tmp_path / "inputs").mkdir()
-    (tmp_path / "inputs" / "done").touch()  # (the first job never reads them: it is made to wait)
-    mark = tmp_path / "slow-job-finished"
-    env = {**os.environ, "SHEMO_DIR": "",
-           **fake_python(tmp_path, f'  *nli.train*/nli/all/*) trap \'kill $s; exit 143\' TERM; echo > {mark}.started; '
-                                   f'sleep 30 & s=$!; wait $s; touch {mark}; exit 0 ;;')}
+    log = tmp_path / "nli/all/seed0/train.log"
     first = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--smoke", "--only", "nli", "--out", str(tmp_path)],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "SHEMO_DIR": ""})
     try:
-        for _ in range(300):
-            if Path(f"{mark}.started").exists():
+        for _ in range(600):  # (the experiment has started; it trains for seconds more)
+            if log.exists():
                 break
             time.sleep(0.1)
         second = run_all("--smoke", "--only", "nli", "--out", tmp_path)
         assert second.returncode == 2 and f"in use by another run_all.sh (process {first.pid})" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "[1/9]" not in second.stdout
-        first.send_signal(stop)
-        _, err = first.communicate(timeout=60)
+        first.send_signal(signal.SIGHUP)
+        _, err = first.communicate(timeout=120)
     finally:
         first.kill()
-    assert first.returncode == 130 and "interrupted; run the same command again" in err
-    assert not mark.exists()  # the running job was stopped, not left behind
-    assert "failed" not in err
+    assert first.returncode == 130 and "interrupted; run the same command again" in err, err[-2000:]
+    assert "failed" not in err and "[2/9]" not in err
+    assert log.read_text().splitlines()[-1] == "interrupted; resume with --resume"  # stopped, not left behind
+    assert not (tmp_path / "nli/all/seed0/metrics.json").exists()
     with open(tmp_path / ".lock") as f:  # released: no job of it lives on holding it
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.fixture
+def job(tmp_path, monkeypatch):
+    """A module the scheduler can run: `fakejob fail`, `fakejob die`, `fakejob sleep SECONDS MARK`."""
+    (tmp_path / "fakejob.py").write_text(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # (as every experiment: stop when asked)\n"
+        "if sys.argv[1] == 'fail':\n    print('error: bad data', file=sys.stderr)\n    sys.exit(2)\n"
+        "if sys.argv[1] == 'die':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if sys.argv[1] == 'sleep':\n    open(sys.argv[3] + '.started', 'w').close()\n"
+        "    time.sleep(float(sys.argv[2]))\n    open(sys.argv[3], 'w').close()\n")
+    monkeypatch.syspath_prepend(tmp_path)  # (the forked jobs inherit it)
+    return lambda name, *args, after=-1: Job(name, str(tmp_path / name), after, "fakejob", list(args))
+
+
+def test_a_failing_experiment_stops_the_scheduler_and_names_its_log(job, capfd):
+    """One job at a time: the first failure stops it; the job's own error line is on the terminal."""
+    assert run([job("a", "fail"), job("b", "sleep", "0", "never")]) == 1
+    out, err = capfd.readouterr()
+    assert f"experiment a failed (exit status 2); see {job('a').dir}/train.log" in err and "error: bad data" in err
+    assert "1 experiment(s) failed" in err and "[2/2]" not in out
+
+
+def test_a_job_that_dies_without_a_word_is_reported_and_the_running_one_is_waited_for(job, tmp_path, capfd):
+    mark = tmp_path / "slow-job-finished"
+    jobs = [job("slow", "sleep", "2", str(mark)), job("dies", "die"), job("next", "sleep", "0", str(mark) + "2")]
+    assert run(jobs, slots=2, logs=tmp_path / "logs") == 1
+    out, err = capfd.readouterr()
+    assert mark.exists()  # it returned only after the running job had finished
+    assert "experiment dies failed (killed by signal 9 (KILL))" in err and "it printed no error line" in err
+    assert f"(its console output: {tmp_path / 'logs/dies.log'})" in err and "2 experiment(s)" not in err
+    assert "[3/3]" not in out  # nothing new started
+
+
+def test_a_job_waits_for_the_job_it_needs_and_a_stop_signal_reaches_the_running_one(job, tmp_path, capfd):
+    mark = tmp_path / "slow-job-finished"
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: seen.append(a))  # (fails the test if run() had no handler)
+    stopper = threading.Thread(target=lambda: (wait_for(Path(f"{mark}.started")), os.kill(os.getpid(), signal.SIGTERM)))
+    stopper.start()
+    try:
+        code = run([job("a", "sleep", "0", str(tmp_path / "a-done")), job("b", "sleep", "30", str(mark), after=0),
+                    job("c", "sleep", "0", str(tmp_path / "c-done"))])
+    finally:
+        stopper.join()
+        signal.signal(signal.SIGTERM, previous)
+    out, err = capfd.readouterr()
+    assert (tmp_path / "a-done").exists() and out.index("[1/3]") < out.index("[2/3]")  # b waited for a
+    assert code == 130 and "interrupted; run the same command again" in err and not seen
+    assert not mark.exists() and not (tmp_path / "c-done").exists()  # b was stopped; c never started
+    assert "failed" not in err
+
+
+def wait_for(path: Path) -> None:
+    for _ in range(600):
+        if path.exists():
+            return
+        time.sleep(0.05)
 
 
 def test_run_all_flag_without_a_value_is_one_line():
@@ -108,15 +145,14 @@ def test_run_all_flag_without_a_value_is_one_line():
 
 def test_relative_out_and_shemo_are_read_from_where_the_command_is_given(shemo_dir, tmp_path):
     (tmp_path / "audio").symlink_to(shemo_dir)
-    job = f'  *ser.train*) echo "$*" >> {tmp_path}/jobs; exit 0 ;;'  # (what the job was asked to do)
-    env = {**os.environ, "SHEMO_DIR": "", **fake_python(tmp_path, job)}
     result = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--only", "ser", "--ser-protocols", "study", "--shemo",
-                             "audio", "--out", "runs"], cwd=tmp_path, capture_output=True, text=True, env=env,
-                            timeout=300)
+                             "audio", "--out", "runs", "--dry-run"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "SHEMO_DIR": ""}, timeout=300)
     assert result.returncode == 0, result.stderr
-    job = (tmp_path / "jobs").read_text()
+    job = result.stdout.splitlines()[-1]  # what the one experiment would be asked to do (after the audio check)
+    assert job.startswith("ser study seed 0: ") and " -m ser.train " in job and "[1/1]" not in result.stdout
     assert f"--data-dir {tmp_path}/audio " in job and f"--out {tmp_path}/runs/ser/study/seed0 " in job
-    assert (tmp_path / "runs" / "summary.md").exists()
+    assert not (tmp_path / "runs").exists()  # a dry run makes nothing
 
 
 def test_a_number_of_folds_with_a_leading_zero_is_that_number():
