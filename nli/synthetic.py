@@ -17,6 +17,8 @@ import random
 import unicodedata
 from pathlib import Path
 
+from common.files import claim
+
 WORDS = ("کتاب دانشجو دانشگاه شهر تهران ایران فرهنگ تاریخ علم هنر زبان فارسی شعر کار خانه مدرسه معلم "
          "درس آب باران کوه دریا جنگل درخت گل باغ روز شب سال ماه خورشید ستاره مردم کشور دولت اقتصاد "
          "بازار پول خبر روزنامه رادیو فیلم سینما موسیقی ورزش فوتبال تیم بازی پزشک بیمار دارو").split()
@@ -84,9 +86,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.layers < 1 or min(a.rows) < 1:
         p.error("--layers and every --rows must be at least 1")
-    for folder in (a.data, a.model):
-        if folder.exists() and not folder.is_dir():
-            p.error(f"{folder} is a file, not a folder")
+    if problem := claim([a.data, a.model], "nli.synthetic"):
+        p.error(problem)
     write_farstail(a.data, a.rows, a.seed)
     write_tiny_bert(a.model, a.layers, seed=a.seed)
 

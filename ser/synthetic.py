@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import claim
+
 # letter -> (tone in Hz, amplitude): each emotion sounds different
 VOICES = {"A": (440.0, 0.6), "F": (660.0, 0.15), "H": (550.0, 0.4), "N": (220.0, 0.2), "S": (165.0, 0.1),
           "W": (880.0, 0.5)}
@@ -63,6 +65,8 @@ def main(argv=None):
     p.add_argument("--uneven", action="store_true", help="classes of different sizes, as ShEMO's (to show balancing)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if problem := claim([a.data, a.model], "ser.synthetic"):
+        p.error(problem)
     n = a.per_class
     counts = {"A": 2 * n, "N": 2 * n, "S": n, "W": n // 2 + 3, "H": n // 2 + 3, "F": n // 4 + 3} if a.uneven else n
     write_shemo(a.data, counts, a.speakers, seed=a.seed)

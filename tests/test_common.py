@@ -141,3 +141,21 @@ def test_text_with_a_bom_is_read_and_other_encodings_name_the_line(tmp_path):
     with pytest.raises(UserError, match=r"cp.csv, line 2: not UTF-8"):
         read_text(tmp_path / "cp.csv")
 
+
+
+def test_the_generators_overwrite_only_folders_they_made(tmp_path, capsys):
+    from nli.synthetic import main as nli_synthetic
+    from ser.synthetic import main as ser_synthetic
+    mine = tmp_path / "my-farstail"
+    mine.mkdir()
+    (mine / "Train-word.csv").write_text("my own data\n")
+    for main in (nli_synthetic, ser_synthetic):
+        with pytest.raises(SystemExit) as e:
+            main(["--data", str(mine), "--model", str(tmp_path / "model")])
+        assert e.value.code == 2 and f"{mine} holds files" in capsys.readouterr().err
+    assert (mine / "Train-word.csv").read_text() == "my own data\n" and not (tmp_path / "model").exists()
+    made = ["--data", str(tmp_path / "data"), "--model", str(tmp_path / "bert"), "--rows", "3", "3", "3", "--layers", "1"]
+    nli_synthetic(made)
+    nli_synthetic(made)  # its own folders, made again (an interrupted smoke run's inputs are rebuilt)
+    with pytest.raises(SystemExit):
+        ser_synthetic(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "hubert")])
