@@ -18,7 +18,7 @@ from common.errors import user_errors
 from common.inputs import files_record, model_record
 from common.results import logged_like_trainer, write_config
 from common.run import Run, count_params, run_info
-from common.graphs import capture_items
+from common.graphs import capture_examples
 from common.training import Recipe, Training
 from nli.config import NLIConfig, parse_args
 from nli.data import (LABEL_NAMES, bucket_length, check_max_length, collate, encode, farstail_record, label_counts,
@@ -73,11 +73,11 @@ def train(cfg: NLIConfig):
         # 3. AdamW over trainable parameters, linear decay; the step machinery.
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=True, clip=1.0)
         sdpa, read_now = uses_sdpa(model), fingerprint(cfg)  # (what the run reads, as it is now)
-        # (graph capture: a zero-weight micro-batch per bucket an epoch uses often enough; common/graphs.py)
-        training = Training(model, forward, run, recipe, read_now, lambda: [
-            collate(data["train"], [i], device, rows=cfg.batch_size, weight=0.0, sdpa_mask=sdpa) for i in
-            capture_items(data["train"].lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), sampler.epoch(1),
-                          cfg.batch_size)])
+        make_batch = lambda idx, rows, w: collate(data["train"], idx, device, rows=rows, weight=w,  # noqa: E731
+                                                  sdpa_mask=sdpa)
+        training = Training(model, forward, run, recipe, read_now, capture_examples(
+            make_batch, data["train"].lengths.tolist(), lambda n: bucket_length(n, cfg.max_length), sampler.epoch(1),
+            cfg.batch_size))
         if d.main:
             write_config(out, run.spec.args, {
                 "experiment": cfg.experiment.name, "device": str(device), "precision": precision_name(dtype),
@@ -93,8 +93,7 @@ def train(cfg: NLIConfig):
 
         # 4. The loop: train an epoch, evaluate validation and test, checkpoint.
         for epoch in training.epochs():
-            fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="pairs", make_batch=lambda idx, rows, w:
-                                       collate(data["train"], idx, device, rows=rows, weight=w, sdpa_mask=sdpa))
+            fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="pairs", make_batch=make_batch)
             ev = training.timed_evaluation(fig, lambda: {
                 "val": evaluate(model, data["val"], device, dtype),
                 "test": evaluate(model, data["test"], device, dtype, splits["test"].hard)})

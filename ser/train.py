@@ -17,7 +17,7 @@ from common.errors import user_errors
 from common.inputs import model_record
 from common.results import write_config
 from common.run import Run, count_params, run_info
-from common.graphs import capture_items
+from common.graphs import capture_examples
 from common.training import Recipe, Training
 from ser.audio import SAMPLE_RATE, augmentation_settings
 from ser.config import SERConfig, parse_args
@@ -82,13 +82,14 @@ def train(cfg: SERConfig, corpus=None):
         # 4. Batches of similar length; AdamW at a constant rate; the step machinery.
         model.to(device)
         params = count_params(model)
-        sampler = LengthGroupedBatches([len(w) for w in waves["train"]], cfg.batch_size * cfg.grad_accum, cfg.seed)
+        lengths = [len(w) for w in waves["train"]]
+        sampler = LengthGroupedBatches(lengths, cfg.batch_size * cfg.grad_accum, cfg.seed)
         recipe = Recipe(cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, len(sampler), decay=False, clip=None)
         read_now = fingerprint(cfg)  # (what the run reads, as it is now)
-        # (graph capture: one micro-batch per whole-second bucket an epoch uses often enough; common/graphs.py)
-        training = Training(model, forward, run, recipe, read_now, lambda: [
-            collate(waves["train"], [i], ids["train"], pad, device, rows=cfg.batch_size, weight=0.0) for i in
-            capture_items([len(w) for w in waves["train"]], bucket_length, sampler.epoch(1), cfg.batch_size)])
+        make_batch = lambda idx, rows, w: collate(waves["train"], idx, ids["train"], pad, device,  # noqa: E731
+                                                  rows=rows, weight=w)
+        training = Training(model, forward, run, recipe, read_now,
+                            capture_examples(make_batch, lengths, bucket_length, sampler.epoch(1), cfg.batch_size))
         if d.main:
             write_config(out, run.spec.args, {
                 "device": str(device), "precision": precision_name(dtype), "feature_extractor": fe_source,
@@ -105,9 +106,8 @@ def train(cfg: SERConfig, corpus=None):
 
         # 5. The loop: train an epoch, evaluate validation and test, checkpoint.
         for epoch in training.epochs():
-            fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="clips", make_batch=lambda idx, rows, w:
-                                       collate(waves["train"], idx, ids["train"], pad, device, rows=rows, weight=w),
-                                       audio_seconds=lambda b: sum(len(waves["train"][i]) for i in b) / SAMPLE_RATE)
+            fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="clips", make_batch=make_batch,
+                                       audio_seconds=lambda b: sum(lengths[i] for i in b) / SAMPLE_RATE)
             ev = training.timed_evaluation(fig, lambda: {k: score(k) for k in ("val", "test")})
             training.end_epoch(epoch, history_row(epoch, fig, ev), ev, epoch_line(epoch, fig, ev))
 
