@@ -22,16 +22,12 @@ def write_config(out: Path, args: dict, derived: dict, info: dict, fingerprint: 
     write_json(out / "config.json", {"args": args, "derived": derived, "run_info": info, "inputs": fingerprint or {}})
 
 
-def csv_text(rows: list[dict], fields: list[str]) -> str:
+def write_text_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    return buf.getvalue()
-
-
-def write_text_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    write_text(path, csv_text(rows, fields))
+    write_text(path, buf.getvalue())
 
 
 def speed_record(history: list[dict], graph_info: dict) -> dict:

@@ -23,7 +23,7 @@ from common.inputs import model_record
 from common.outdir import model_of_run
 from common.files import write_json, write_text
 from common.plots import plt, save
-from common.results import csv_text, write_config
+from common.results import write_config, write_text_csv
 from common.run import Run, count_params, run_info
 from common.spec import RunFlags, add_run_flags, check_counts, recorded_arg, run_spec
 from nli.data import LABEL_NAMES, encode, farstail_record, load_farstail, load_tokenizer
@@ -230,7 +230,7 @@ def write_curve(out, cfg, rows, scores, whole, total, layers, per_layer, alone: 
                    for f, rs in by_fraction(rows, "random").items()]
     budgets = {m: budget(mean_random if m == "random" else [r for r in rows if r["method"] == m], whole)
                for m in methods}
-    write_text(out / "prune_curve.csv", csv_text(rows, FIELDS))
+    write_text_csv(out / "prune_curve.csv", rows, FIELDS)
     plot_prune_curve(rows, whole["test_accuracy"], out / "prune_curve.png",
                      f"heads removed without retraining ({total} heads)")
     plot_head_importance(scores, layers, per_layer, out / "head_importance.png")
