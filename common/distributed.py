@@ -28,20 +28,6 @@ class Dist:
         return self.world > 1
 
 
-def init_distributed(device_choice: str) -> Dist:
-    """Join torchrun's process group when started by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device_choice != "cpu" and torch.cuda.is_available()  # (--device cuda without one: choose_device refuses)
-    if cuda:
-        torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, world, local)
-
-
 def wrap(model, d: Dist, device: torch.device, seed: int):
     """The model DDP trains (the plain model when not distributed); then one RNG stream per process."""
     if not d.active:
@@ -83,8 +69,14 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def distributed(device_choice: str):
-    """The process group for a run; one that ends well waits for every process before leaving it."""
-    d = init_distributed(device_choice)
+    """A run's Dist, in torchrun's process group when WORLD_SIZE > 1; a run that ends well waits for all."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else Dist()
+    cuda = device_choice != "cpu" and torch.cuda.is_available()  # (--device cuda without one: choose_device refuses)
+    if d.active and cuda:
+        torch.cuda.set_device(d.local_rank)
+    if d.active and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
     ok = False
     try:
         yield d
