@@ -88,17 +88,14 @@ class Run:
             if status == "error":
                 raise SystemExit(2)
             self.finished = value
-        self._choose()
+        if not self.finished:
+            self.device = choose_device(self.spec.device, self.d.local_rank if self.d.active else None)
+            self.dtype = choose_precision(self.spec.amp, self.device)
+            self.use_graphs, self.graphs_why = choose_cuda_graphs(self.spec.cuda_graphs, self.device, self.dtype,
+                                                                  self.d)
+            choose_attention_kernels(self.device)
+            seed_everything(self.spec.seed)
         return self
-
-    def _choose(self):
-        if self.finished:
-            return
-        self.device = choose_device(self.spec.device, self.d.local_rank if self.d.active else None)
-        self.dtype = choose_precision(self.spec.amp, self.device)
-        self.use_graphs, self.graphs_why = choose_cuda_graphs(self.spec.cuda_graphs, self.device, self.dtype, self.d)
-        choose_attention_kernels(self.device)
-        seed_everything(self.spec.seed)
 
     def _open(self):
         """With --resume: refuse a run of other arguments; skip one finished with the same inputs."""
