@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from common.spec import RunFlags, RunSpec, add_run_flags, check_flags, run_spec
+from common.spec import RunFlags, add_run_flags, check_flags
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,6 @@ class NLIConfig(RunFlags):
         experiment = values.pop("experiment")
         keys = ["model", "data_dir", "out", "epochs", "batch_size", "lr", "max_length", "seed", "limit"]
         return {**{k: values.pop(k) for k in keys}, **experiment, **values}
-
-    def run_spec(self) -> RunSpec:
-        return run_spec("nli.train", self)
 
 
 def parse_args(argv=None) -> NLIConfig:

@@ -18,6 +18,7 @@ from common.errors import user_errors
 from common.inputs import files_record, model_record
 from common.results import logged_like_trainer, write_config
 from common.run import Run, count_params, run_info
+from common.spec import run_spec
 from common.graphs import capture_examples
 from common.training import Recipe, Training
 from nli.config import NLIConfig, parse_args
@@ -43,7 +44,7 @@ def fingerprint(cfg: NLIConfig) -> dict:
 
 
 def train(cfg: NLIConfig):
-    with distributed(cfg.device) as d, Run(cfg.run_spec(), d, fingerprint=lambda: fingerprint(cfg),
+    with distributed(cfg.device) as d, Run(run_spec("nli.train", cfg), d, fingerprint=lambda: fingerprint(cfg),
                                            reads=(cfg.data_dir, cfg.model)) as run:
         if run.finished:  # (Run: torchrun; --out; device, precision, CUDA graphs, seeds)
             return

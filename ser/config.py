@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.spec import RunFlags, RunSpec, add_run_flags, check_flags, run_spec
+from common.spec import RunFlags, add_run_flags, check_flags
 from ser.splits import Protocol
 
 
@@ -38,9 +38,6 @@ class SERConfig(RunFlags):
         return {**{k: values.pop(k) for k in keys}, "protocol": protocol["kind"], "split": protocol["split"],
                 "no_balance": not protocol["balance"], "split_seed": protocol["split_seed"], "folds": protocol["folds"],
                 **({"fold": protocol["fold"]} if protocol["fold"] else {}), **values}
-
-    def run_spec(self) -> RunSpec:
-        return run_spec("ser.train", self)
 
 
 def parse_args(argv=None) -> SERConfig:

@@ -13,6 +13,7 @@ from common.files import write_json, write_text
 from common.metrics import summarize
 from common.results import accuracy_over, write_config, write_text_csv
 from common.run import Run, run_info
+from common.spec import run_spec
 from common.stats import accuracy_interval, interval_text, intervals
 from common.summary import read_metrics, test_predictions
 from ser.data import find_clips, read_corpus
@@ -27,7 +28,8 @@ def run_folds(cfg, train, fingerprint) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--folds runs its folds one after another in one process; start it without torchrun")
     folds = cfg.protocol.folds
-    with Run(cfg.run_spec(), fingerprint=lambda: fingerprint(cfg), reads=(cfg.data_dir or cfg.manifest, cfg.model)) as run:
+    with Run(run_spec("ser.train", cfg), fingerprint=lambda: fingerprint(cfg),
+             reads=(cfg.data_dir or cfg.manifest, cfg.model)) as run:
         if run.finished:
             return
         found = find_clips(cfg.data_dir, cfg.manifest)

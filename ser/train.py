@@ -17,6 +17,7 @@ from common.errors import user_errors
 from common.inputs import model_record
 from common.results import write_config
 from common.run import Run, count_params, run_info
+from common.spec import run_spec
 from common.graphs import capture_examples
 from common.training import Recipe, Training
 from ser.audio import SAMPLE_RATE, augmentation_settings
@@ -46,7 +47,7 @@ def fingerprint(cfg: SERConfig) -> dict:
 
 def train(cfg: SERConfig, corpus=None):
     """One run (`corpus`: the clips already read and split, as ser/folds.py passes each fold's)."""
-    with distributed(cfg.device) as d, Run(cfg.run_spec(), d, fingerprint=lambda: fingerprint(cfg),
+    with distributed(cfg.device) as d, Run(run_spec("ser.train", cfg), d, fingerprint=lambda: fingerprint(cfg),
                                            reads=(cfg.data_dir or cfg.manifest, cfg.model, cfg.feature_extractor)) as run:
         if run.finished:  # (Run: torchrun; --out; device, precision, CUDA graphs, seeds)
             return
