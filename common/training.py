@@ -40,14 +40,8 @@ class Recipe:
 
 
 class Training:
-    """One run's AdamW, GradScaler, checkpoint (restored with --resume), DDP, step and CUDA graphs.
-    `forward(model) -> (batch -> logits)`; `examples()`: a micro-batch per input shape, for graph capture.
-
-        for epoch in training.epochs():
-            figures = training.train_epoch(epoch, batches, make_batch, unit="pairs")
-            evaluation = training.timed_evaluation(figures, lambda: {"val": ..., "test": ...})
-            training.end_epoch(epoch, history_row, evaluation, log_line)   # and a checkpoint (not the last)
-    """
+    """One run's AdamW, GradScaler, checkpoint (restored with --resume), DDP, step and CUDA graphs (the loop:
+    nli/train.py). `forward(model) -> (batch -> logits)`; `examples()`: a micro-batch per shape to capture."""
 
     def __init__(self, model, forward: Callable, run, recipe: Recipe, fingerprint: dict, examples: Callable[[], list]):
         self.run, self.recipe, self.model = run, recipe, model
