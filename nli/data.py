@@ -153,9 +153,6 @@ class Encoded:
     def __len__(self):
         return len(self.label_ids)
 
-    def subset(self, idx: list[int]) -> "Encoded":
-        return Encoded(self.ids[idx], self.types[idx], self.lengths[idx], self.label_ids[idx], self.max_length)
-
 
 def encode(tokenizer, split: Split, max_length: int, hypothesis_only: bool = False) -> Encoded:
     """[CLS] premise [SEP] hypothesis [SEP] (with `hypothesis_only`: [CLS] hypothesis [SEP]),

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from nli import predict
-from nli.data import encode, read_split
+from nli.data import Encoded, encode, read_split
 from nli.evaluate import pair_logits
 from nli.model import load_classifier
 from nli.train import main
@@ -147,8 +147,10 @@ def test_eval_logits_do_not_depend_on_batchmates(tiny_bert, farstail_dir):
     data = encode(tok, read_split(farstail_dir / "Train-word.csv"), 200)
     lengths = data.lengths.tolist()
     short, longest = lengths.index(min(lengths)), lengths.index(max(lengths))
-    alone = pair_logits(model, data.subset([short]), torch.device("cpu"), None)
-    beside = pair_logits(model, data.subset([short, longest]), torch.device("cpu"), None)
+    subset = lambda idx: Encoded(data.ids[idx], data.types[idx], data.lengths[idx], data.label_ids[idx],  # noqa: E731
+                                 data.max_length)
+    alone = pair_logits(model, subset([short]), torch.device("cpu"), None)
+    beside = pair_logits(model, subset([short, longest]), torch.device("cpu"), None)
     assert lengths[longest] > lengths[short] + 10
     assert torch.allclose(alone[0], beside[0], atol=1e-5)
 
