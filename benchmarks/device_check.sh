@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (Python 3.12, torch 2.11.0+cu130, transformers 5.17; no network;
-# maybe no `python`, pip or pytest), prepared by `bash benchmarks/prepare_device.sh`; its steps:
-# docs/speed.md, "The GPU check". Each step runs under its own timeout within BUDGET (470 s); the
-# benchmarks run before the tests, which get what is left; a missing piece skips only what needs it.
+# One call on a lent GPU machine (Python 3.12, torch 2.11.0+cu130, transformers 5.17; no network; maybe no
+# `python`, pip or pytest), prepared by benchmarks/prepare_device.sh; steps: docs/speed.md, "The GPU check".
 #   QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh   # every step, small sizes (works on a CPU)
-# Sizes: PAIRS (default 7266), CLIPS (400); TESTS_MAX (default 150 s); STEP_SCALE (default 1)
+# Sizes: PAIRS (default 7266), CLIPS (400); BUDGET (470 s), TESTS_MAX (150 s); STEP_SCALE (default 1)
 # multiplies every step's time limit; NLI_MODEL and SER_MODEL time the given model folders instead of
 # the full-size random ones (a CPU dry run: tiny models from nli/ser.synthetic). $OUT gets the JSON
 # figures, table.md, steps.log (steps, warnings, each log's end) and cuda_tests.log; whole logs: $LOGS.

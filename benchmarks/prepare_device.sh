@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Builds in .bench/ (git-ignored), from the two data folders given and the package registry, everything
-# benchmarks/device_check.sh needs on a bare GPU machine (no network; Python 3.12), then checks every
-# file the call needs and prints the `run` call.
+# Builds .bench/ (git-ignored) for benchmarks/device_check.sh on a bare GPU machine (no network; Python 3.12)
+# from the data folders given and the package registry, then checks it and prints the `run` call.
 #   bash benchmarks/prepare_device.sh [FARSTAIL_DIR [TOKENIZER_DIR]]   # build .bench/, then check it
 #   bash benchmarks/prepare_device.sh --check                          # check only (the pre-flight)
 # Defaults: ../shared/data/farstail and ../shared/data/parsbert-v1 beside the clone, when they exist.

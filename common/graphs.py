@@ -75,8 +75,7 @@ def capture_items(lengths: list[int], bucket: Callable[[int], int], batches: lis
 
 def capture_examples(make_batch: Callable, lengths: list[int], bucket: Callable[[int], int], batches: list[list[int]],
                      batch_size: int) -> Callable[[], list[dict]]:
-    """Training's `examples`: an item of each bucket capture_items picks, as a zero-weight micro-batch of
-    `batch_size` rows (`make_batch(idx, rows, weight)`, as Training.train_epoch calls it)."""
+    """Training's `examples`: a zero-weight micro-batch (`make_batch(idx, rows, weight)`) per bucket to capture."""
     return lambda: [make_batch([i], batch_size, 0.0) for i in capture_items(lengths, bucket, batches, batch_size)]
 
 
