@@ -1,7 +1,6 @@
-"""The device check's table (docs/speed.md, "The GPU check"): our loops, CUDA graphs on and off,
-beside the study's recipe on the same card and items, one epoch: whole run against whole run
-(warm-up and capture in) and steady against steady, evaluation outside both; and the goal ratios
-(GOAL: NLI over the study's whole 3-epoch run, projected from the measured epoch; SER at batch 2).
+"""The device check's table (docs/speed.md, "The GPU check"): our loops, graphs on and off, beside the study's
+recipe on the same card and items, one epoch; and the goal ratios (GOAL: NLI over the study's whole 3-epoch
+run, projected from the measured epoch; SER at batch 2).
 
     python -m benchmarks.table OUT     # reads OUT/{nli,ser}_{recipe,graphs,eager}.json, writes OUT/table.md
 """

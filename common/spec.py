@@ -1,6 +1,5 @@
 """What common/ knows of a run (`RunSpec`, built by each task from its typed config), and the
-command-line flags and checks both trainers share. No torch: the study modules' --list imports it.
-"""
+command-line flags and checks both trainers share. No torch: the study modules' --list imports it."""
 import json
 import math
 from dataclasses import dataclass, fields

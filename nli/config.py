@@ -1,7 +1,5 @@
-"""Every setting of an NLI run (python -m nli.train), in one typed block, built once from the
-command line. The defaults are the study's recipe (HF Trainer's defaults). An `Experiment` is one
-ablation: its name and its flags are derived from it, here only.
-"""
+"""Every setting of an NLI run (python -m nli.train), in one typed block built once from the command line;
+the defaults are the study's recipe (HF Trainer's). An `Experiment`: one ablation, its name and flags derived here."""
 import argparse
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path

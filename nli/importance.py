@@ -1,7 +1,6 @@
 """Gradient-based head importance (Michel, Levy and Neubig, NeurIPS 2019; docs/nli.md): a gate ξ_h = 1 on
 head h's slice of the attention output projection's input (the only way its output reaches the layer),
-I_h = mean over batches of |∂L_b/∂ξ_h|, normalised per layer. Heads keep the unpruned model's numbers.
-"""
+I_h = mean over batches of |∂L_b/∂ξ_h|, normalised per layer. Heads keep the unpruned model's numbers."""
 import contextlib
 
 import torch

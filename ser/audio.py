@@ -1,7 +1,6 @@
-"""Audio as the SER pipeline sees it (docs/ser.md, "Audio" and "Balancing"): read as 16 kHz mono
-float32, checked, padded or cut, normalised per clip; and the augmented copies, cached by content.
-audiomentations and torch are imported only when used, so `python -m ser.study --list` stays light.
-"""
+"""Audio as the SER pipeline sees it (docs/ser.md, "Audio" and "Balancing"): read as 16 kHz mono float32,
+checked, padded or cut, normalised per clip; and the augmented copies, cached by content. audiomentations
+and torch are imported only when used, so `python -m ser.study --list` stays light."""
 import hashlib
 import io
 import json

@@ -1,7 +1,5 @@
-"""Every setting of a SER run, in one typed block, built once from the command line
-(`python -m ser.train --help`). The defaults are the study's recipe (batch 2, 5 epochs, lr 5e-6);
-the protocol flags make one object, ser/splits.py's `Protocol`.
-"""
+"""Every setting of a SER run (python -m ser.train), in one typed block built once from the command line;
+the defaults are the study's recipe. The protocol flags make one object, ser/splits.py's `Protocol`."""
 import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

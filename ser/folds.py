@@ -1,7 +1,5 @@
-"""Speaker-independent folds (`ser.train --split speaker --folds K`): K runs of ser.train in
-OUT/fold1 ... OUT/foldK, then their summary in OUT (folds.csv, report.txt, metrics.json; docs/ser.md).
-A resumed run skips the folds that finished; metrics.json (written last) marks the set finished.
-"""
+"""Speaker-independent folds (`ser.train --split speaker --folds K`; docs/ser.md): K runs of ser.train in
+OUT/fold1 ... OUT/foldK (a resumed run skips those finished), then their summary in OUT, metrics.json last."""
 import os
 import re
 from dataclasses import replace

@@ -1,7 +1,6 @@
 """HuBERT (or any wav2vec2-style encoder) → mean over time, padded frames left out → Linear(hidden, C)
 → Linear(C, C), as in the study; saving and reloading it. LayerDrop and SpecAugment are drawn on the
-device, which a CUDA graph replays afresh (docs/ser.md, "HuBERT's own randomness").
-"""
+device, which a CUDA graph replays afresh (docs/ser.md, "HuBERT's own randomness")."""
 import copy
 import functools
 from pathlib import Path

@@ -1,7 +1,6 @@
 """Which item goes where (docs/ser.md, "Protocols"): the splits, the balance plan (the augmented copies
 that even the classes), and `Protocol`, which combines them. Ours split first: augmenting before the
-split (as the study did) lets copies of a test clip into training and inflates test accuracy.
-"""
+split (as the study did) lets copies of a test clip into training, inflating test accuracy."""
 import random
 import warnings
 from collections import Counter
