@@ -38,8 +38,7 @@ def parse(p: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[st
 
 
 def timed(train, flags: list[str], work: Path, a, extra: list[str]) -> tuple[dict, dict, list[dict], dict]:
-    """Run `train` (a trainer's main) with --out in work; its metrics.json's speed, its config.json,
-    its history.csv rows and the figures both benchmarks give."""
+    """Run `train` (a trainer's main) in work: (speed, config.json, history.csv rows, both benchmarks' figures)."""
     train([*flags, "--out", str(work / "run"), "--epochs", str(a.epochs), *extra])
     speed = json.loads((work / "run" / "metrics.json").read_text())["speed"]
     cfg = json.loads((work / "run" / "config.json").read_text())

@@ -13,8 +13,7 @@ NLI_RUN_PAIRS = 3 * 7266  # the study's whole NLI run: 3 epochs of FarsTail's tr
 
 
 def figures(task: str, r: dict) -> dict:
-    """One run's figures in the task's unit (NLI pairs, SER audio seconds): whole-run rate,
-    steady rate, warm-up seconds and units, training seconds."""
+    """One run's figures in the task's unit (NLI pairs, SER audio seconds): rates, warm-up, training seconds."""
     if "speed" in r:  # a metrics.json (the Trainer recipe writes nli.train's)
         s = r["speed"]
         return {"rate": s["items_per_s"], "steady": s.get("items_per_s_steady"), "warmup_s": s.get("warmup_seconds", 0.0),

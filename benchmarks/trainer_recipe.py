@@ -32,8 +32,7 @@ from nli.report import PROTOCOL, NLIResult, write_results
 
 
 class Pairs(torch.utils.data.Dataset):
-    """One split tokenised as the study did (every pair padded to max_length); `served` records
-    the index of every item the dataloader asks for, in order."""
+    """One split tokenised as the study did (every pair padded to max_length); `served`: each index asked for."""
 
     def __init__(self, tokenizer, split, max_length: int):
         self.enc = tokenizer(split.premise, split.hypothesis, padding="max_length", truncation=True,
@@ -50,8 +49,7 @@ class Pairs(torch.utils.data.Dataset):
 
 
 class Epochs(TrainerCallback):
-    """Times each epoch's training (warm-up steps apart) and then predicts validation and test:
-    history.csv's rows and each epoch's evaluation, as nli.train keeps them."""
+    """Times each epoch (warm-up steps apart), then predicts validation and test, as nli.train keeps them."""
 
     def __init__(self, data: dict, hard: dict, per_step: int):
         self.data, self.hard, self.per_step = data, hard, per_step  # per_step: pairs an optimizer step
@@ -171,8 +169,7 @@ def run(cfg: NLIConfig):
 
 
 def write_batch_order(path: Path, served: list[int], items: int, per_step: int) -> None:
-    """The items of each optimizer step, as served: every epoch serves each item once, and a step
-    takes `per_step` of them (the last step of an epoch the rest)."""
+    """The items of each optimizer step as served: `per_step` at a time, an epoch's last step the rest."""
     if len(served) % items:
         raise RuntimeError(f"Trainer's dataloader served {len(served)} items, not whole epochs of {items}")
     epochs = [served[e:e + items] for e in range(0, len(served), items)]

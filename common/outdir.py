@@ -64,8 +64,7 @@ def is_run(out: Path) -> bool:
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool, reads: tuple = ()) -> None:
-    """A non-empty --out needs this project's marker, and --resume or --overwrite (which spares `reads`,
-    the paths the run reads)."""
+    """A non-empty --out needs this project's marker and --resume or --overwrite (which spares `reads`)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one")
     if out.exists() and not out.is_dir():

@@ -69,8 +69,7 @@ def download_farstail(data_dir: Path, log=print) -> None:
 
 
 def read_split(path: Path) -> Split:
-    """One FarsTail file: tab-separated with CSV quoting (quoted fields may hold tabs, quotes and
-    newlines), UTF-8. Every row is checked; an error names the file and line."""
+    """One FarsTail file: tab-separated, CSV quoting (fields may hold tabs, quotes, newlines), UTF-8, checked."""
     cols, rows = read_table(path, delimiter="\t")
     missing = [c for c in ("premise", "hypothesis", "label") if c not in cols]
     if missing:
@@ -97,8 +96,7 @@ def read_split(path: Path) -> Split:
 
 
 def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[str, Split]:
-    """The three splits, downloading any missing file first; `limit` keeps the first N rows of
-    each. A training split of one label cannot train a classifier: an error naming the file."""
+    """The three splits (downloaded if missing), the first `limit` rows of each; a one-label training split: an error."""
     if any(not (data_dir / n).exists() for n in FILES.values()):
         download_farstail(data_dir, log)
     splits = {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}

@@ -138,8 +138,7 @@ def corpus_record(data_dir: Path | None, manifest: Path | None) -> dict:
 
 
 def load_clips(clips: list[Clip], strict: bool, log=print) -> tuple[list[Clip], list[np.ndarray], list[str]]:
-    """Read every clip, skipping unusable files with a warning (an error with strict), padding short
-    clips and cutting long ones (each named in the log)."""
+    """Read every clip: an unusable file skipped with a warning (an error with strict), short ones padded, long cut."""
     from tqdm import tqdm
     kept, waves, skipped = [], [], []
     for clip in tqdm(clips, desc="reading audio", unit="clip", dynamic_ncols=True):

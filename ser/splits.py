@@ -20,8 +20,7 @@ class Item:
 
 
 def split_random(clip_labels: list[str], seed: int) -> dict[str, list[int]]:
-    """Stratified 80/10/10: within each class, a seeded shuffle, then 10% test, 10% validation
-    (at least one clip each), the rest training."""
+    """Stratified 80/10/10: per class, a seeded shuffle, then 10% test, 10% validation (1 at least), the rest train."""
     rng = random.Random(seed)
     out = {"train": [], "val": [], "test": []}
     for label in sorted(set(clip_labels)):
