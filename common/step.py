@@ -70,16 +70,8 @@ def set_lr(optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def make_optimizer(params: list, lr: float, device: torch.device, capturable: bool) -> torch.optim.AdamW:
-    """AdamW without weight decay (the study's), fused on CUDA; for CUDA graphs, capturable (lr on the device)."""
-    if capturable:
-        return torch.optim.AdamW(params, lr=torch.tensor(lr, device=device), weight_decay=0.0, fused=True,
-                                 capturable=True)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.type == "cuda")
-
-
 def follow_graph_mode(optimizer, capturable: bool, device: torch.device) -> None:
-    """Put AdamW in this run's graph mode, whatever mode a loaded checkpoint brought back."""
+    """Put AdamW in this run's graph mode (capturable: lr on the device), whatever mode it was made or loaded in."""
     fused = device.type == "cuda"
     for group in optimizer.param_groups:
         lr = float(group["lr"])  # (a device tensor in a graph run's checkpoint: read once, here)

@@ -12,7 +12,7 @@ from common.checkpoint import Checkpoint
 from common.distributed import wrap
 from common.graphs import Steps
 from common.progress import Progress
-from common.step import TrainStep, follow_graph_mode, make_optimizer, set_lr
+from common.step import TrainStep, follow_graph_mode, set_lr
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class Training:
         self.run, self.recipe, self.model = run, recipe, model
         device, dtype, d = run.device, run.dtype, run.d
         trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers get no optimizer state
-        self.optimizer = make_optimizer(trainable, recipe.lr, device, run.use_graphs)
+        # AdamW without weight decay (the study's), fused on CUDA; follow_graph_mode below sets the graph mode
+        self.optimizer = torch.optim.AdamW(trainable, lr=recipe.lr, weight_decay=0.0, fused=device.type == "cuda")
         if hasattr(model, "restore_dropped_layers"):  # SER's LayerDrop as transformers' (ser/model.py)
             model.restore_dropped_layers(self.optimizer)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # (active for fp16 only)
