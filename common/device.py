@@ -17,8 +17,7 @@ def choose_device(name: str, index: int | None = None) -> torch.device:
 
 
 def choose_precision(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. `auto`: bf16 on CUDA where supported, else fp16 (with a
-    GradScaler); fp32 on the CPU (CPU autocast is slower than fp32 for these models)."""
+    """The autocast dtype, or None for fp32 (`auto`: docs/nli.md; fp32 on the CPU, where autocast is slower)."""
     if amp == "off" or (amp == "auto" and device.type == "cpu"):
         return None
     if amp == "auto":

@@ -142,8 +142,7 @@ def header(*names) -> list[str]:
 
 
 def comparisons(reference: str, found: dict[str, list[dict]]) -> dict[str, dict]:
-    """common.stats.paired of each run set against `reference`'s on the same test items (none when its seeds
-    differ in them), with Holm's adjusted p and whether it is below SIGNIFICANCE."""
+    """common.stats.paired of each run set against `reference`'s on the same test items, with Holm's p (`holm_p`)."""
     if reference not in found or (items := test_items(found[reference])) is None:
         return {}
     base = correctness(found[reference])
@@ -247,8 +246,7 @@ def write_summary(root: Path, tasks: list[str], seeds: int = 1, smoke: bool = Fa
 
 
 def list_main(program: str, description: str, rows: list, differences: list[str], folds=None, argv=None) -> None:
-    """`python -m nli.study --list` (or ser.study): name<TAB>flags per experiment, as run_all.sh reads
-    them; without --list, the differences from the study."""
+    """`python -m nli.study [--list]` (or ser.study): name<TAB>flags per experiment (run_all.sh), or the differences."""
     p = argparse.ArgumentParser(prog=f"python -m {program}", description=description)
     p.add_argument("--list", action="store_true", help="print name<TAB>flags for each experiment")
     if folds:

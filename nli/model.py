@@ -48,8 +48,7 @@ def load_classifier(name: str, label_names: list[str] | None = None):
 
 
 def check_is_pair_classifier(config, name: str) -> None:
-    """A trained NLI model: a text sequence classifier, not ser.train's emotion model (whose
-    config names its `classifier_head`) or an encoder without a classification head."""
+    """A trained NLI model's config: a sequence classifier, not ser.train's emotion model or a bare encoder."""
     archs = getattr(config, "architectures", None) or []
     if getattr(config, "classifier_head", None) or not any(a.endswith("ForSequenceClassification") for a in archs):
         what = "ser.train's emotion model" if getattr(config, "classifier_head", None) else \
@@ -78,8 +77,7 @@ def count_to_remove(fraction: float, total: int, layers: int) -> int:
 
 
 def choose_heads(num_layers: int, num_heads: int, fraction: float, seed: int) -> dict[int, list[int]]:
-    """round(fraction × all heads) heads in a random order fixed by `seed`, skipping a head that
-    would be its layer's last. Selection only; `prune_heads` does the removal."""
+    """round(fraction × all heads) heads in a random order fixed by `seed`, never a layer's last (selection only)."""
     n = count_to_remove(fraction, num_layers * num_heads, num_layers)
     pairs = [(layer, head) for layer in range(num_layers) for head in range(num_heads)]
     random.Random(seed).shuffle(pairs)

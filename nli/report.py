@@ -15,8 +15,7 @@ SUBSETS = ["hard_hypothesis", "easy_hypothesis", "hard_overlap", "easy_overlap"]
 
 @dataclass
 class NLIResult(RunResult):
-    """A finished NLI run: the common figures, the data's statistics, what the experiment did, and
-    the test split's hard-subset flags (for predictions.csv)."""
+    """A finished NLI run: the common figures, the data's statistics, what the experiment did, the hard-subset flags."""
     hard: dict = field(default_factory=dict)
     token_stats: dict = field(default_factory=dict)
     piece_lengths: dict = field(default_factory=dict)
