@@ -1,9 +1,6 @@
-"""What a run reads, recorded so that a resume or a skip never mixes two datasets.
-
-A fingerprint is {input name: {"root": folder, "files": {relative name: line}}}, where a line is
-"N bytes, sha256 …" for a file up to HASH_LIMIT, else "N bytes, modified <ns>" (audio clips,
-model weights: a copy that does not keep modification times counts as a change).
-"""
+"""What a run reads, recorded so that a resume or a skip never mixes two datasets: a fingerprint is
+{input name: {"root": folder, "files": {relative name: "N bytes, sha256 …" or "N bytes, modified <ns>"}}}
+(a copy of a large file that does not keep modification times counts as a change)."""
 from pathlib import Path
 
 from common.errors import UserError

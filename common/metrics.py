@@ -1,9 +1,5 @@
-"""Classification figures from labels and predictions, the same for both tasks (numpy only).
-
-A class a split does not hold has undefined recall and F1 (None in metrics.json, "n/a" in the
-report), so every macro figure averages over the classes present (UAR is then scikit-learn's
-`balanced_accuracy_score`); a class present but never predicted has precision 0.
-"""
+"""Classification figures from labels and predictions, both tasks (numpy only). A class a split does not hold
+is left out of every macro figure (docs/ser.md, "Metrics"); one present but never predicted has precision 0."""
 import numpy as np
 
 

@@ -1,8 +1,7 @@
-"""The step both loops train with (`TrainStep`, eager or replayed by common/graphs.py) and AdamW in
-the run's graph mode (docs/speed.md). A step never reads a value back to the host, so it can be
-captured: micro-batches of exactly --batch-size rows (filler rows weigh 0, the others 1 / items in
-the optimizer batch, so K accumulated micro-batches give one large batch's update), and the
-learning rate and running figures in device tensors."""
+"""The step both loops train with (`TrainStep`, eager or replayed by common/graphs.py) and AdamW in the run's
+graph mode (docs/speed.md). A step never reads a value back to the host, so it can be captured: micro-batches of
+exactly --batch-size rows (filler rows weigh 0, the others 1 / items in the optimizer batch, so K micro-batches
+give one large batch's update), and the learning rate and running figures in device tensors."""
 import torch
 import torch.nn.functional as F
 
