@@ -5,8 +5,7 @@
         ...read and check the inputs (log lines are kept in memory)...
         run.begin()                           # the marker; --overwrite empties --out now; train.log opens
 
-Nothing but the lock file is written into --out before `begin()`, so a mistake in the inputs leaves
-the folder as it was. Under torchrun only rank 0 checks and writes --out; the others follow it.
+Under torchrun only rank 0 checks and writes --out; the others follow it (docs/reliability.md).
 """
 import importlib.metadata
 import platform

@@ -4,9 +4,8 @@ are removed by importance (nli/importance.py) and at random (docs/nli.md, "The c
     python -m nli.prune_curve --model runs/nli/all/seed0/model [--fractions 0.1,0.2,...,0.9]
         [--seeds 3] [--iterative] [--data-dir DIR] [--limit N] [--out DIR]
 
-For each fraction f, round(f × heads) heads go from a copy of the model (never a layer's last head).
-The head budget (chosen on validation only) and the outputs: docs/nli.md, "The curve".
-"""
+For each fraction f, round(f × heads) heads go from a copy of the model (never a layer's last head); the head
+budget (chosen on validation only) and the outputs: docs/nli.md, "The curve"."""
 import argparse
 import copy
 import random
