@@ -104,8 +104,8 @@ def parse_args(argv=None) -> NLIConfig:
     p.add_argument("--max-length", type=int, default=200)
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder layers")
     a = p.parse_args(argv)
-    check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "limit",
-                                                                "logging_steps", "max_length")})
+    check_flags(p, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "limit", "logging_steps",
+                                                "max_length")}, a.lr, a.seed)
     if a.freeze < 0:
         p.error("--freeze must be 0 or more")
     return NLIConfig(model=a.model, data_dir=a.data_dir, out=a.out, epochs=a.epochs, batch_size=a.batch_size,

@@ -15,15 +15,6 @@ WARMUP_STEPS = 5  # the first optimizer steps of a process, timed apart from the
 STEPS_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "grad_norm", "items_per_s", "peak_memory_mib"]
 
 
-def trim_steps_csv(path: Path, before_epoch: int) -> None:
-    """Keep the rows of epochs before `before_epoch` (a resumed run redoes the rest)."""
-    if path.exists():
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch]
-        path.unlink()
-        add_steps_rows(path, rows)
-
-
 def add_steps_rows(path: Path, rows: list[dict]) -> None:
     """Append rows to steps.csv (its header first when it is new)."""
     new = not path.exists()
@@ -44,8 +35,11 @@ class Progress:
         """`first`: the first epoch this process runs (graph capture and warm-up are counted in it)."""
         self.step, self.epoch, self.batches, self.unit = steps.step, epoch, batches, unit
         self.d, self.every, self.log, self.steps_csv = run.d, run.spec.log_every, run.log, run.spec.out / "steps.csv"
-        if first and self.d.main:
-            trim_steps_csv(self.steps_csv, epoch)  # a resumed run redoes this epoch and those after it
+        if first and self.d.main and self.steps_csv.exists():  # a resumed run redoes this epoch and those after it
+            with open(self.steps_csv, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+            self.steps_csv.unlink()
+            add_steps_rows(self.steps_csv, rows)
         self.capture = steps.capture_seconds if first else 0.0
         self.warmup_at = WARMUP_STEPS if first and batches > WARMUP_STEPS else 0
         self.warm = (0.0, 0, 0.0)  # seconds, items, audio at the end of warm-up

@@ -72,17 +72,13 @@ def add_run_flags(parser, names=("amp", "device", "cuda_graphs", "log_every", "r
         parser.add_argument("--" + name.replace("_", "-"), **flags[name])
 
 
-def check_flags(parser, lr: float, seed: int, counts: dict) -> None:
-    """A finite, positive learning rate, a seed numpy accepts, and counts ({flag: value}) of at least 1."""
-    if not (math.isfinite(lr) and lr > 0):
+def check_flags(parser, counts: dict, lr: float | None = None, seed: int | None = None) -> None:
+    """A finite, positive --lr and a --seed numpy accepts (when given), and counts ({flag: value}, None when not
+    given) of at least 1; else argparse's error (exit 2)."""
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
         parser.error(f"--lr {lr}: give a positive, finite learning rate")
-    if not 0 <= seed < 2**32:
+    if seed is not None and not 0 <= seed < 2**32:
         parser.error(f"--seed {seed}: give a whole number from 0 to {2**32 - 1}")
-    check_counts(parser, counts)
-
-
-def check_counts(parser, counts: dict) -> None:
-    """Counts ({flag: value}, None when not given) of at least 1, else argparse's error (exit 2)."""
     for flag, value in counts.items():
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")

@@ -97,9 +97,9 @@ def parse_args(argv=None) -> NLIConfig:
                         "benchmarks/trainer_recipe.py writes Trainer's (batch_order.txt)")
     add_run_flags(p)
     a = p.parse_args(argv)
-    check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "max_length",
-                                                                "limit", "keep_layers", "log_every",
-                                                                "importance_batches", "trainer_logging_steps")})
+    check_flags(p, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "max_length", "limit",
+                                                "keep_layers", "log_every", "importance_batches",
+                                                "trainer_logging_steps")}, a.lr, a.seed)
     if a.freeze < 0:
         p.error("--freeze must be 0 or more")
     if a.prune_heads is not None and not 0 < a.prune_heads < 1:  # (also refuses nan and 0)

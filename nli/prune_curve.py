@@ -24,7 +24,7 @@ from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import write_config, write_text_csv
 from common.run import Run, count_params, run_info
-from common.spec import RunFlags, add_run_flags, check_counts, recorded_arg, run_spec
+from common.spec import RunFlags, add_run_flags, check_flags, recorded_arg, run_spec
 from nli.data import LABEL_NAMES, encode, farstail_record, load_farstail, load_tokenizer
 from nli.evaluate import pair_logits
 from nli.importance import head_importance, remaining_heads
@@ -82,7 +82,7 @@ def parse_args(argv=None) -> CurveConfig:
         p.error(f"--fractions {a.fractions}: give comma-separated numbers, like 0.1,0.5")
     if not given or not all(0 < f < 1 for f in given):
         p.error("--fractions: each must lie between 0 and 1")
-    check_counts(p, {k: getattr(a, k) for k in ("seeds", "importance_batches", "batch_size", "limit", "max_length")})
+    check_flags(p, {k: getattr(a, k) for k in ("seeds", "importance_batches", "batch_size", "limit", "max_length")})
     return CurveConfig(**vars(a))
 
 

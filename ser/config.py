@@ -76,8 +76,8 @@ def parse_args(argv=None) -> SERConfig:
     if a.protocol == "study" and (a.split != "random" or a.no_balance):
         p.error("--protocol study balances the whole corpus and splits it at random; --split speaker and "
                 "--no-balance belong to --protocol leak-free")
-    check_flags(p, a.lr, a.seed, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "limit",
-                                                                "log_every")})
+    check_flags(p, {k: getattr(a, k) for k in ("epochs", "batch_size", "grad_accum", "limit", "log_every")}, a.lr,
+                a.seed)
     if a.split_seed is not None and not 0 <= a.split_seed < 2**32:
         p.error(f"--split-seed {a.split_seed}: give a whole number from 0 to {2**32 - 1}")
     if a.folds is not None and (a.folds < 3 or a.protocol != "leak-free" or a.split != "speaker"):
