@@ -96,7 +96,7 @@ def read_split(path: Path) -> Split:
 
 
 def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[str, Split]:
-    """The three splits (downloaded if missing), the first `limit` rows of each; a one-label training split: an error."""
+    """The three splits (downloaded if missing), the first `limit` rows of each; a one-label training split refused."""
     if any(not (data_dir / n).exists() for n in FILES.values()):
         download_farstail(data_dir, log)
     splits = {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}
