@@ -115,8 +115,8 @@ class HostCopy:
 class Checkpoint:
     """The run's checkpoints: the parts given (with state_dict), RNGs, results so far, inputs' fingerprint."""
 
-    def __init__(self, spec, d: Dist | None = None, fingerprint: dict | None = None, **parts):
-        self.out, self.spec, self.parts, self.d, self.fingerprint = spec.out, spec, parts, d or Dist(), fingerprint or {}
+    def __init__(self, spec, d: Dist, fingerprint: dict, **parts):
+        self.out, self.spec, self.parts, self.d, self.fingerprint = spec.out, spec, parts, d, fingerprint
         self.host, self.writer, self.failed = HostCopy(), None, None  # (the writing thread, and its error)
 
     def _manifest(self) -> list[dict]:
