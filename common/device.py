@@ -25,11 +25,11 @@ def choose_precision(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def choose_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist | None = None) -> tuple[bool, str]:
+def choose_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist) -> tuple[bool, str]:
     """(on?, why) for --cuda-graphs auto|on|off. `on` where graphs cannot run is a user error."""
     if choice == "off":
         return False, "off (--cuda-graphs off)"
-    if d is not None and d.active:
+    if d.active:
         if choice == "on":
             raise UserError("--cuda-graphs on is not supported under torchrun yet (DDP's gradient all-reduce would "
                             "have to be captured too); use auto or off")
