@@ -46,7 +46,7 @@ done
 py=${PYTHON:-$(command -v python || command -v python3 || true)}
 [ -n "$py" ] || { echo "run_all.sh: no python or python3 on PATH" >&2; exit 2; }
 case "$only" in ""|nli|ser) ;; *) usage "--only takes nli or ser" ;; esac
-for v in seeds slots; do [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || usage "--$v takes a positive number"; done
+for v in seeds slots; do [[ "${!v}" =~ ^[1-9][0-9]{0,3}$ ]] || usage "--$v takes a number from 1 to 9999"; done
 # the smoke run shows every row, the folds' too (unless --ser-protocols picks some)
 [ $smoke = 1 ] && [ -z "$ser_folds" ] && [ -z "$ser_protocols" ] && ser_folds=3
 # (compared as text: bash reads 08 as octal and wraps a number of 20 digits)
@@ -124,58 +124,53 @@ else
   [ $dry_run = 1 ] || lock_out
 fi
 
-# The jobs, in order: a name, an output folder, the job it must wait for (-1: none), and a command: a module and
-# its arguments, quoted (`python -m` runs it; --dry-run prints it).
-J_NAME=(); J_DIR=(); J_AFTER=(); J_CMD=()
-add() { J_NAME+=("$1"); J_DIR+=("$2"); J_AFTER+=("$3"); J_CMD+=("$4"); }
-q() { printf '%q ' "$@"; }
-for ((seed = 0; seed < seeds; seed++)); do
-  if [ "$only" != ser ]; then
-    for i in "${!nli_names[@]}"; do
-      dir="$out/nli/${nli_names[$i]}/seed$seed"
-      # ${nli_flags[$i]} unquoted on purpose: the flags split into words
-      add "nli ${nli_names[$i]} seed $seed" "$dir" -1 \
-        "$(q nli.train "${nli_args[@]}") ${nli_flags[$i]} $(q --seed "$seed" --out "$dir" --resume)"
-      if [ "${nli_names[$i]}" = "$curve_of" ]; then  # heads removed from the fine-tuned model, no retraining
-        add "nli pruning curve seed $seed" "$dir/prune_curve" $((${#J_NAME[@]} - 1)) "$(q nli.prune_curve --model \
-          "$dir/model" "${curve_args[@]}" --iterative --out "$dir/prune_curve" --resume)"
-      fi
-    done
-  fi
-  if [ "$only" != nli ]; then
-    for i in "${!ser_names[@]}"; do
-      dir="$out/ser/${ser_names[$i]}/seed$seed"
-      add "ser ${ser_names[$i]} seed $seed" "$dir" -1 "$(q ser.train "${ser_args[@]}") ${ser_flags[$i]} \
-$(q --seed "$seed" --cache-dir "$out/ser/augmented-cache" --out "$dir" --resume)"
-    done
-  fi
-done
-if [ $dry_run = 1 ]; then
-  for j in "${!J_NAME[@]}"; do echo "${J_NAME[$j]}: $(q "$py" -m)${J_CMD[$j]}" | tr -s " "; done
-  exit 0
-fi
-
-# Up to $slots jobs side by side (one: in order, on this terminal; more: output in $out/logs/), run by
-# common/jobs.py: it imports torch and transformers once and forks each job from there. A failure starts nothing
-# new and stops no running job; every job started is waited for. Ctrl-C, SIGTERM or SIGHUP (a closed terminal)
-# goes to the running jobs as SIGTERM (each keeps its last finished epoch's checkpoint), which are waited for; the
-# lock on --out goes only then.
-jobs() {  # NUL-separated, as common/jobs.py reads them
-  for j in "${!J_NAME[@]}"; do
-    eval "words=(${J_CMD[$j]})"
-    printf '%s\0' "${J_NAME[$j]}" "${J_DIR[$j]}" "${J_AFTER[$j]}" "${#words[@]}" "${words[@]}"
+# The jobs, in order, as common/jobs.py reads them (NUL-separated): a name, an output folder, the index of the job it
+# waits for (-1: none), the number of words in its command, and the command: a module and its arguments.
+jobs() {
+  local n=0 seed i dir
+  job() { printf '%s\0' "$1" "$2" "$3" $(($# - 3)) "${@:4}"; n=$((n + 1)); }
+  for ((seed = 0; seed < seeds; seed++)); do
+    if [ "$only" != ser ]; then
+      for i in "${!nli_names[@]}"; do
+        dir="$out/nli/${nli_names[$i]}/seed$seed"
+        # ${nli_flags[$i]} unquoted on purpose: the flags split into words
+        job "nli ${nli_names[$i]} seed $seed" "$dir" -1 nli.train "${nli_args[@]}" ${nli_flags[$i]} --seed "$seed" \
+          --out "$dir" --resume
+        if [ "${nli_names[$i]}" = "$curve_of" ]; then  # heads removed from the fine-tuned model, no retraining
+          job "nli pruning curve seed $seed" "$dir/prune_curve" $((n - 1)) nli.prune_curve --model "$dir/model" \
+            "${curve_args[@]}" --iterative --out "$dir/prune_curve" --resume
+        fi
+      done
+    fi
+    if [ "$only" != nli ]; then
+      for i in "${!ser_names[@]}"; do
+        dir="$out/ser/${ser_names[$i]}/seed$seed"
+        job "ser ${ser_names[$i]} seed $seed" "$dir" -1 ser.train "${ser_args[@]}" ${ser_flags[$i]} --seed "$seed" \
+          --cache-dir "$out/ser/augmented-cache" --out "$dir" --resume
+      done
+    fi
   done
 }
+if [ $dry_run = 1 ]; then "$py" -m common.jobs --dry-run < <(jobs); exit 0; fi
+
+# Up to $slots jobs side by side (one: in order, on this terminal; more: output in $out/logs/), forked by
+# common/jobs.py. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) goes on to it; it stops the running jobs
+# cleanly and waits for them; the lock on --out goes only then.
 gpu_list=$(IFS=,; echo "${gpus[*]}")
 "$py" -m common.jobs --slots "$slots" --gpus "$gpu_list" --logs "$out/logs" \
   --preload transformers.models.bert.modeling_bert,transformers.models.hubert.modeling_hubert,audiomentations \
   < <(jobs) & scheduler=$!
-trap 'kill -TERM "$scheduler" 2>/dev/null || true' INT TERM HUP
-status=0
+stopped=0; status=0
+trap 'stopped=1; kill -TERM "$scheduler" 2>/dev/null || true' INT TERM HUP
 until wait "$scheduler"; do  # (a trapped signal ends the wait early: wait again until the scheduler has ended)
   status=$?; kill -0 "$scheduler" 2>/dev/null || break
 done
 trap - INT TERM HUP
+if [ $stopped = 1 ] || [ "$status" = 130 ]; then
+  echo "run_all.sh: interrupted; run the same command again to continue (finished experiments are skipped," \
+    "the others resume from their last finished epoch)" >&2
+  exit 130
+fi
 [ "$status" = 0 ] || exit "$status"
 
 tasks=()

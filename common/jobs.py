@@ -1,25 +1,19 @@
-"""run_all.sh's scheduler: its experiments, up to --slots side by side, in the order given, a job
-starting once the job it waits for has finished.
-
-Each job is a forked copy of this process, which has imported the jobs' modules (torch, transformers,
-the model code) once: a job starts at once instead of spending about 7 s of CPU on imports (NOTES.md),
-which was most of a smoke run. A forked job is still a process of its own, as `python -m MODULE ARGS`
-would be: its own exit status, signals and output (OUT/logs/<job>.log when jobs run side by side).
-This process never initialises CUDA, so each job picks its GPU through CUDA_VISIBLE_DEVICES.
-
-Jobs come on stdin, NUL-separated: name, output folder, the index of the job it waits for (-1: none),
-the number of words in its command, then the command (the module, then its arguments).
-  python -m common.jobs [--slots N] [--gpus 0,1] [--logs DIR] [--preload MODULE,...] < jobs
-Exit status: 0, 1 when an experiment failed, 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP).
-"""
+"""run_all.sh's scheduler (jobs on stdin as run_all.sh lists them), exit status 0, 1 (a job failed) or 130
+(stopped). Each job is forked from this process, which imported torch and transformers once: about 7 s of
+CPU saved per experiment (NOTES.md). It is still a process of its own, as `python -m MODULE ARGS` would be,
+but runs no atexit handler. This process never initialises CUDA: CUDA_VISIBLE_DEVICES picks a job's GPU.
+  python -m common.jobs [--slots N] [--gpus 0,1] [--logs DIR] [--preload MODULE,...] [--dry-run] < jobs"""
 import argparse
+import contextlib
 import importlib
 import os
 import runpy
+import shlex
 import signal
 import sys
 import threading
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +30,8 @@ class Job:
 
 
 def read_jobs(data: bytes) -> list[Job]:
-    words = [os.fsdecode(w) for w in data.split(b"\0")[:-1]]
-    jobs = []
+    """NUL-separated: a name, an output folder, `after`, the number of words in its command, the command."""
+    words, jobs = [os.fsdecode(w) for w in data.split(b"\0")[:-1]], []
     while words:
         name, folder, after, n = words[:4]
         command, words = words[4:4 + int(n)], words[4 + int(n):]
@@ -45,19 +39,13 @@ def read_jobs(data: bytes) -> list[Job]:
     return jobs
 
 
-def why(code: int) -> str:
-    """How a job ended, from os.waitstatus_to_exitcode (negative: the signal that killed it)."""
-    if code < 0:
-        return f"killed by signal {-code} ({signal.Signals(-code).name.removeprefix('SIG')})"
-    return "interrupted" if code == 130 else f"exit status {code}"
-
-
-def run_job(job: Job, log: Path | None, gpu: str | None, handlers: dict) -> None:
-    """In the forked child: run `python -m job.module job.args` here and exit with its status."""
+def run_job(job: Job, log: Path | None, gpu: str | None, handlers: dict, mask) -> None:
+    """In the forked child: `python -m job.module job.args`, then exit with its status."""
     code = 1
     try:
-        for s, handler in handlers.items():  # the signals as this process found them, not its own
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s, handler in handlers.items():  # the signals as the scheduler found them, before one can arrive
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         if log is not None:
@@ -73,36 +61,37 @@ def run_job(job: Job, log: Path | None, gpu: str | None, handlers: dict) -> None
     except BaseException:
         traceback.print_exc()
     finally:
-        for t in threading.enumerate():  # as at the interpreter's exit: its threads (a checkpoint write) end first
-            if t is not threading.current_thread() and not t.daemon:
-                t.join()
-        for f in (sys.stdout, sys.stderr):
-            f.flush()
-        os._exit(code)
+        try:  # its threads (a checkpoint write) end first, as multiprocessing's forked processes do
+            threading._shutdown()
+            sys.stdout.flush(), sys.stderr.flush()
+        finally:
+            os._exit(code)  # (whatever happens: this copy of the scheduler must never go on)
+
+
+def say(*lines: str, file=None) -> None:
+    """Print, unless the terminal or pipe is gone: the jobs are still waited for."""
+    with contextlib.suppress(OSError):
+        print(*lines, sep="\n", file=file or sys.stdout, flush=True)
 
 
 def last_words(log: Path) -> list[str]:
     """A failed job's error line from its console log, or its last lines."""
-    try:
+    with contextlib.suppress(OSError):
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    errors = [line for line in lines if line.startswith("error:")]
-    if errors:
-        return errors[-1:]
-    return ["  (it printed no error line; its last output:)", *(f"  | {line}" for line in lines[-3:])]
+        errors = [line for line in lines if line.startswith("error:")]
+        return errors[-1:] or ["  (it printed no error line; its last output:)", *(f"  | {x}" for x in lines[-3:])]
+    return []
 
 
 def run(jobs: list[Job], slots: int = 1, gpus: list[str] | None = None, logs: Path | None = None) -> int:
     """Run the jobs; a failure starts nothing new, and every job started is waited for. A stop signal
     goes on to the running jobs as SIGTERM (each keeps its last finished epoch's checkpoint)."""
-    gpus = gpus or []
-    side_by_side = slots > 1
+    gpus, side_by_side = gpus or [], slots > 1
+    state, running = ["waiting"] * len(jobs), {}  # running: pid -> (job, slot)
+    free, failed, stop = list(range(min(slots, len(jobs)))), [], False
+    log_of = {j: logs / f"{job.name.replace(' ', '-')}.log" for j, job in enumerate(jobs)} if side_by_side else {}
     if side_by_side:
         logs.mkdir(parents=True, exist_ok=True)
-    state = ["waiting"] * len(jobs)
-    running: dict[int, tuple[int, int]] = {}  # pid -> (job, slot)
-    free, failed, stop = list(range(slots)), [], False
 
     def on_stop(signum, frame):  # (once: a terminal's Ctrl-C may come with run_all.sh's SIGTERM)
         nonlocal stop
@@ -114,56 +103,51 @@ def run(jobs: list[Job], slots: int = 1, gpus: list[str] | None = None, logs: Pa
     handlers = {s: signal.signal(s, on_stop) for s in STOPS}
     try:
         while True:
-            ready = [j for j, job in enumerate(jobs) if state[j] == "waiting"
-                     and (job.after < 0 or state[job.after] == "ok")]
-            if ready and free and not stop and not failed:
+            ready = [j for j, job in enumerate(jobs)
+                     if state[j] == "waiting" and (job.after < 0 or state[job.after] == "ok")]
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # (a stop waits until a new job is in `running`)
+            start = bool(ready and free and not stop and not failed)
+            if start:
                 j, slot = ready[0], free.pop(0)
-                log = logs / f"{jobs[j].name.replace(' ', '-')}.log" if side_by_side else None
                 gpu = gpus[slot] if gpus else None
-                print(f"== [{j + 1}/{len(jobs)}] {jobs[j].name} -> {jobs[j].dir}" + (f" (GPU {gpu})" if gpu else "")
-                      + (f"; output in {log}" if log else ""), flush=True)
-                sys.stderr.flush()
-                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # (a stop now reaches this job too)
+                say(f"== [{j + 1}/{len(jobs)}] {jobs[j].name} -> {jobs[j].dir}" + (f" (GPU {gpu})" if gpu else "")
+                    + (f"; output in {log_of[j]}" if side_by_side else ""))
+                with contextlib.suppress(OSError):
+                    sys.stderr.flush()
                 pid = os.fork()
                 if pid == 0:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-                    run_job(jobs[j], log, gpu, handlers)
+                    run_job(jobs[j], log_of.get(j), gpu, handlers, mask)
                 running[pid], state[j] = (j, slot), "running"
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if start:
                 continue
             if not running:
                 break
             pid, status = os.wait()
             if pid not in running:  # (a child that is not a job: the shell's writer of the job list, say)
                 continue
-            j, slot = running.pop(pid)
+            (j, slot), code = running.pop(pid), os.waitstatus_to_exitcode(status)
             free.append(slot)
-            code = os.waitstatus_to_exitcode(status)
             if code == 0:
                 state[j] = "ok"
                 if side_by_side:
-                    print(f"== done: {jobs[j].name}", flush=True)
+                    say(f"== done: {jobs[j].name}")
             elif stop:  # stopped by the SIGTERM passed on to it
                 state[j] = "interrupted"
             else:
                 state[j] = "failed"
                 failed.append(j)
-                lines = [f"run_all.sh: experiment {jobs[j].name} failed ({why(code)}); see {jobs[j].dir}/train.log"]
-                if log := (logs / f"{jobs[j].name.replace(' ', '-')}.log" if side_by_side else None):
-                    lines += [*last_words(log), f"  (its console output: {log})"]
-                print(*lines, sep="\n", file=sys.stderr, flush=True)
+                why = (f"killed by signal {-code} ({signal.Signals(-code).name.removeprefix('SIG')})" if code < 0
+                       else "interrupted" if code == 130 else f"exit status {code}")
+                say(f"run_all.sh: experiment {jobs[j].name} failed ({why}); see {jobs[j].dir}/train.log",
+                    *([*last_words(log_of[j]), f"  (its console output: {log_of[j]})"] if side_by_side else []),
+                    file=sys.stderr)
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    if stop:
-        print("run_all.sh: interrupted; run the same command again to continue (finished experiments are skipped, "
-              "the others resume from their last finished epoch)", file=sys.stderr)
-        return 130
-    if failed:
-        print(f"run_all.sh: {len(failed)} experiment(s) failed; the others finished or were not started",
-              file=sys.stderr)
-        return 1
-    return 0
+    if failed and not stop:
+        say(f"run_all.sh: {len(failed)} experiment(s) failed; the others finished or were not started", file=sys.stderr)
+    return 130 if stop else 1 if failed else 0
 
 
 def main(argv=None):
@@ -172,15 +156,22 @@ def main(argv=None):
     p.add_argument("--gpus", default="", help="one GPU id per slot, comma-separated")
     p.add_argument("--logs", type=Path, help="each job's console output, when jobs run side by side")
     p.add_argument("--preload", default="", help="more modules to import once (those the jobs import late)")
+    p.add_argument("--dry-run", action="store_true", help="print each job's command line instead")
     args = p.parse_args(argv)
     jobs = read_jobs(sys.stdin.buffer.read())
-    # (should an import ask whether CUDA is there, NVML answers: CUDA stays uninitialised for the forked jobs)
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    if args.dry_run:
+        for job in jobs:
+            say(f"{job.name}: {shlex.join([sys.executable, '-m', job.module, *job.args])}")
+        return
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # (a CUDA check at import asks NVML, not CUDA)
+    # Two warnings that do not apply: Python 3.12's at a fork with threads (the one other is numpy's OpenBLAS
+    # pool, seen with gdb, which OpenBLAS stops and restarts around a fork), and runpy's that a job's module was
+    # imported before it runs as __main__ (here on purpose).
+    warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+    warnings.filterwarnings("ignore", ".* found in sys.modules after import of package", RuntimeWarning)
     for module in dict.fromkeys([j.module for j in jobs] + [m for m in args.preload.split(",") if m]):
-        try:
+        with contextlib.suppress(Exception, SystemExit):  # (a job whose module fails to import fails on its own)
             importlib.import_module(module)
-        except Exception:  # (a job whose module does not import fails in its own process, with its own message)
-            pass
     gpus = [g for g in args.gpus.split(",") if g]
     sys.exit(run(jobs, len(gpus) or args.slots, gpus, args.logs))
 

@@ -176,3 +176,22 @@ def test_layerdrop_and_specaugment_draw_afresh_on_every_replay(tmp_path, regular
         assert spread > 2e-4, losses
     else:  # only the order of summation differs
         assert spread < 2e-5, losses
+
+
+def test_run_all_forks_experiments_that_still_reach_their_gpu(tiny_bert, farstail_dir, tmp_path):
+    """run_all.sh's scheduler (common/jobs.py) imports torch and transformers, then forks each
+    experiment: it must not have initialised CUDA, or the forked experiment could not use its GPU."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    command = ["nli.train", "--model", str(tiny_bert), "--data-dir", str(farstail_dir), "--out", str(out),
+               "--epochs", "1", "--device", "cuda"]
+    jobs = b"".join(os.fsencode(w) + b"\0" for w in ["nli all seed 0", str(out), "-1", str(len(command)), *command])
+    r = subprocess.run([sys.executable, "-m", "common.jobs", "--gpus", "0", "--preload",
+                        "transformers.models.bert.modeling_bert"], input=jobs, capture_output=True,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["run_info"]["device"] == torch.cuda.get_device_name(0)
+    assert (out / "metrics.json").exists()
