@@ -109,9 +109,8 @@ else
   curve_args=()
   if [ "$only" != nli ]; then
     if [ -z "$shemo" ] || [ ! -d "$shemo" ]; then
-      echo "run_all.sh: ShEMO not found${shemo:+ at $shemo}. Download female.zip and male.zip from https://github.com/pariajm/sharif-emotional-speech-dataset," >&2
-      echo "unzip it, and point --shemo DIR (or SHEMO_DIR) at the folder holding its .wav files;" >&2
-      echo "or run only the NLI half with --only nli. Nothing was trained." >&2
+      echo "run_all.sh: ShEMO not found${shemo:+ at $shemo}. Download female.zip and male.zip from https://github.com/pariajm/sharif-emotional-speech-dataset," \
+        "unzip it, and point --shemo DIR (or SHEMO_DIR) at the folder holding its .wav files; or run only the NLI half with --only nli. Nothing was trained." >&2
       exit 2
     fi
     # usable ShEMO-named audio (readable, not silent, at least two emotions) before hours of NLI training
@@ -153,11 +152,9 @@ jobs() {
 }
 if [ $dry_run = 1 ]; then "$py" -m common.jobs --dry-run < <(jobs); exit 0; fi
 
-# Up to $slots jobs side by side (one: in order, on this terminal; more: output in $out/logs/), forked by
-# common/jobs.py. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) goes on to it; it stops the running jobs
-# cleanly and waits for them; the lock on --out goes only then.
-gpu_list=$(IFS=,; echo "${gpus[*]}")
-"$py" -m common.jobs --slots "$slots" --gpus "$gpu_list" --logs "$out/logs" \
+# Up to $slots jobs side by side (more than one: output in $out/logs/), forked by common/jobs.py. Ctrl-C, SIGTERM or
+# SIGHUP (a closed terminal) goes on to it; it stops the running jobs, waits for them; the lock goes only then.
+"$py" -m common.jobs --slots "$slots" --gpus "$(IFS=,; echo "${gpus[*]}")" --logs "$out/logs" \
   --preload transformers.models.bert.modeling_bert,transformers.models.hubert.modeling_hubert,audiomentations \
   < <(jobs) & scheduler=$!
 stopped=0; status=0

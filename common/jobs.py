@@ -111,9 +111,7 @@ def run(jobs: list[Job], slots: int = 1, gpus: list[str] | None = None, logs: Pa
                 j, slot = ready[0], free.pop(0)
                 gpu = gpus[slot] if gpus else None
                 say(f"== [{j + 1}/{len(jobs)}] {jobs[j].name} -> {jobs[j].dir}" + (f" (GPU {gpu})" if gpu else "")
-                    + (f"; output in {log_of[j]}" if side_by_side else ""))
-                with contextlib.suppress(OSError):
-                    sys.stderr.flush()
+                    + (f"; output in {log_of[j]}" if side_by_side else ""))  # (flushed: a fork copies buffers)
                 pid = os.fork()
                 if pid == 0:
                     run_job(jobs[j], log_of.get(j), gpu, handlers, mask)

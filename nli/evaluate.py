@@ -27,8 +27,3 @@ def figures(logits: torch.Tensor, label_ids: torch.Tensor, hard: dict | None = N
         out["subsets"] = {f"{kind}_{name.split('_')[1]}": float(right[np.asarray(flags) == want].mean())
                           for name, flags in hard.items() for kind, want in (("hard", 1), ("easy", 0))}
     return out
-
-
-def evaluate(model, data: Encoded, device, dtype, hard: dict | None = None) -> dict:
-    """A split's figures and predictions; stops the run on a NaN loss."""
-    return figures(pair_logits(model, data, device, dtype), data.label_ids, hard)

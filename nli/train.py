@@ -24,7 +24,7 @@ from common.training import Recipe, Training
 from nli.config import NLIConfig, parse_args
 from nli.data import (LABEL_NAMES, bucket_length, check_max_length, collate, encode, farstail_record, label_counts,
                       load_farstail, load_tokenizer, token_stats)
-from nli.evaluate import evaluate
+from nli.evaluate import figures, pair_logits
 from nli.importance import head_importance
 from nli.model import apply_experiment, encoder_layers, forward, load_classifier, make_masks_permanent, uses_sdpa
 from nli.report import PROTOCOL, NLIResult, write_results
@@ -96,8 +96,9 @@ def train(cfg: NLIConfig):
         for epoch in training.epochs():
             fig = training.train_epoch(epoch, sampler.epoch(epoch), unit="pairs", make_batch=make_batch)
             ev = training.timed_evaluation(fig, lambda: {
-                "val": evaluate(model, data["val"], device, dtype),
-                "test": evaluate(model, data["test"], device, dtype, splits["test"].hard)})
+                "val": figures(pair_logits(model, data["val"], device, dtype), data["val"].label_ids),
+                "test": figures(pair_logits(model, data["test"], device, dtype), data["test"].label_ids,
+                                splits["test"].hard)})
             training.end_epoch(epoch, history_row(epoch, fig, ev), ev, epoch_line(epoch, fig, ev))
 
         # 5. Results (rank 0), metrics.json last; then the checkpoints go.

@@ -1,9 +1,9 @@
 """How a SER model is scored each epoch: logits of every clip, each padded to its own
 whole-second bucket exactly as ser.predict pads it (HuBERT's group norm makes a clip's logits
-depend on its padding), in a fixed length-sorted order, and the figures of common/metrics.py."""
+depend on its padding), in a fixed length-sorted order (their figures: common/inference.split_figures)."""
 import torch
 
-from common.inference import predict_logits, split_figures
+from common.inference import predict_logits
 from ser.data import bucket_batches, collate
 from ser.model import forward
 
@@ -15,9 +15,3 @@ def clip_logits(model, waves: list[torch.Tensor], device, dtype, padding_value: 
     no_labels = torch.zeros(len(waves), dtype=torch.long)
     return predict_logits(model, forward, bucket_batches([len(w) for w in waves], EVAL_BATCH),
                           lambda idx: collate(waves, idx, no_labels, padding_value, device), device, dtype)
-
-
-def evaluate(model, waves: list[torch.Tensor], label_ids: torch.Tensor, label_names: list[str], device, dtype,
-             padding_value: float) -> dict:
-    """A split's figures (accuracy, UAR, loss, macro F1, per class), with its predictions for the report."""
-    return split_figures(clip_logits(model, waves, device, dtype, padding_value), label_ids, label_names)

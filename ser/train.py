@@ -19,11 +19,12 @@ from common.results import write_config
 from common.run import Run, count_params, run_info
 from common.spec import run_spec
 from common.graphs import capture_examples
+from common.inference import split_figures
 from common.training import Recipe, Training
 from ser.audio import SAMPLE_RATE, augmentation_settings
 from ser.config import SERConfig, parse_args
 from ser.data import bucket_length, build_dataset, collate, corpus_record, find_clips, read_corpus
-from ser.evaluate import evaluate
+from ser.evaluate import clip_logits
 from ser.folds import run_folds
 from ser.model import build_classifier, feature_extractor_for, forward
 from ser.report import SERResult, write_results
@@ -74,7 +75,8 @@ def train(cfg: SERConfig, corpus=None):
         if d.main:
             barrier()
         waves, ids, pad = data.waves, data.label_ids, float(fe.padding_value)
-        score = lambda k: evaluate(model, waves[k], ids[k], data.label_names, device, dtype, pad)  # noqa: E731
+        score = lambda k: split_figures(clip_logits(model, waves[k], device, dtype, pad), ids[k],  # noqa: E731
+                                        data.label_names)
         log(f"{len(corpus.clips)} clips, {len(data.label_names)} classes; {cfg.protocol.description}; "
             + ", ".join(f"{k} {v['items']} ({v['augmented']} augmented)" for k, v in data.split_items.items())
             + f"; {len(data.skipped_files)} files skipped ({len(corpus.skipped)} unreadable, empty or silent; "
