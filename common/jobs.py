@@ -31,11 +31,11 @@ class Job:
 
 def read_jobs(data: bytes) -> list[Job]:
     """NUL-separated: a name, an output folder, `after`, the number of words in its command, the command."""
-    words, jobs = [os.fsdecode(w) for w in data.split(b"\0")[:-1]], []
-    while words:
-        name, folder, after, n = words[:4]
-        command, words = words[4:4 + int(n)], words[4 + int(n):]
-        jobs.append(Job(name, folder, int(after), command[0], command[1:]))
+    words, jobs, i = [os.fsdecode(w) for w in data.split(b"\0")[:-1]], [], 0
+    while i < len(words):
+        name, folder, after, n = words[i:i + 4]
+        i += 4 + int(n)
+        jobs.append(Job(name, folder, int(after), words[i - int(n)], words[i - int(n) + 1:i]))
     return jobs
 
 
@@ -98,9 +98,13 @@ def run(jobs: list[Job], slots: int = 1, gpus: list[str] | None = None, logs: Pa
         if not stop:
             stop = True
             for pid in running:
-                os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # (one that ended since os.wait returned)
+                    os.kill(pid, signal.SIGTERM)
 
-    handlers = {s: signal.signal(s, on_stop) for s in STOPS}
+    # (a signal ignored when this process started, as SIGINT in a job started by a script: still ignored)
+    handlers = {s: signal.getsignal(s) for s in STOPS}
+    for s in [s for s, handler in handlers.items() if handler is not signal.SIG_IGN]:
+        signal.signal(s, on_stop)
     try:
         while True:
             ready = [j for j, job in enumerate(jobs)
@@ -156,6 +160,8 @@ def main(argv=None):
     p.add_argument("--preload", default="", help="more modules to import once (those the jobs import late)")
     p.add_argument("--dry-run", action="store_true", help="print each job's command line instead")
     args = p.parse_args(argv)
+    for f in (sys.stdout, sys.stderr):  # (a path's bytes printed as they are, whatever the locale)
+        f.reconfigure(errors="surrogateescape")
     jobs = read_jobs(sys.stdin.buffer.read())
     if args.dry_run:
         for job in jobs:

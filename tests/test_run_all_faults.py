@@ -82,14 +82,19 @@ def test_one_run_all_per_folder_and_a_closed_terminal_stops_and_waits_for_its_jo
 
 @pytest.fixture
 def job(tmp_path, monkeypatch):
-    """A module the scheduler can run: `fakejob fail`, `fakejob die`, `fakejob sleep SECONDS MARK`."""
+    """A module the scheduler can run: `fakejob fail`, `die`, `sleep SECONDS MARK` (stops on SIGTERM, as every
+    experiment does), `signals FILE` (the handlers it found), `thread MARK` (a thread that ends after it)."""
     (tmp_path / "fakejob.py").write_text(
-        "import os, signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # (as every experiment: stop when asked)\n"
+        "import os, signal, sys, threading, time\n"
         "if sys.argv[1] == 'fail':\n    print('error: bad data', file=sys.stderr)\n    sys.exit(2)\n"
         "if sys.argv[1] == 'die':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "if sys.argv[1] == 'sleep':\n    open(sys.argv[3] + '.started', 'w').close()\n"
-        "    time.sleep(float(sys.argv[2]))\n    open(sys.argv[3], 'w').close()\n")
+        "if sys.argv[1] == 'sleep':\n    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+        "    open(sys.argv[3] + '.started', 'w').close()\n"
+        "    time.sleep(float(sys.argv[2]))\n    open(sys.argv[3], 'w').close()\n"
+        "if sys.argv[1] == 'signals':\n    open(sys.argv[2], 'w').write(' '.join(getattr(signal.getsignal(s), "
+        "'__name__', '?') for s in (signal.SIGTERM, signal.SIGINT)))\n"
+        "if sys.argv[1] == 'thread':\n    threading.Thread(target=lambda: (time.sleep(0.3), open(sys.argv[2], 'w')))"
+        ".start()\n")
     monkeypatch.syspath_prepend(tmp_path)  # (the forked jobs inherit it)
     return lambda name, *args, after=-1: Job(name, str(tmp_path / name), after, "fakejob", list(args))
 
@@ -120,16 +125,46 @@ def test_a_job_waits_for_the_job_it_needs_and_a_stop_signal_reaches_the_running_
     stopper = threading.Thread(target=lambda: (wait_for(Path(f"{mark}.started")), os.kill(os.getpid(), signal.SIGTERM)))
     stopper.start()
     try:
-        code = run([job("a", "sleep", "0", str(tmp_path / "a-done")), job("b", "sleep", "30", str(mark), after=0),
-                    job("c", "sleep", "0", str(tmp_path / "c-done"))])
+        code = run([job("a", "sleep", "0.5", str(tmp_path / "a-done")), job("b", "sleep", "30", str(mark), after=0),
+                    job("c", "sleep", "0", str(tmp_path / "c-done"))], slots=2, logs=tmp_path / "logs")
     finally:
         stopper.join()
         signal.signal(signal.SIGTERM, previous)
     out, err = capfd.readouterr()
-    assert (tmp_path / "a-done").exists() and out.index("[1/3]") < out.index("[2/3]")  # b waited for a
+    assert out.index("[3/3]") < out.index("[2/3]")  # b waited for a, though a slot was free for it
+    assert (tmp_path / "a-done").exists() and (tmp_path / "c-done").exists()
     assert code == 130 and not seen  # (run_all.sh says "interrupted": the SIGHUP test above)
-    assert not mark.exists() and not (tmp_path / "c-done").exists()  # b was stopped; c never started
-    assert "failed" not in err
+    assert not mark.exists() and "failed" not in err  # b was stopped
+
+
+def test_a_forked_job_finds_the_signals_as_they_were_and_its_threads_end_first(job, tmp_path):
+    def guard(*a):
+        raise AssertionError("the scheduler's own handler was missing")
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        assert run([job("s", "signals", str(tmp_path / "found")), job("t", "thread", str(tmp_path / "ended"))]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "found").read_text() == "guard default_int_handler"  # not the scheduler's on_stop
+    assert (tmp_path / "ended").exists()  # the job's thread finished before the job's process ended
+
+
+def test_a_stop_just_as_a_job_ends_still_reaches_the_others(job, tmp_path, monkeypatch):
+    real_wait, sent = os.wait, []
+
+    def wait():  # a job has ended and been reaped; a stop arrives before the scheduler has seen which
+        pid, status = real_wait()
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        return pid, status
+    monkeypatch.setattr(os, "wait", wait)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        code = run([job("a", "sleep", "0.5", str(tmp_path / "a-done")), job("b", "sleep", "30", str(tmp_path / "b-done"))],
+                   slots=2, logs=tmp_path / "logs")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130 and not (tmp_path / "b-done").exists()
 
 
 def wait_for(path: Path) -> None:
