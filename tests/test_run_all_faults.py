@@ -92,7 +92,7 @@ def job(tmp_path, monkeypatch):
         "    open(sys.argv[3] + '.started', 'w').close()\n"
         "    time.sleep(float(sys.argv[2]))\n    open(sys.argv[3], 'w').close()\n"
         "if sys.argv[1] == 'signals':\n    open(sys.argv[2], 'w').write(' '.join(getattr(signal.getsignal(s), "
-        "'__name__', '?') for s in (signal.SIGTERM, signal.SIGINT)))\n"
+        "'__name__', '?') for s in (signal.SIGTERM, signal.SIGHUP)))\n"
         "if sys.argv[1] == 'thread':\n    threading.Thread(target=lambda: (time.sleep(0.3), open(sys.argv[2], 'w')))"
         ".start()\n")
     monkeypatch.syspath_prepend(tmp_path)  # (the forked jobs inherit it)
@@ -140,12 +140,16 @@ def test_a_job_waits_for_the_job_it_needs_and_a_stop_signal_reaches_the_running_
 def test_a_forked_job_finds_the_signals_as_they_were_and_its_threads_end_first(job, tmp_path):
     def guard(*a):
         raise AssertionError("the scheduler's own handler was missing")
-    previous = signal.signal(signal.SIGTERM, guard)
+
+    def hup_guard(*a):
+        raise AssertionError("the scheduler's own handler was missing")
+    previous = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, guard), (signal.SIGHUP, hup_guard))}
     try:
         assert run([job("s", "signals", str(tmp_path / "found")), job("t", "thread", str(tmp_path / "ended"))]) == 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert (tmp_path / "found").read_text() == "guard default_int_handler"  # not the scheduler's on_stop
+        for s, h in previous.items():
+            signal.signal(s, h)
+    assert (tmp_path / "found").read_text() == "guard hup_guard"  # not the scheduler's on_stop
     assert (tmp_path / "ended").exists()  # the job's thread finished before the job's process ended
 
 
