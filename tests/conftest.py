@@ -75,3 +75,12 @@ def pytest_collection_modifyitems(items):
     """The longest file first (its smoke run is a minute), so that the two workers of pytest.ini
     finish at about the same time instead of one waiting for it at the end."""
     items.sort(key=lambda item: item.path.name != "test_run_all.py")
+
+
+LONGEST = ("test_run_all.py", "test_distributed.py", "test_reliability.py", "test_learning.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The files with the longest tests first (the smoke run, torchrun, the disk-full and learning tests), so that
+    pytest's two workers do not end with one of them alone on a long file (pytest.ini keeps this order)."""
+    items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
