@@ -125,7 +125,7 @@ fi
 
 # The jobs, in order, as common/jobs.py reads them (NUL-separated): a name, an output folder, the index of the job it
 # waits for (-1: none), the number of words in its command, and the command: a module and its arguments.
-jobs() {
+job_list() {
   local n=0 seed i dir
   job() { printf '%s\0' "$1" "$2" "$3" $(($# - 3)) "${@:4}"; n=$((n + 1)); }
   for ((seed = 0; seed < seeds; seed++)); do
@@ -150,13 +150,13 @@ jobs() {
     fi
   done
 }
-if [ $dry_run = 1 ]; then "$py" -m common.jobs --dry-run < <(jobs); exit 0; fi
+if [ $dry_run = 1 ]; then "$py" -m common.jobs --dry-run < <(job_list); exit 0; fi
 
 # Up to $slots jobs side by side (more than one: output in $out/logs/), forked by common/jobs.py. Ctrl-C, SIGTERM or
 # SIGHUP (a closed terminal) goes on to it; it stops the running jobs, waits for them; the lock goes only then.
 "$py" -m common.jobs --slots "$slots" --gpus "$(IFS=,; echo "${gpus[*]}")" --logs "$out/logs" \
   --preload transformers.models.bert.modeling_bert,transformers.models.hubert.modeling_hubert,audiomentations \
-  < <(jobs) & scheduler=$!
+  < <(job_list) & scheduler=$!
 stopped=0; status=0
 trap 'stopped=1; kill -TERM "$scheduler" 2>/dev/null || true' INT TERM HUP
 until wait "$scheduler"; do  # (a trapped signal ends the wait early: wait again until the scheduler has ended)
