@@ -44,9 +44,8 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, replace_folder: b
 
 
 def claim(folders: list[Path], maker: str) -> str | None:
-    """Take the folders for the files `maker` generates (nli.synthetic, ser.synthetic), which it overwrites:
-    None when each is new, empty or `maker`'s from before (its .made-by file), else why not (and none is
-    touched), so that nothing a user made is overwritten."""
+    """Take the folders for the files `maker` (nli.synthetic, ser.synthetic) overwrites: None when each is new, empty
+    or `maker`'s from before (its .made-by file), else why not, none touched: nothing a user made is overwritten."""
     for folder in folders:
         mark = folder / ".made-by"
         if folder.exists() and not folder.is_dir():

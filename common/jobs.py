@@ -68,8 +68,7 @@ def run_job(job: Job, log: Path | None, gpu: str | None, handlers: dict, mask) -
             os._exit(code)  # (whatever happens: this copy of the scheduler must never go on)
 
 
-def say(*lines: str, file=None) -> None:
-    """Print, unless the terminal or pipe is gone: the jobs are still waited for."""
+def say(*lines: str, file=None) -> None:  # print, unless the terminal or pipe is gone: the jobs are still waited for
     with contextlib.suppress(OSError):
         print(*lines, sep="\n", file=file or sys.stdout, flush=True)
 
@@ -164,13 +163,10 @@ def main(argv=None):
         f.reconfigure(errors="surrogateescape")
     jobs = read_jobs(sys.stdin.buffer.read())
     if args.dry_run:
-        for job in jobs:
-            say(f"{job.name}: {shlex.join([sys.executable, '-m', job.module, *job.args])}")
-        return
+        return say(*(f"{job.name}: {shlex.join([sys.executable, '-m', job.module, *job.args])}" for job in jobs))
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # (a CUDA check at import asks NVML, not CUDA)
-    # Two warnings that do not apply: Python 3.12's at a fork with threads (the one other is numpy's OpenBLAS
-    # pool, seen with gdb, which OpenBLAS stops and restarts around a fork), and runpy's that a job's module was
-    # imported before it runs as __main__ (here on purpose).
+    # Warnings that do not apply: Python 3.12's at a fork with threads (the other is numpy's OpenBLAS pool, seen with
+    # gdb, which stops and restarts around a fork); runpy's that a job's module was imported first (on purpose).
     warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
     warnings.filterwarnings("ignore", ".* found in sys.modules after import of package", RuntimeWarning)
     for module in dict.fromkeys([j.module for j in jobs] + [m for m in args.preload.split(",") if m]):

@@ -71,12 +71,6 @@ def interrupt_at_epoch(monkeypatch, epoch: int):
     return lambda: monkeypatch.setattr(Training, "train_epoch", real)
 
 
-def pytest_collection_modifyitems(items):
-    """The longest file first (its smoke run is a minute), so that the two workers of pytest.ini
-    finish at about the same time instead of one waiting for it at the end."""
-    items.sort(key=lambda item: item.path.name != "test_run_all.py")
-
-
 LONGEST = ("test_run_all.py", "test_distributed.py", "test_reliability.py", "test_learning.py")
 
 
