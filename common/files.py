@@ -43,21 +43,6 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, replace_folder: b
         raise RunFailed(f"cannot write {path}: {write_error(e)}") from None
 
 
-def claim(folders: list[Path], maker: str) -> str | None:
-    """Take the folders for the files `maker` (nli.synthetic, ser.synthetic) overwrites: None when each is new, empty
-    or `maker`'s from before (its .made-by file), else why not, none touched: nothing a user made is overwritten."""
-    for folder in folders:
-        mark = folder / ".made-by"
-        if folder.exists() and not folder.is_dir():
-            return f"{folder} is a file, not a folder"
-        if folder.is_dir() and any(folder.iterdir()) and not (mark.is_file() and mark.read_text().strip() == maker):
-            return f"{folder} holds files {maker} did not make; give a new or empty folder"
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / ".made-by").write_text(maker + "\n")
-    return None
-
-
 def write_error(e: BaseException) -> str:
     """A failed write in one line, with a hint where a library hides a full disk (torch's "unexpected pos")."""
     if isinstance(e, OSError):

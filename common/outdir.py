@@ -1,5 +1,6 @@
 """A run's output folder (docs/reliability.md): its lock (`fcntl.flock` on OUT/.lock, released however
-the process ends; run_all.sh takes it too), the marker of a folder this project wrote, and --overwrite."""
+the process ends; run_all.sh takes it too), the marker of a folder this project wrote, and --overwrite;
+and the folders the generators (nli/ser.synthetic) may write into."""
 import fcntl
 import os
 import re
@@ -61,6 +62,21 @@ def contents(out: Path) -> list[Path]:
 def is_run(out: Path) -> bool:
     """The folder holds a run this project wrote (its marker)."""
     return (Path(out) / MARKER).is_file()
+
+
+def claim(folders: list[Path], maker: str) -> str | None:
+    """Take the folders for the files `maker` (nli.synthetic, ser.synthetic) overwrites: None when each is new, empty
+    or `maker`'s from before (its .made-by file), else why not, none touched: nothing a user made is overwritten."""
+    for folder in folders:
+        mark = folder / ".made-by"
+        if folder.exists() and not folder.is_dir():
+            return f"{folder} is a file, not a folder"
+        if contents(folder) and not (mark.is_file() and mark.read_text().strip() == maker):
+            return f"{folder} holds files {maker} did not make; give a new or empty folder"
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".made-by").write_text(maker + "\n")
+    return None
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool, reads: tuple = ()) -> None:

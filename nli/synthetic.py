@@ -17,7 +17,7 @@ import random
 import unicodedata
 from pathlib import Path
 
-from common.files import claim
+from common.outdir import claim
 
 WORDS = ("کتاب دانشجو دانشگاه شهر تهران ایران فرهنگ تاریخ علم هنر زبان فارسی شعر کار خانه مدرسه معلم "
          "درس آب باران کوه دریا جنگل درخت گل باغ روز شب سال ماه خورشید ستاره مردم کشور دولت اقتصاد "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.files import claim
+from common.outdir import claim
 
 # letter -> (tone in Hz, amplitude): each emotion sounds different
 VOICES = {"A": (440.0, 0.6), "F": (660.0, 0.15), "H": (550.0, 0.4), "N": (220.0, 0.2), "S": (165.0, 0.1),
