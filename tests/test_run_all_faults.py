@@ -61,10 +61,7 @@ def test_one_run_all_per_folder_and_a_closed_terminal_stops_and_waits_for_its_jo
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "SHEMO_DIR": ""})
     try:
-        for _ in range(600):  # (the experiment has started; it trains for seconds more)
-            if log.exists():
-                break
-            time.sleep(0.1)
+        wait_for(log, seconds=60)  # (the experiment has started; it trains for seconds more)
         second = run_all("--smoke", "--only", "nli", "--out", tmp_path)
         assert second.returncode == 2 and f"in use by another run_all.sh (process {first.pid})" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "[1/9]" not in second.stdout
@@ -171,8 +168,8 @@ def test_a_stop_just_as_a_job_ends_still_reaches_the_others(job, tmp_path, monke
     assert code == 130 and not (tmp_path / "b-done").exists()
 
 
-def wait_for(path: Path) -> None:
-    for _ in range(600):
+def wait_for(path: Path, seconds: float = 30) -> None:
+    for _ in range(int(seconds / 0.05)):
         if path.exists():
             return
         time.sleep(0.05)
