@@ -23,7 +23,7 @@ STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 @dataclass
 class Job:
     name: str
-    dir: str  # its output folder (its train.log is named on failure)
+    dir: str  # its output folder (its train.log, if any, is named on failure)
     after: int  # the index of the job it waits for, -1 for none
     module: str
     args: list[str]
@@ -140,7 +140,8 @@ def run(jobs: list[Job], slots: int = 1, gpus: list[str] | None = None, logs: Pa
                 failed.append(j)
                 why = (f"killed by signal {-code} ({signal.Signals(-code).name.removeprefix('SIG')})" if code < 0
                        else "interrupted" if code == 130 else f"exit status {code}")
-                say(f"run_all.sh: experiment {jobs[j].name} failed ({why}); see {jobs[j].dir}/train.log",
+                log = Path(jobs[j].dir, "train.log")  # (none where a job failed before its run began)
+                say(f"run_all.sh: experiment {jobs[j].name} failed ({why})" + (f"; see {log}" if log.exists() else ""),
                     *([*last_words(log_of[j]), f"  (its console output: {log_of[j]})"] if side_by_side else []),
                     file=sys.stderr)
     finally:
