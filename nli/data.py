@@ -10,7 +10,6 @@ import torch
 from common.device import pinned
 from common.errors import UserError
 from common.files import atomic_write, read_table
-from common.inputs import files_record
 
 # Fixed label ids (a label's id is its index), recorded in the saved model's id2label / label2id.
 CODES = ["e", "c", "n"]  # as FarsTail's files write them
@@ -97,19 +96,13 @@ def read_split(path: Path) -> Split:
 
 def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[str, Split]:
     """The three splits (downloaded if missing), the first `limit` rows of each; a one-label training split refused."""
-    if any(not (data_dir / n).exists() for n in FILES.values()):
-        download_farstail(data_dir, log)
+    download_farstail(data_dir, log)
     splits = {k: read_split(data_dir / name).head(limit) for k, name in FILES.items()}
     present = sorted(set(splits["train"].label_ids))
     if len(present) < 2:
         raise UserError(f"{data_dir / FILES['train']}: the training pairs{f' (first {limit})' if limit else ''} all "
                         f"have the label {CODES[present[0]]!r}; a classifier needs at least two labels to train on")
     return splits
-
-
-def farstail_record(data_dir: Path) -> dict:
-    """The fingerprint of the three files (size and SHA-256): what config.json and checkpoints keep."""
-    return files_record(data_dir, FILES.values())
 
 
 def load_tokenizer(model: str):

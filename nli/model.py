@@ -24,15 +24,18 @@ def encoder_layers(model) -> torch.nn.ModuleList:
 
 
 def load_classifier(name: str, label_names: list[str] | None = None):
-    """A sequence classifier from a hub id or a save_pretrained folder: with `label_names`, a fresh
-    head with those names (training), else the folder's own (prediction). A config that lists
-    `pruned_heads` is built at full size and pruned before its (smaller) weights are loaded."""
+    """A sequence classifier from a hub id or a save_pretrained folder: with `label_names`, a fresh head with
+    those names (training), else the folder's own, which must be a sequence classifier (prediction). A config
+    that lists `pruned_heads` is built at full size and pruned before its (smaller) weights are loaded."""
     kw = {} if label_names is None else {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                                          "label2id": {n: i for i, n in enumerate(label_names)}}
     try:
         config = AutoConfig.from_pretrained(name, **kw)
-        if label_names is None:
-            check_is_pair_classifier(config, name)
+        archs, head = getattr(config, "architectures", None) or [], getattr(config, "classifier_head", None)
+        if label_names is None and (head or not any(a.endswith("ForSequenceClassification") for a in archs)):
+            what = "ser.train's emotion model" if head else \
+                f"a {config.model_type} model ({', '.join(archs) or 'no architecture'})"
+            raise UserError(f"--model {name} is {what}, not a premise/hypothesis classifier written by nli.train")
         pruned = getattr(config, "pruned_heads", None) or {}
         if not pruned:
             return AutoModelForSequenceClassification.from_pretrained(name, config=config)
@@ -45,15 +48,6 @@ def load_classifier(name: str, label_names: list[str] | None = None):
     except OSError as e:
         raise UserError(f"--model {name}: cannot load it ({str(e).splitlines()[0]}); give a local folder made by "
                         "save_pretrained, or a hub id on a machine that reaches the hub") from None
-
-
-def check_is_pair_classifier(config, name: str) -> None:
-    """A trained NLI model's config: a sequence classifier, not ser.train's emotion model or a bare encoder."""
-    archs = getattr(config, "architectures", None) or []
-    if getattr(config, "classifier_head", None) or not any(a.endswith("ForSequenceClassification") for a in archs):
-        what = "ser.train's emotion model" if getattr(config, "classifier_head", None) else \
-            f"a {config.model_type} model ({', '.join(archs) or 'no architecture'})"
-        raise UserError(f"--model {name} is {what}, not a premise/hypothesis classifier written by nli.train")
 
 
 def keep_layers(model, n: int) -> None:

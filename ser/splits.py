@@ -201,9 +201,8 @@ def check_fold_speakers(speakers: list, folds: int) -> None:
 def fold_split(clip_labels: list[str], speakers: list, fold: int, folds: int, seed: int) -> dict[str, list[int]]:
     """Fold `fold` (1-based) of `folds`: it is tested, the next fold validates, the others train."""
     parts = speaker_folds(clip_labels, speakers, folds, seed)
-    test, val = parts[fold - 1], parts[fold % folds]
     return {"train": sorted(i for k, p in enumerate(parts) if k not in (fold - 1, fold % folds) for i in p),
-            "val": val, "test": test}
+            "val": parts[fold % folds], "test": parts[fold - 1]}
 
 
 def study_items(clip_labels: list[str], *, seed: int, split_seed: int, limit: int | None) -> dict[str, list[Item]]:
