@@ -5,6 +5,7 @@ but runs no atexit handler. This process never initialises CUDA: CUDA_VISIBLE_DE
   python -m common.jobs [--slots N] [--gpus 0,1] [--logs DIR] [--preload MODULE,...] [--dry-run] < jobs"""
 import argparse
 import contextlib
+import ctypes
 import importlib
 import os
 import runpy
@@ -39,10 +40,14 @@ def read_jobs(data: bytes) -> list[Job]:
     return jobs
 
 
-def run_job(job: Job, log: Path | None, gpu: str | None, handlers: dict, mask) -> None:
+def run_job(job: Job, log: Path | None, gpu: str | None, handlers: dict, mask, scheduler: int) -> None:
     """In the forked child: `python -m job.module job.args`, then exit with its status."""
     code = 1
     try:
+        with contextlib.suppress(AttributeError, OSError):  # (Linux) a SIGTERM if the scheduler dies, even killed
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != scheduler:  # (it died before that)
+            return
         for s, handler in handlers.items():  # the signals as the scheduler found them, before one can arrive
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -115,9 +120,9 @@ def run(jobs: list[Job], slots: int = 1, gpus: list[str] | None = None, logs: Pa
                 gpu = gpus[slot] if gpus else None
                 say(f"== [{j + 1}/{len(jobs)}] {jobs[j].name} -> {jobs[j].dir}" + (f" (GPU {gpu})" if gpu else "")
                     + (f"; output in {log_of[j]}" if side_by_side else ""))  # (flushed: a fork copies buffers)
-                pid = os.fork()
+                scheduler, pid = os.getpid(), os.fork()
                 if pid == 0:
-                    run_job(jobs[j], log_of.get(j), gpu, handlers, mask)
+                    run_job(jobs[j], log_of.get(j), gpu, handlers, mask, scheduler)
                 running[pid], state[j] = (j, slot), "running"
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if start:
