@@ -35,15 +35,13 @@ class RunLog:
         self.path, self.pending, self.quiet = None, [], quiet
 
     def __call__(self, *parts) -> None:
-        line = " ".join(str(p) for p in parts)
         if not self.quiet:
+            line = " ".join(str(p) for p in parts)
             print(line, flush=True)
-        self.file_only(line)
+            self.file_only(line)
 
     def file_only(self, line: str) -> None:
-        """Write a line to train.log only (per-step figures that the progress bar shows)."""
-        if self.quiet:
-            return
+        """Write a line to train.log only (per-step figures that the progress bar shows; rank 0's)."""
         if self.path is None:
             self.pending.append(line)
             return
