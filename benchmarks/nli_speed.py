@@ -31,7 +31,8 @@ def parsbert_shaped(tokenizer_dir: Path) -> Path:
 
 
 def parse(p: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:
-    """Both benchmarks' flags: p's with --json, and the trainer's flags (those after --)."""
+    """Both benchmarks' flags: p's with --model and --json, and the trainer's flags (those after --)."""
+    p.add_argument("--model", type=Path, help="a model folder to time instead (a tiny one, for a dry run)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a, extra = p.parse_known_args(argv)
     return a, [x for x in extra if x != "--"]  # `-- --batch-size 8`: what follows -- goes to the trainer
@@ -62,7 +63,6 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.nli_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "farstail")
     p.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared" / "data" / "parsbert-v1")
-    p.add_argument("--model", type=Path, help="a model folder to time instead (a tiny one, for a dry run)")
     p.add_argument("--pairs", type=int, default=320, help="training pairs timed (the first N of the training split)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over them")
     a, extra = parse(p, argv)

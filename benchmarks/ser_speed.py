@@ -42,7 +42,6 @@ def shemo_like_clips(folder: Path, n: int, seed: int = 0) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.ser_speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, help="a model folder to time instead (a tiny one, for a dry run)")
     p.add_argument("--clips", type=int, default=60, help="clips written (80%% of them are trained on)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over the training clips")
     a, extra = parse(p, argv)

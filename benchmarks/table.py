@@ -18,11 +18,9 @@ def figures(task: str, r: dict) -> dict:
         s = r["speed"]
         return {"rate": s["items_per_s"], "steady": s.get("items_per_s_steady"), "warmup_s": s.get("warmup_seconds", 0.0),
                 "warmup_units": s.get("warmup_items", 0), "seconds": s["train_seconds"], "capture": None}
-    if task == "nli":
-        return {"rate": r["pairs_per_s"], "steady": r["pairs_per_s_steady"], "warmup_s": r["warmup_seconds"],
-                "warmup_units": r["warmup_pairs"], "seconds": r["train_seconds"], "capture": r["capture_seconds"]}
-    return {"rate": r["audio_seconds_per_s"], "steady": r["audio_seconds_per_s_steady"], "warmup_s": r["warmup_seconds"],
-            "warmup_units": r["warmup_audio_seconds"], "seconds": r["train_seconds"], "capture": r["capture_seconds"]}
+    rate, warm = ("pairs_per_s", "warmup_pairs") if task == "nli" else ("audio_seconds_per_s", "warmup_audio_seconds")
+    return {"rate": r[rate], "steady": r[f"{rate}_steady"], "warmup_s": r["warmup_seconds"], "warmup_units": r[warm],
+            "seconds": r["train_seconds"], "capture": r["capture_seconds"]}
 
 
 def projected_seconds(f: dict, units: float) -> float | None:

@@ -79,8 +79,7 @@ def read_batch_order(path: Path, items: int, batch: int, epochs: int) -> GivenBa
 
 def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     """Evaluation order: items sorted by length (stable: each item always has the same batchmates)."""
-    lengths = [int(n) for n in lengths]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    order = sorted(range(len(lengths)), key=lambda i: int(lengths[i]))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 

@@ -39,7 +39,8 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, replace_folder: b
             os.replace(tmp, path)
         fsync_folder(path.parent)
     except (OSError, RuntimeError, SafetensorError) as e:
-        _remove(tmp, quiet=True)
+        with contextlib.suppress(OSError):
+            _remove(tmp)
         raise RunFailed(f"cannot write {path}: {write_error(e)}") from None
 
 
@@ -71,15 +72,11 @@ def _fsync_tree(path: Path) -> None:
         fsync_folder(path)
 
 
-def _remove(path: Path, quiet: bool = False) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    except OSError:
-        if not quiet:
-            raise
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def sha256(path: Path) -> str:

@@ -14,7 +14,6 @@ from common.stats import RESAMPLES, interval_text, intervals
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "test_accuracy",
                   "seconds", "items_per_s", "warmup_seconds", "items_per_s_steady"]
-KEPT_FOR_THE_REPORT = ("pred", "subsets")  # a split's per-item predictions: report.txt and plots, not metrics.json
 
 
 def write_config(out: Path, args: dict, derived: dict, info: dict, fingerprint: dict | None = None) -> None:
@@ -54,8 +53,8 @@ def logged_like_trainer(step_losses: list[float], every: int) -> list[dict]:
 
 
 def summary_only(split: dict) -> dict:
-    """A split's figures without what is kept only for the report (per-item predictions)."""
-    return {k: v for k, v in split.items() if k not in KEPT_FOR_THE_REPORT}
+    """A split's figures without its per-item predictions (kept for report.txt and the plots, not metrics.json)."""
+    return {k: v for k, v in split.items() if k not in ("pred", "subsets")}
 
 
 @dataclass

@@ -29,21 +29,19 @@ from common.spec import RunSpec
 
 
 class RunLog:
-    """Prints a line and appends it to train.log (kept until the file is open); `quiet`: log nothing."""
+    """Prints a line and appends it to train.log (kept until the file is open); `quiet` (ranks but 0): log nothing."""
 
     def __init__(self, quiet: bool = False):
         self.path, self.pending, self.quiet = None, [], quiet
 
     def __call__(self, *parts) -> None:
-        line = " ".join(str(p) for p in parts)
         if not self.quiet:
+            line = " ".join(str(p) for p in parts)
             print(line, flush=True)
-        self.file_only(line)
+            self.file_only(line)
 
     def file_only(self, line: str) -> None:
-        """Write a line to train.log only (per-step figures that the progress bar shows)."""
-        if self.quiet:
-            return
+        """Write a line to train.log only (per-step figures that the progress bar shows; rank 0's log only)."""
         if self.path is None:
             self.pending.append(line)
             return
@@ -54,11 +52,10 @@ class RunLog:
             raise RunFailed(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def open(self, path: Path) -> None:
-        if not self.quiet:
-            self.path, pending, self.pending = path, self.pending, []
-            for line in pending:
-                self.file_only(line)
-            log_errors_to(path)
+        self.path, pending, self.pending = path, self.pending, []
+        for line in pending:
+            self.file_only(line)
+        log_errors_to(path)
 
 
 class Run:

@@ -1,6 +1,8 @@
 """Which differences are larger than the noise (docs/statistics.md): seeded percentile bootstrap
 intervals (absent classes as in common/metrics.py, in every resample), McNemar's exact test with the
 paired interval of an accuracy difference, and Holm's correction."""
+from itertools import accumulate
+
 import numpy as np
 
 RESAMPLES = 10_000
@@ -96,8 +98,5 @@ def paired(correct_a, correct_b) -> dict:
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    adjusted, running = [0.0] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
+    adjusted = accumulate((min(1.0, (len(pvalues) - rank) * pvalues[i]) for rank, i in enumerate(order)), max)
+    return [p for _, p in sorted(zip(order, adjusted))]

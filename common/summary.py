@@ -24,11 +24,9 @@ SIGNIFICANCE = 0.05  # after Holm's correction
 def mean_std(values: list, digits: int = 4) -> str:
     """A table cell: the value of one seed, or mean ± sample standard deviation over seeds."""
     values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "n/a"
     mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
