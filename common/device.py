@@ -29,17 +29,20 @@ def choose_cuda_graphs(choice: str, device: torch.device, dtype, d: Dist) -> tup
     """(on?, why) for --cuda-graphs auto|on|off. `on` where graphs cannot run is a user error."""
     if choice == "off":
         return False, "off (--cuda-graphs off)"
-    for blocked, why, refusal in (
-            (d.active, "not captured under torchrun/DDP yet", "is not supported under torchrun yet (DDP's gradient "
-             "all-reduce would have to be captured too); use auto or off"),
-            (device.type != "cuda", "no CUDA device",
-             "needs a CUDA device, and this run is on the CPU; use auto or off"),
-            (dtype == torch.float16, "fp16: the GradScaler reads the device every step", "does not work with fp16, "
-             "whose GradScaler reads the device every step; use --amp bf16 or --cuda-graphs off")):
-        if blocked:
-            if choice == "on":
-                raise UserError(f"--cuda-graphs on {refusal}")
-            return False, f"off ({why})"
+    if d.active:
+        if choice == "on":
+            raise UserError("--cuda-graphs on is not supported under torchrun yet (DDP's gradient all-reduce would "
+                            "have to be captured too); use auto or off")
+        return False, "off (not captured under torchrun/DDP yet)"
+    if device.type != "cuda":
+        if choice == "on":
+            raise UserError("--cuda-graphs on needs a CUDA device, and this run is on the CPU; use auto or off")
+        return False, "off (no CUDA device)"
+    if dtype == torch.float16:
+        if choice == "on":
+            raise UserError("--cuda-graphs on does not work with fp16, whose GradScaler reads the device every step; "
+                            "use --amp bf16 or --cuda-graphs off")
+        return False, "off (fp16: the GradScaler reads the device every step)"
     return True, "on"
 
 
