@@ -29,7 +29,7 @@ from common.spec import RunSpec
 
 
 class RunLog:
-    """Prints a line and appends it to train.log (kept until the file is open); `quiet` (ranks but 0): log nothing."""
+    """Prints a line and appends it to train.log (kept until the file is open); `quiet`: log nothing."""
 
     def __init__(self, quiet: bool = False):
         self.path, self.pending, self.quiet = None, [], quiet
@@ -41,7 +41,7 @@ class RunLog:
             self.file_only(line)
 
     def file_only(self, line: str) -> None:
-        """Write a line to train.log only (per-step figures that the progress bar shows; rank 0's log only)."""
+        """Write a line to train.log only (per-step figures that the progress bar shows; rank 0's)."""
         if self.path is None:
             self.pending.append(line)
             return
@@ -52,10 +52,11 @@ class RunLog:
             raise RunFailed(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def open(self, path: Path) -> None:
-        self.path, pending, self.pending = path, self.pending, []
-        for line in pending:
-            self.file_only(line)
-        log_errors_to(path)
+        if not self.quiet:
+            self.path, pending, self.pending = path, self.pending, []
+            for line in pending:
+                self.file_only(line)
+            log_errors_to(path)
 
 
 class Run:
