@@ -228,7 +228,7 @@ def test_a_job_is_stopped_when_its_scheduler_is_killed(job, tmp_path):
     """`kill -9` of the scheduler (an out-of-memory kill, say): its running job gets SIGTERM and stops, as
     an experiment stops at its next step, instead of living on without it (holding its folder's lock)."""
     mark = tmp_path / "job-finished"
-    words = ("a", str(tmp_path / "a"), "-1", "4", "fakejob", "sleep", "3", str(mark))  # (as run_all.sh lists it)
+    words = ("a", str(tmp_path / "a"), "-1", "4", "fakejob", "sleep", "1.5", str(mark))  # (as run_all.sh lists it)
     scheduler = subprocess.Popen([sys.executable, "-m", "common.jobs"], cwd=ROOT, stdin=subprocess.PIPE,
                                  env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
     scheduler.stdin.write(b"".join(w.encode() + b"\0" for w in words))
@@ -236,5 +236,5 @@ def test_a_job_is_stopped_when_its_scheduler_is_killed(job, tmp_path):
     wait_for(Path(f"{mark}.started"), seconds=60)
     scheduler.kill()
     scheduler.wait()
-    time.sleep(4)  # (the job would have finished by now)
+    time.sleep(2)  # (the job would have finished by now)
     assert Path(f"{mark}.started").exists() and not mark.exists()
