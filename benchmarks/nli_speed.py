@@ -1,7 +1,7 @@
 """Training throughput of `nli.train` (pairs/s) with the real ParsBERT-base shape.
 
-    python -m benchmarks.nli_speed [--data-dir ../shared/data/farstail]
-        [--tokenizer ../shared/data/parsbert-v1] [--model DIR] [--pairs 320] [--epochs 1] [--json FILE]
+    python -m benchmarks.nli_speed [--data-dir data/farstail] [--tokenizer HUB-ID-OR-FOLDER]
+        [--model DIR] [--pairs 320] [--epochs 1] [--json FILE]
         [-- extra nli.train flags, e.g. --batch-size 8 --cuda-graphs off]
 
 Random weights (speed does not depend on their values), saved once under .bench/ with the ParsBERT
@@ -19,14 +19,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def parsbert_shaped(tokenizer_dir: Path) -> Path:
+def parsbert_shaped(tokenizer: str | Path) -> Path:
     """A randomly initialised ParsBERT-base (12 layers, 768 wide, vocab 100000) folder."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
     folder = ROOT / ".bench" / "parsbert-base-random"
     if not (folder / "model.safetensors").exists():
         torch.manual_seed(0)
         BertForSequenceClassification(BertConfig(vocab_size=100000, num_labels=3)).save_pretrained(folder)
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
     return folder
 
 
@@ -61,8 +61,8 @@ def report(result: dict, path: Path | None) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.nli_speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "farstail")
-    p.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared" / "data" / "parsbert-v1")
+    p.add_argument("--data-dir", type=Path, default=Path("data/farstail"), help="as nli.train's")
+    p.add_argument("--tokenizer", default="HooshvareLab/bert-base-parsbert-uncased", help="ParsBERT v1's (or a folder)")
     p.add_argument("--pairs", type=int, default=320, help="training pairs timed (the first N of the training split)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over them")
     a, extra = parse(p, argv)
