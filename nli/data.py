@@ -47,7 +47,10 @@ class Split:
 
 def download_farstail(data_dir: Path, log=print) -> None:
     """Download the files missing from data_dir and check their sha256; a failure says where to put them."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # (a file of that name, a read-only parent)
+        raise UserError(f"--data-dir {data_dir} is not a folder and cannot be created ({e.strerror or e})") from None
     for name in FILES.values():
         dest = data_dir / name
         if dest.exists():

@@ -60,6 +60,10 @@ def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"could not download Train-word.csv.*by hand from https://github.com/dml-qom"):
         nli_data.load_farstail(tmp_path)
     assert not list(tmp_path.iterdir())  # no partial file left behind
+    (tmp_path / "a-file").write_text("x")
+    for path in (tmp_path / "a-file", tmp_path / "a-file" / "farstail"):
+        with pytest.raises(UserError, match=f"--data-dir {path} is not a folder and cannot be created"):
+            nli_data.load_farstail(path)
 
 
 def test_download_with_wrong_hash_is_refused(tmp_path, monkeypatch):
