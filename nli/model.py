@@ -48,6 +48,8 @@ def load_classifier(name: str, label_names: list[str] | None = None):
     except OSError as e:
         raise UserError(f"--model {name}: cannot load it ({str(e).splitlines()[0]}); give a local folder made by "
                         "save_pretrained, or a hub id on a machine that reaches the hub") from None
+    except ValueError as e:  # (a model type without a sequence classifier in transformers: HuBERT's, say)
+        raise UserError(f"--model {name} is not a text classifier ({str(e).splitlines()[0]})") from None
 
 
 def keep_layers(model, n: int) -> None:

@@ -436,7 +436,7 @@ def test_a_model_of_the_other_task_or_an_unfinished_run_is_one_line(tiny_bert, t
     from nli import prune_curve
     from ser import predict as ser_predict
     from ser.model import EmotionClassifier, save_classifier, study_feature_extractor
-    from transformers import HubertModel
+    from transformers import HubertForSequenceClassification, HubertModel  # (the first: a classifier, of audio)
     ser_model = tmp_path / "ser-model"
     save_classifier(EmotionClassifier(HubertModel.from_pretrained(tiny_hubert), 2, False), study_feature_extractor(),
                     ["anger", "neutral"], ser_model)
@@ -446,6 +446,9 @@ def test_a_model_of_the_other_task_or_an_unfinished_run_is_one_line(tiny_bert, t
     assert "ser.train's emotion model" in fails(
         2, capsys, ["--model", str(ser_model), "--data-dir", str(farstail_dir)], call=prune_curve.main)
     assert "not an emotion model" in fails(2, capsys, ["--model", str(finished), str(wav)], call=ser_predict.main)
+    HubertForSequenceClassification(HubertModel.from_pretrained(tiny_hubert).config).save_pretrained(tmp_path / "hsc")
+    assert "is not a text classifier (Unrecognized configuration class" in fails(
+        2, capsys, ["--model", str(tmp_path / "hsc"), "a", "b"], call=predict.main)
     assert "not an emotion model" in fails(2, capsys, ["--model", str(tiny_bert), str(wav)], call=ser_predict.main)
     unfinished = tmp_path / "unfinished"
     (unfinished).mkdir()
