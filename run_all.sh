@@ -163,7 +163,7 @@ until wait "$scheduler"; do  # (a trapped signal ends the wait early: wait again
   status=$?; kill -0 "$scheduler" 2>/dev/null || break
 done
 trap - INT TERM HUP
-if [ $stopped = 1 ] || [ "$status" = 130 ]; then
+if [ $stopped = 1 ] || [ "$status" -ge 130 ]; then  # (130: stopped; above: the scheduler was killed, its jobs stopped)
   echo "run_all.sh: interrupted; run the same command again to continue (finished experiments are skipped," \
     "the others resume from their last finished epoch)" >&2
   exit 130

@@ -238,3 +238,12 @@ def test_a_job_is_stopped_when_its_scheduler_is_killed(job, tmp_path):
     scheduler.wait()
     time.sleep(2)  # (the job would have finished by now)
     assert Path(f"{mark}.started").exists() and not mark.exists()
+
+
+def test_a_killed_scheduler_is_reported_as_an_interruption(tmp_path):
+    """The scheduler killed (its jobs then stop, the test above): run_all.sh says how to continue, exit 130."""
+    python = tmp_path / "python"  # (run_all.sh's PYTHON: this one is killed as it starts the scheduler)
+    python.write_text(f'#!/bin/bash\n[ "$1 $2" = "-m common.jobs" ] && kill -9 $$\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    result = run_all("--only", "nli", "--out", tmp_path / "runs", env={"PYTHON": str(python)})
+    assert result.returncode == 130 and "interrupted; run the same command again" in result.stderr, result.stderr
