@@ -10,6 +10,7 @@ import torch
 from common.device import pinned
 from common.errors import UserError
 from common.files import atomic_write, read_table
+from common.inputs import files_record
 
 # Fixed label ids (a label's id is its index), recorded in the saved model's id2label / label2id.
 CODES = ["e", "c", "n"]  # as FarsTail's files write them
@@ -106,6 +107,11 @@ def load_farstail(data_dir: Path, limit: int | None = None, log=print) -> dict[s
         raise UserError(f"{data_dir / FILES['train']}: the training pairs{f' (first {limit})' if limit else ''} all "
                         f"have the label {CODES[present[0]]!r}; a classifier needs at least two labels to train on")
     return splits
+
+
+def farstail_record(data_dir: Path) -> dict:
+    """The fingerprint of the three files (size and SHA-256): what config.json and checkpoints keep."""
+    return files_record(data_dir, FILES.values())
 
 
 def load_tokenizer(model: str):

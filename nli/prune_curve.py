@@ -18,14 +18,14 @@ from transformers.utils import logging as hf_logging
 
 from common.batching import LengthGroupedBatches
 from common.errors import UserError, user_errors
-from common.inputs import files_record, model_record
+from common.inputs import model_record
 from common.outdir import model_of_run
 from common.files import write_json, write_text
 from common.plots import plt, save
 from common.results import write_config, write_text_csv
 from common.run import Run, count_params, run_info
 from common.spec import RunFlags, add_run_flags, check_flags, recorded_arg, run_spec
-from nli.data import FILES, LABEL_NAMES, encode, load_farstail, load_tokenizer
+from nli.data import LABEL_NAMES, encode, farstail_record, load_farstail, load_tokenizer
 from nli.evaluate import pair_logits
 from nli.importance import head_importance, remaining_heads
 from nli.model import choose_by_importance, encoder_layers, load_classifier, prune_heads
@@ -169,8 +169,7 @@ def main(argv=None):
 
 
 def curve(cfg: CurveConfig):
-    fingerprint = lambda: {"data": files_record(cfg.data_dir, FILES.values()),  # noqa: E731
-                           "model": model_record(str(cfg.model))}
+    fingerprint = lambda: {"data": farstail_record(cfg.data_dir), "model": model_record(str(cfg.model))}  # noqa: E731
     spec = run_spec("nli.prune_curve", cfg, frozenset({"resume", "overwrite", "device"}))
     with Run(spec, fingerprint=fingerprint, reads=(cfg.data_dir, cfg.model)) as run:
         if run.finished:

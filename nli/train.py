@@ -22,7 +22,7 @@ from common.spec import run_spec
 from common.graphs import capture_examples
 from common.training import Recipe, Training
 from nli.config import NLIConfig, parse_args
-from nli.data import (FILES, LABEL_NAMES, bucket_length, check_max_length, collate, encode, label_counts,
+from nli.data import (LABEL_NAMES, bucket_length, check_max_length, collate, encode, farstail_record, label_counts,
                       load_farstail, load_tokenizer, token_stats)
 from nli.evaluate import figures, pair_logits
 from nli.importance import head_importance
@@ -40,7 +40,7 @@ def main(argv=None):
 def fingerprint(cfg: NLIConfig) -> dict:
     """The fingerprint of what the run reads (config.json, checkpoints; common/inputs.py)."""
     order = {"batch_order": files_record(cfg.batch_order.parent, [cfg.batch_order.name])} if cfg.batch_order else {}
-    return {"data": files_record(cfg.data_dir, FILES.values()), "model": model_record(cfg.model), **order}
+    return {"data": farstail_record(cfg.data_dir), "model": model_record(cfg.model), **order}
 
 
 def train(cfg: NLIConfig):
