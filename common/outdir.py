@@ -74,7 +74,10 @@ def claim(folders: list[Path], maker: str) -> str | None:
         if contents(folder) and not (mark.is_file() and mark.read_text().strip() == maker):
             return f"{folder} holds files {maker} did not make; give a new or empty folder"
     for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # (a file on its path, a read-only parent)
+            return f"{folder} cannot be created ({e.strerror or e})"
         (folder / ".made-by").write_text(maker + "\n")
     return None
 

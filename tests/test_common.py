@@ -142,7 +142,6 @@ def test_text_with_a_bom_is_read_and_other_encodings_name_the_line(tmp_path):
         read_text(tmp_path / "cp.csv")
 
 
-
 def test_the_generators_overwrite_only_folders_they_made(tmp_path, capsys):
     from nli.synthetic import main as nli_synthetic
     from ser.synthetic import main as ser_synthetic
@@ -159,3 +158,7 @@ def test_the_generators_overwrite_only_folders_they_made(tmp_path, capsys):
     nli_synthetic(made)  # its own folders, made again (an interrupted smoke run's inputs are rebuilt)
     with pytest.raises(SystemExit):
         ser_synthetic(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "hubert")])
+    for main in (nli_synthetic, ser_synthetic):  # a folder under a file: one line, not a traceback
+        with pytest.raises(SystemExit) as e:
+            main(["--data", str(mine / "Train-word.csv" / "x"), "--model", str(tmp_path / "model")])
+        assert e.value.code == 2 and "Train-word.csv/x cannot be created (Not a directory)" in capsys.readouterr().err
